@@ -1,0 +1,162 @@
+"""Build a registry backbone with its weights and wrap it so one forward pass gives every tap."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
+from workbench.backbones.weights import RANDOM_SEED, ResolvedWeights, resolve_weights
+
+__all__ = ["CheckpointMismatchError", "LoadedBackbone", "TapModel", "load_backbone", "read_state_dict"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file that does not fit the architecture it was given to."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.pth``/``.pt``/``.bin`` or ``.safetensors``, unwrapping
+    the usual ``{"state_dict": ...}`` / ``{"model": ...}`` containers."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a checkpoint, pickled code, ...
+        raise CheckpointMismatchError(f"cannot read weights file {path}: {e}") from e
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointMismatchError(f"weights file {path} does not hold a state dict of tensors")
+    # DataParallel / torch.compile prefixes
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_checkpoint_strict(model: nn.Module, path: str | Path, *, backbone: str) -> None:
+    """Load ``path`` into ``model`` requiring every key and shape to match.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        Naming the file, the backbone and the first mismatching keys, e.g. for a
+        checkpoint of another architecture.
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+        if wrong:
+            parts.append(
+                "shape mismatch at "
+                + few([f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in wrong])
+            )
+        raise CheckpointMismatchError(
+            f"weights file {path} does not fit backbone {backbone!r} (is it from another "
+            f"architecture?): " + "; ".join(parts)
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+class TapModel(nn.Module):
+    """A backbone cut after its last requested tap, returning ``{tap: (N, D) tensor}``.
+
+    torchvision models are cut with ``create_feature_extractor`` so layers after the
+    last tap (e.g. fc8 when only fc6 is asked) are never computed; timm models go
+    through ``forward_features`` and ``forward_head(pre_logits=True)``.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, taps: Sequence[str]):
+        super().__init__()
+        self.taps = list(taps)
+        tap_specs = [spec.tap(t) for t in self.taps]
+        self.family = spec.family
+        if spec.family == "torchvision":
+            import warnings
+
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            with warnings.catch_warnings():
+                # It warns that train- and eval-mode graphs may differ; we only run eval.
+                warnings.simplefilter("ignore", UserWarning)
+                self.body = create_feature_extractor(
+                    model.eval(), return_nodes={t.node: t.name for t in tap_specs}
+                )
+        else:
+            self.body = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.family == "torchvision":
+            out = self.body(x)
+        else:
+            emb = self.body.forward_head(self.body.forward_features(x), pre_logits=True)
+            out = {t: emb for t in self.taps}
+        return {t: out[t].flatten(1) for t in self.taps}
+
+
+@dataclass
+class LoadedBackbone:
+    """A backbone ready to run: its spec, resolved weights, input config and tap model."""
+
+    spec: BackboneSpec
+    weights: ResolvedWeights
+    data_config: DataConfig
+    model: TapModel
+
+
+def build_model(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
+    """The full network with ``weights`` loaded (or seeded random init), in eval mode."""
+    if weights.is_random:
+        # Seeded so 'random' features are reproducible and cacheable.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = spec.build()
+    else:
+        model = spec.build()
+        spec.load_state(model, str(weights.path))
+    return model.eval()
+
+
+def load_backbone(
+    name: str | BackboneSpec,
+    weights: str | ResolvedWeights | None = None,
+    taps: Sequence[str] | None = None,
+) -> LoadedBackbone:
+    """Build backbone ``name`` with ``weights`` and return it cut to ``taps``.
+
+    Parameters
+    ----------
+    name
+        Registry name (``"alexnet"``, ``"timm/convnext_tiny"``) or a spec.
+    weights
+        Weights id, path, ``"random"``, or ``None`` for the default.
+    taps
+        Taps to return; all of the backbone's by default.
+    """
+    spec = get_backbone(name) if isinstance(name, str) else name
+    resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(spec, weights)
+    taps = list(taps or spec.taps)
+    for t in taps:
+        spec.tap(t)
+    model = build_model(spec, resolved)
+    return LoadedBackbone(spec, resolved, spec.data_config(resolved.id), TapModel(spec, model, taps).eval())

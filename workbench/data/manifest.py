@@ -1,0 +1,674 @@
+"""Manifests: the list of labelled images an experiment runs on.
+
+A manifest is read from a CSV (columns ``path,label`` plus optional ``id, split,
+group, bbox_x0, bbox_y0, bbox_x1, bbox_y1, mask_path``) or from a folder with one
+sub-folder per class (optionally under ``train/``, ``val/``, ``test/``).
+
+Parsing never stops at the first bad row: every problem is collected as a
+:class:`BadRow`, and :meth:`Manifest.validate` (which also decodes every image)
+reports them all in one :class:`ManifestError`, so a dataset is fixed in one pass.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.data.images import (
+    SUPPORTED_SUFFIXES,
+    ImageDecodeError,
+    _decode_array,
+    _read_bytes,
+)
+
+__all__ = ["Item", "BadRow", "ManifestError", "Manifest", "SPLITS", "BOX_COLUMNS"]
+
+SPLITS = ("train", "val", "test")
+BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
+_KNOWN_COLUMNS = ("id", "path", "label", "split", "group", *BOX_COLUMNS, "mask_path")
+
+PathLike = str | os.PathLike[str]
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image of a manifest.
+
+    ``row`` is the 1-based CSV line (the header is line 1) or, for folder manifests,
+    the 1-based index in sorted order. ``sha256``, ``width`` and ``height`` are filled
+    by :meth:`Manifest.validate`. ``box`` is (x0, y0, x1, y1), x1/y1 exclusive.
+    """
+
+    id: str
+    path: Path
+    label: str
+    row: int
+    split: str | None = None
+    group: str | None = None
+    box: Box | None = None
+    mask_path: Path | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A manifest row that cannot be used, and why."""
+
+    row: int
+    id: str | None
+    path: str | None
+    reason: str
+
+    def describe(self, unit: str = "line") -> str:
+        """One line such as ``line 7 (id=abc, path=images/x.png): reason``."""
+        parts = [f"id={self.id}"] if self.id is not None else []
+        if self.path:
+            parts.append(f"path={self.path}")
+        where = f" ({', '.join(parts)})" if parts else ""
+        return f"{unit} {self.row}{where}: {self.reason}"
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be used as it is.
+
+    Either a whole-file problem (``message`` set, ``bad_rows`` usually empty) or a
+    list of bad rows, all of them, each on its own line of ``str(error)``.
+
+    Attributes
+    ----------
+    source : Path
+        The manifest file or folder.
+    bad_rows : list of BadRow
+        Every bad row found, in row order.
+    """
+
+    def __init__(
+        self, source: PathLike, bad_rows: Iterable[BadRow] = (), *, message: str | None = None
+    ) -> None:
+        self.source = Path(source)
+        self.bad_rows = sorted(bad_rows, key=lambda b: b.row)
+        self.message = message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        n = len(self.bad_rows)
+        header = f"manifest {self.source}: " + (
+            self.message or f"{n} bad row{'s' if n != 1 else ''}"
+        )
+        # Folder manifests number files, not lines.
+        unit = "item" if self.source.is_dir() else "line"
+        return "\n".join([header, *(f"  {b.describe(unit)}" for b in self.bad_rows)])
+
+    def __reduce__(self):  # keep it picklable across process pools
+        return (_rebuild_manifest_error, (self.source, self.bad_rows, self.message))
+
+
+def _rebuild_manifest_error(source, bad_rows, message):
+    return ManifestError(source, bad_rows, message=message)
+
+
+def _check_classes(classes: Sequence[str] | None) -> list[str] | None:
+    if classes is None:
+        return None
+    if isinstance(classes, str):
+        raise TypeError("classes must be a sequence of class names, not a single string")
+    out = [str(c).strip() for c in classes]
+    if not out or any(not c for c in out):
+        raise ValueError(f"classes must be non-empty names, got {list(classes)!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate class names in {out!r}")
+    return out
+
+
+def _unknown_label(label: str, classes: Sequence[str]) -> str:
+    return f"unknown label {label!r} (classes: {', '.join(classes)})"
+
+
+def _resolve(root: Path, raw: str) -> Path:
+    # normpath, not resolve(): collapse "..", keep symlinks as the user named them.
+    return Path(os.path.normpath(root / raw))
+
+
+def _display_path(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _default_id(raw: str, root: Path) -> str:
+    """The path as written relative to the manifest's folder, in posix form."""
+    p = Path(raw)
+    if p.is_absolute():
+        return _display_path(Path(os.path.normpath(p)), root)
+    return Path(os.path.normpath(p)).as_posix()
+
+
+def _parse_box(cells: Mapping[str, str]) -> tuple[Box | None, str | None]:
+    """Box cells -> (box, None) or (None, reason); all cells empty means no box."""
+    missing = [k for k in BOX_COLUMNS if not cells.get(k)]
+    if len(missing) == len(BOX_COLUMNS):
+        return None, None
+    if missing:
+        return None, f"incomplete bounding box ({', '.join(missing)} empty)"
+    values = []
+    for k in BOX_COLUMNS:
+        try:
+            v = float(cells[k])
+        except ValueError:
+            return None, f"non-numeric bounding box value {k}={cells[k]!r}"
+        if not math.isfinite(v) or v != int(v):
+            return None, f"bounding box value {k}={cells[k]!r} is not an integer"
+        values.append(int(v))
+    x0, y0, x1, y1 = values
+    if min(values) < 0:
+        return None, f"negative bounding box coordinate in ({x0}, {y0}, {x1}, {y1})"
+    if x1 <= x0 or y1 <= y0:
+        return None, f"empty bounding box ({x0}, {y0}, {x1}, {y1}): need x1 > x0 and y1 > y0"
+    return (x0, y0, x1, y1), None
+
+
+class Manifest:
+    """An ordered list of :class:`Item` with its classes and provenance.
+
+    Parameters
+    ----------
+    items : list of Item
+        The usable items, ids unique.
+    source : Path
+        The CSV file or folder it came from; relative paths are relative to it.
+    classes : list of str
+        Class names; their order defines the label indices.
+    bad_rows : list of BadRow
+        Rows found unusable at parse time (reported by :meth:`validate`).
+    skipped : list of BadRow
+        Rows dropped by ``validate(skip_bad=True)``, kept so runs can record them.
+    extra : mapping, optional
+        Per-id values of CSV columns the manifest does not interpret; only
+        carried into :meth:`to_frame`.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        *,
+        source: PathLike,
+        classes: Sequence[str],
+        bad_rows: Sequence[BadRow] = (),
+        skipped: Sequence[BadRow] = (),
+        extra: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self._items = tuple(items)
+        self._source = Path(source)
+        self._root = self._source if self._source.is_dir() else self._source.parent
+        self._classes = list(classes)
+        self._bad_rows = list(bad_rows)
+        self._skipped = list(skipped)
+        self._index = {it.id: i for i, it in enumerate(self._items)}
+        if len(self._index) != len(self._items):
+            raise ValueError("manifest items must have unique ids")
+        unknown = sorted({it.label for it in self._items} - set(self._classes))
+        if unknown:
+            raise ValueError(f"item labels {unknown} are not among classes {self._classes}")
+        self._extra = {i: dict(extra[i]) for i in self._index if extra and i in extra}
+
+    # ---- construction -------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: PathLike, *, classes: Sequence[str] | None = None) -> Manifest:
+        """Read a manifest from a CSV file or a class-per-folder directory."""
+        p = Path(path)
+        if p.is_dir():
+            return cls.from_folder(p, classes=classes)
+        if p.exists():
+            return cls.from_csv(p, classes=classes)
+        raise ManifestError(p, message="manifest not found")
+
+    @classmethod
+    def from_csv(cls, path: PathLike, *, classes: Sequence[str] | None = None) -> Manifest:
+        """Parse a CSV manifest (``.tsv`` files are read tab-separated).
+
+        Per-row problems become :attr:`bad_rows`; only whole-file problems raise.
+
+        Raises
+        ------
+        ManifestError
+            Missing or unreadable file, no header, missing ``path``/``label`` column,
+            duplicate or incomplete known columns, or no data rows.
+        """
+        src = Path(path).absolute()
+        given = _check_classes(classes)
+        if not src.exists():
+            raise ManifestError(src, message="manifest not found")
+        if not src.is_file():
+            raise ManifestError(src, message="not a file")
+        header, records = _read_csv(src)
+        col = _column_index(src, header)
+        root = src.parent
+        extra_cols = [(i, h) for i, h in enumerate(header) if h.strip().lower() not in col]
+
+        items: list[Item] = []
+        bad: list[BadRow] = []
+        extra: dict[str, dict[str, str]] = {}
+        first_line: dict[str, int] = {}
+        for line, cells in records:
+            def get(name: str) -> str:
+                i = col.get(name)
+                return cells[i].strip() if i is not None and i < len(cells) else ""
+
+            reasons: list[str] = []
+            if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
+                reasons.append(f"{len(cells)} fields but the header has {len(header)}")
+            raw_path, label = get("path"), get("label")
+            path = _resolve(root, raw_path) if raw_path else None
+            item_id = get("id") or (_default_id(raw_path, root) if raw_path else None)
+            if not raw_path:
+                reasons.append("empty path")
+            if not label:
+                reasons.append("empty label")
+            elif given is not None and label not in given:
+                reasons.append(_unknown_label(label, given))
+            if item_id is not None:
+                if item_id in first_line:
+                    reasons.append(f"duplicate id {item_id!r} (first on line {first_line[item_id]})")
+                else:
+                    first_line[item_id] = line
+            split = get("split").lower() or None
+            if split is not None and split not in SPLITS:
+                reasons.append(f"invalid split {get('split')!r} (expected train, val or test)")
+            box, box_problem = _parse_box({k: get(k) for k in BOX_COLUMNS})
+            if box_problem:
+                reasons.append(box_problem)
+            if reasons:
+                bad.append(BadRow(line, item_id, raw_path or None, "; ".join(reasons)))
+                continue
+            assert path is not None and item_id is not None
+            mask = get("mask_path")
+            items.append(
+                Item(
+                    id=item_id,
+                    path=path,
+                    label=label,
+                    row=line,
+                    split=split,
+                    group=get("group") or None,
+                    box=box,
+                    mask_path=_resolve(root, mask) if mask else None,
+                )
+            )
+            if extra_cols:
+                extra[item_id] = {
+                    h: (cells[i] if i < len(cells) else "") for i, h in extra_cols
+                }
+        out_classes = given if given is not None else sorted({it.label for it in items})
+        return cls(items, source=src, classes=out_classes, bad_rows=bad, extra=extra)
+
+    @classmethod
+    def from_folder(cls, path: PathLike, *, classes: Sequence[str] | None = None) -> Manifest:
+        """Build a manifest from ``<class>/`` or ``<split>/<class>/`` sub-folders.
+
+        Images are found recursively below each class folder; hidden files and folders
+        and files whose suffix is not in ``SUPPORTED_SUFFIXES`` are ignored, as are files
+        directly in the root or split folders. Ids are the posix paths relative to the
+        root; rows number the files in sorted order.
+        """
+        root = Path(path).absolute()
+        given = _check_classes(classes)
+        if not root.exists():
+            raise ManifestError(root, message="manifest not found")
+        if not root.is_dir():
+            raise ManifestError(root, message="not a folder")
+        subdirs = _visible_dirs(root)
+        split_dirs = [d for d in subdirs if d.name.lower() in SPLITS]
+        if split_dirs and len(split_dirs) != len(subdirs):
+            others = [d.name for d in subdirs if d not in split_dirs]
+            raise ManifestError(
+                root,
+                message=(
+                    f"mixes split folders ({', '.join(d.name for d in split_dirs)}) with "
+                    f"other folders ({', '.join(others)}); use <class>/ or <split>/<class>/"
+                ),
+            )
+        class_dirs: list[tuple[str | None, Path]] = (
+            [(sd.name.lower(), cd) for sd in split_dirs for cd in _visible_dirs(sd)]
+            if split_dirs
+            else [(None, cd) for cd in subdirs]
+        )
+        entries = sorted(
+            (f.relative_to(root).as_posix(), f, cd.name, split)
+            for split, cd in class_dirs
+            for f in _walk_images(cd)
+        )
+        if not entries:
+            raise ManifestError(
+                root,
+                message=(
+                    "no image files found; expected <class>/ or <split>/<class>/ "
+                    f"sub-folders holding {', '.join(SUPPORTED_SUFFIXES)} files"
+                ),
+            )
+        items: list[Item] = []
+        bad: list[BadRow] = []
+        for row, (rel, f, label, split) in enumerate(entries, start=1):
+            if given is not None and label not in given:
+                bad.append(BadRow(row, rel, rel, _unknown_label(label, given)))
+            else:
+                items.append(Item(id=rel, path=f, label=label, row=row, split=split))
+        out_classes = given if given is not None else sorted({it.label for it in items})
+        return cls(items, source=root, classes=out_classes, bad_rows=bad)
+
+    # ---- checking ------------------------------------------------------------------
+
+    def validate(
+        self,
+        *,
+        require_box: bool = False,
+        skip_bad: bool = False,
+        n_jobs: int = 4,
+        progress: bool = False,
+    ) -> Manifest:
+        """Decode every image (and mask) and check it against its row.
+
+        Fills ``sha256``, ``width`` and ``height`` of every item. Problems found here
+        (missing, empty, non-image or truncated files, boxes outside the image, missing
+        or undecodable masks, masks of another size than their image, missing boxes
+        when ``require_box``) join the parse-time :attr:`bad_rows`.
+
+        Parameters
+        ----------
+        require_box : bool
+            Every item needs a bounding box (for box-cropped inputs).
+        skip_bad : bool
+            Drop bad rows instead of raising; they are listed in ``.skipped`` of the
+            result.
+        n_jobs : int
+            Threads checking files; ``<= 0`` means one per CPU.
+        progress : bool
+            Show a progress bar.
+
+        Returns
+        -------
+        Manifest
+            A new manifest of validated items.
+
+        Raises
+        ------
+        ManifestError
+            Listing every bad row, if any and not ``skip_bad``; or if skipping leaves
+            no items.
+        """
+        workers = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
+        root = self._root
+        results: list[tuple[Item, list[str]]] = [None] * len(self._items)  # type: ignore[list-item]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(self._items), desc="checking images", unit="img")
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                futures = {
+                    pool.submit(_check_item, it, root, require_box): i
+                    for i, it in enumerate(self._items)
+                }
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+
+        bad = list(self._bad_rows)
+        good: list[Item] = []
+        for item, reasons in results:
+            if reasons:
+                bad.append(
+                    BadRow(item.row, item.id, _display_path(item.path, root), "; ".join(reasons))
+                )
+            else:
+                good.append(item)
+        bad.sort(key=lambda b: b.row)
+        if bad and not skip_bad:
+            raise ManifestError(self._source, bad)
+        if not good:
+            raise ManifestError(
+                self._source,
+                bad,
+                message=f"no usable items left ({len(bad)} bad row{'s' if len(bad) != 1 else ''})",
+            )
+        return Manifest(
+            good,
+            source=self._source,
+            classes=self._classes,
+            skipped=[*self._skipped, *bad],
+            extra=self._extra,
+        )
+
+    # ---- access --------------------------------------------------------------------
+
+    @property
+    def items(self) -> list[Item]:
+        return list(self._items)
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    @property
+    def bad_rows(self) -> list[BadRow]:
+        """Rows found unusable at parse time."""
+        return list(self._bad_rows)
+
+    @property
+    def skipped(self) -> list[BadRow]:
+        """Rows dropped by ``validate(skip_bad=True)``."""
+        return list(self._skipped)
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.id for it in self._items]
+
+    @property
+    def labels(self) -> list[str]:
+        return [it.label for it in self._items]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._items)
+
+    def __getitem__(self, index: int) -> Item:
+        return self._items[index]
+
+    def __repr__(self) -> str:
+        return (
+            f"Manifest({len(self)} items, classes={self._classes}, source={str(self._source)!r}"
+            + (f", bad_rows={len(self._bad_rows)}" if self._bad_rows else "")
+            + (f", skipped={len(self._skipped)}" if self._skipped else "")
+            + ")"
+        )
+
+    def subset(self, ids: Iterable[str]) -> Manifest:
+        """The items with these ids, in the order given.
+
+        Classes, parse-time bad rows and skipped rows are carried over unchanged, so a
+        subset cannot hide problems of the whole manifest.
+        """
+        if isinstance(ids, str):
+            raise TypeError("ids must be a collection of ids, not a single string")
+        ids = list(ids)
+        missing = [i for i in ids if i not in self._index]
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise KeyError(f"{len(missing)} id(s) not in the manifest: {shown}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("subset ids contain duplicates")
+        return Manifest(
+            [self._items[self._index[i]] for i in ids],
+            source=self._source,
+            classes=self._classes,
+            bad_rows=self._bad_rows,
+            skipped=self._skipped,
+            extra=self._extra,
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per item; uninterpreted CSV columns are appended as strings."""
+        rows = []
+        for it in self._items:
+            box = it.box or (None, None, None, None)
+            rows.append(
+                {
+                    "id": it.id,
+                    "path": str(it.path),
+                    "label": it.label,
+                    "split": it.split,
+                    "group": it.group,
+                    **dict(zip(BOX_COLUMNS, box)),
+                    "mask_path": str(it.mask_path) if it.mask_path is not None else None,
+                    "sha256": it.sha256,
+                    "width": it.width,
+                    "height": it.height,
+                    "row": it.row,
+                    **self._extra.get(it.id, {}),
+                }
+            )
+        columns = [
+            "id", "path", "label", "split", "group", *BOX_COLUMNS,
+            "mask_path", "sha256", "width", "height", "row",
+        ]
+        df = pd.DataFrame(rows, columns=None if rows else columns)
+        for c in (*BOX_COLUMNS, "width", "height", "row"):
+            df[c] = df[c].astype("Int64")
+        return df
+
+    def digest(self) -> str:
+        """SHA-256 over ids, labels, splits, groups, boxes and image digests, in order.
+
+        Raises
+        ------
+        ValueError
+            If the items have not been through :meth:`validate`.
+        """
+        if any(it.sha256 is None for it in self._items):
+            raise ValueError("digest() needs validated items: call validate() first")
+        h = hashlib.sha256()
+        for it in self._items:
+            record = [it.id, it.label, it.split, it.group, list(it.box) if it.box else None, it.sha256]
+            h.update(json.dumps(record, separators=(",", ":")).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+
+# ---- helpers -----------------------------------------------------------------------
+
+
+def _read_csv(src: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (first line number, cells) of every non-blank record."""
+    delimiter = "\t" if src.suffix.lower() == ".tsv" else ","
+    records: list[tuple[int, list[str]]] = []
+    line_num = 0
+    try:
+        # utf-8-sig: spreadsheets often prepend a byte-order mark to the header.
+        with open(src, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, None)
+            line_num = reader.line_num
+            for cells in reader:
+                # A quoted cell may span lines: a record starts after the previous one ends.
+                start, line_num = line_num + 1, reader.line_num
+                if any(c.strip() for c in cells):
+                    records.append((start, cells))
+    except UnicodeDecodeError as e:
+        raise ManifestError(src, message=f"cannot read CSV: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except csv.Error as e:
+        raise ManifestError(src, message=f"cannot parse CSV near line {line_num + 1}: {e}") from e
+    except OSError as e:
+        raise ManifestError(src, message=f"cannot read file: {e.strerror or e}") from e
+    if header is None or not any(h.strip() for h in header):
+        raise ManifestError(src, message="empty CSV (no header line)")
+    if not records:
+        raise ManifestError(src, message="no data rows")
+    return header, records
+
+
+def _column_index(src: Path, header: list[str]) -> dict[str, int]:
+    """Positions of the known columns (matched case-insensitively)."""
+    col: dict[str, int] = {}
+    for i, h in enumerate(header):
+        name = h.strip().lower()
+        if name in _KNOWN_COLUMNS:
+            if name in col:
+                raise ManifestError(src, message=f"duplicate column {name!r}")
+            col[name] = i
+    missing = [c for c in ("path", "label") if c not in col]
+    if missing:
+        found = ", ".join(h.strip() for h in header)
+        raise ManifestError(
+            src, message=f"missing required column(s) {', '.join(missing)} (found: {found})"
+        )
+    present = [c for c in BOX_COLUMNS if c in col]
+    if present and len(present) != len(BOX_COLUMNS):
+        absent = [c for c in BOX_COLUMNS if c not in col]
+        raise ManifestError(
+            src, message=f"box columns come as a set of four; missing {', '.join(absent)}"
+        )
+    return col
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _walk_images(folder: Path) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in SUPPORTED_SUFFIXES:
+                yield Path(dirpath) / name
+
+
+def _check_item(item: Item, root: Path, require_box: bool) -> tuple[Item, list[str]]:
+    """Decode one item's image (and mask); the item with size and digest, and problems."""
+    reasons: list[str] = []
+    size: tuple[int, int] | None = None
+    try:
+        data = _read_bytes(item.path)
+        h, w = _decode_array(item.path, data).shape[:2]
+    except ImageDecodeError as e:
+        reasons.append(e.reason)
+    else:
+        size = (w, h)
+        item = replace(item, sha256=hashlib.sha256(data).hexdigest(), width=w, height=h)
+        if item.box is not None and (item.box[2] > w or item.box[3] > h):
+            reasons.append(f"bounding box {item.box} outside the image ({w}x{h})")
+    if item.mask_path is not None:
+        shown = _display_path(item.mask_path, root)
+        try:
+            mh, mw = _decode_array(item.mask_path, _read_bytes(item.mask_path)).shape[:2]
+        except ImageDecodeError as e:
+            reasons.append(f"mask {shown}: {e.reason}")
+        else:
+            # Masks are drawn in image pixels; another size means a mismatched pair.
+            if size is not None and (mw, mh) != size:
+                reasons.append(f"mask {shown} is {mw}x{mh} but the image is {size[0]}x{size[1]}")
+    if require_box and item.box is None:
+        reasons.append("no bounding box (needed for --input box)")
+    return item, reasons

@@ -1,0 +1,91 @@
+"""Feature blocks aligned to a manifest's image ids."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["BlockInfo", "FeatureSet"]
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Provenance of one feature block: enough to find it again in the cache."""
+
+    name: str  # as requested: "alexnet:fc6", "alexnet@random:fc6"
+    backbone: str
+    weights_id: str
+    weights_digest: str
+    weights_random: bool
+    tap: str
+    dim: int
+    entry_key: str
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+class FeatureSet:
+    """Feature blocks indexed by name (``backbone[@weights]:tap``) and image id.
+
+    Every block has one row per id, in ``ids`` order.
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        labels: Sequence[str],
+        blocks: dict[str, np.ndarray],
+        info: dict[str, BlockInfo],
+        record: dict[str, Any] | None = None,
+    ):
+        self.ids = list(ids)
+        self.labels = list(labels)
+        for name, arr in blocks.items():
+            if arr.shape[0] != len(self.ids):
+                raise ValueError(f"block {name} has {arr.shape[0]} rows for {len(self.ids)} ids")
+        self.blocks = dict(blocks)
+        self.info = dict(info)
+        self.record = record or {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.blocks)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.blocks[name]
+        except KeyError:
+            raise KeyError(f"no feature block {name!r}; blocks: {', '.join(self.blocks)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.blocks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{n} ({a.shape[1]})" for n, a in self.blocks.items())
+        return f"FeatureSet({len(self.ids)} images: {dims})"
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """One block as a DataFrame indexed by image id."""
+        return pd.DataFrame(self[name], index=pd.Index(self.ids, name="id"))
+
+    def concat(self, names: Sequence[str]) -> np.ndarray:
+        """Blocks side by side, in the order given."""
+        return np.concatenate([np.asarray(self[n], dtype=np.float32) for n in names], axis=1)
+
+    def save_record(self, path: str | Path) -> Path:
+        """Write the run record (config, versions, cache keys, skipped rows) as JSON."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = dict(self.record)
+        rec["blocks"] = {n: asdict(i) for n, i in self.info.items()}
+        path.write_text(json.dumps(rec, indent=2, default=str))
+        return path

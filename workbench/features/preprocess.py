@@ -1,0 +1,123 @@
+"""From a decoded image to a backbone's input tensor.
+
+Split in two so one decode serves every backbone: the *geometry* (input region, resize
+to the backbone's size) runs in the loader workers and is shared by all backbones
+with the same size; the *normalisation* (mean/std) runs per backbone on the device.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms import InterpolationMode
+
+from workbench.backbones.registry import DataConfig
+
+__all__ = ["Geometry", "Preprocess", "RESIZE_MODES", "INPUT_MODES"]
+
+RESIZE_MODES = ("squash", "crop", "letterbox")
+INPUT_MODES = ("whole", "box")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image becomes a ``size`` x ``size`` tensor.
+
+    ``resize``:
+    - ``squash`` (default): the whole frame scaled to the square, aspect not kept. A
+      lesion at the frame's edge is never cut off, which a centre crop can do.
+    - ``crop``: timm/torchvision eval transform: shorter side to ``size / crop_pct``,
+      centre crop.
+    - ``letterbox``: longer side to ``size``, zero padding (black) to the square.
+    """
+
+    size: int
+    resize: str = "squash"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        interp = InterpolationMode(self.interpolation)
+        s = self.size
+        _, h, w = img.shape
+        if self.resize == "squash":
+            out = TF.resize(img, [s, s], interpolation=interp, antialias=True)
+        elif self.resize == "crop":
+            short = int(round(s / self.crop_pct))
+            out = TF.center_crop(TF.resize(img, short, interpolation=interp, antialias=True), [s, s])
+        else:
+            scale = s / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            small = TF.resize(img, [nh, nw], interpolation=interp, antialias=True)
+            out = img.new_zeros((img.shape[0], s, s))
+            top, left = (s - nh) // 2, (s - nw) // 2
+            out[:, top:top + nh, left:left + nw] = small
+        # Bicubic overshoots; keep the [0, 1] range the normalisation assumes.
+        return out.clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Everything between the image file and a backbone's input; all of it is cache key.
+
+    Parameters
+    ----------
+    geometry
+        Resize settings (see :class:`Geometry`).
+    mean, std
+        Normalisation from the weights' metadata.
+    input
+        ``whole`` image or the lesion ``box`` crop.
+    box_margin
+        With ``input="box"``: fraction of the box's width/height added on each side.
+    """
+
+    geometry: Geometry
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input: str = "whole"
+    box_margin: float = 0.1
+
+    @classmethod
+    def from_data_config(
+        cls,
+        cfg: DataConfig,
+        *,
+        resize: Literal["squash", "crop", "letterbox"] = "squash",
+        input: Literal["whole", "box"] = "whole",
+        box_margin: float = 0.1,
+        size: int | None = None,
+    ) -> "Preprocess":
+        """Settings for a backbone's weights; ``size`` overrides the input size."""
+        if input not in INPUT_MODES:
+            raise ValueError(f"input must be one of {INPUT_MODES}, got {input!r}")
+        if not 0.0 <= box_margin <= 2.0:
+            raise ValueError(f"box_margin must be within [0, 2], got {box_margin}")
+        return cls(
+            geometry=Geometry(
+                size=int(size or cfg.input_size),
+                resize=resize,
+                crop_pct=round(cfg.crop_pct, 6),
+                interpolation=cfg.interpolation,
+            ),
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            input=input,
+            box_margin=float(box_margin) if input == "box" else 0.0,
+        )
+
+    def key_fields(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1)
+        return (batch - mean) / std
