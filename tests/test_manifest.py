@@ -193,7 +193,10 @@ def test_mask_problems(tmp_path):
 def test_classes_default_to_sorted_labels_and_extras_are_kept(tmp_path):
     for n in "abc":
         write_png(tmp_path / "img" / f"{n}.png")
-    csv = write_csv(tmp_path / "m.csv", ["path,label,notes", "img/a.png,zeta,x", "img/b.png,alpha,", "img/c.png,zeta,z"])
+    csv = write_csv(
+        tmp_path / "m.csv",
+        ["path,label,notes,width", "img/a.png,zeta,x,1", "img/b.png,alpha,,2", "img/c.png,zeta,z,3"],
+    )
     m = Manifest.load(csv)
     assert m.classes == ["alpha", "zeta"]
     assert m.labels == ["zeta", "alpha", "zeta"] and m.ids == ["img/a.png", "img/b.png", "img/c.png"]

@@ -257,7 +257,8 @@ def image_size(path: PathLike) -> tuple[int, int]:
     p = Path(path)
     try:
         if not p.is_file():
-            raise ImageDecodeError(p, "not a file (a directory)" if p.is_dir() else "file not found")
+            reason = "not a file (a directory)" if p.is_dir() else "file not found"
+            raise ImageDecodeError(p, reason)
         if p.stat().st_size == 0:
             raise ImageDecodeError(p, "empty file (0 bytes)")
         with Image.open(p) as img:

@@ -35,6 +35,11 @@ SPLITS = ("train", "val", "test")
 BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 _KNOWN_COLUMNS = ("id", "path", "label", "split", "group", *BOX_COLUMNS, "mask_path")
 
+_FRAME_COLUMNS = (
+    "id", "path", "label", "split", "group", *BOX_COLUMNS,
+    "mask_path", "sha256", "width", "height", "row",
+)
+
 PathLike = str | os.PathLike[str]
 Box = tuple[int, int, int, int]
 
@@ -256,7 +261,12 @@ class Manifest:
         header, records = _read_csv(src)
         col = _column_index(src, header)
         root = src.parent
-        extra_cols = [(i, h) for i, h in enumerate(header) if h.strip().lower() not in col]
+        # Other columns ride along into to_frame(), unless they would shadow its own.
+        extra_cols = [
+            (i, h.strip())
+            for i, h in enumerate(header)
+            if h.strip() and h.strip().lower() not in (*col, *_FRAME_COLUMNS)
+        ]
 
         items: list[Item] = []
         bad: list[BadRow] = []
@@ -281,7 +291,8 @@ class Manifest:
                 reasons.append(_unknown_label(label, given))
             if item_id is not None:
                 if item_id in first_line:
-                    reasons.append(f"duplicate id {item_id!r} (first on line {first_line[item_id]})")
+                    first = first_line[item_id]
+                    reasons.append(f"duplicate id {item_id!r} (first on line {first})")
                 else:
                     first_line[item_id] = line
             split = get("split").lower() or None
@@ -550,11 +561,7 @@ class Manifest:
                     **self._extra.get(it.id, {}),
                 }
             )
-        columns = [
-            "id", "path", "label", "split", "group", *BOX_COLUMNS,
-            "mask_path", "sha256", "width", "height", "row",
-        ]
-        df = pd.DataFrame(rows, columns=None if rows else columns)
+        df = pd.DataFrame(rows, columns=None if rows else list(_FRAME_COLUMNS))
         for c in (*BOX_COLUMNS, "width", "height", "row"):
             df[c] = df[c].astype("Int64")
         return df
@@ -571,7 +578,8 @@ class Manifest:
             raise ValueError("digest() needs validated items: call validate() first")
         h = hashlib.sha256()
         for it in self._items:
-            record = [it.id, it.label, it.split, it.group, list(it.box) if it.box else None, it.sha256]
+            box = list(it.box) if it.box else None
+            record = [it.id, it.label, it.split, it.group, box, it.sha256]
             h.update(json.dumps(record, separators=(",", ":")).encode())
             h.update(b"\n")
         return h.hexdigest()
@@ -597,7 +605,9 @@ def _read_csv(src: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 if any(c.strip() for c in cells):
                     records.append((start, cells))
     except UnicodeDecodeError as e:
-        raise ManifestError(src, message=f"cannot read CSV: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise ManifestError(
+            src, message=f"cannot read CSV: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from e
     except csv.Error as e:
         raise ManifestError(src, message=f"cannot parse CSV near line {line_num + 1}: {e}") from e
     except OSError as e:

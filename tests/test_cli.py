@@ -1,0 +1,124 @@
+"""The `workbench` command end to end, as a user runs it (the installed console script)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"
+
+
+def wb(*args: str, cwd: Path | None = None, ok: bool = True) -> subprocess.CompletedProcess:
+    exe = shutil.which("workbench") or str(Path(sys.executable).with_name("workbench"))
+    p = subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    if ok:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def busi_slice(tmp_path_factory) -> Path:
+    """A 12-image slice of BUSI (4 per class, both splits), as its own manifest."""
+    if not (BUSI / "labels.csv").exists():
+        pytest.skip(f"real data not found at {BUSI}")
+    rows = list(csv.DictReader(open(BUSI / "labels.csv")))
+    picked = []
+    for label in ("benign", "malignant", "normal"):
+        picked += [r for r in rows if r["label"] == label][:4]
+    out = tmp_path_factory.mktemp("busi") / "slice.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "path", "label", "split", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"])
+        w.writeheader()
+        for r in picked:
+            w.writerow({k: (str(BUSI / r["path"]) if k == "path" else r[k]) for k in w.fieldnames})
+    return out
+
+
+def test_help_explains_every_command():
+    out = wb("--help").stdout
+    for cmd in ("demo", "backbones", "extract", "cache"):
+        assert cmd in out
+    ex = wb("extract", "--help").stdout
+    assert "BACKBONE[@WEIGHTS][:TAP,TAP]" in ex and "--skip-bad" in ex and "--cache" in ex
+
+
+def test_backbones_lists_names_taps_dims():
+    out = wb("backbones").stdout
+    assert "alexnet" in out and "fc6 (4096)" in out and "inception_v3" in out and "avgpool (2048)" in out
+    data = json.loads(wb("backbones", "--json").stdout)
+    assert {d["name"]: d["taps"] for d in data}["resnet18"] == {"avgpool": 512}
+
+
+@pytest.mark.slow
+def test_extract_on_busi_then_rerun_computes_nothing(busi_slice, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["extract", "--manifest", str(busi_slice), "--features", "tf_efficientnet_lite0:avgpool",
+            "--features", "resnet18@random:avgpool", "--image-size", "128", "--cache", str(cache),
+            "--quiet", "--save", str(tmp_path / "f.npz")]
+    first = wb(*args, "--record", str(tmp_path / "r1.json"))
+    assert "computed 12" in first.stdout and "random (untrained) weights for resnet18" in first.stdout
+    r1 = json.loads((tmp_path / "r1.json").read_text())
+    assert r1["forward_images"] == {"tf_efficientnet_lite0": 12, "resnet18": 12}
+    assert r1["blocks"]["resnet18@random:avgpool"]["weights_random"] is True
+    assert r1["blocks"]["tf_efficientnet_lite0:avgpool"]["weights_random"] is False
+    assert r1["environment"]["versions"]["torch"]
+    second = wb(*args, "--record", str(tmp_path / "r2.json"))
+    r2 = json.loads((tmp_path / "r2.json").read_text())
+    assert r2["forward_images"] == {"tf_efficientnet_lite0": 0, "resnet18": 0}
+    assert "computed 0" in second.stdout
+    import numpy as np
+
+    f = np.load(tmp_path / "f.npz")
+    assert f["tf_efficientnet_lite0:avgpool"].shape == (12, 1280)
+    assert list(f["ids"]) == [r["id"] for r in csv.DictReader(open(busi_slice))]
+    ls = wb("cache", "--cache", str(cache), "ls").stdout
+    assert "tf_efficientnet_lite0@packaged:avgpool" in ls and "RANDOM" in ls and "2 entries" in ls
+    assert "0 corrupt" in wb("cache", "--cache", str(cache), "verify").stdout
+    # box crops are different features: a new entry, and normal images (no box) are skipped
+    third = wb("extract", "--manifest", str(busi_slice), "--features", "tf_efficientnet_lite0",
+               "--image-size", "128", "--cache", str(cache), "--quiet", "--input", "box", "--skip-bad")
+    assert "computed 8" in third.stdout and "skipped 4 bad rows" in third.stdout
+
+
+def test_bad_manifest_fails_before_work_listing_every_row(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    m = tmp_path / "m.csv"
+    m.write_text("id,path,label\na,empty.png,benign\nb,text.png,benign\nc,missing.png,benign\nd,text.png,cat\n")
+    p = wb("extract", "--manifest", str(m), "--features", "resnet18@random", "--cache", str(tmp_path / "c"),
+           "--classes", "benign,malignant", "--quiet", ok=False)
+    assert p.returncode == 2
+    for needle in ("line 2", "line 3", "line 4", "line 5", "unknown label 'cat'"):
+        assert needle in p.stderr, p.stderr
+    assert not (tmp_path / "c").exists()  # nothing was started
+
+
+def test_missing_weights_and_unknown_backbone_are_clear(tmp_path, busi_slice):
+    env_home = tmp_path / "torch"
+    exe = shutil.which("workbench") or str(Path(sys.executable).with_name("workbench"))
+    import os
+
+    p = subprocess.run([exe, "extract", "--manifest", str(busi_slice), "--features", "alexnet:fc6",
+                        "--cache", str(tmp_path / "c"), "--quiet"], capture_output=True, text=True,
+                       env={**os.environ, "TORCH_HOME": str(env_home)})
+    assert p.returncode == 2
+    assert "alexnet-owt-7be5be79.pth" in p.stderr and str(env_home) in p.stderr
+    p = wb("extract", "--manifest", str(busi_slice), "--features", "resnet5", "--quiet", ok=False)
+    assert p.returncode == 2 and "Did you mean" in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_on_embedded_data(tmp_path):
+    out = wb("demo", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
+             "--features", "tf_efficientnet_lite0", "--image-size", "96", "--quiet").stdout
+    assert "synthetic demo shapes (not medical data)" in out
+    assert "tf_efficientnet_lite0:avgpool" in out and str((tmp_path / "cache").resolve()) in out
+    rec = json.loads((tmp_path / "demo" / "demo-record.json").read_text())
+    assert rec["n_images"] == 80 and rec["forward_images"] == {"tf_efficientnet_lite0": 80}
+    # the features carry the shape cue the synthetic classes differ by
+    assert rec["linear_probe_cv_accuracy"]["tf_efficientnet_lite0:avgpool"] > 0.75
