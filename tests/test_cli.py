@@ -63,13 +63,13 @@ def test_extract_on_busi_then_rerun_computes_nothing(busi_slice, tmp_path):
     first = wb(*args, "--record", str(tmp_path / "r1.json"))
     assert "computed 12" in first.stdout and "random (untrained) weights for resnet18" in first.stdout
     r1 = json.loads((tmp_path / "r1.json").read_text())
-    assert r1["forward_images"] == {"tf_efficientnet_lite0": 12, "resnet18": 12}
+    assert r1["forward_images"] == {"tf_efficientnet_lite0": 12, "resnet18@random": 12}
     assert r1["blocks"]["resnet18@random:avgpool"]["weights_random"] is True
     assert r1["blocks"]["tf_efficientnet_lite0:avgpool"]["weights_random"] is False
     assert r1["environment"]["versions"]["torch"]
     second = wb(*args, "--record", str(tmp_path / "r2.json"))
     r2 = json.loads((tmp_path / "r2.json").read_text())
-    assert r2["forward_images"] == {"tf_efficientnet_lite0": 0, "resnet18": 0}
+    assert r2["forward_images"] == {"tf_efficientnet_lite0": 0, "resnet18@random": 0}
     assert "computed 0" in second.stdout
     import numpy as np
 

@@ -1,13 +1,13 @@
 """Tests for workbench.features.extract: requests, multi-backbone passes, failing early."""
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import workbench.features.extract as extract_mod
 from workbench.backbones import (
     CheckpointMismatchError,
     UnknownBackboneError,
@@ -17,7 +17,12 @@ from workbench.backbones import (
 )
 from workbench.data.images import decode_image
 from workbench.data.manifest import Manifest, ManifestError
-from workbench.features import FeatureCache, FeatureRequest, FeatureSet, Preprocess, extract
+from workbench.features import FeatureRequest, FeatureSet, Preprocess, extract
+from workbench.features.cache import FORMAT
+
+# `workbench.features.extract` the attribute is the function (re-exported by the
+# package), which shadows the submodule: fetch the module itself to patch it.
+extract_mod = importlib.import_module("workbench.features.extract")
 
 RESNET = "resnet18@random:avgpool"
 TINY = "timm/test_efficientnet@random:pre_logits"
@@ -31,7 +36,9 @@ def run(csv, features, cache, **kw) -> FeatureSet:
 
 
 def cache_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Files of feature entries under a cache root (other bookkeeping files aside)."""
+    base = root / FORMAT
+    return sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
 
 
 # ---- FeatureRequest.parse ---------------------------------------------------------------
@@ -79,7 +86,7 @@ def test_multi_backbone_pass_shapes_order_and_values(tiny_dataset, tmp_path):
     assert fs[RESNET].shape == (8, 512) and fs[RESNET].dtype == np.float32
     assert fs[TINY].shape == (8, 256) and fs[TINY].dtype == np.float32
     assert fs.record["computed_rows"] == {RESNET: 8, TINY: 8}
-    assert fs.record["forward_images"] == {"resnet18": 8, "timm/test_efficientnet": 8}
+    assert fs.record["forward_images"] == {"resnet18@random": 8, "timm/test_efficientnet@random": 8}
     assert fs.record["random_weights"] == ["resnet18", "timm/test_efficientnet"]
     assert fs.info[RESNET].entry_key != fs.info[TINY].entry_key
     # Rows are distinct images, so no two rows may be equal (catches a broadcast row).
@@ -166,8 +173,9 @@ def test_record_and_block_info(tiny_dataset, tmp_path):
 # ---- errors before any work --------------------------------------------------------------
 
 
-@pytest.fixture
-def bad_weights_files(tmp_path):
+@pytest.fixture(scope="module")
+def bad_weights_files(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("weights")
     wrong = tmp_path / "resnet18_for_tiny.pth"
     torch.save(get_backbone("resnet18").build().state_dict(), wrong)
     return {"wrong": wrong, "absent": tmp_path / "nowhere" / "w.pth"}
@@ -280,7 +288,8 @@ def test_bad_settings_fail_before_work(tiny_dataset, tmp_path):
 
 def test_busi_box_and_whole_inputs(busi_dir, tmp_path):
     m = Manifest.load(busi_dir / "labels.csv")
-    ids = [m.ids[i] for i in (0, 1, len(m) // 2, len(m) - 1)]
+    boxed = [it.id for it in m if it.box is not None]  # "normal" images have no lesion box
+    ids = [boxed[i] for i in (0, 1, len(boxed) // 2, len(boxed) - 1)]
     sub = m.subset(ids)
     cache = tmp_path / "cache"
     whole = run(sub, [TINY], cache)

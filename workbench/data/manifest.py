@@ -388,6 +388,7 @@ class Manifest:
         skip_bad: bool = False,
         n_jobs: int = 4,
         progress: bool = False,
+        known: dict[str, tuple[int, int]] | None = None,
     ) -> Manifest:
         """Decode every image (and mask) and check it against its row.
 
@@ -407,6 +408,11 @@ class Manifest:
             Threads checking files; ``<= 0`` means one per CPU.
         progress : bool
             Show a progress bar.
+        known : dict, optional
+            SHA-256 -> (width, height) of files that already decoded cleanly (the
+            feature cache keeps this memo). A file whose bytes hash to a known digest is
+            not decoded again: the same bytes decode the same way. Files decoded here
+            are added to it.
 
         Returns
         -------
@@ -430,7 +436,7 @@ class Manifest:
         try:
             with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                 futures = {
-                    pool.submit(_check_item, it, root, require_box): i
+                    pool.submit(_check_item, it, root, require_box, known): i
                     for i, it in enumerate(self._items)
                 }
                 for fut in as_completed(futures):
@@ -655,24 +661,38 @@ def _walk_images(folder: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _check_item(item: Item, root: Path, require_box: bool) -> tuple[Item, list[str]]:
+def _decoded_size(path: Path, known: dict[str, tuple[int, int]] | None) -> tuple[str, int, int]:
+    """(sha256, width, height) of an image file, decoding it fully unless its digest is known."""
+    data = _read_bytes(path)
+    digest = hashlib.sha256(data).hexdigest()
+    if known is not None and digest in known:
+        w, h = known[digest]
+        return digest, w, h
+    h, w = _decode_array(path, data).shape[:2]
+    if known is not None:
+        known[digest] = (w, h)  # dict item assignment is atomic under the GIL
+    return digest, w, h
+
+
+def _check_item(
+    item: Item, root: Path, require_box: bool, known: dict[str, tuple[int, int]] | None = None
+) -> tuple[Item, list[str]]:
     """Decode one item's image (and mask); the item with size and digest, and problems."""
     reasons: list[str] = []
     size: tuple[int, int] | None = None
     try:
-        data = _read_bytes(item.path)
-        h, w = _decode_array(item.path, data).shape[:2]
+        digest, w, h = _decoded_size(item.path, known)
     except ImageDecodeError as e:
         reasons.append(e.reason)
     else:
         size = (w, h)
-        item = replace(item, sha256=hashlib.sha256(data).hexdigest(), width=w, height=h)
+        item = replace(item, sha256=digest, width=w, height=h)
         if item.box is not None and (item.box[2] > w or item.box[3] > h):
             reasons.append(f"bounding box {item.box} outside the image ({w}x{h})")
     if item.mask_path is not None:
         shown = _display_path(item.mask_path, root)
         try:
-            mh, mw = _decode_array(item.mask_path, _read_bytes(item.mask_path)).shape[:2]
+            _, mw, mh = _decoded_size(item.mask_path, known)
         except ImageDecodeError as e:
             reasons.append(f"mask {shown}: {e.reason}")
         else:

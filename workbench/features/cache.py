@@ -284,6 +284,42 @@ class FeatureCache:
             return []
         return [CacheEntry(self.root, d.name) for d in sorted(base.glob("*/*")) if d.is_dir()]
 
+    # -- memo of images known to decode -------------------------------------------------
+    @property
+    def _images_path(self) -> Path:
+        return self.root / "checked-images.jsonl"
+
+    def known_images(self) -> dict[str, tuple[int, int]]:
+        """SHA-256 -> (width, height) of image files that decoded cleanly before.
+
+        Lets a warm re-run skip re-decoding every image during validation: the same
+        bytes decode the same way. Torn lines (a killed writer) are ignored.
+        """
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            with open(self._images_path) as f:
+                for line in f:
+                    try:
+                        d = json.loads(line)
+                        out[d["sha256"]] = (int(d["w"]), int(d["h"]))
+                    except (ValueError, KeyError, TypeError):
+                        continue
+        except FileNotFoundError:
+            pass
+        return out
+
+    def remember_images(self, sizes: Mapping[str, tuple[int, int]]) -> None:
+        """Append newly checked images to the memo (one O_APPEND write: safe with concurrent writers)."""
+        if not sizes:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps({"sha256": k, "w": w, "h": h}) + "\n" for k, (w, h) in sizes.items())
+        fd = os.open(self._images_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+
     def lock(self, entry: CacheEntry) -> FileLock:
         """A lock used by ``gc`` while it rewrites an entry's shards."""
         entry.dir.mkdir(parents=True, exist_ok=True)
@@ -339,9 +375,13 @@ class FeatureCache:
         drop
             Entry keys (or unique prefixes) to delete whole.
         """
-        stats = {"removed_files": 0, "removed_corrupt_shards": 0, "compacted_entries": 0, "dropped_entries": 0}
+        stats = {"removed_files": 0, "removed_corrupt_shards": 0, "compacted_entries": 0, "dropped_entries": 0,
+                 "corrupt_entries_left": 0}
         now = time.time()
-        bad_shards = {(p.entry, p.file) for p in self.verify() if p.severity == "error"} if remove_corrupt else set()
+        # Always verify first: compacting a damaged shard would re-hash altered rows
+        # into a fresh, "valid" shard and hide the damage for good.
+        bad_shards = {(p.entry, p.file) for p in self.verify() if p.severity == "error"}
+        damaged = {entry for entry, _ in bad_shards}
         for e in self.entries():
             if any(e.key.startswith(d) for d in drop if d):
                 shutil.rmtree(e.dir)
@@ -355,8 +395,16 @@ class FeatureCache:
                     if orphan and now - p.stat().st_mtime > grace_seconds:
                         p.unlink(missing_ok=True)
                         stats["removed_files"] += 1
+                if e.key in damaged and not remove_corrupt:
+                    stats["corrupt_entries_left"] += 1  # left for the user to see in `verify`
+                    continue
+                if (e.key, "meta.json") in bad_shards:
+                    # Its meta no longer says what its rows are: nothing in it can be trusted.
+                    shutil.rmtree(e.dir)
+                    stats["removed_corrupt_shards"] += len(committed)
+                    continue
                 for shard in sorted(committed):
-                    if (e.key, shard) in bad_shards or (e.key, "meta.json") in bad_shards:
+                    if (e.key, shard) in bad_shards:
                         (e.dir / f"{shard}.json").unlink(missing_ok=True)  # uncommit first
                         for suffix in (".npy", ".keys.npy"):
                             (e.dir / f"{shard}{suffix}").unlink(missing_ok=True)

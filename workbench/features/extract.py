@@ -62,12 +62,22 @@ class FeatureRequest:
                 f"cannot parse feature spec {text!r}; expected backbone[@weights][:tap,tap], "
                 f"e.g. alexnet:fc6,fc7 or resnet50@random:avgpool"
             )
-        taps = tuple(t.strip() for t in m["taps"].split(",") if t.strip()) if m["taps"] else None
-        return cls(m["name"].strip(), (m["weights"] or None), taps or None)
+        if m["weights"] is not None and not m["weights"].strip():
+            raise ValueError(f"feature spec {text!r}: empty weights after '@'")
+        taps = None
+        if m["taps"] is not None:
+            taps = tuple(t.strip() for t in m["taps"].split(",") if t.strip())
+            if not taps:  # "alexnet:," must not silently widen to every tap
+                raise ValueError(f"feature spec {text!r}: empty tap list after ':'")
+        return cls(m["name"].strip(), m["weights"].strip() if m["weights"] else None, taps)
+
+    @property
+    def label(self) -> str:
+        """``backbone[@weights]`` as requested."""
+        return f"{self.backbone}@{self.weights}" if self.weights else self.backbone
 
     def block_name(self, tap: str) -> str:
-        w = f"@{self.weights}" if self.weights else ""
-        return f"{self.backbone}{w}:{tap}"
+        return f"{self.label}:{tap}"
 
 
 @dataclass
@@ -202,9 +212,6 @@ def extract(
     requests = [f if isinstance(f, FeatureRequest) else FeatureRequest.parse(f) for f in features]
     if not requests:
         raise ValueError("no features requested (e.g. --features tf_efficientnet_lite0:avgpool)")
-    names = [r.block_name(t) for r in requests for t in (r.taps or ())]
-    if len(set(names)) != len(names):
-        raise ValueError(f"a feature is requested twice: {names}")
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     dev = _resolve_device(device)
     prec = _resolve_precision(precision, dev)
@@ -214,10 +221,22 @@ def extract(
     for r, s in zip(requests, specs):
         for t in r.taps or ():
             s.tap(t)
+    # No taps means all of them; expand before looking for duplicates.
+    requests = [FeatureRequest(r.backbone, r.weights, r.taps or tuple(s.taps)) for r, s in zip(requests, specs)]
+    names = [r.block_name(t) for r in requests for t in r.taps]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"feature requested twice: {', '.join(dupes)}")
     resolved = [resolve_weights(s, r.weights) for r, s in zip(requests, specs)]
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest, classes=classes)
-    manifest = manifest.validate(require_box=(input == "box"), skip_bad=skip_bad, progress=progress)
+    known = cache.known_images()
+    n_known = len(known)
+    try:
+        manifest = manifest.validate(require_box=(input == "box"), skip_bad=skip_bad, progress=progress, known=known)
+    finally:
+        # Remember what decoded cleanly even when other rows were bad: nothing done is lost.
+        cache.remember_images(dict(list(known.items())[n_known:]))
     items = list(manifest)
     keys = [row_key(it, input) for it in items]
 
@@ -227,8 +246,7 @@ def extract(
         pre = Preprocess.from_data_config(
             s.data_config(w.id), resize=resize, input=input, box_margin=box_margin, size=image_size
         )
-        taps = list(r.taps or s.taps)
-        r = FeatureRequest(r.backbone, r.weights, tuple(taps))
+        taps = list(r.taps)
         entries, missing = {}, {}
         for t in taps:
             fields = {
@@ -257,9 +275,10 @@ def extract(
             n_uniq = len(set(keys))
             say(f"{j.request.block_name(t)}: {n_uniq - n_miss} cached, {n_miss} to compute")
 
-    forwarded: dict[str, int] = {j.request.backbone: 0 for j in jobs}
+    forwarded: dict[str, int] = {j.request.label: 0 for j in jobs}
+    pass_seconds = 0.0
     if todo:
-        _run_pass(todo, items, keys, input, box_margin, batch_size, num_workers, dev, prec, progress, forwarded)
+        pass_seconds = _run_pass(todo, items, keys, input, box_margin, batch_size, num_workers, dev, prec, progress, forwarded)
 
     # 3. Read every block back from the cache, aligned to the manifest.
     blocks, info = {}, {}
@@ -296,6 +315,7 @@ def extract(
         "forward_images": forwarded,
         "random_weights": sorted({j.spec.name for j in jobs if j.weights.is_random}),
         "seconds": round(elapsed, 3),
+        "pass_seconds": round(pass_seconds, 3),
         "environment": environment(),
     }
     return FeatureSet(manifest.ids, manifest.labels, blocks, info, record)
@@ -313,7 +333,8 @@ def _run_pass(
     prec: str,
     progress: bool,
     forwarded: dict[str, int],
-) -> None:
+) -> float:
+    """Run the decode-and-forward pass; return its wall time (models built, loop run)."""
     # Decode only images some backbone still needs, each distinct image once.
     needed = set().union(*(j.needed for j in jobs))
     order, seen = [], set()
@@ -351,6 +372,7 @@ def _run_pass(
     )
     needed_mask = {id(j): np.array([k in j.needed for k in pass_keys]) for j in jobs}
     bar = tqdm(total=len(pass_items), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter()
     with torch.inference_mode(), bar:
         for idx, tensors in loader:
             idx = idx.numpy()
@@ -364,7 +386,7 @@ def _run_pass(
                 x = j.pre.normalize(x)
                 with autocast:
                     out = j.model(x)
-                forwarded[j.request.backbone] += int(sel.size)
+                forwarded[j.request.label] += int(sel.size)
                 batch_keys = [pass_keys[idx[s]] for s in sel]
                 for t, feats in out.items():
                     rows = [n for n, k in enumerate(batch_keys) if k in j.missing[t]]
@@ -372,3 +394,4 @@ def _run_pass(
                         arr = feats[rows].float().cpu().numpy()
                         j.entries[t].write([batch_keys[n] for n in rows], arr)
             bar.update(len(idx))
+    return time.perf_counter() - t0
