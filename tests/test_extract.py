@@ -121,9 +121,9 @@ def test_each_image_decoded_once_for_several_backbones(make_dataset, tmp_path, m
     ds = make_dataset(5)
     calls: list[str] = []
 
-    def counting_decode(path):
+    def counting_decode(path, **kw):
         calls.append(Path(path).name)
-        return decode_image(path)
+        return decode_image(path, **kw)
 
     monkeypatch.setattr(extract_mod, "decode_image", counting_decode)
     # No image_size override: resnet18 wants 224 px and test_efficientnet 160 px, so

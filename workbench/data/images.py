@@ -196,8 +196,8 @@ def _decode_array(path: Path, data: bytes) -> np.ndarray:
     raise ImageDecodeError(path, reason) from cause
 
 
-def _to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """HxWxC array -> (3, H, W) float32 in [0, 1]."""
+def _to_tensor(arr: np.ndarray, keep_gray: bool = False) -> torch.Tensor:
+    """HxWxC array -> (3, H, W) float32 in [0, 1] ((1, H, W) for gray with ``keep_gray``)."""
     if arr.dtype == np.uint8:
         out = arr.astype(np.float32) / np.float32(255.0)
     else:
@@ -214,12 +214,12 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
         x = np.nan_to_num(x, nan=lo)
         out = ((x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)).astype(np.float32)
     t = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-    if t.shape[0] == 1:
+    if t.shape[0] == 1 and not keep_gray:
         t = t.repeat(3, 1, 1)
     return t.clamp_(0.0, 1.0)
 
 
-def decode_image(path: PathLike) -> torch.Tensor:
+def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
     """Fully decode an image file into a float tensor.
 
     Parameters
@@ -227,11 +227,15 @@ def decode_image(path: PathLike) -> torch.Tensor:
     path : str or PathLike
         PNG, JPEG, BMP or TIFF file (other formats PIL reads also work).
 
+    keep_gray : bool
+        Return grayscale images as (1, H, W), so a resize works on one channel
+        instead of three identical ones (the extraction pipeline replicates after).
+
     Returns
     -------
     torch.Tensor
         float32, shape (3, H, W), values in [0, 1]. Grayscale is replicated to three
-        channels and alpha is dropped. 8-bit data is divided by 255; 16-bit, 32-bit
+        channels (unless ``keep_gray``) and alpha is dropped. 8-bit data is divided by 255; 16-bit, 32-bit
         and float data are min-max rescaled per image (a constant image gives zeros),
         since medical images rarely use the full 16-bit range. TIFFs PIL cannot read
         faithfully (e.g. 16-bit RGB) are read with tifffile (first page). EXIF
@@ -243,7 +247,7 @@ def decode_image(path: PathLike) -> torch.Tensor:
         If the file is missing, empty, not an image, truncated or corrupt.
     """
     p = Path(path)
-    return _to_tensor(_decode_array(p, _read_bytes(p)))
+    return _to_tensor(_decode_array(p, _read_bytes(p)), keep_gray=keep_gray)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

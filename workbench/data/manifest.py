@@ -434,15 +434,29 @@ class Manifest:
 
             bar = tqdm(total=len(self._items), desc="checking images", unit="img")
         try:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                futures = {
-                    pool.submit(_check_item, it, root, require_box, known): i
-                    for i, it in enumerate(self._items)
-                }
-                for fut in as_completed(futures):
-                    results[futures[fut]] = fut.result()
+            # Images whose bytes are in the memo need no decode: check them here, in
+            # one thread (a read and a hash each; a pool's overhead would dominate).
+            todo = []
+            for i, it in enumerate(self._items):
+                try:
+                    if not known:
+                        raise _NeedsDecode
+                    results[i] = _check_item(it, root, require_box, known, decode=False)
+                except _NeedsDecode:
+                    todo.append(i)
+                else:
                     if bar is not None:
                         bar.update(1)
+            if todo:
+                with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                    futures = {
+                        pool.submit(_check_item, self._items[i], root, require_box, known): i
+                        for i in todo
+                    }
+                    for fut in as_completed(futures):
+                        results[futures[fut]] = fut.result()
+                        if bar is not None:
+                            bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
@@ -661,13 +675,29 @@ def _walk_images(folder: Path) -> Iterator[Path]:
                 yield Path(dirpath) / name
 
 
-def _decoded_size(path: Path, known: dict[str, tuple[int, int]] | None) -> tuple[str, int, int]:
-    """(sha256, width, height) of an image file, decoding it fully unless its digest is known."""
-    data = _read_bytes(path)
+class _NeedsDecode(Exception):
+    """Raised by the memo-only check for a file whose bytes were never decoded."""
+
+
+def _decoded_size(
+    path: Path, known: dict[str, tuple[int, int]] | None, decode: bool = True
+) -> tuple[str, int, int]:
+    """(sha256, width, height) of an image file, decoding it fully unless its digest is known.
+
+    With ``decode=False`` an unknown (or unreadable) file raises :class:`_NeedsDecode`.
+    """
+    try:
+        data = _read_bytes(path)
+    except ImageDecodeError:
+        if not decode:
+            raise _NeedsDecode from None
+        raise
     digest = hashlib.sha256(data).hexdigest()
     if known is not None and digest in known:
         w, h = known[digest]
         return digest, w, h
+    if not decode:
+        raise _NeedsDecode
     h, w = _decode_array(path, data).shape[:2]
     if known is not None:
         known[digest] = (w, h)  # dict item assignment is atomic under the GIL
@@ -675,13 +705,17 @@ def _decoded_size(path: Path, known: dict[str, tuple[int, int]] | None) -> tuple
 
 
 def _check_item(
-    item: Item, root: Path, require_box: bool, known: dict[str, tuple[int, int]] | None = None
+    item: Item,
+    root: Path,
+    require_box: bool,
+    known: dict[str, tuple[int, int]] | None = None,
+    decode: bool = True,
 ) -> tuple[Item, list[str]]:
     """Decode one item's image (and mask); the item with size and digest, and problems."""
     reasons: list[str] = []
     size: tuple[int, int] | None = None
     try:
-        digest, w, h = _decoded_size(item.path, known)
+        digest, w, h = _decoded_size(item.path, known, decode)
     except ImageDecodeError as e:
         reasons.append(e.reason)
     else:
@@ -692,7 +726,7 @@ def _check_item(
     if item.mask_path is not None:
         shown = _display_path(item.mask_path, root)
         try:
-            _, mw, mh = _decoded_size(item.mask_path, known)
+            _, mw, mh = _decoded_size(item.mask_path, known, decode)
         except ImageDecodeError as e:
             reasons.append(f"mask {shown}: {e.reason}")
         else:

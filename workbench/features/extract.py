@@ -112,10 +112,11 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        img = decode_image(item.path)
+        img = decode_image(item.path, keep_gray=True)
         if self.input_mode == "box":
             img = crop_to_box(img, item.box, self.box_margin)
-        return i, [g(img) for g in self.geometries]
+        # Resizing one grey channel, then replicating, gives the same tensor for a third of the work.
+        return i, [g(img).expand(3, -1, -1) for g in self.geometries]
 
 
 def row_key(item: Item, input_mode: str) -> str:
