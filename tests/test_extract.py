@@ -1,4 +1,4 @@
-"""Tests for workbench.features.extract: requests, multi-backbone passes, failing early."""
+"""Tests for workbench.features.extraction: requests, multi-backbone passes, failing early."""
 from __future__ import annotations
 
 import importlib
@@ -20,9 +20,7 @@ from workbench.data.manifest import Manifest, ManifestError
 from workbench.features import FeatureRequest, FeatureSet, Preprocess, extract
 from workbench.features.cache import FORMAT
 
-# `workbench.features.extract` the attribute is the function (re-exported by the
-# package), which shadows the submodule: fetch the module itself to patch it.
-extract_mod = importlib.import_module("workbench.features.extract")
+extract_mod = importlib.import_module("workbench.features.extraction")
 
 RESNET = "resnet18@random:avgpool"
 TINY = "timm/test_efficientnet@random:pre_logits"

@@ -136,7 +136,7 @@ def _cmd_backbones(args) -> int:
 def _cmd_extract(args) -> int:
     import numpy as np
 
-    from workbench.features.extract import extract
+    from workbench.features.extraction import extract
 
     fs = extract(
         args.manifest, _split_features(args.features), cache=args.cache, input=args.input,

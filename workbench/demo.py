@@ -129,7 +129,7 @@ def run_demo(
 
     Returns the run record (also written to ``out/demo-record.json``).
     """
-    from workbench.features.extract import extract
+    from workbench.features.extraction import extract
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Feature extraction, preprocessing and the content-addressed feature cache."""
 from workbench.features.cache import CacheCorruptError, CacheProblem, FeatureCache
-from workbench.features.extract import FEATURE_CODE_VERSION, FeatureRequest, extract
+from workbench.features.extraction import FEATURE_CODE_VERSION, FeatureRequest, extract
 from workbench.features.featureset import BlockInfo, FeatureSet
 from workbench.features.preprocess import Geometry, Preprocess
 
