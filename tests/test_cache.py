@@ -18,15 +18,7 @@ import torch
 from workbench.features import CacheCorruptError, FeatureCache, FeatureSet, extract
 from workbench.features.cache import FORMAT, CacheEntry, entry_key
 
-TINY = "timm/test_efficientnet@random:pre_logits"
-RESNET = "resnet18@random:avgpool"
-
-
-def run(csv, features, cache, **kw) -> FeatureSet:
-    """extract() with small, fast, CPU-only defaults."""
-    opts = dict(image_size=32, batch_size=4, num_workers=0, device="cpu", progress=False)
-    opts.update(kw)
-    return extract(csv, features, cache=cache, **opts)
+from _helpers import RESNET, TINY, run  # noqa: E402
 
 
 def entry_dir(root: Path, key: str) -> Path:

@@ -22,15 +22,7 @@ from workbench.features.cache import FORMAT
 
 extract_mod = importlib.import_module("workbench.features.extraction")
 
-RESNET = "resnet18@random:avgpool"
-TINY = "timm/test_efficientnet@random:pre_logits"
-
-
-def run(csv, features, cache, **kw) -> FeatureSet:
-    """extract() with small, fast, CPU-only defaults."""
-    opts = dict(image_size=32, batch_size=4, num_workers=0, device="cpu", progress=False)
-    opts.update(kw)
-    return extract(csv, features, cache=cache, **opts)
+from _helpers import RESNET, TINY, run  # noqa: E402
 
 
 def cache_files(root: Path) -> list[Path]:
