@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from workbench.backbones.registry import BackboneSpec
+from workbench.data.images import file_sha256
 
-__all__ = ["RANDOM", "WeightsNotFoundError", "ResolvedWeights", "resolve_weights", "file_sha256"]
+__all__ = ["RANDOM", "WeightsNotFoundError", "ResolvedWeights", "resolve_weights"]
 
 #: Weights id for seeded random initialisation (tests, architecture checks). Always
 #: recorded as such: features from it are not features of a trained network.
@@ -53,16 +54,13 @@ class ResolvedWeights:
 _digest_memo: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, memoised per (path, size, mtime) within the process."""
+def _weights_digest(path: Path) -> str:
+    """SHA-256 of a weights file, memoised per (path, size, mtime) within the process:
+    a VGG file is 0.5 GB and every extract() call needs its digest for the cache key."""
     st = path.stat()
     memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo_key not in _digest_memo:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _digest_memo[memo_key] = h.hexdigest()
+        _digest_memo[memo_key] = file_sha256(path)
     return _digest_memo[memo_key]
 
 
@@ -130,7 +128,7 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
                 f".pth/.safetensors file, a known weights id ({', '.join(spec.weights)}) or 'random')"
             )
         path = path.resolve()
-        return ResolvedWeights(spec.name, str(path), path, file_sha256(path), False)
+        return ResolvedWeights(spec.name, str(path), path, _weights_digest(path), False)
 
     if wid not in spec.weights:
         raise KeyError(
@@ -139,7 +137,7 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
         )
     ws = spec.weights[wid]
     path = _locate(spec, ws)
-    return ResolvedWeights(spec.name, wid, path, file_sha256(path), False)
+    return ResolvedWeights(spec.name, wid, path, _weights_digest(path), False)
 
 
 def _locate(spec: BackboneSpec, ws) -> Path:

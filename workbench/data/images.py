@@ -226,7 +226,6 @@ def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
     ----------
     path : str or PathLike
         PNG, JPEG, BMP or TIFF file (other formats PIL reads also work).
-
     keep_gray : bool
         Return grayscale images as (1, H, W), so a resize works on one channel
         instead of three identical ones (the extraction pipeline replicates after).
@@ -235,8 +234,8 @@ def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
     -------
     torch.Tensor
         float32, shape (3, H, W), values in [0, 1]. Grayscale is replicated to three
-        channels (unless ``keep_gray``) and alpha is dropped. 8-bit data is divided by 255; 16-bit, 32-bit
-        and float data are min-max rescaled per image (a constant image gives zeros),
+        channels (unless ``keep_gray``) and alpha is dropped. 8-bit data is divided by
+        255; 16-bit, 32-bit and float data are min-max rescaled per image (a constant image gives zeros),
         since medical images rarely use the full 16-bit range. TIFFs PIL cannot read
         faithfully (e.g. 16-bit RGB) are read with tifffile (first page). EXIF
         orientation is not applied, so the size matches :func:`image_size`.

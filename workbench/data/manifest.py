@@ -436,17 +436,15 @@ class Manifest:
         try:
             # Images whose bytes are in the memo need no decode: check them here, in
             # one thread (a read and a hash each; a pool's overhead would dominate).
-            todo = []
-            for i, it in enumerate(self._items):
+            todo = [] if known else list(range(len(self._items)))
+            for i, it in enumerate(self._items if known else ()):
                 try:
-                    if not known:
-                        raise _NeedsDecode
                     results[i] = _check_item(it, root, require_box, known, decode=False)
                 except _NeedsDecode:
                     todo.append(i)
-                else:
-                    if bar is not None:
-                        bar.update(1)
+                    continue
+                if bar is not None:
+                    bar.update(1)
             if todo:
                 with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
                     futures = {

@@ -31,6 +31,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
+from workbench.data.images import file_sha256
+
 __all__ = ["FeatureCache", "CacheEntry", "CacheCorruptError", "CacheProblem", "entry_key", "FORMAT"]
 
 FORMAT = "v1"
@@ -64,14 +66,6 @@ def entry_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
     with open(tmp, "wb") as f:
@@ -88,7 +82,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> str:
         np.save(f, array, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-    digest = _sha256_file(tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
     return digest
 
@@ -346,7 +340,7 @@ class FeatureCache:
                         p = e.dir / f"{shard}{suffix}"
                         if not p.exists():
                             raise ValueError(f"{p.name} is missing")
-                        if _sha256_file(p) != rec[field_]:
+                        if file_sha256(p) != rec[field_]:
                             raise ValueError(f"{p.name} does not match its recorded SHA-256 (truncated or altered)")
                     e._open_shard(shard)
                 except (OSError, ValueError, KeyError, CacheCorruptError) as err:

@@ -232,7 +232,7 @@ def extract(
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest, classes=classes)
     known = cache.known_images()
-    n_known = len(known)
+    n_known = len(known)  # validate() only appends to `known`, so what follows is new
     try:
         manifest = manifest.validate(require_box=(input == "box"), skip_bad=skip_bad, progress=progress, known=known)
     finally:
@@ -270,10 +270,10 @@ def extract(
         jobs.append(_Job(r, s, w, pre, entries, missing))
 
     todo = [j for j in jobs if j.needed]
+    n_uniq = len(set(keys))
     for j in jobs:
         for t in j.entries:
             n_miss = len(j.missing[t])
-            n_uniq = len(set(keys))
             say(f"{j.request.block_name(t)}: {n_uniq - n_miss} cached, {n_miss} to compute")
 
     forwarded: dict[str, int] = {j.request.label: 0 for j in jobs}
@@ -335,7 +335,7 @@ def _run_pass(
     progress: bool,
     forwarded: dict[str, int],
 ) -> float:
-    """Run the decode-and-forward pass; return its wall time (models built, loop run)."""
+    """Run the decode-and-forward pass; return the loop's wall time (model building excluded)."""
     # Decode only images some backbone still needs, each distinct image once.
     needed = set().union(*(j.needed for j in jobs))
     order, seen = [], set()
