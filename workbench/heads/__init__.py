@@ -1,0 +1,6 @@
+"""Classifier heads: the zoo, nested tuning, the SVM fast path, ensembles."""
+from workbench.heads.ensembles import VOTE_KINDS, stack, vote
+from workbench.heads.tuned import TunedHead
+from workbench.heads.zoo import HeadSpec, UnknownHeadError, get_head, list_heads
+
+__all__ = ["HeadSpec", "TunedHead", "UnknownHeadError", "VOTE_KINDS", "get_head", "list_heads", "stack", "vote"]

@@ -1,0 +1,86 @@
+"""Vote ensembles and stacking over stored member predictions.
+
+Ensembles are evaluated from the probabilities each member head already produced on
+the same rows, so no head is refitted per ensemble: the sweep stores every head's
+out-of-fold and test probabilities once, and every subset of members is a few array
+operations.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["VOTE_KINDS", "stack", "vote"]
+
+VOTE_KINDS = ("vote-hard", "vote-soft")
+
+
+def _stacked(probas: Sequence[np.ndarray]) -> np.ndarray:
+    if not len(probas):
+        raise ValueError("an ensemble needs at least one member")
+    P = np.stack([np.asarray(p, dtype=np.float64) for p in probas])
+    if P.ndim != 3:
+        raise ValueError(f"member probabilities must be (n, n_classes) each, got {P.shape[1:]}")
+    return P
+
+
+def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft") -> tuple[np.ndarray, np.ndarray]:
+    """Combine member probabilities by vote.
+
+    Parameters
+    ----------
+    probas : list of ndarray, each (n, n_classes)
+        The members' class probabilities on the same rows.
+    kind : {"vote-soft", "vote-hard"}
+        Soft: the mean probability decides. Hard: the majority of the members'
+        predicted classes decides, and a tie goes to the tied class with the highest
+        mean probability (scikit-learn's ``VotingClassifier`` gives ties to the lowest
+        class index instead, which favours whichever class happens to sort first).
+
+    Returns
+    -------
+    pred : ndarray of int, (n,)
+    proba : ndarray, (n, n_classes)
+        Soft: the mean probabilities. Hard: each class's share of the votes, a coarse
+        score for ROC curves.
+    """
+    P = _stacked(probas)
+    soft = P.mean(axis=0)
+    if kind == "vote-soft":
+        return soft.argmax(axis=1), soft
+    if kind != "vote-hard":
+        raise ValueError(f"unknown vote {kind!r}; choose from {', '.join(VOTE_KINDS)}")
+    n_members, n, n_classes = P.shape
+    votes = np.zeros((n, n_classes))
+    np.add.at(votes, (np.arange(n)[None, :].repeat(n_members, 0), P.argmax(axis=2)), 1.0)
+    tied = votes == votes.max(axis=1, keepdims=True)
+    pred = np.where(tied, soft, -np.inf).argmax(axis=1)
+    return pred, votes / n_members
+
+
+def stack(
+    train_probas: Sequence[np.ndarray],
+    y_train: np.ndarray,
+    eval_probas: Sequence[np.ndarray],
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stacking: a logistic regression over the members' probabilities.
+
+    It must be fitted on out-of-fold probabilities only (``train_probas``: each row
+    predicted by members that did not train on it), then applied to ``eval_probas``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    def design(probas):
+        P = _stacked(probas)
+        # Drop each member's last column: the columns of a member sum to one.
+        return P[:, :, :-1].transpose(1, 0, 2).reshape(P.shape[1], -1)
+
+    Xt, Xe = design(train_probas), design(eval_probas)
+    y_train = np.asarray(y_train)
+    n_classes = _stacked(eval_probas).shape[2]
+    meta = LogisticRegression(max_iter=5000, random_state=seed).fit(Xt, y_train)
+    proba = np.zeros((len(Xe), n_classes))
+    proba[:, meta.classes_] = meta.predict_proba(Xe)
+    return proba.argmax(axis=1), proba
