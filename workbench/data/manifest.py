@@ -558,6 +558,27 @@ class Manifest:
             extra=self._extra,
         )
 
+    def select_classes(self, classes: Sequence[str]) -> Manifest:
+        """The items of these classes only, with ``classes`` as the new class order.
+
+        For a task on part of a dataset (benign vs malignant of a three-class set): the
+        other items are left out of the task, not reported as bad rows.
+
+        Raises
+        ------
+        ValueError
+            If a class is not one of the manifest's, or no item is left.
+        """
+        chosen = _check_classes(classes)
+        unknown = [c for c in chosen if c not in self._classes]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in the manifest; its classes: {self._classes}")
+        keep = [it for it in self._items if it.label in set(chosen)]
+        if not keep:
+            raise ValueError(f"no items of classes {chosen} in the manifest")
+        return Manifest(keep, source=self._source, classes=chosen, bad_rows=self._bad_rows,
+                        skipped=self._skipped, extra=self._extra)
+
     def to_frame(self) -> pd.DataFrame:
         """One row per item; uninterpreted CSV columns are appended as strings."""
         rows = []

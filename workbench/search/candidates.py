@@ -1,0 +1,176 @@
+"""What a sweep evaluates: feature subsets crossed with heads, and vote ensembles.
+
+Blocks get short codes for tables, the way the study wrote ``[AVR]`` for
+AlexNet + VGG + ResNet; a legend maps every code back to ``backbone:tap``.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+__all__ = ["Candidate", "block_codes", "enumerate_subsets", "subset_code"]
+
+# Longest prefix first: "vgg" must not swallow nothing, "resnet" before "res".
+_CODE_PREFIXES = (
+    ("tf_efficientnet_lite", "L"),
+    ("efficientnet", "E"),
+    ("inception", "I"),
+    ("alexnet", "A"),
+    ("overfeat", "O"),
+    ("densenet", "D"),
+    ("mobilenet", "M"),
+    ("shufflenet", "S"),
+    ("resnet", "R"),
+    ("vgg", "V"),
+    ("convnext", "C"),
+    ("vit", "T"),
+)
+
+
+def _base_code(name: str) -> str:
+    backbone = name.split(":")[0].split("@")[0].removeprefix("timm/").lower()
+    for prefix, code in _CODE_PREFIXES:
+        if backbone.startswith(prefix):
+            return code
+    return backbone[:1].upper() or "X"
+
+
+def block_codes(names: Sequence[str], given: dict[str, str] | None = None) -> dict[str, str]:
+    """Short, unique codes for block names.
+
+    One letter per backbone family (A, V, R, I, L for EfficientNet-Lite ...); where two
+    blocks share a letter they get the backbone's trailing digits, then the tap's
+    (``L0``, ``L1``; ``A6``, ``A7`` for AlexNet fc6/fc7), then a running number. Codes in
+    ``given`` win.
+
+    Raises
+    ------
+    ValueError
+        If ``given`` names a block that is not in ``names`` or repeats a code.
+    """
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"codes given for unknown blocks {unknown}; blocks: {list(names)}")
+    if len(set(given.values())) != len(given):
+        raise ValueError(f"repeated codes in {given}")
+    codes = {n: _base_code(n) for n in names if n not in given}
+    for _ in range(3):
+        by_code: dict[str, list[str]] = {}
+        for n, c in codes.items():
+            by_code.setdefault(c, []).append(n)
+        clashes = [ns for c, ns in by_code.items() if len(ns) > 1 or c in given.values()]
+        if not clashes:
+            break
+        for ns in clashes:
+            for n in ns:
+                backbone, _, tap = n.partition(":")
+                digits = re.findall(r"\d+", backbone.split("@")[0])
+                tap_digits = re.findall(r"\d+", tap)
+                suffix = digits[-1] if digits and not codes[n].endswith(digits[-1]) else ""
+                if not suffix and tap_digits and not codes[n].endswith(tap_digits[-1]):
+                    suffix = tap_digits[-1]
+                codes[n] += suffix
+        if all(len(ns) == 1 for ns in by_code.values()):
+            break
+    # Whatever still clashes (same backbone, taps without digits) gets a letter each,
+    # skipping any code already taken (given codes included).
+    taken = set(given.values()) | set(codes.values())
+    groups: dict[str, list[str]] = {}
+    for n, c in codes.items():
+        groups.setdefault(c, []).append(n)
+    for c, ns in groups.items():
+        if len(ns) == 1 and c not in given.values():
+            continue
+        taken.discard(c)
+        letters = (f"{c}{chr(ord('a') + i)}" for i in range(26 * 26))
+        for n in ns:
+            code = next(x for x in letters if x not in taken)
+            codes[n] = code
+            taken.add(code)
+    codes.update(given)
+    if len(set(codes.values())) != len(codes):  # cannot happen; a legend must be one to one
+        raise AssertionError(f"block codes are not unique: {codes}")
+    return {n: codes[n] for n in names}
+
+
+def subset_code(blocks: Sequence[str], codes: dict[str, str]) -> str:
+    """``[AVR]`` when every code is one letter, ``[L0+L1]`` otherwise."""
+    cs = [codes[b] for b in blocks]
+    return "[" + ("".join(cs) if all(len(c) == 1 for c in cs) else "+".join(cs)) + "]"
+
+
+def enumerate_subsets(
+    names: Sequence[str],
+    subsets: str | Iterable[Sequence[str]] | tuple[int, int] = "all",
+) -> list[tuple[str, ...]]:
+    """Block subsets to evaluate, each in the order of ``names``.
+
+    ``subsets`` is ``"all"`` (every non-empty subset: 63 for six blocks), ``"single"``,
+    a ``(k1, k2)`` pair of sizes, or an explicit list of subsets of block names.
+
+    Raises
+    ------
+    ValueError
+        For an unknown block, an empty or duplicate subset, or sizes out of range.
+    """
+    names = list(names)
+    if not names:
+        raise ValueError("no feature blocks to combine")
+    if isinstance(subsets, str):
+        if subsets == "all":
+            k1, k2 = 1, len(names)
+        elif subsets == "single":
+            k1 = k2 = 1
+        else:
+            raise ValueError(f"subsets must be 'all', 'single', (k1, k2) or a list, not {subsets!r}")
+        subsets = (k1, k2)
+    if isinstance(subsets, tuple) and len(subsets) == 2 and all(isinstance(k, int) for k in subsets):
+        k1, k2 = subsets
+        if not 1 <= k1 <= k2 <= len(names):
+            raise ValueError(f"subset sizes {k1}..{k2} out of range 1..{len(names)}")
+        return [c for k in range(k1, k2 + 1) for c in itertools.combinations(names, k)]
+    out: list[tuple[str, ...]] = []
+    order = {n: i for i, n in enumerate(names)}
+    for s in subsets:
+        if isinstance(s, str):
+            s = [s]
+        s = list(s)
+        unknown = [b for b in s if b not in order]
+        if unknown:
+            raise ValueError(f"subset {s} names unknown blocks {unknown}; blocks: {names}")
+        if not s or len(set(s)) != len(s):
+            raise ValueError(f"subset {s} is empty or repeats a block")
+        t = tuple(sorted(s, key=order.__getitem__))
+        if t in out:
+            raise ValueError(f"subset {list(t)} is listed twice")
+        out.append(t)
+    return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of the study's tables: a head on a subset, or an ensemble.
+
+    ``kind`` is ``"head"`` (``head`` on the concatenation of ``blocks``), ``"vote-hard"``,
+    ``"vote-soft"`` or ``"stack"`` (members: every ``(block, head)`` pair of ``blocks``
+    and ``heads``).
+    """
+
+    kind: str
+    blocks: tuple[str, ...]
+    head: str | None = None
+    heads: tuple[str, ...] = ()
+
+    def label(self, codes: dict[str, str]) -> str:
+        """Table label, e.g. ``[AVR] svm-rbf`` or ``[AVR] vote-soft(svm-rbf+rf)``."""
+        code = subset_code(self.blocks, codes)
+        if self.kind == "head":
+            return f"{code} {self.head}"
+        return f"{code} {self.kind}({'+'.join(self.heads)})"
+
+    def members(self) -> list[Candidate]:
+        """The single-block head candidates an ensemble votes over."""
+        return [Candidate("head", (b,), h) for b in self.blocks for h in self.heads]

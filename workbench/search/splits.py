@@ -1,0 +1,163 @@
+"""The evaluation protocol's splits: fixed once per run, shared by every candidate.
+
+Outer: the manifest's own train/test split, plus stratified k-fold cross-validation on
+the training split (grouped when the manifest has groups, so one patient's images never
+straddle folds). Inner: the same kind of folds inside each training set, for choosing
+hyper-parameters without touching the outer fold or the test set.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+__all__ = ["FoldError", "Splits", "make_folds"]
+
+Fold = tuple[np.ndarray, np.ndarray]
+
+
+class FoldError(ValueError):
+    """The data cannot be split as asked (too few images of a class, one class only)."""
+
+
+def _class_names(classes: Sequence[str] | None, k) -> str:
+    if classes is not None and isinstance(k, (int, np.integer)) and 0 <= k < len(classes):
+        return repr(classes[k])
+    return repr(k) if isinstance(k, str) else str(k)
+
+
+def make_folds(
+    y: np.ndarray,
+    n_splits: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+    what: str = "training set",
+) -> list[Fold]:
+    """Stratified (group) k-fold positions ``(train, held_out)`` over ``y``.
+
+    Raises
+    ------
+    FoldError
+        If ``y`` holds one class only, if a class has fewer images (or groups) than
+        folds, or if a fold's training or held-out part misses a class.
+    """
+    y = np.asarray(y)
+    if n_splits < 2:
+        raise FoldError(f"need at least 2 folds, got {n_splits}")
+    present, counts = np.unique(y, return_counts=True)
+    if len(present) < 2:
+        only = _class_names(classes, present[0]) if len(present) else "none"
+        raise FoldError(f"the {what} holds a single class ({only}): nothing to classify")
+    if groups is not None:
+        units = {k: len(set(np.asarray(groups)[y == k])) for k in present}
+        unit = "groups"
+    else:
+        units = dict(zip(present, counts))
+        unit = "images"
+    short = {k: n for k, n in units.items() if n < n_splits}
+    if short:
+        desc = ", ".join(f"{_class_names(classes, k)} has {n} {unit}" for k, n in short.items())
+        raise FoldError(f"cannot make {n_splits} stratified folds of the {what}: {desc}")
+    if groups is not None:
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        folds = list(cv.split(np.zeros(len(y)), y, groups))
+    else:
+        cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        folds = list(cv.split(np.zeros(len(y)), y))
+    for i, (tr, va) in enumerate(folds):
+        for part, rows in (("training", tr), ("held-out", va)):
+            missing = sorted(set(present) - set(np.unique(y[rows])))
+            if missing:
+                names = ", ".join(_class_names(classes, k) for k in missing)
+                raise FoldError(f"fold {i} of the {what}: class {names} missing from its {part} part "
+                                "(too few images or groups of that class for this many folds)")
+    return [(np.asarray(tr), np.asarray(va)) for tr, va in folds]
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Outer folds and test rows over a run's image order.
+
+    Attributes
+    ----------
+    train, test : ndarray of int
+        Row indices of the training and test splits (test may be empty).
+    folds : list of (ndarray, ndarray)
+        Outer CV folds as row indices into the full arrays (subsets of ``train``).
+    n_splits, inner_splits, seed : int
+    groups : ndarray or None
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+    folds: list[Fold]
+    n_splits: int
+    inner_splits: int
+    seed: int
+    groups: np.ndarray | None = None
+
+    @classmethod
+    def build(
+        cls,
+        y: np.ndarray,
+        split: Sequence[str | None],
+        *,
+        n_splits: int = 5,
+        inner_splits: int = 3,
+        seed: int = 0,
+        groups: Sequence[str | None] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> Splits:
+        """Splits for labels ``y`` and per-row split names.
+
+        Rows whose split is ``"test"`` are the test set; every other row (``train``,
+        ``val`` or no split) is training data for cross-validation.
+        """
+        y = np.asarray(y)
+        split_arr = np.array([s if s is not None else "" for s in split], dtype=object)
+        test = np.flatnonzero(split_arr == "test")
+        train = np.flatnonzero(split_arr != "test")
+        g = None
+        if groups is not None and any(v not in (None, "") for v in groups):
+            g = np.array(["" if v is None else str(v) for v in groups], dtype=object)
+            # An image without a group is its own group.
+            lone = g == ""
+            g[lone] = [f"__row{i}" for i in np.flatnonzero(lone)]
+            both = sorted(set(g[train]) & set(g[test]))
+            if both:
+                # The manifest's own split is given, not ours to change; but results on
+                # it are optimistic, so say so loudly.
+                shown = ", ".join(map(repr, both[:5])) + (" ..." if len(both) > 5 else "")
+                warnings.warn(f"{len(both)} group(s) have images in both the training and the test split: "
+                              f"{shown}; test results on this split are optimistic", stacklevel=3)
+        folds = make_folds(y[train], n_splits, seed, None if g is None else g[train], classes,
+                           what="training split")
+        folds = [(train[tr], train[va]) for tr, va in folds]
+        return cls(train, test, folds, n_splits, inner_splits, seed, g)
+
+    def inner(self, rows: np.ndarray, y: np.ndarray, classes: Sequence[str] | None = None) -> list[Fold]:
+        """Inner folds as positions within ``rows`` (the training rows of one outer fold)."""
+        g = None if self.groups is None else self.groups[rows]
+        return make_folds(np.asarray(y)[rows], self.inner_splits, self.seed, g, classes,
+                          what=f"training rows of an outer fold ({len(rows)} images)")
+
+    def outer(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``(fold name, training rows, evaluation rows)``: ``"0"``.. then ``"test"``."""
+        out = [(str(i), tr, va) for i, (tr, va) in enumerate(self.folds)]
+        if len(self.test):
+            out.append(("test", self.train, self.test))
+        return out
+
+    def assignment(self) -> list[str]:
+        """Per row: its CV fold number, or ``"test"``."""
+        a = [""] * (len(self.train) + len(self.test))
+        for i, (_, va) in enumerate(self.folds):
+            for r in va:
+                a[r] = str(i)
+        for r in self.test:
+            a[r] = "test"
+        return a

@@ -1,0 +1,470 @@
+"""The combination sweep: heads over every feature subset, vote ensembles, on fixed folds.
+
+Flow: align feature blocks to the manifest, check them, fix the splits, then compute
+every (candidate, fold) that the run folder has no record of yet. SVM heads go through
+the precomputed-kernel fast path (one unit of work per outer fold covers all subsets);
+other heads are one unit per (candidate, fold). Units run through joblib (local
+processes or a Dask cluster); the parent process writes each record as its unit
+returns, so a killed sweep loses only the units in flight. Ensembles are computed last,
+from the stored predictions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from workbench.data.manifest import Manifest
+from workbench.features.featureset import FeatureSet
+from workbench.heads.ensembles import VOTE_KINDS, stack, vote
+from workbench.heads.nested import SCORINGS
+from workbench.heads.zoo import get_head
+from workbench.records import package_versions
+from workbench.search.candidates import Candidate, block_codes, enumerate_subsets
+from workbench.search.metrics import classification_metrics, default_positive
+from workbench.search.splits import Splits
+from workbench.search.store import ResultStore
+
+__all__ = ["SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
+
+#: Bumped when a change to the sweep would change its numbers; part of the protocol.
+SWEEP_CODE_VERSION = "1"
+BACKENDS = ("loky", "threading", "sequential", "dask")
+
+
+class SweepInputError(ValueError):
+    """Features or labels the sweep cannot use; raised before anything is written."""
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---- inputs ----------------------------------------------------------------------
+
+
+def _align(features: FeatureSet, ids: list[str]) -> dict[str, np.ndarray]:
+    """Blocks in manifest order; features may hold more ids, never fewer."""
+    pos = {i: k for k, i in enumerate(features.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise SweepInputError(f"the feature blocks have no rows for {len(missing)} of the manifest's "
+                              f"{len(ids)} images: {shown}. Extract features with this manifest.")
+    order = np.array([pos[i] for i in ids])
+    identity = len(order) == len(features.ids) and bool((order == np.arange(len(order))).all())
+    out = {}
+    for name in features.names:
+        X = np.asarray(features[name])
+        X = X if identity else X[order]
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            shown = ", ".join(repr(ids[i]) for i in np.flatnonzero(bad)[:5])
+            raise SweepInputError(f"feature block {name} has NaN or infinite values in {int(bad.sum())} "
+                                  f"row(s): {shown}")
+        out[name] = X
+    return out
+
+
+def _block_ids(features: FeatureSet, blocks: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+    """Identity of each block: its cache key (when it came from the cache) and a digest of
+    the values actually swept, so a changed block can never reuse old records."""
+    out = {}
+    for name, X in blocks.items():
+        info = features.info.get(name)
+        out[name] = {
+            "cache_key": info.entry_key if info is not None else None,
+            "data": hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes()).hexdigest()[:16],
+        }
+    return out
+
+
+# ---- units of work (run in worker processes) --------------------------------------
+
+
+@dataclass
+class _Out:
+    """One computed (candidate, fold): what the parent turns into a record."""
+
+    candidate: Candidate
+    fold: str
+    proba: np.ndarray
+    scores: np.ndarray
+    best_params: dict[str, Any]
+    inner_score: float | None
+    seconds: float
+
+
+def _unit(fn):
+    """Run a unit with joblib kept sequential inside it.
+
+    In a Dask worker, joblib's default backend is Dask again, so a head's own
+    ``Parallel(n_jobs=1)`` (a random forest's trees) would become hundreds of cluster
+    tasks: 10x slower than running the trees in place.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import joblib
+
+        with joblib.parallel_config(backend="threading", n_jobs=1):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_unit
+def _kernel_unit(blocks, names, subsets, head, grid, y, n_classes, fold, train, evaluate,
+                 inner_folds, scoring) -> list[_Out]:
+    from workbench.heads.kernels import BlockKernels, kernel_subset_scores
+
+    t0 = time.perf_counter()
+    used = sorted({names.index(b) for s in subsets for b in s})
+    local = {u: k for k, u in enumerate(used)}
+    kernels = BlockKernels([blocks[u] for u in used], get_head(head).kernel, train, evaluate, inner_folds)
+    results = kernel_subset_scores(kernels, [[local[names.index(b)] for b in s] for s in subsets],
+                                   head, y, n_classes, grid=grid, scoring=scoring)
+    per = (time.perf_counter() - t0) / max(len(subsets), 1)
+    return [
+        _Out(Candidate("head", tuple(s), head), fold, r.proba, r.scores, r.search.best_params,
+             None if np.isnan(r.search.best_score) else r.search.best_score, per)
+        for s, r in zip(subsets, results)
+    ]
+
+
+@_unit
+def _plain_unit(X, subset, head, grid, y, fold, train, evaluate, groups, inner_splits, scoring,
+                seed) -> list[_Out]:
+    from workbench.heads.tuned import TunedHead
+
+    t0 = time.perf_counter()
+    est = TunedHead(head, grid=grid, inner_splits=inner_splits, scoring=scoring, random_state=seed)
+    est.fit(X[train], y[train], groups=None if groups is None else groups[train])
+    scores = est.scores(X[evaluate])
+    proba = est.predict_proba(X[evaluate])
+    # Probabilities over the run's classes even if (impossibly, given the fold checks)
+    # a class were absent from the training rows.
+    score = est.search_.best_score
+    return [_Out(Candidate("head", tuple(subset), head), fold, proba, scores, est.best_params_,
+                 None if np.isnan(score) else score, time.perf_counter() - t0)]
+
+
+@contextmanager
+def _backend(backend: str, scheduler: str | None, n_jobs: int) -> Iterator[int]:
+    """joblib's parallel configuration for ``backend``; yields the n_jobs to use."""
+    import joblib
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "dask":
+        if scheduler is not None:
+            raise ValueError("--scheduler only applies to --backend dask")
+        with joblib.parallel_config(backend=backend if backend != "sequential" else "loky"):
+            yield 1 if backend == "sequential" else n_jobs
+        return
+    from distributed import Client, LocalCluster
+
+    with ExitStack() as stack_:
+        if scheduler in (None, "local"):
+            cluster = stack_.enter_context(LocalCluster(
+                n_workers=max(n_jobs if n_jobs > 0 else os.cpu_count() or 1, 1),
+                threads_per_worker=1, processes=True, dashboard_address=":0"))
+            client = stack_.enter_context(Client(cluster))
+        else:
+            client = stack_.enter_context(Client(scheduler))
+        stack_.enter_context(joblib.parallel_config(backend="dask"))
+        yield -1
+
+
+# ---- the sweep -------------------------------------------------------------------
+
+
+def sweep(
+    manifest: Manifest | str | os.PathLike,
+    features: FeatureSet | Sequence[str],
+    *,
+    out: str | os.PathLike,
+    heads: Sequence[str] = ("svm-rbf", "rf"),
+    subsets: str | Sequence[Sequence[str]] | tuple[int, int] = "all",
+    cv: int = 5,
+    inner_cv: int = 3,
+    seed: int = 0,
+    scoring: str = "auc",
+    grids: dict[str, dict[str, Sequence[Any]]] | None = None,
+    ensembles: bool = True,
+    ensemble_heads: Sequence[str] | None = None,
+    stacking: bool = False,
+    classes: Sequence[str] | None = None,
+    positive: str | None = None,
+    codes: dict[str, str] | None = None,
+    n_jobs: int = 1,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    cache: str | os.PathLike = "features_cache",
+    extract_options: dict[str, Any] | None = None,
+    progress: bool = True,
+    log=None,
+) -> pd.DataFrame:
+    """Evaluate heads on every feature subset, and vote ensembles, by nested CV and test.
+
+    Parameters
+    ----------
+    manifest
+        A :class:`Manifest` or its path; its ``split`` column gives the test set, its
+        ``group`` column (if any) keeps a patient's images in one fold.
+    features
+        A :class:`FeatureSet` (it may hold more images than the manifest) or feature
+        requests (``"alexnet:fc6,fc7"``) to extract or read from ``cache``.
+    out
+        Run folder: records are appended there, and a rerun skips what is recorded.
+    heads
+        Zoo names (see :func:`workbench.heads.zoo.list_heads`).
+    subsets
+        ``"all"`` non-empty subsets of the blocks, ``"single"``, sizes ``(k1, k2)``, or
+        a list of subsets of block names.
+    cv, inner_cv
+        Outer folds on the training split, and inner folds for hyper-parameter search.
+    seed
+        Fixes every split and every seeded head.
+    scoring
+        Inner selection score: ``auc``, ``balanced_accuracy`` or ``accuracy``.
+    grids
+        Per-head grid overriding the zoo default (``{}`` for no search).
+    ensembles, ensemble_heads, stacking
+        Vote ensembles (hard and soft) over the per-block heads ``ensemble_heads``
+        (default: all ``heads``) for every subset of two or more members; ``stacking``
+        adds a logistic-regression stack fitted on out-of-fold probabilities.
+    classes
+        Keep only these classes (in this order), e.g. ``["benign", "malignant"]``.
+    positive
+        Positive class of binary metrics (default: ``malignant`` if present).
+    codes
+        Short codes for blocks in tables (default: derived from backbone names).
+    n_jobs, backend, scheduler
+        joblib workers and backend; ``backend="dask"`` with ``scheduler`` an address
+        (``tcp://host:8786``) or ``"local"`` for a local cluster.
+
+    Returns
+    -------
+    DataFrame
+        One row per (candidate, fold) of this sweep's candidates, metrics as columns;
+        ``fold`` is ``"0"``.. for CV folds and ``"test"`` for the test split.
+
+    Raises
+    ------
+    SweepInputError, FoldError, ValueError
+        Before anything is written: unknown heads or blocks, features not matching the
+        manifest, non-finite features, classes too small for the folds.
+    """
+    log = log or (lambda msg: None)
+    # -- check everything before touching the run folder --------------------------
+    if scoring not in SCORINGS:
+        raise ValueError(f"unknown scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
+    heads = list(dict.fromkeys(heads))
+    specs = [get_head(h) for h in heads]
+    ens_heads = list(dict.fromkeys(ensemble_heads if ensemble_heads is not None else heads))
+    missing_heads = [h for h in ens_heads if h not in heads]
+    if missing_heads:
+        raise ValueError(f"ensemble heads {missing_heads} are not among the swept heads {heads}")
+    grids = dict(grids or {})
+    unknown = [h for h in grids if h not in heads]
+    if unknown:
+        raise ValueError(f"grids given for heads {unknown} that are not swept ({heads})")
+    grid_of = {s.name: (grids[s.name] if s.name in grids else s.grid) for s in specs}
+
+    if not isinstance(manifest, Manifest):
+        manifest = Manifest.load(manifest)
+    if classes is not None:
+        manifest = manifest.select_classes(classes)
+    if not isinstance(features, FeatureSet):
+        opts = dict(extract_options or {})
+        opts.setdefault("progress", progress)
+        from workbench.features.extraction import extract
+
+        features = extract(manifest, list(features), cache=cache, **opts)
+        ids_kept = set(features.ids)
+        if len(ids_kept) != len(manifest):  # --skip-bad dropped rows during extraction
+            manifest = manifest.subset([i for i in manifest.ids if i in ids_kept])
+    class_names = list(manifest.classes)
+    if len(class_names) < 2:
+        raise SweepInputError(f"need at least two classes, the manifest has {class_names}")
+    if positive is not None and positive not in class_names:
+        raise ValueError(f"positive class {positive!r} is not one of {class_names}")
+    positive = positive or default_positive(class_names)
+    ids = manifest.ids
+    blocks = _align(features, ids)
+    names = list(blocks)
+    code_of = block_codes(names, codes)
+    if not isinstance(subsets, (str, tuple)):
+        # Explicit subsets may name blocks by their table codes as well.
+        by_code = {c: n for n, c in code_of.items()}
+        subsets = [[by_code.get(b, b) for b in ([s] if isinstance(s, str) else s)] for s in subsets]
+    subset_list = enumerate_subsets(names, subsets)
+    y = np.array([class_names.index(lab) for lab in manifest.labels])
+    items = list(manifest)
+    groups = [it.group for it in items]
+    splits = Splits.build(y, [it.split for it in items], n_splits=cv, inner_splits=inner_cv, seed=seed,
+                          groups=groups, classes=class_names)
+    outer = splits.outer()
+    inner_of = {fold: splits.inner(tr, y, class_names) for fold, tr, _ in outer}
+
+    # -- the run folder -------------------------------------------------------------
+    assignment = splits.assignment()
+    protocol = {
+        "format": 1,
+        "sweep_code_version": SWEEP_CODE_VERSION,
+        "task": _sha([ids, list(manifest.labels), [it.split for it in items], groups])[:16],
+        "n_images": len(ids),
+        "classes": class_names,
+        "positive": positive,
+        "cv": cv,
+        "inner_cv": inner_cv,
+        "seed": seed,
+        "scoring": scoring,
+        "folds": _sha(assignment)[:16],
+    }
+    protocol_hash = _sha(protocol)[:16]
+    store = ResultStore(out)
+    store.open(protocol)
+    splits_csv = store.root / "splits.csv"
+    if not splits_csv.exists():
+        pd.DataFrame({"id": ids, "label": manifest.labels, "fold": assignment}).to_csv(splits_csv, index=False)
+
+    block_id = _block_ids(features, blocks)
+    versions = package_versions(("xgboost", "joblib", "dask", "distributed"))
+
+    def candidate_id(c: Candidate) -> str:
+        spec: dict[str, Any] = {"kind": c.kind, "blocks": [block_id[b] for b in c.blocks],
+                                "protocol": protocol_hash}
+        if c.kind == "head":
+            spec.update(head=c.head, grid=grid_of[c.head])
+        else:
+            spec.update(members=[candidate_id(m) for m in c.members()])
+        return _sha(spec)[:16]
+
+    head_cands = [Candidate("head", s, h) for s in subset_list for h in heads]
+    ens_cands: list[Candidate] = []
+    if ensembles and ens_heads:
+        kinds = list(VOTE_KINDS) + (["stack"] if stacking else [])
+        for s in subset_list:
+            if len(s) * len(ens_heads) >= 2:
+                ens_cands += [Candidate(k, s, None, tuple(ens_heads)) for k in kinds]
+    cid = {c: candidate_id(c) for c in head_cands + ens_cands}
+    eval_rows = {fold: ev for fold, _, ev in outer}
+    train_rows = {fold: tr for fold, tr, _ in outer}
+
+    def make_record(c: Candidate, fold: str, proba, pred, extra: dict[str, Any],
+                    scores: np.ndarray | None = None) -> tuple[dict, dict]:
+        ev = eval_rows[fold]
+        metrics = classification_metrics(y[ev], proba, classes=class_names, positive=positive, y_pred=pred)
+        rec = {
+            "key": f"{cid[c]}/{fold}",
+            "candidate_id": cid[c],
+            "candidate": c.label(code_of),
+            "kind": c.kind,
+            "head": c.head,
+            "heads": list(c.heads),
+            "blocks": list(c.blocks),
+            "codes": [code_of[b] for b in c.blocks],
+            "size": len(c.blocks),
+            "fold": fold,
+            "n_train": int(len(train_rows[fold])),
+            "n_eval": int(len(ev)),
+            **extra,
+            "metrics": metrics,
+            "protocol": protocol_hash,
+            "seed": seed,
+            "positive": positive,
+            "cache_keys": {b: block_id[b]["cache_key"] for b in c.blocks},
+            "versions": versions,
+        }
+        preds = {"ids": np.array([ids[i] for i in ev]), "y_true": y[ev], "proba": proba,
+                 "pred": np.asarray(pred)}
+        if scores is not None:  # raw decision values (SVMs), for ROC curves without calibration
+            preds["scores"] = scores
+        return rec, preds
+
+    done = store.done()
+    todo_heads = [(c, f) for c in head_cands for f, _, _ in outer if f"{cid[c]}/{f}" not in done]
+    todo_ens = [(c, f) for c in ens_cands for f, _, _ in outer if f"{cid[c]}/{f}" not in done]
+    total = len(head_cands + ens_cands) * len(outer)
+    log(f"{len(head_cands)} head candidates and {len(ens_cands)} ensembles x {len(outer)} folds "
+        f"= {total} records; {total - len(todo_heads) - len(todo_ens)} already in {store.root}")
+
+    # -- units ------------------------------------------------------------------------
+    from joblib import Parallel, delayed
+
+    block_list = [blocks[n] for n in names]
+    group_arr = splits.groups
+    units = []
+    by_kernel: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for c, f in todo_heads:
+        if get_head(c.head).kernel is not None:
+            by_kernel.setdefault((c.head, f), []).append(c.blocks)
+        else:
+            X = np.concatenate([blocks[b] for b in c.blocks], axis=1) if len(c.blocks) > 1 else blocks[c.blocks[0]]
+            units.append(delayed(_plain_unit)(X, c.blocks, c.head, grid_of[c.head], y, f, train_rows[f],
+                                              eval_rows[f], group_arr, inner_cv, scoring, seed))
+    for (h, f), subs in by_kernel.items():
+        units.insert(0, delayed(_kernel_unit)(block_list, names, subs, h, grid_of[h], y, len(class_names),
+                                              f, train_rows[f], eval_rows[f], inner_of[f], scoring))
+
+    bar = _progress(total, total - len(todo_heads) - len(todo_ens), progress)
+    try:
+        if units:
+            with _backend(backend, scheduler, n_jobs) as jobs:
+                for outs in Parallel(n_jobs=jobs, return_as="generator_unordered")(units):
+                    for o in outs:
+                        extra = {"best_params": o.best_params, "inner_score": o.inner_score,
+                                 "seconds": round(o.seconds, 3)}
+                        store.append(*make_record(o.candidate, o.fold, o.proba, o.proba.argmax(axis=1), extra,
+                                                  o.scores))
+                        bar.update(1)
+        # -- ensembles, from the stored predictions -----------------------------------
+        if todo_ens:
+            stored = {r["key"]: r for r in store.records()}
+
+            def member_proba(m: Candidate, fold: str) -> np.ndarray:
+                rec = stored.get(f"{cid.get(m) or candidate_id(m)}/{fold}")
+                if rec is None:
+                    raise RuntimeError(f"member {m.label(code_of)} has no record for fold {fold}")
+                return store.predictions(rec)["proba"]
+
+            for c, f in todo_ens:
+                t0 = time.perf_counter()
+                members = c.members()
+                probas = [member_proba(m, f) for m in members]
+                extra: dict[str, Any] = {"members": [m.label(code_of) for m in members]}
+                if c.kind == "stack":
+                    # Fit on out-of-fold probabilities of the other CV folds (for a CV
+                    # fold) or of all CV folds (for test): never on the rows it scores.
+                    cv_folds = [g for g, _, _ in outer if g != "test" and g != f]
+                    train_p = [np.concatenate([member_proba(m, g) for g in cv_folds]) for m in members]
+                    y_tr = np.concatenate([y[eval_rows[g]] for g in cv_folds])
+                    pred, proba = stack(train_p, y_tr, probas, seed=seed)
+                else:
+                    pred, proba = vote(probas, c.kind)
+                extra["seconds"] = round(time.perf_counter() - t0, 3)
+                store.append(*make_record(c, f, proba, pred, extra))
+                bar.update(1)
+    finally:
+        bar.close()
+    frame = store.frame()
+    mine = set(cid.values())
+    return frame[frame["candidate_id"].isin(mine)].reset_index(drop=True) if len(frame) else frame
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="sweep", unit="record", disable=not enabled,
+                dynamic_ncols=True, smoothing=0.05)
