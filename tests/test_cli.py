@@ -41,7 +41,7 @@ def busi_slice(tmp_path_factory) -> Path:
 
 def test_help_explains_every_command():
     out = wb("--help").stdout
-    for cmd in ("demo", "backbones", "extract", "cache"):
+    for cmd in ("demo", "backbones", "extract", "cache", "sweep"):
         assert cmd in out
     ex = wb("extract", "--help").stdout
     assert "BACKBONE[@WEIGHTS][:TAP,TAP]" in ex and "--skip-bad" in ex and "--cache" in ex
@@ -120,5 +120,71 @@ def test_demo_runs_on_embedded_data(tmp_path):
     assert "tf_efficientnet_lite0:avgpool" in out and str((tmp_path / "cache").resolve()) in out
     rec = json.loads((tmp_path / "demo" / "demo-record.json").read_text())
     assert rec["n_images"] == 80 and rec["forward_images"] == {"tf_efficientnet_lite0": 80}
+    # The sweep ran: SVM, RF and their two votes on the one block, ranked by CV AUC.
+    assert "by mean 5-fold CV AUC" in out and "[L] svm-rbf" in out and "[L] vote-soft(svm-rbf+rf)" in out
+    top = rec["sweep"]["top"]
+    assert len(top) == 4 and top[0]["cv_auc"] >= top[-1]["cv_auc"]
     # the features carry the shape cue the synthetic classes differ by
-    assert rec["linear_probe_cv_accuracy"]["tf_efficientnet_lite0:avgpool"] > 0.75
+    assert top[0]["cv_auc"] > 0.7
+    records = (tmp_path / "demo" / "sweep" / "records.jsonl").read_bytes()
+    assert records.count(b"\n") == 4 * 6
+    again = wb("demo", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
+               "--features", "tf_efficientnet_lite0", "--image-size", "96", "--quiet").stdout
+    assert "tf_efficientnet_lite0 0" in again  # no forward pass
+    assert (tmp_path / "demo" / "sweep" / "records.jsonl").read_bytes() == records
+
+
+def test_sweep_help_names_the_options():
+    out = wb("sweep", "--help").stdout
+    for opt in ("--heads", "--subsets", "--cv", "--inner-cv", "--grid", "--n-jobs", "--backend",
+                "--scheduler", "--classes", "--positive", "--out"):
+        assert opt in out
+    assert "records.jsonl" in out and "svm-rbf" in out
+
+
+@pytest.fixture(scope="module")
+def busi_sweep_slice(tmp_path_factory) -> Path:
+    """24 BUSI images: 9 train and 3 test of each of benign and normal (and 6 malignant
+    that ``--classes`` leaves out)."""
+    if not (BUSI / "labels.csv").exists():
+        pytest.skip(f"real data not found at {BUSI}")
+    rows = list(csv.DictReader(open(BUSI / "labels.csv")))
+    picked = []
+    for label, n_train, n_test in (("benign", 9, 3), ("normal", 9, 3), ("malignant", 3, 3)):
+        picked += [r for r in rows if r["label"] == label and r["split"] == "train"][:n_train]
+        picked += [r for r in rows if r["label"] == label and r["split"] == "test"][:n_test]
+    out = tmp_path_factory.mktemp("busi24") / "slice.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "path", "label", "split"])
+        w.writeheader()
+        for r in picked:
+            w.writerow({k: (str(BUSI / r["path"]) if k == "path" else r[k]) for k in w.fieldnames})
+    return out
+
+
+@pytest.mark.slow
+def test_sweep_on_a_busi_slice_then_rerun(busi_sweep_slice, tmp_path):
+    args = ["sweep", "--manifest", str(busi_sweep_slice), "--classes", "benign,normal",
+            "--features", "timm/test_efficientnet@random:pre_logits", "--features", "resnet18@random:avgpool",
+            "--image-size", "32", "--device", "cpu", "--workers", "0",
+            "--heads", "svm-rbf,logreg", "--grid", "svm-rbf:C=1", "--grid", "logreg:C=0.1",
+            "--cv", "2", "--inner-cv", "2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+            "--quiet"]
+    out = wb(*args).stdout
+    # 3 subsets x 2 heads + 3 x 2 votes, over 2 folds and the test split
+    assert "6 head candidates and 6 ensembles x 3 folds = 36 records; 0 already" in out
+    assert "by mean CV auc" in out
+    summary = (tmp_path / "run" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("candidate,kind,size,cv_auc") and len(summary) == 13
+    again = wb(*args).stdout
+    assert "36 already in" in again
+
+
+def test_sweep_errors_exit_2_naming_the_problem(busi_slice, tmp_path):
+    p = wb("sweep", "--manifest", str(busi_slice), "--features", "resnet18@random:avgpool",
+           "--heads", "svm-rbf,forest", "--out", str(tmp_path / "run"), ok=False)
+    assert p.returncode == 2 and "unknown head 'forest'" in p.stderr
+    p = wb("sweep", "--manifest", str(busi_slice), "--features", "resnet18@random:avgpool",
+           "--grid", "svm-rbf:C", "--out", str(tmp_path / "run"), ok=False)
+    assert p.returncode == 2 and "HEAD:PARAM=V1,V2" in p.stderr
+    assert not (tmp_path / "run").exists()

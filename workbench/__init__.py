@@ -1,7 +1,8 @@
 """Image-classification research workbench (medical imaging first).
 
 Data flow: manifest -> images decoded once -> backbones (one registry) -> feature
-cache (content-addressed) -> feature blocks aligned by image id.
+cache (content-addressed) -> feature blocks aligned by image id -> sweep (heads over
+every block subset, vote ensembles, nested CV on fixed folds) -> append-only records.
 
 The public names below are imported lazily, so ``workbench --help`` does not pay for
 importing torch.
@@ -23,6 +24,12 @@ _EXPORTS = {
     "FeatureRequest": "workbench.features",
     "FeatureSet": "workbench.features",
     "extract": "workbench.features",
+    "TunedHead": "workbench.heads",
+    "get_head": "workbench.heads",
+    "list_heads": "workbench.heads",
+    "ResultStore": "workbench.search",
+    "summarize": "workbench.search",
+    "sweep": "workbench.search",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -38,3 +45,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from workbench.backbones import get_backbone, list_backbones, load_backbone
     from workbench.data import Manifest, ManifestError
     from workbench.features import FeatureCache, FeatureRequest, FeatureSet, extract
+    from workbench.heads import TunedHead, get_head, list_heads
+    from workbench.search import ResultStore, summarize, sweep

@@ -25,7 +25,19 @@ See `workbench backbones` for names, taps and dims.
 """
 
 
-def _add_extract_options(p: argparse.ArgumentParser) -> None:
+_EPILOG_SWEEP = """\
+examples:
+  workbench sweep --manifest ../shared/data/busi/labels.csv --classes benign,malignant \\
+      --features tf_efficientnet_lite0 --features tf_efficientnet_lite1 --features tf_efficientnet_lite2 \\
+      --heads svm-rbf,rf --cv 5 --out runs/busi-lite
+  workbench sweep ... --subsets 2-3 --grid rf:max_features=sqrt --n-jobs 2
+  workbench sweep ... --backend dask --scheduler tcp://10.0.0.5:8786
+outputs in OUT: records.jsonl (append-only), predictions/, splits.csv, run.json,
+  results.csv (one row per candidate x fold), summary.csv (ranked by CV mean)
+"""
+
+
+def _add_extract_options(p: argparse.ArgumentParser, classes: bool = True) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--input", choices=("whole", "box"), default="whole",
                    help="whole image, or the lesion box crop (needs bbox_* columns) [whole]")
@@ -36,7 +48,8 @@ def _add_extract_options(p: argparse.ArgumentParser) -> None:
                         "as in ImageNet eval, or pad [squash]")
     g.add_argument("--image-size", type=int, default=None,
                    help="override every backbone's input size (default: from its weights)")
-    g.add_argument("--classes", default=None, help="comma-separated allowed labels; others are bad rows")
+    if classes:
+        g.add_argument("--classes", default=None, help="comma-separated allowed labels; others are bad rows")
     g.add_argument("--skip-bad", action="store_true",
                    help="skip bad rows (listed in the run record) instead of failing before any work")
     r = p.add_argument_group("compute")
@@ -55,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="workbench",
         description="Image-classification research workbench: CNN features into a content-addressed "
-                    "cache (later: classical heads over every feature combination, compared with "
-                    "end-to-end CNNs).",
+                    "cache, classical heads over every feature combination and vote ensembles, ranked "
+                    "by nested cross-validation.",
     )
     p.add_argument("--version", action="version", version=f"workbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,13 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the main job on the embedded synthetic dataset (or --data DIR)",
                        description="Extract EfficientNet-Lite0/1/2 features (packaged ImageNet weights) on a "
                                    "synthetic shapes dataset generated on the spot (not medical data), or on "
-                                   "--data DIR, then print what was done and where the cache is.")
+                                   "--data DIR, then sweep SVM and random-forest heads over every subset of "
+                                   "the blocks plus their vote ensembles (5-fold CV and the test split), and "
+                                   "print the top candidates.")
     d.add_argument("--data", default=None, help="a manifest CSV, or a folder holding labels.csv or class folders")
     d.add_argument("--out", default="runs/demo", help="folder for the demo data and run record [runs/demo]")
     d.add_argument("--cache", default="features_cache", help="feature cache folder [features_cache]")
     d.add_argument("--features", action="append", default=None, help="override the demo's feature specs")
     d.add_argument("--image-size", type=int, default=None, help="override input sizes (e.g. 160 for speed)")
-    d.add_argument("--classes", default=None, help="comma-separated labels to keep as valid")
+    d.add_argument("--classes", default=None, help="comma-separated classes of the task; other images are left out")
+    d.add_argument("--n-jobs", type=int, default=1, help="parallel sweep workers [1]")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -93,6 +109,46 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--save", default=None, help="also write the aligned features to this .npz")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_extract_options(e)
+
+    w = sub.add_parser("sweep", help="heads over every feature subset, vote ensembles, nested CV + test",
+                       description="Extract (or read from the cache) the feature blocks, then evaluate every "
+                                   "head on every subset of blocks (their standardized concatenation) and vote "
+                                   "ensembles of the per-block heads, on seeded folds shared by all candidates: "
+                                   "k-fold CV on the training split (hyper-parameters by inner CV) and the test "
+                                   "split. One record per (candidate, fold) is appended to OUT/records.jsonl; "
+                                   "re-running the same command skips what is recorded.",
+                       epilog=_EPILOG_SWEEP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("--manifest", required=True, help="CSV manifest or class-folder tree (as for extract)")
+    w.add_argument("--features", action="append", required=True, metavar="SPEC",
+                   help="BACKBONE[@WEIGHTS][:TAP,TAP]; repeat for several backbones; each tap is one block")
+    w.add_argument("--out", required=True, help="run folder for records, predictions and tables")
+    w.add_argument("--heads", default="svm-rbf,rf",
+                   help="comma-separated heads: svm-rbf, svm-linear, rf, xgb, logreg [svm-rbf,rf]")
+    w.add_argument("--subsets", default="all",
+                   help="all | single | K (size K) | K1-K2 | explicit list 'L0+L1;L2' of block codes or names [all]")
+    w.add_argument("--classes", default=None,
+                   help="comma-separated classes of the task, e.g. benign,malignant; other images are left out")
+    w.add_argument("--positive", default=None, help="positive class of binary metrics [malignant if present]")
+    w.add_argument("--cv", type=int, default=5, help="outer CV folds on the training split [5]")
+    w.add_argument("--inner-cv", type=int, default=3, help="inner folds for hyper-parameter search [3]")
+    w.add_argument("--seed", type=int, default=0, help="seed of every split and seeded head [0]")
+    w.add_argument("--scoring", default="auc", choices=("auc", "balanced_accuracy", "accuracy"),
+                   help="inner selection score [auc]")
+    w.add_argument("--grid", action="append", default=[], metavar="HEAD:PARAM=V1,V2",
+                   help="override a head's grid, e.g. svm-rbf:C=1,10; HEAD:none searches nothing")
+    w.add_argument("--no-ensembles", action="store_true", help="skip vote ensembles")
+    w.add_argument("--ensemble-heads", default=None, help="heads that vote in ensembles [all --heads]")
+    w.add_argument("--stacking", action="store_true", help="add a logistic-regression stack per ensemble")
+    w.add_argument("--metric", default="auc", help="metric of the printed ranking (CV mean) [auc]")
+    w.add_argument("--top", type=int, default=15, help="rows of the printed ranking [15]")
+    w.add_argument("--n-jobs", type=int, default=1, help="parallel workers (joblib) [1]")
+    w.add_argument("--backend", default="loky", choices=("loky", "threading", "sequential", "dask"),
+                   help="joblib backend; dask runs on --scheduler [loky]")
+    w.add_argument("--scheduler", default=None,
+                   help="with --backend dask: a scheduler address (tcp://host:8786) or 'local'")
+    w.add_argument("--cache", default="features_cache", help="feature cache folder [features_cache]")
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_extract_options(w, classes=False)
 
     c = sub.add_parser("cache", help="inspect and maintain the feature cache")
     c.add_argument("--cache", default="features_cache", help="feature cache folder [features_cache]")
@@ -162,6 +218,84 @@ def _cmd_extract(args) -> int:
     return 0
 
 
+def _parse_value(v: str):
+    low = v.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v.strip()
+
+
+def _parse_grids(values: Sequence[str]) -> dict[str, dict[str, list]]:
+    """``["svm-rbf:C=1,10", "svm-rbf:gamma_factor=1", "rf:none"]`` -> per-head grids."""
+    grids: dict[str, dict[str, list]] = {}
+    for v in values:
+        head, sep, rest = v.partition(":")
+        if not sep or not head:
+            raise ValueError(f"--grid {v!r}: expected HEAD:PARAM=V1,V2 or HEAD:none")
+        grid = grids.setdefault(head.strip(), {})
+        if rest.strip().lower() == "none":
+            continue
+        param, eq, vals = rest.partition("=")
+        if not eq or not param.strip() or not vals.strip():
+            raise ValueError(f"--grid {v!r}: expected HEAD:PARAM=V1,V2")
+        if any(not x.strip() for x in vals.split(",")):
+            raise ValueError(f"--grid {v!r}: empty value in the list")
+        grid[param.strip()] = [_parse_value(x) for x in vals.split(",")]
+    return grids
+
+
+def _parse_subsets(text: str):
+    text = text.strip()
+    if text in ("all", "single"):
+        return text
+    if text.replace("-", "").isdigit():
+        lo, _, hi = text.partition("-")
+        return (int(lo), int(hi or lo))
+    return [[b.strip() for b in part.split("+") if b.strip()] for part in text.split(";") if part.strip()]
+
+
+def _cmd_sweep(args) -> int:
+    from workbench.search.summary import summarize
+    from workbench.search.sweep import sweep
+
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    df = sweep(
+        args.manifest, _split_features(args.features), out=args.out, heads=heads,
+        subsets=_parse_subsets(args.subsets), cv=args.cv, inner_cv=args.inner_cv, seed=args.seed,
+        scoring=args.scoring, grids=_parse_grids(args.grid), ensembles=not args.no_ensembles,
+        ensemble_heads=args.ensemble_heads.split(",") if args.ensemble_heads else None,
+        stacking=args.stacking, classes=args.classes.split(",") if args.classes else None,
+        positive=args.positive, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler,
+        cache=args.cache, progress=not args.quiet, log=print,
+        extract_options=dict(input=args.input, box_margin=args.box_margin, resize=args.resize,
+                             image_size=args.image_size, batch_size=args.batch_size,
+                             num_workers=args.workers, device=args.device, precision=args.precision,
+                             dtype=args.dtype, skip_bad=args.skip_bad),
+    )
+    out = Path(args.out)
+    df.to_csv(out / "results.csv", index=False)
+    summary = summarize(df, args.metric)
+    summary.to_csv(out / "summary.csv", index=False)
+    m = args.metric
+    print(f"\ntop {min(args.top, len(summary))} of {len(summary)} candidates by mean CV {m} "
+          f"({args.cv}-fold; test shown, never used to rank):")
+    shown = summary.head(args.top)
+    width = max(len(c) for c in shown["candidate"]) if len(shown) else 10
+    print(f"{'candidate':<{width}}  {'CV ' + m:>14}  {'test ' + m:>9}")
+    for _, r in shown.iterrows():
+        test = "" if r[f"test_{m}"] != r[f"test_{m}"] else f"{r[f'test_{m}']:.3f}"
+        print(f"{r['candidate']:<{width}}  {r[f'cv_{m}']:.3f} +- {r[f'cv_{m}_sd']:.3f}  {test:>9}")
+    print(f"\nrecords: {out / 'records.jsonl'}\nsummary: {out / 'summary.csv'}")
+    return 0
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
@@ -211,7 +345,8 @@ def _cmd_demo(args) -> int:
     run_demo(data=args.data, out=args.out, cache=args.cache,
              features=_split_features(args.features) or DEMO_FEATURES, image_size=args.image_size,
              classes=args.classes.split(",") if args.classes else None,
-             batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet)
+             batch_size=args.batch_size, num_workers=args.workers, n_jobs=args.n_jobs,
+             progress=not args.quiet)
     return 0
 
 
@@ -225,17 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from workbench.data.manifest import ManifestError
     from workbench.features.cache import CacheCorruptError
+    from workbench.search.store import StoreCorruptError
 
-    handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo}
+    handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
+                "sweep": _cmd_sweep}
     try:
         return handlers[args.command](args)
     except (ManifestError, WeightsNotFoundError, UnknownBackboneError, CheckpointMismatchError,
-            CacheCorruptError, ValueError, KeyError) as e:
+            CacheCorruptError, StoreCorruptError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"workbench {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: finished batches are in the cache; re-run the same command to resume",
+        print("\ninterrupted: finished work is in the cache / run folder; re-run the same command to resume",
               file=sys.stderr)
         return 130
 

@@ -17,9 +17,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["make_shapes_dataset", "run_demo", "DEMO_FEATURES"]
+__all__ = ["make_shapes_dataset", "run_demo", "DEMO_FEATURES", "DEMO_HEADS"]
 
 DEMO_FEATURES = ("tf_efficientnet_lite0:avgpool", "tf_efficientnet_lite1:avgpool", "tf_efficientnet_lite2:avgpool")
+#: The demo sweep: the study's two heads; one forest setting keeps it to seconds.
+DEMO_HEADS = ("svm-rbf", "rf")
+DEMO_GRIDS = {"rf": {"max_features": ["sqrt"]}}
 _CLASSES = ("smooth", "spiculated")
 _README = """# Synthetic demo shapes (NOT medical data)
 
@@ -41,17 +44,18 @@ def _blob(rng: np.random.Generator, label: str, size: int) -> tuple[Image.Image,
     if label == "smooth":
         # Lobulated ellipse: a few gentle bumps, so "smooth" is not a perfect shape.
         a, b = r * rng.uniform(0.8, 1.2), r * rng.uniform(0.6, 1.0)
-        lobes, depth, phase = int(rng.integers(2, 6)), rng.uniform(0.0, 0.15), rng.uniform(0, 2 * np.pi)
+        lobes, depth, phase = int(rng.integers(3, 9)), rng.uniform(0.05, 0.2), rng.uniform(0, 2 * np.pi)
         ts = np.linspace(0, 2 * np.pi, 96, endpoint=False)
         q = 1 + depth * np.sin(lobes * ts + phase)
         pts = [(cx + a * m * np.cos(t), cy + b * m * np.sin(t)) for m, t in zip(q, ts)]
     else:
         k = int(rng.integers(5, 11))
         ts = np.linspace(0, 2 * np.pi, 2 * k, endpoint=False) + rng.uniform(0, np.pi)
-        radii = np.where(np.arange(2 * k) % 2 == 0, r * rng.uniform(1.0, 1.5, 2 * k), r * rng.uniform(0.6, 0.85, 2 * k))
+        # Short spikes: at 128 px the two classes overlap enough that heads differ.
+        radii = np.where(np.arange(2 * k) % 2 == 0, r * rng.uniform(1.0, 1.2, 2 * k), r * rng.uniform(0.82, 0.95, 2 * k))
         pts = [(cx + q * np.cos(t), cy + q * np.sin(t)) for q, t in zip(radii, ts)]
     draw.polygon(pts, fill=255)
-    mask = np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float64) / 255.0
+    mask = np.asarray(canvas.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float64) / 255.0
     # Lesions are dark (hypoechoic) in both classes: only the outline tells them apart.
     img = frame * (1 - 0.85 * mask)
     img = np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
@@ -95,23 +99,6 @@ def make_shapes_dataset(root: str | Path, *, n_per_class: int = 40, size: int = 
     return manifest
 
 
-def _linear_probe(X: np.ndarray, y: Sequence[str], seed: int = 0) -> float:
-    """5-fold CV accuracy of a standardised logistic regression: a sanity check that the
-    features carry the class, not the study's sweep (which comes with `workbench sweep`)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    y = np.asarray(y)
-    folds = min(5, int(min(np.unique(y, return_counts=True)[1])))
-    if folds < 2:
-        return float("nan")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return float(cross_val_score(clf, X, y, cv=cv).mean())
-
-
 def run_demo(
     *,
     data: str | Path | None = None,
@@ -122,10 +109,12 @@ def run_demo(
     classes: Sequence[str] | None = None,
     batch_size: int = 32,
     num_workers: int | None = None,
+    n_jobs: int = 1,
+    top: int = 10,
     progress: bool = True,
     print_fn=print,
 ) -> dict:
-    """Extract features on the demo (or given) dataset, probe them, report where they are.
+    """Extract features on the demo (or given) dataset, sweep them, print the top candidates.
 
     Returns the run record (also written to ``out/demo-record.json``).
     """
@@ -140,25 +129,43 @@ def run_demo(
         p = Path(data)
         manifest = p / "labels.csv" if p.is_dir() and (p / "labels.csv").exists() else p
         print_fn(f"dataset: {manifest}")
+    from workbench.data.manifest import Manifest
+
+    manifest = Manifest.load(manifest)
+    if classes:
+        manifest = manifest.select_classes(classes)
     t0 = time.perf_counter()
-    fs = extract(manifest, features, cache=cache, image_size=image_size, classes=classes,
+    fs = extract(manifest, features, cache=cache, image_size=image_size,
                  batch_size=batch_size, num_workers=num_workers, progress=progress)
     seconds = time.perf_counter() - t0
     rec = fs.record
     print_fn(f"\n{len(fs)} images, {len(fs.names)} feature blocks in {seconds:.1f} s "
              f"(forward passes: {', '.join(f'{k} {v}' for k, v in rec['forward_images'].items())})")
     print_fn(f"cache: {Path(cache).resolve()}")
-    print_fn("\nblock                                     dim   computed  5-fold linear-probe acc")
-    probes = {}
+    print_fn("\nblock                                     dim   computed")
     for name in fs.names:
-        probes[name] = _linear_probe(fs[name], fs.labels)
-        print_fn(f"{name:<40} {fs[name].shape[1]:>5} {rec['computed_rows'][name]:>10}  {probes[name]:.3f}")
-    if len(fs.names) > 1:
-        probes["all blocks concatenated"] = _linear_probe(fs.concat(fs.names), fs.labels)
-        print_fn(f"{'all blocks concatenated':<40} {sum(fs[n].shape[1] for n in fs.names):>5} {'':>10}  "
-                 f"{probes['all blocks concatenated']:.3f}")
-    rec = dict(rec, linear_probe_cv_accuracy=probes, demo_dataset=None if data else "synthetic shapes")
+        print_fn(f"{name:<40} {fs[name].shape[1]:>5} {rec['computed_rows'][name]:>10}")
+
+    # The study's core on these blocks: every subset x {SVM, RF} and their vote ensembles.
+    from workbench.search.summary import summarize
+    from workbench.search.sweep import sweep
+
+    t1 = time.perf_counter()
+    records = sweep(manifest, fs, out=out / "sweep", heads=DEMO_HEADS, grids=DEMO_GRIDS, cv=5,
+                    n_jobs=n_jobs, progress=progress)
+    summary = summarize(records, "auc")
+    summary.to_csv(out / "sweep" / "summary.csv", index=False)
+    print_fn(f"\nsweep: {len(summary)} candidates x {records['fold'].nunique()} folds in "
+             f"{time.perf_counter() - t1:.1f} s; top {min(top, len(summary))} by mean 5-fold CV AUC "
+             "(test AUC shown, not used to rank):")
+    width = max(len(c) for c in summary["candidate"].head(top))
+    for _, r in summary.head(top).iterrows():
+        print_fn(f"  {r['candidate']:<{width}}  CV {r['cv_auc']:.3f} +- {r['cv_auc_sd']:.3f}   "
+                 f"test {r['test_auc']:.3f}")
+    rec = dict(rec, demo_dataset=None if data else "synthetic shapes",
+               sweep={"run": str(out / "sweep"), "heads": list(DEMO_HEADS),
+                      "top": summary.head(top).to_dict(orient="records")})
     fs.record = rec
     path = fs.save_record(out / "demo-record.json")
-    print_fn(f"\nrun record: {path}")
+    print_fn(f"\nrun record: {path}\nsweep records: {out / 'sweep' / 'records.jsonl'}")
     return rec
