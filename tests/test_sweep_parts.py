@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
@@ -781,3 +781,44 @@ def test_parse_subsets():
     assert _parse_subsets("3") == (3, 3)
     assert _parse_subsets("L0+L1;L2") == [["L0", "L1"], ["L2"]]
     assert _parse_subsets("A + V ; R;") == [["A", "V"], ["R"]]
+
+
+# ---- calibration ---------------------------------------------------------------------
+
+
+class _GivenScores(ClassifierMixin, BaseEstimator):
+    """A 'classifier' whose decision values are its input, so scikit-learn's own
+    CalibratedClassifierCV can calibrate given scores."""
+
+    def __init__(self, n_classes=2):
+        self.n_classes = n_classes
+
+    def fit(self, X, y):
+        self.classes_ = np.arange(self.n_classes)
+        return self
+
+    def decision_function(self, X):
+        X = np.asarray(X, dtype=float)
+        return X[:, 1] if self.n_classes == 2 else X
+
+    def predict(self, X):
+        return np.asarray(X).argmax(1)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+def test_platt_calibration_equals_scikit_learns_sigmoid(n_classes):
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+
+    from workbench.heads.nested import as_score_matrix, fit_calibrator
+
+    rng = np.random.default_rng(n_classes)
+    y = rng.integers(0, n_classes, 240)
+    S = rng.normal(size=(240, n_classes)) + 1.5 * np.eye(n_classes)[y]
+    T = 2 * rng.normal(size=(60, n_classes))
+    if n_classes == 2:  # binary scores are [-d, d]
+        S, T = as_score_matrix(S[:, 1] - S[:, 0], 2), as_score_matrix(T[:, 1], 2)
+    ref = CalibratedClassifierCV(FrozenEstimator(_GivenScores(n_classes).fit(S, y)), method="sigmoid").fit(S, y)
+    ours = fit_calibrator(S, y, n_classes)
+    np.testing.assert_allclose(ours.predict_proba(T), ref.predict_proba(T), atol=1e-6)
+    np.testing.assert_allclose(ours.predict_proba(T).sum(axis=1), 1.0)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import ParameterGrid
 
 __all__ = [
     "InnerSearch",
+    "PlattCalibrator",
     "SCORINGS",
     "as_score_matrix",
     "calibrated_proba",
@@ -161,37 +161,86 @@ def inner_search(
     return InnerSearch(points, scores, best, oofs[best])
 
 
-class _GivenScores(ClassifierMixin, BaseEstimator):
-    """A 'classifier' whose decision values are its input: lets scikit-learn's own
-    :class:`~sklearn.calibration.CalibratedClassifierCV` calibrate stored scores."""
+def _platt(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """Platt's sigmoid ``p = 1 / (1 + exp(a f + b))`` by Newton's method.
 
-    def __init__(self, n_classes: int = 2):
-        self.n_classes = n_classes
+    The objective of scikit-learn's ``_sigmoid_calibration`` (Platt's smoothed targets,
+    the same start), solved as in Lin, Lin & Weng (2007) and libsvm: a 2-parameter convex
+    problem that Newton steps finish in a few iterations, where scikit-learn's general
+    L-BFGS took ~90 ms a call: the largest cost of a 63-subset sweep's fast path.
+    """
+    f = np.asarray(f, dtype=np.float64)
+    n_pos = float(positive.sum())
+    n_neg = len(f) - n_pos
+    t = np.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
 
-    def fit(self, X, y):
-        self.classes_ = np.arange(self.n_classes)
-        return self
+    def nll(a: float, b: float) -> float:
+        z = a * f + b
+        return float(np.sum(np.logaddexp(0.0, z) - (1.0 - t) * z))
 
-    def decision_function(self, X):
-        X = np.asarray(X, dtype=np.float64)
-        return X[:, 1] if self.n_classes == 2 else X
+    a, b = 0.0, float(np.log((n_neg + 1.0) / (n_pos + 1.0)))
+    value = nll(a, b)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(a * f + b))
+        d1 = t - p
+        g1, g2 = float(f @ d1), float(d1.sum())
+        if abs(g1) < 1e-10 * len(f) and abs(g2) < 1e-10 * len(f):
+            break
+        d2 = p * (1.0 - p)
+        h11, h22, h21 = float(f * f @ d2) + 1e-12, float(d2.sum()) + 1e-12, float(f @ d2)
+        det = h11 * h22 - h21 * h21
+        da, db = -(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det
+        slope = g1 * da + g2 * db
+        step = 1.0
+        while step >= 1e-10:  # backtracking line search
+            new = nll(a + step * da, b + step * db)
+            if new < value + 1e-4 * step * slope:
+                a, b, value = a + step * da, b + step * db, new
+                break
+            step /= 2
+        else:
+            break
+    return a, b
 
-    def predict(self, X):
-        return np.asarray(X).argmax(axis=1)
+
+@dataclass
+class PlattCalibrator:
+    """One-vs-rest sigmoids over decision values, normalized as scikit-learn does.
+
+    ``coef[k] = (a, b)`` maps class ``k``'s score column (the positive column only, for
+    two classes) to ``1 / (1 + exp(a s + b))``.
+    """
+
+    coef: list[tuple[float, float]]
+    n_classes: int
+
+    def predict_proba(self, scores: np.ndarray) -> np.ndarray:
+        S = np.asarray(scores, dtype=np.float64)
+        if self.n_classes == 2:
+            a, b = self.coef[0]
+            p1 = 1.0 / (1.0 + np.exp(a * S[:, 1] + b))
+            return np.column_stack([1.0 - p1, p1])
+        P = np.column_stack([1.0 / (1.0 + np.exp(a * S[:, k] + b)) for k, (a, b) in enumerate(self.coef)])
+        total = P.sum(axis=1, keepdims=True)
+        # As CalibratedClassifierCV: rows that all calibrate to 0 become uniform.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            P = np.where(total > 0, P / total, 1.0 / self.n_classes)
+        return np.clip(P, 0.0, 1.0)
 
 
-def fit_calibrator(oof: np.ndarray, y: np.ndarray, n_classes: int):
+def fit_calibrator(oof: np.ndarray, y: np.ndarray, n_classes: int) -> PlattCalibrator:
     """Platt (sigmoid) calibration fitted on out-of-fold scores.
 
-    This is ``CalibratedClassifierCV(method="sigmoid", ensemble=False)``: calibrate on
-    cross-validated scores, then apply to a model refitted on all training rows. It is
-    scikit-learn's replacement for the deprecated ``SVC(probability=True)``.
+    What ``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` does: calibrate
+    on cross-validated scores, then apply to a model refitted on all training rows. It
+    is scikit-learn's replacement for the deprecated ``SVC(probability=True)``; a test
+    holds this implementation to its output.
     """
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.frozen import FrozenEstimator
-
-    base = FrozenEstimator(_GivenScores(n_classes).fit(oof, y))
-    return CalibratedClassifierCV(base, method="sigmoid").fit(oof, y)
+    y = np.asarray(y)
+    oof = np.asarray(oof, dtype=np.float64)
+    if n_classes == 2:
+        return PlattCalibrator([_platt(oof[:, 1], y == 1)], 2)
+    return PlattCalibrator([_platt(oof[:, k], y == k) for k in range(n_classes)], n_classes)
 
 
 def calibrated_proba(calibrator, scores: np.ndarray) -> np.ndarray:

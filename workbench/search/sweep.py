@@ -142,11 +142,13 @@ def _kernel_unit(blocks, names, subsets, head, grid, y, n_classes, fold, train, 
 
 
 @_unit
-def _plain_unit(X, subset, head, grid, y, fold, train, evaluate, groups, inner_splits, scoring,
-                seed) -> list[_Out]:
+def _plain_unit(blocks, subset, head, grid, y, fold, train, evaluate, groups, inner_splits, scoring,
+                seed, names) -> list[_Out]:
     from workbench.heads.tuned import TunedHead
 
     t0 = time.perf_counter()
+    X = np.concatenate([blocks[b] for b in subset], axis=1) if len(subset) > 1 else blocks[subset[0]]
+    subset = [names[b] for b in subset]
     est = TunedHead(head, grid=grid, inner_splits=inner_splits, scoring=scoring, random_state=seed)
     est.fit(X[train], y[train], groups=None if groups is None else groups[train])
     scores = est.scores(X[evaluate])
@@ -405,24 +407,29 @@ def sweep(
 
     block_list = [blocks[n] for n in names]
     group_arr = splits.groups
-    units = []
     by_kernel: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    plain: list[tuple[Candidate, str]] = []
     for c, f in todo_heads:
         if get_head(c.head).kernel is not None:
             by_kernel.setdefault((c.head, f), []).append(c.blocks)
         else:
-            X = np.concatenate([blocks[b] for b in c.blocks], axis=1) if len(c.blocks) > 1 else blocks[c.blocks[0]]
-            units.append(delayed(_plain_unit)(X, c.blocks, c.head, grid_of[c.head], y, f, train_rows[f],
-                                              eval_rows[f], group_arr, inner_cv, scoring, seed))
-    for (h, f), subs in by_kernel.items():
-        units.insert(0, delayed(_kernel_unit)(block_list, names, subs, h, grid_of[h], y, len(class_names),
-                                              f, train_rows[f], eval_rows[f], inner_of[f], scoring))
+            plain.append((c, f))
+
+    def units():
+        # A generator, so no concatenation exists before its unit runs: 63 subsets of
+        # six 4096-wide blocks would otherwise sit in memory all at once.
+        for (h, f), subs in by_kernel.items():  # the big units first
+            yield delayed(_kernel_unit)(block_list, names, subs, h, grid_of[h], y, len(class_names),
+                                        f, train_rows[f], eval_rows[f], inner_of[f], scoring)
+        for c, f in plain:
+            yield delayed(_plain_unit)(block_list, [names.index(b) for b in c.blocks], c.head, grid_of[c.head],
+                                       y, f, train_rows[f], eval_rows[f], group_arr, inner_cv, scoring, seed, names)
 
     bar = _progress(total, total - len(todo_heads) - len(todo_ens), progress)
     try:
-        if units:
+        if by_kernel or plain:
             with _backend(backend, scheduler, n_jobs) as jobs:
-                for outs in Parallel(n_jobs=jobs, return_as="generator_unordered")(units):
+                for outs in Parallel(n_jobs=jobs, return_as="generator_unordered")(units()):
                     for o in outs:
                         extra = {"best_params": o.best_params, "inner_score": o.inner_score,
                                  "seconds": round(o.seconds, 3)}
@@ -432,12 +439,15 @@ def sweep(
         # -- ensembles, from the stored predictions -----------------------------------
         if todo_ens:
             stored = {r["key"]: r for r in store.records()}
+            loaded: dict[str, np.ndarray] = {}  # every member's file is read once
 
             def member_proba(m: Candidate, fold: str) -> np.ndarray:
-                rec = stored.get(f"{cid.get(m) or candidate_id(m)}/{fold}")
-                if rec is None:
-                    raise RuntimeError(f"member {m.label(code_of)} has no record for fold {fold}")
-                return store.predictions(rec)["proba"]
+                key = f"{cid.get(m) or candidate_id(m)}/{fold}"
+                if key not in loaded:
+                    if key not in stored:
+                        raise RuntimeError(f"member {m.label(code_of)} has no record for fold {fold}")
+                    loaded[key] = store.predictions(stored[key])["proba"]
+                return loaded[key]
 
             for c, f in todo_ens:
                 t0 = time.perf_counter()
