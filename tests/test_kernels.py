@@ -1,0 +1,260 @@
+"""The precomputed-kernel SVM fast path reproduces the plain scikit-learn heads.
+
+:func:`~workbench.heads.kernels.kernel_subset_scores` over
+:class:`~workbench.heads.kernels.BlockKernels` must give, for every subset of blocks,
+what :class:`~workbench.heads.tuned.TunedHead` gives on the concatenation of those
+blocks: the same chosen grid point, the same inner scores, decision values and
+calibrated probabilities equal to libsvm's precision, and identical predictions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from workbench.heads.kernels import BlockKernels, kernel_subset_scores
+from workbench.heads.tuned import TunedHead
+from workbench.search.splits import make_folds
+
+INNER = 3
+SEED = 0
+SMALL_GRID = {
+    "svm-rbf": {"C": [0.1, 1.0, 10.0], "gamma_factor": [0.5, 1.0, 2.0]},
+    "svm-linear": {"C": [0.001, 0.01, 0.1, 1.0]},
+}
+KERNEL = {"svm-rbf": "rbf", "svm-linear": "linear"}
+DIMS = (20, 60, 120)
+SUBSETS = [(0,), (2,), (1, 2), (0, 1, 2)]
+#: Equality is up to libsvm's own stopping tolerance (``tol=1e-3``, the heads' default),
+#: not to rounding. The fast path's kernels are stored in float32 (~1e-7 relative), and
+#: even a float64 kernel that differs from libsvm's internal one by 1e-16 can move the
+#: intercept by a few 1e-4: libsvm averages the gradients of the "free" support vectors,
+#: and an alpha sitting at C +- 1e-16 flips between free and bounded. At convergence
+#: every candidate intercept lies within ``tol`` of the others, so decision values (and
+#: out-of-fold scores) agree within ~tol; measured over 120 subset fits of these blocks:
+#: up to 6e-4 (median ~1e-8). The kernels themselves are checked to float32 rounding
+#: in ``test_summed_kernel_is_the_kernel_of_the_scaled_concatenation``.
+DEC_TOL = 1e-3
+PROBA_TOL = 1e-3
+#: Inner scores are mean AUCs: a near-tie that swaps order moves one by ~1/(n+ * n-).
+INNER_TOL = 1e-3
+
+
+def make_blocks(n: int, dims=DIMS, n_classes: int = 2, seed: int = 0):
+    """Float32 blocks with a shared low-rank class signal, plus noise and an offset/scale
+    per column (so standardization matters) and one constant column per block."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    rng.shuffle(y)
+    centers = rng.normal(size=(n_classes, 4))
+    latent = centers[y] + rng.normal(size=(n, 4))
+    blocks = []
+    for d in dims:
+        load = rng.normal(size=(4, d)) * 0.35
+        X = latent @ load + rng.normal(size=(n, d))
+        X = X * rng.uniform(0.5, 5.0, size=d) + rng.normal(scale=10.0, size=d)
+        X[:, 0] = 3.0  # a constant column: zero after scaling in both paths
+        blocks.append(X.astype(np.float32))
+    return blocks, y
+
+
+def outer_split(y, fold: int = 0):
+    train, evaluate = make_folds(y, 5, SEED)[fold]
+    return np.sort(train), np.sort(evaluate)
+
+
+def fast_results(blocks, y, head, subsets, grid, train, evaluate):
+    inner = make_folds(y[train], INNER, SEED)  # what TunedHead(random_state=SEED) makes
+    bk = BlockKernels(blocks, KERNEL[head], train, evaluate, inner)
+    return bk, kernel_subset_scores(bk, subsets, head, y, len(np.unique(y)), grid=grid)
+
+
+def plain(blocks, y, head, subset, grid, train):
+    X = np.concatenate([blocks[b] for b in subset], axis=1)
+    th = TunedHead(head, grid=grid, inner_splits=INNER, random_state=SEED).fit(X[train], y[train])
+    return th, X
+
+
+def assert_same(r, th, X, evaluate):
+    d = th.scores(X[evaluate])  # (n, C); binary d as [-d, d], like SubsetResult.scores
+    dec = th.decision_function(X[evaluate])  # scikit-learn's shape: (n,) when binary
+    np.testing.assert_array_equal(dec, d[:, 1] if d.shape[1] == 2 else d)
+    assert r.search.params == th.search_.params
+    assert r.search.best_params == th.best_params_, r.subset
+    np.testing.assert_allclose(r.search.scores, th.search_.scores, rtol=0, atol=INNER_TOL)
+    scale = max(1.0, float(np.abs(d).max()))
+    assert r.scores.shape == d.shape
+    assert np.abs(r.scores - d).max() <= DEC_TOL * scale, (r.subset, np.abs(r.scores - d).max())
+    np.testing.assert_array_equal(r.scores.argmax(axis=1), d.argmax(axis=1))
+    # TunedHead.predict is the argmax of the calibrated probabilities
+    np.testing.assert_array_equal(r.proba.argmax(axis=1), th.predict(X[evaluate]))
+    np.testing.assert_allclose(r.proba, th.predict_proba(X[evaluate]), rtol=0, atol=PROBA_TOL)
+    # The calibrators were fitted on out-of-fold scores of the same grid point.
+    np.testing.assert_allclose(r.search.oof, th.search_.oof, rtol=0, atol=DEC_TOL * scale)
+
+
+@pytest.fixture(scope="module")
+def binary():
+    blocks, y = make_blocks(200, seed=1)
+    return blocks, y, *outer_split(y)
+
+
+@pytest.mark.parametrize("head", ["svm-rbf", "svm-linear"])
+def test_fast_path_equals_tuned_head_on_the_concatenation(binary, head):
+    blocks, y, train, evaluate = binary
+    grid = SMALL_GRID[head]
+    _, results = fast_results(blocks, y, head, SUBSETS, grid, train, evaluate)
+    assert [r.subset for r in results] == SUBSETS
+    for r in results:
+        assert r.scores.shape == (len(evaluate), 2)
+        np.testing.assert_array_equal(r.scores[:, 0], -r.scores[:, 1])
+        th, X = plain(blocks, y, head, r.subset, grid, train)
+        assert_same(r, th, X, evaluate)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear"])
+def test_summed_kernel_is_the_kernel_of_the_scaled_concatenation(binary, kernel):
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    blocks, y, train, evaluate = binary
+    inner = make_folds(y[train], INNER, SEED)
+    bk = BlockKernels(blocks, kernel, train, evaluate, inner)
+    for subset in [(1,), (0, 2), (0, 1, 2)]:
+        X = np.concatenate([blocks[b] for b in subset], axis=1)
+        for part in [bk.final, *bk.inner]:
+            rows, fit = part.rows, part.rows[part.fit]
+            sc = StandardScaler().fit(X[fit])
+            Z, Zf = (sc.transform(X[r]).astype(np.float64) for r in (rows, fit))
+            M = bk.summed(part, subset)
+            assert M.dtype == np.float64 and M.shape == (len(rows), len(fit))
+            if kernel == "rbf":
+                g = 1.0 / (X.shape[1] * Zf.var())
+                np.testing.assert_allclose(np.exp(-g * M), rbf_kernel(Z, Zf, gamma=g), rtol=0, atol=1e-6)
+            else:
+                G = Z @ Zf.T
+                np.testing.assert_allclose(M, G, rtol=0, atol=1e-6 * np.abs(G).max())
+
+
+def test_default_grid(binary):
+    blocks, y, train, evaluate = binary
+    head = "svm-rbf"
+    subsets = [(1,), (0, 1, 2)]
+    _, results = fast_results(blocks, y, head, subsets, None, train, evaluate)
+    for r in results:
+        th, X = plain(blocks, y, head, r.subset, None, train)
+        assert len(th.search_.params) == 12
+        assert_same(r, th, X, evaluate)
+
+
+def test_another_outer_fold_and_seed():
+    blocks, y = make_blocks(160, dims=(30, 90), seed=7)
+    train, evaluate = outer_split(y, fold=3)
+    grid = SMALL_GRID["svm-rbf"]
+    _, results = fast_results(blocks, y, "svm-rbf", [(0,), (1,), (0, 1)], grid, train, evaluate)
+    for r in results:
+        th, X = plain(blocks, y, "svm-rbf", r.subset, grid, train)
+        assert_same(r, th, X, evaluate)
+
+
+def test_gamma_factor_one_is_plain_svc_gamma_scale(binary):
+    blocks, y, train, evaluate = binary
+    grid = {"C": [1.0], "gamma_factor": [1.0]}
+    subsets = [(0,), (1, 2), (0, 1, 2)]
+    _, results = fast_results(blocks, y, "svm-rbf", subsets, grid, train, evaluate)
+    for r in results:
+        X = np.concatenate([blocks[b] for b in r.subset], axis=1)
+        svc = Pipeline([("scale", StandardScaler()), ("svc", SVC(kernel="rbf", C=1.0, gamma="scale"))])
+        svc.fit(X[train], y[train])
+        d = svc.decision_function(X[evaluate])
+        assert d.ndim == 1
+        np.testing.assert_array_equal(r.scores[:, 1], -r.scores[:, 0])
+        assert np.abs(r.scores[:, 1] - d).max() <= DEC_TOL * max(1.0, np.abs(d).max())
+        np.testing.assert_array_equal(r.scores.argmax(axis=1), svc.predict(X[evaluate]))
+
+
+@pytest.mark.parametrize("head", ["svm-rbf", "svm-linear"])
+def test_three_classes_ovr(head):
+    blocks, y = make_blocks(210, dims=(25, 70), n_classes=3, seed=3)
+    train, evaluate = outer_split(y)
+    grid = {"svm-rbf": {"C": [1.0, 10.0], "gamma_factor": [0.5, 1.0]}, "svm-linear": {"C": [0.01, 1.0]}}[head]
+    _, results = fast_results(blocks, y, head, [(0,), (0, 1)], grid, train, evaluate)
+    for r in results:
+        assert r.scores.shape == (len(evaluate), 3)
+        assert r.proba.shape == (len(evaluate), 3)
+        np.testing.assert_allclose(r.proba.sum(axis=1), 1.0, atol=1e-12)
+        th, X = plain(blocks, y, head, r.subset, grid, train)
+        clf = th.estimator_.named_steps["clf"]
+        assert getattr(clf, "svc_", clf).decision_function_shape == "ovr"
+        assert_same(r, th, X, evaluate)
+
+
+def test_three_classes_plain_svc_gamma_scale():
+    blocks, y = make_blocks(180, dims=(40, 50), n_classes=3, seed=5)
+    train, evaluate = outer_split(y)
+    grid = {"C": [1.0], "gamma_factor": [1.0]}
+    _, (r,) = fast_results(blocks, y, "svm-rbf", [(0, 1)], grid, train, evaluate)
+    X = np.concatenate(blocks, axis=1)
+    svc = Pipeline([("scale", StandardScaler()), ("svc", SVC(C=1.0, gamma="scale", decision_function_shape="ovr"))])
+    svc.fit(X[train], y[train])
+    d = svc.decision_function(X[evaluate])
+    assert d.shape == r.scores.shape == (len(evaluate), 3)
+    assert np.abs(r.scores - d).max() <= DEC_TOL * max(1.0, np.abs(d).max())
+    np.testing.assert_array_equal(r.scores.argmax(axis=1), svc.predict(X[evaluate]))
+
+
+def test_gamma_scale_is_that_of_the_scaled_concatenation(binary):
+    blocks, y, train, evaluate = binary
+    inner = make_folds(y[train], INNER, SEED)
+    bk = BlockKernels(blocks, "rbf", train, evaluate, inner)
+    for subset in [(0,), (1,), (0, 2), (0, 1, 2)]:
+        X = np.concatenate([blocks[b] for b in subset], axis=1)
+        fits = [(bk.final, train)] + [(bk.inner[i], train[tr]) for i, (tr, _) in enumerate(inner)]
+        for part, rows in fits:
+            np.testing.assert_array_equal(part.rows[part.fit], rows)
+            Z = StandardScaler().fit(X[rows]).transform(X[rows]).astype(np.float64)
+            expected = 1.0 / (X.shape[1] * Z.var())
+            assert bk.gamma_scale(part, subset) == pytest.approx(expected, rel=1e-10)
+        # and what ScaledGammaSVC computed inside the plain pipeline's final refit
+        th = TunedHead("svm-rbf", grid={"C": [1.0], "gamma_factor": [1.0]}, inner_splits=INNER,
+                       random_state=SEED).fit(X[train], y[train])
+        assert bk.gamma_scale(bk.final, subset) == pytest.approx(th.estimator_.named_steps["clf"].gamma_, rel=1e-10)
+
+
+def test_block_matrices_are_float32_and_shaped_per_fit(binary):
+    blocks, y, train, evaluate = binary
+    inner = make_folds(y[train], INNER, SEED)
+    for kernel in ("rbf", "linear"):
+        bk = BlockKernels(blocks, kernel, train, evaluate, inner)
+        assert bk.dims == list(DIMS)
+        for part in [*bk.inner, bk.final]:
+            assert len(part.mats) == len(blocks)
+            for M in part.mats:
+                assert M.dtype == np.float32
+                assert M.shape == (len(part.rows), len(part.fit))
+        assert len(bk.final.rows) == len(train) + len(evaluate)
+        np.testing.assert_array_equal(bk.final.rows[bk.final.held], evaluate)
+        if kernel == "rbf":  # squared distances of a fit row to itself
+            D = bk.final.mats[1][bk.final.fit]
+            assert np.abs(np.diag(D)).max() < 1e-3 * np.abs(D).max()
+
+
+def test_kernel_head_mismatch_raises(binary):
+    blocks, y, train, evaluate = binary
+    inner = make_folds(y[train], INNER, SEED)
+    rbf = BlockKernels(blocks, "rbf", train, evaluate, inner)
+    with pytest.raises(ValueError, match="svm-linear"):
+        kernel_subset_scores(rbf, [(0,)], "svm-linear", y, 2)
+    linear = BlockKernels(blocks, "linear", train, evaluate, inner)
+    with pytest.raises(ValueError, match="svm-rbf"):
+        kernel_subset_scores(linear, [(0,)], "svm-rbf", y, 2)
+    with pytest.raises(ValueError):  # not an SVM at all
+        kernel_subset_scores(rbf, [(0,)], "rf", y, 2)
+
+
+@pytest.mark.parametrize("kernel", ["poly", "sigmoid", "RBF", ""])
+def test_unknown_kernel_raises(binary, kernel):
+    blocks, y, train, evaluate = binary
+    with pytest.raises(ValueError, match="kernel"):
+        BlockKernels(blocks, kernel, train, evaluate, make_folds(y[train], INNER, SEED))
