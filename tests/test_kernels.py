@@ -258,3 +258,39 @@ def test_unknown_kernel_raises(binary, kernel):
     blocks, y, train, evaluate = binary
     with pytest.raises(ValueError, match="kernel"):
         BlockKernels(blocks, kernel, train, evaluate, make_folds(y[train], INNER, SEED))
+
+
+@pytest.mark.parametrize("grid", [{}, {"gamma_factor": [0.5, 2.0]}, {"C": [0.5], "tol": [1e-4]}])
+def test_partial_grids_take_the_heads_defaults(binary, grid):
+    # An empty grid (CLI `--grid svm-rbf:none`) or one without C must use the head's own
+    # C (and gamma factor), exactly as TunedHead does, not fail on a missing key.
+    blocks, y, train, evaluate = binary
+    _, results = fast_results(blocks, y, "svm-rbf", [(0, 2)], grid, train, evaluate)
+    th, X = plain(blocks, y, "svm-rbf", (0, 2), grid, train)
+    assert_same(results[0], th, X, evaluate)
+
+
+@pytest.mark.parametrize("head, grid", [
+    ("svm-rbf", {"C": [1.0], "class_weight": [None, "balanced"]}),
+    ("svm-linear", {"C": [1.0], "gamma_factor": [1.0]}),
+])
+def test_grid_keys_the_kernel_cannot_honour_are_refused(binary, head, grid):
+    from workbench.heads.kernels import fast_path_grid
+    from workbench.heads.zoo import get_head
+
+    assert not fast_path_grid(get_head(head), grid)
+    blocks, y, train, evaluate = binary
+    bad = sorted(set(grid) - {"C", "tol", "gamma_factor"}) or ["gamma_factor"]
+    with pytest.raises(ValueError, match=str(bad[0])):
+        fast_results(blocks, y, head, [(0,)], grid, train, evaluate)
+
+
+def test_fast_path_grid_routes_only_exact_heads():
+    from workbench.heads.kernels import fast_path_grid
+    from workbench.heads.zoo import get_head
+
+    assert fast_path_grid(get_head("svm-rbf"), None)
+    assert fast_path_grid(get_head("svm-linear"), {"C": [0.1]})
+    assert fast_path_grid(get_head("svm-rbf"), {})
+    assert not fast_path_grid(get_head("rf"), None)
+    assert not fast_path_grid(get_head("svm-rbf"), {"class_weight": ["balanced"]})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -299,3 +300,23 @@ def test_busi_benign_vs_malignant_lite_sweep(busi_dir, tmp_path_factory):
     again = sweep(busi_dir / "labels.csv", feats, out=root / "run", **kw)
     assert (root / "run" / "records.jsonl").read_bytes() == before
     pd.testing.assert_frame_equal(table(again), table(df))
+
+
+def test_grids_the_fast_path_cannot_honour_run_plain(tmp_path):
+    # A class_weight grid must be searched, not dropped by the precomputed-kernel path.
+    manifest, fs = make_task()
+    grids = {"svm-rbf": {"C": [1.0], "class_weight": [None, "balanced"]}}
+    df = sweep(manifest, fs, out=tmp_path / "run", heads=["svm-rbf"], grids=grids, cv=3, inner_cv=3,
+               ensembles=False, subsets="single", progress=False)
+    assert df.candidate_id.nunique() == 3 and len(df) == 3 * 4  # 3 CV folds + test
+    recs = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    assert len(recs) == 12
+    assert all("class_weight" in r["best_params"] for r in recs), recs[0]
+
+
+def test_unknown_grid_parameter_fails_before_writing(tmp_path):
+    manifest, fs = make_task()
+    with pytest.raises(ValueError, match="gama_factor"):
+        sweep(manifest, fs, out=tmp_path / "run", heads=["svm-rbf"],
+              grids={"svm-rbf": {"gama_factor": [1.0]}}, progress=False)
+    assert _nothing_written(tmp_path / "run")

@@ -9,10 +9,15 @@ matrices (and one ``exp`` for RBF), and libsvm runs on ``SVC(kernel="precomputed
 ``gamma="scale"`` is rebuilt from per-block sums of the scaled values, so a subset gets
 the same gamma as :class:`~workbench.heads.zoo.ScaledGammaSVC` on the concatenation.
 
-Memory: one float32 matrix of ``n_rows x n_fit`` per block and fit. With 3 inner folds
-that is about ``4 * n_train^2 * 4 bytes`` per block per outer fold: 6 blocks at
-n_train = 2000 take ~0.4 GB; at n_train = 10 000, ~10 GB, where plain refits (or fewer
-blocks per run) are the better trade.
+Memory: one float32 matrix of ``n_rows x n_fit`` per block and fit, about
+``13 * n_train^2`` bytes per block per outer fold with 3 inner folds, plus the float64
+summed kernels of the subset being scored (``20-52 * n_train^2`` bytes for 1-3 gamma
+factors). Six blocks with the default grid need ~16 GB at n_train = 10 000, where plain
+refits (or fewer blocks per run) are the better trade (benchmarks/RESULTS.md).
+
+Only the grid keys the precomputed kernel can honour are accepted (``C``, ``tol`` and,
+for RBF, ``gamma_factor``); :func:`fast_path_grid` tells the sweep which heads qualify,
+and the others run through plain refits.
 """
 from __future__ import annotations
 
@@ -32,7 +37,22 @@ from workbench.heads.nested import (
 )
 from workbench.heads.zoo import HeadSpec, get_head, rbf_gamma_scale
 
-__all__ = ["BlockKernels", "SubsetResult", "kernel_subset_scores"]
+__all__ = ["BlockKernels", "SubsetResult", "fast_path_grid", "kernel_subset_scores"]
+
+_FAST_KEYS = {"rbf": {"C", "tol", "gamma_factor"}, "linear": {"C", "tol"}}
+
+
+def fast_path_grid(spec: HeadSpec, grid: dict[str, Sequence[Any]] | None) -> bool:
+    """Whether the precomputed-kernel path can run ``spec`` over ``grid`` exactly.
+
+    True for an SVM head whose grid (None: the head's default) only names parameters the
+    precomputed kernel reproduces; anything else (a class weight, say) must go through
+    :class:`~workbench.heads.tuned.TunedHead` so it is not silently dropped.
+    """
+    if spec.kernel not in _FAST_KEYS:
+        return False
+    keys = set(spec.grid if grid is None else grid)
+    return keys <= _FAST_KEYS[spec.kernel]
 
 
 @dataclass
@@ -120,6 +140,7 @@ class SubsetResult:
 
 def _fit_scores(K: np.ndarray, part: _Part, y_fit: np.ndarray, C: float, tol: float,
                 n_classes: int) -> np.ndarray:
+    # y holds class codes 0..n_classes-1, so decision columns line up with TunedHead's.
     svc = SVC(kernel="precomputed", C=C, tol=tol, cache_size=500)
     svc.fit(K[part.fit], y_fit)
     return as_score_matrix(svc.decision_function(K[part.held]), n_classes)
@@ -138,14 +159,20 @@ def kernel_subset_scores(
     """Nested SVM selection, refit and calibration for each subset of blocks.
 
     Equals :class:`~workbench.heads.tuned.TunedHead` fitted on the concatenated blocks of
-    the outer fold's training rows and scored on its evaluation rows.
+    the outer fold's training rows and scored on its evaluation rows. ``y`` holds class
+    codes ``0..n_classes-1`` for all rows; parameters the grid leaves out take the head's
+    own defaults, and a grid key the kernel cannot honour raises ValueError.
     """
     spec = get_head(head)
     if spec.kernel != kernels.kernel:
         raise ValueError(f"head {spec.name} is not a {kernels.kernel} SVM")
-    grid = spec.grid if grid is None else grid
+    grid = dict(spec.grid if grid is None else grid)
+    if not fast_path_grid(spec, grid):
+        bad = sorted(set(grid) - _FAST_KEYS[spec.kernel])
+        raise ValueError(f"the precomputed-kernel path cannot search {bad} for head {spec.name}; "
+                         f"it supports {sorted(_FAST_KEYS[spec.kernel])} (use TunedHead)")
     proto = spec.pipeline().named_steps["clf"]
-    tol = proto.tol
+    defaults = {"C": proto.C, "tol": proto.tol, "gamma_factor": getattr(proto, "gamma_factor", 1.0)}
     y = np.asarray(y)
     train_rows = kernels.final.rows[kernels.final.fit]
     y_train = y[train_rows]
@@ -165,16 +192,17 @@ def kernel_subset_scores(
             return cache[(key, gamma_factor)]
 
         def score_fold(params, i, tr, va):
+            p = {**defaults, **params}
             part = kernels.inner[i]
-            K = kernel_of(part, i, params.get("gamma_factor", 1.0))
-            return _fit_scores(K, part, y_train[tr], params["C"], tol, n_classes)
+            K = kernel_of(part, i, p["gamma_factor"])
+            return _fit_scores(K, part, y_train[tr], p["C"], p["tol"], n_classes)
 
         search = inner_search(score_fold, grid, y_train, [(p.fit, p.held) for p in kernels.inner],
                               n_classes, scoring=scoring, need_oof=True)
         cache.clear()  # inner matrices are done with; free them before the final one
-        best = search.best_params
-        K = kernel_of(kernels.final, -1, best.get("gamma_factor", 1.0))
-        scores = _fit_scores(K, kernels.final, y_train, best["C"], tol, n_classes)
+        best = {**defaults, **search.best_params}
+        K = kernel_of(kernels.final, -1, best["gamma_factor"])
+        scores = _fit_scores(K, kernels.final, y_train, best["C"], best["tol"], n_classes)
         cal = fit_calibrator(search.oof, y_train, n_classes)
         out.append(SubsetResult(subset, search, scores, calibrated_proba(cal, scores), cal))
     return out

@@ -46,17 +46,18 @@ class ScaledGammaSVC(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, gamma_factor: float = 1.0, tol: float = 1e-3,
-                 cache_size: float = 500):
+                 cache_size: float = 500, class_weight: dict | str | None = None):
         self.C = C
         self.gamma_factor = gamma_factor
         self.tol = tol
         self.cache_size = cache_size
+        self.class_weight = class_weight
 
     def fit(self, X, y):
         X = _as_float(X)
         self.gamma_ = self.gamma_factor * rbf_gamma_scale(X.shape[1], float(X.var()))
         self.svc_ = SVC(kernel="rbf", C=self.C, gamma=self.gamma_, tol=self.tol,
-                        cache_size=self.cache_size).fit(X, y)
+                        cache_size=self.cache_size, class_weight=self.class_weight).fit(X, y)
         self.classes_ = self.svc_.classes_
         return self
 

@@ -282,6 +282,12 @@ def sweep(
     if unknown:
         raise ValueError(f"grids given for heads {unknown} that are not swept ({heads})")
     grid_of = {s.name: (grids[s.name] if s.name in grids else s.grid) for s in specs}
+    for s in specs:  # a misspelt parameter would otherwise fail mid-run, in a worker
+        valid = s.pipeline().named_steps["clf"].get_params(deep=False)
+        bad = sorted(set(grid_of[s.name]) - set(valid))
+        if bad:
+            raise ValueError(f"grid for head {s.name} names unknown parameters {bad}; "
+                             f"valid: {sorted(valid)}")
 
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest)
@@ -409,8 +415,10 @@ def sweep(
     group_arr = splits.groups
     by_kernel: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     plain: list[tuple[Candidate, str]] = []
+    from workbench.heads.kernels import fast_path_grid
+
     for c, f in todo_heads:
-        if get_head(c.head).kernel is not None:
+        if fast_path_grid(get_head(c.head), grid_of[c.head]):
             by_kernel.setdefault((c.head, f), []).append(c.blocks)
         else:
             plain.append((c, f))
