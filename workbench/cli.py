@@ -161,6 +161,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--grace", type=float, default=3600.0,
                    help="only remove interrupted-write leftovers older than this many seconds [3600]")
     g.add_argument("--drop", action="append", default=[], metavar="KEY", help="delete the entry with this key prefix")
+
+    from workbench.baselines.cli import add_commands
+
+    p.set_defaults(_baseline_handlers=add_commands(sub))
     return p
 
 
@@ -358,15 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnknownBackboneError,
         WeightsNotFoundError,
     )
+    from workbench.backbones.finetuned import FineTunedNotFoundError
     from workbench.data.manifest import ManifestError
     from workbench.features.cache import CacheCorruptError
     from workbench.search.store import StoreCorruptError
 
     handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
-                "sweep": _cmd_sweep}
+                "sweep": _cmd_sweep, **args._baseline_handlers}
     try:
         return handlers[args.command](args)
-    except (ManifestError, WeightsNotFoundError, UnknownBackboneError, CheckpointMismatchError,
+    except (ManifestError, WeightsNotFoundError, UnknownBackboneError, CheckpointMismatchError, FineTunedNotFoundError,
             CacheCorruptError, StoreCorruptError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"workbench {args.command}: error: {msg}", file=sys.stderr)

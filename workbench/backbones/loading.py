@@ -131,6 +131,13 @@ def build_model(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = spec.build()
+    elif weights.num_classes is not None:
+        # Fine-tuned: the task's classifier, and the file in the timm/torchvision key
+        # names it was saved with (not the base weights' own format).
+        from workbench.backbones.adapt import adapt_for_task
+
+        model = adapt_for_task(spec.build(), weights.num_classes)
+        load_checkpoint_strict(model, weights.path, backbone=f"{spec.name} ({weights.num_classes} classes)")
     else:
         model = spec.build()
         spec.load_state(model, str(weights.path))

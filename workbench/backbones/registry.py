@@ -186,5 +186,5 @@ def state_dict_digest(model: nn.Module) -> str:
         t = v.detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

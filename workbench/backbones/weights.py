@@ -45,6 +45,11 @@ class ResolvedWeights:
     path: Path | None
     digest: str
     is_random: bool
+    #: Set for fine-tuned weights: the architecture gets a classifier of this size
+    #: before the file is loaded (see :mod:`workbench.backbones.finetuned`).
+    num_classes: int | None = None
+    #: Fine-tuned weights: the store's metadata (base weights, data, config, fold).
+    finetuned: dict | None = None
 
     @property
     def label(self) -> str:
@@ -103,7 +108,8 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
         The backbone.
     weights_id
         ``None`` for the backbone's default, ``"random"``, a known id (torchvision
-        enum name such as ``IMAGENET1K_V1``, a timm tag, ``packaged``) or a file path.
+        enum name such as ``IMAGENET1K_V1``, a timm tag, ``packaged``), a fine-tuned
+        id ``ft-<hash>`` from the fine-tuned store, or a file path.
 
     Raises
     ------
@@ -119,6 +125,13 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
             f"random|{spec.name}|seed={RANDOM_SEED}|torch={torch.__version__}".encode()
         ).hexdigest()
         return ResolvedWeights(spec.name, RANDOM, None, digest, True)
+
+    from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
+
+    if is_finetuned_id(wid):
+        path, meta = find_finetuned(spec.name, wid)
+        return ResolvedWeights(spec.name, wid, path.resolve(), _weights_digest(path), False,
+                               num_classes=len(meta["classes"]), finetuned=meta)
 
     if looks_like_path(wid):
         path = Path(wid).expanduser()

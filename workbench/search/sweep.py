@@ -29,14 +29,10 @@ from workbench.heads.nested import SCORINGS
 from workbench.heads.zoo import get_head
 from workbench.records import package_versions
 from workbench.search.candidates import Candidate, block_codes, enumerate_subsets
-from workbench.search.metrics import classification_metrics, default_positive
-from workbench.search.splits import Splits
-from workbench.search.store import ResultStore
+from workbench.search.protocol import SWEEP_CODE_VERSION, RunTask, build_task, seen_by, sha
 
 __all__ = ["SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
 
-#: Bumped when a change to the sweep would change its numbers; part of the protocol.
-SWEEP_CODE_VERSION = "1"
 BACKENDS = ("loky", "threading", "sequential", "dask")
 
 
@@ -44,8 +40,7 @@ class SweepInputError(ValueError):
     """Features or labels the sweep cannot use; raised before anything is written."""
 
 
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+_sha = sha
 
 
 # ---- inputs ----------------------------------------------------------------------
@@ -84,6 +79,31 @@ def _block_ids(features: FeatureSet, blocks: dict[str, np.ndarray]) -> dict[str,
             "cache_key": info.entry_key if info is not None else None,
             "data": hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes()).hexdigest()[:16],
         }
+    return out
+
+
+def _optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> dict[str, set[str]]:
+    """For blocks from fine-tuned networks: the folds whose evaluation images the network saw.
+
+    A network fine-tuned on the whole training split has seen every CV fold, so CV
+    estimates on its features are optimistic (marked in the records); one that saw
+    test images would make the test result meaningless, which is refused.
+    """
+    from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
+
+    out: dict[str, set[str]] = {}
+    for name in names:
+        info = features.info.get(name)
+        if info is None or not is_finetuned_id(info.weights_id):
+            continue
+        _, meta = find_finetuned(info.backbone, info.weights_id)
+        trained = list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
+        folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
+        if "test" in folds:
+            raise SweepInputError(
+                f"block {name} comes from a network fine-tuned on test images of this task "
+                f"({info.backbone}@{info.weights_id}); its test results would be meaningless")
+        out[name] = folds
     return out
 
 
@@ -307,7 +327,6 @@ def sweep(
         raise SweepInputError(f"need at least two classes, the manifest has {class_names}")
     if positive is not None and positive not in class_names:
         raise ValueError(f"positive class {positive!r} is not one of {class_names}")
-    positive = positive or default_positive(class_names)
     ids = manifest.ids
     blocks = _align(features, ids)
     names = list(blocks)
@@ -317,35 +336,12 @@ def sweep(
         by_code = {c: n for n, c in code_of.items()}
         subsets = [[by_code.get(b, b) for b in ([s] if isinstance(s, str) else s)] for s in subsets]
     subset_list = enumerate_subsets(names, subsets)
-    y = np.array([class_names.index(lab) for lab in manifest.labels])
-    items = list(manifest)
-    groups = [it.group for it in items]
-    splits = Splits.build(y, [it.split for it in items], n_splits=cv, inner_splits=inner_cv, seed=seed,
-                          groups=groups, classes=class_names)
-    outer = splits.outer()
-    inner_of = {fold: splits.inner(tr, y, class_names) for fold, tr, _ in outer}
+    task = build_task(manifest, cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive)
+    positive, y, splits, outer, inner_of = task.positive, task.y, task.splits, task.outer, task.inner_of
 
     # -- the run folder -------------------------------------------------------------
-    assignment = splits.assignment()
-    protocol = {
-        "format": 1,
-        "sweep_code_version": SWEEP_CODE_VERSION,
-        "task": _sha([ids, list(manifest.labels), [it.split for it in items], groups])[:16],
-        "n_images": len(ids),
-        "classes": class_names,
-        "positive": positive,
-        "cv": cv,
-        "inner_cv": inner_cv,
-        "seed": seed,
-        "scoring": scoring,
-        "folds": _sha(assignment)[:16],
-    }
-    protocol_hash = _sha(protocol)[:16]
-    store = ResultStore(out)
-    store.open(protocol)
-    splits_csv = store.root / "splits.csv"
-    if not splits_csv.exists():
-        pd.DataFrame({"id": ids, "label": manifest.labels, "fold": assignment}).to_csv(splits_csv, index=False)
+    protocol_hash = task.protocol_hash
+    store = task.open_store(out)
 
     block_id = _block_ids(features, blocks)
     versions = package_versions(("xgboost", "joblib", "dask", "distributed"))
@@ -370,36 +366,24 @@ def sweep(
     eval_rows = {fold: ev for fold, _, ev in outer}
     train_rows = {fold: tr for fold, tr, _ in outer}
 
+    optimistic = _optimistic_folds(features, names, task)
+
     def make_record(c: Candidate, fold: str, proba, pred, extra: dict[str, Any],
                     scores: np.ndarray | None = None) -> tuple[dict, dict]:
-        ev = eval_rows[fold]
-        metrics = classification_metrics(y[ev], proba, classes=class_names, positive=positive, y_pred=pred)
-        rec = {
-            "key": f"{cid[c]}/{fold}",
-            "candidate_id": cid[c],
-            "candidate": c.label(code_of),
-            "kind": c.kind,
+        fields = {
             "head": c.head,
             "heads": list(c.heads),
             "blocks": list(c.blocks),
             "codes": [code_of[b] for b in c.blocks],
             "size": len(c.blocks),
-            "fold": fold,
-            "n_train": int(len(train_rows[fold])),
-            "n_eval": int(len(ev)),
             **extra,
-            "metrics": metrics,
-            "protocol": protocol_hash,
-            "seed": seed,
-            "positive": positive,
             "cache_keys": {b: block_id[b]["cache_key"] for b in c.blocks},
-            "versions": versions,
         }
-        preds = {"ids": np.array([ids[i] for i in ev]), "y_true": y[ev], "proba": proba,
-                 "pred": np.asarray(pred)}
-        if scores is not None:  # raw decision values (SVMs), for ROC curves without calibration
-            preds["scores"] = scores
-        return rec, preds
+        seen = sorted({b for b in c.blocks if fold in optimistic.get(b, ())})
+        if seen:  # a fine-tuned network behind these features was trained on this fold's images
+            fields.update(optimistic=True, optimistic_blocks=seen)
+        return task.record(candidate_id=cid[c], candidate=c.label(code_of), kind=c.kind, fold=fold, proba=proba,
+                           pred=pred, fields=fields, versions=versions, scores=scores)
 
     done = store.done()
     todo_heads = [(c, f) for c in head_cands for f, _, _ in outer if f"{cid[c]}/{f}" not in done]

@@ -1,0 +1,91 @@
+"""The store of fine-tuned weights: ``<root>/<backbone>/ft-<hash>/``.
+
+A fine-tuned network is a new set of weights of its backbone. Its id ``ft-<hash>`` is
+a hash of everything that determines it (base weights digest, training images and
+labels, validation split, fine-tuning config, code version), so it is known before
+training starts: the folder doubles as the place a killed run resumes from, and a
+finished id is never trained twice. ``alexnet@ft-3f2a9c0d1e2b:fc6`` then extracts,
+caches and sweeps like any other block.
+
+Folder contents: ``checkpoint.pt`` while training, then ``weights.pth`` (the best
+state dict, classifier for the task's classes included) and ``meta.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FT_PREFIX",
+    "FineTunedNotFoundError",
+    "default_root",
+    "is_finetuned_id",
+    "finetuned_dir",
+    "find_finetuned",
+    "list_finetuned",
+    "read_meta",
+]
+
+FT_PREFIX = "ft-"
+ENV_ROOT = "WORKBENCH_FINETUNED"
+
+
+class FineTunedNotFoundError(FileNotFoundError):
+    """A fine-tuned weights id with no finished weights in the store."""
+
+
+def default_root() -> Path:
+    """``$WORKBENCH_FINETUNED``, else ``./finetuned`` (beside ``./features_cache``)."""
+    return Path(os.environ.get(ENV_ROOT) or "finetuned")
+
+
+def is_finetuned_id(weights_id: str | None) -> bool:
+    return bool(weights_id) and weights_id.startswith(FT_PREFIX) and "/" not in weights_id
+
+
+def _safe(backbone: str) -> str:
+    return backbone.replace("/", "__")  # timm/<name> backbones
+
+
+def finetuned_dir(backbone: str, weights_id: str, root: str | os.PathLike | None = None) -> Path:
+    return Path(root or default_root()) / _safe(backbone) / weights_id
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "meta.json").read_text())
+
+
+def find_finetuned(backbone: str, weights_id: str, root: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """The finished weights file and metadata of ``backbone@weights_id``.
+
+    Raises
+    ------
+    FineTunedNotFoundError
+        Naming the folder looked in, and whether a run there is unfinished.
+    """
+    folder = finetuned_dir(backbone, weights_id, root)
+    weights, meta = folder / "weights.pth", folder / "meta.json"
+    if weights.is_file() and meta.is_file():
+        info = read_meta(folder)
+        if info.get("backbone") != backbone:
+            raise FineTunedNotFoundError(
+                f"{folder} holds weights of {info.get('backbone')!r}, not {backbone!r}")
+        return weights, info
+    state = ("an unfinished fine-tuning run (checkpoint.pt) is there: run it again to finish"
+             if (folder / "checkpoint.pt").is_file() else "nothing is there")
+    known = ", ".join(list_finetuned(backbone, root)) or "none"
+    raise FineTunedNotFoundError(
+        f"no fine-tuned weights {weights_id!r} for {backbone!r} in {folder} ({state}); "
+        f"finished ones for this backbone: {known}. Set ${ENV_ROOT} or --finetuned to the store "
+        f"that holds them."
+    )
+
+
+def list_finetuned(backbone: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Finished fine-tuned weights ids of ``backbone`` in the store."""
+    base = Path(root or default_root()) / _safe(backbone)
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if (p / "weights.pth").is_file() and (p / "meta.json").is_file())

@@ -1,0 +1,151 @@
+"""A fine-tuned CNN as a scikit-learn classifier over image ids.
+
+``CNNClassifier(...).fit(ids).predict_proba(ids)`` runs on the same outer folds and
+test split as the classical heads, so the sweep's records and the search rank both
+together. ``X`` is a 1-D array of manifest ids (the images are the manifest's);
+``y``, when given, must agree with the manifest's labels.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba
+from workbench.data.manifest import Item, Manifest
+from workbench.heads.nested import InnerSearch, grid_points, inner_search
+
+__all__ = ["CNNClassifier", "validation_split"]
+
+
+def validation_split(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Stratified ``(train, val)`` split of ``items``; every class keeps a training image."""
+    if fraction <= 0:
+        return list(items), []
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    by_label: dict[str, list[Item]] = {}
+    for it in items:
+        by_label.setdefault(it.label, []).append(it)
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda i: i.id)
+        k = int(round(len(group) * fraction))
+        k = min(k, len(group) - 1)
+        if k > 0:
+            val_ids.update(group[j].id for j in rng.choice(len(group), size=k, replace=False))
+    return [it for it in items if it.id not in val_ids], [it for it in items if it.id in val_ids]
+
+
+class CNNClassifier(ClassifierMixin, BaseEstimator):
+    """End-to-end fine-tuned CNN baseline with the scikit-learn estimator contract.
+
+    Parameters
+    ----------
+    backbone : str
+        Registry backbone name.
+    manifest : Manifest
+        The images behind the ids (validated: content hashes set).
+    weights : str or None
+        Base weights id (the backbone's default when None).
+    config : FineTuneConfig, dict or None
+        Fine-tuning settings.
+    grid : dict or None
+        Settings to choose by ``tune_cv``-fold CV on the training ids (e.g.
+        ``{"lr": [1e-3, 1e-2], "epochs": [10, 20]}``), each fold trained for the full
+        epochs without early stopping and scored by AUC on its held-out images; the
+        best point is then refit with early stopping. Never sees other ids.
+    tune_cv : int
+        Folds of that search (the study used 6).
+    val_fraction : float
+        Share of the training ids held out (stratified) for early stopping.
+    root, device, progress
+        Fine-tuned store, device (``None``: GPU when there is one), progress bars.
+    context : dict or None
+        Stored with the fine-tuned weights (e.g. the outer fold it was trained for).
+    """
+
+    def __init__(self, backbone: str = "tf_efficientnet_lite0", manifest: Manifest | None = None, *,
+                 weights: str | None = None, config: FineTuneConfig | dict | None = None,
+                 grid: dict[str, Sequence[Any]] | None = None, tune_cv: int = 6,
+                 val_fraction: float = 0.15, root: str | None = None, device: str | None = None,
+                 progress: bool = False, context: dict | None = None):
+        self.backbone = backbone
+        self.manifest = manifest
+        self.weights = weights
+        self.config = config
+        self.grid = grid
+        self.tune_cv = tune_cv
+        self.val_fraction = val_fraction
+        self.root = root
+        self.device = device
+        self.progress = progress
+        self.context = context
+
+    # -- helpers -------------------------------------------------------------------
+    def _config(self) -> FineTuneConfig:
+        c = self.config
+        if c is None:
+            return FineTuneConfig()
+        return c if isinstance(c, FineTuneConfig) else FineTuneConfig.from_dict(dict(c))
+
+    def _items(self, X) -> list[Item]:
+        if self.manifest is None:
+            raise ValueError("CNNClassifier needs the manifest that holds the images (manifest=...)")
+        ids = [str(i) for i in np.asarray(X, dtype=object).ravel()]
+        return list(self.manifest.subset(ids))
+
+    def _fine_tune(self, train, val, config, context) -> FineTuned:
+        return fine_tune(self.backbone, train, val, self.classes_, config, weights=self.weights, root=self.root,
+                         device=self.device, context=context, progress=self.progress,
+                         log=None if self.progress else (lambda s: None))
+
+    # -- estimator contract ----------------------------------------------------------
+    def fit(self, X, y=None) -> "CNNClassifier":
+        """Fine-tune on the images with ids ``X`` (tuning ``grid`` first, if given)."""
+        items = self._items(X)
+        if y is not None:
+            y = [str(v) for v in np.asarray(y, dtype=object).ravel()]
+            bad = [(it.id, it.label, v) for it, v in zip(items, y) if it.label != v]
+            if len(y) != len(items) or bad:
+                raise ValueError(f"labels disagree with the manifest, e.g. (id, manifest, given) {bad[:3]}")
+        self.classes_ = np.array(self.manifest.classes)
+        present = {it.label for it in items}
+        if len(present) < 2:
+            raise ValueError(f"the training ids hold a single class {sorted(present)}")
+        config = self._config()
+        context = dict(self.context or {})
+        if self.grid and len(grid_points(self.grid)) > 1:
+            self.search_ = self._tune(items, config, context)
+            config = config.replace(**self.search_.best_params)
+        else:
+            self.search_ = None
+        train, val = validation_split(items, self.val_fraction, config.seed)
+        self.finetuned_ = self._fine_tune(train, val, config, context)
+        self.weights_id_ = self.finetuned_.weights_id
+        self.best_params_ = self.search_.best_params if self.search_ is not None else {}
+        return self
+
+    def _tune(self, items: list[Item], config: FineTuneConfig, context: dict) -> InnerSearch:
+        from workbench.search.splits import make_folds
+
+        classes = list(self.classes_)
+        y = np.array([classes.index(it.label) for it in items])
+        folds = make_folds(y, self.tune_cv, config.seed)
+
+        def score_fold(params, i, tr, va):
+            cfg = config.replace(**params, patience=0)
+            ft = self._fine_tune([items[j] for j in tr], [], cfg, {**context, "tune_fold": i})
+            return predict_proba(ft.model, [items[j] for j in va], classes, ft.geometry, ft.data_config,
+                                 device=self.device)
+
+        return inner_search(score_fold, self.grid, y, folds, len(classes), scoring="auc")
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax probabilities, columns in ``classes_`` order."""
+        ft = self.finetuned_
+        return predict_proba(ft.model, self._items(X), list(self.classes_), ft.geometry, ft.data_config,
+                             device=self.device, progress=self.progress)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]

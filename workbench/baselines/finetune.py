@@ -1,0 +1,481 @@
+"""Fine-tune a registry backbone end to end for a task's classes.
+
+One call trains one network on a list of training images, early-stopping on a
+validation list, and leaves it in the fine-tuned store under an id that hashes every
+input (:mod:`workbench.backbones.finetuned`). A checkpoint is written after every
+epoch (model, optimizer, schedule, random states), so a killed run resumes where it
+stopped and ends exactly as the uninterrupted run would (same seed, CPU); a finished
+id is loaded, never trained again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from workbench.backbones.adapt import FREEZE_MODES, adapt_for_task, freeze_early
+from workbench.backbones.finetuned import FT_PREFIX, finetuned_dir
+from workbench.backbones.loading import CheckpointMismatchError, build_model
+from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
+from workbench.backbones.weights import ResolvedWeights, resolve_weights
+from workbench.data.manifest import Item
+from workbench.features.preprocess import Geometry
+from workbench.records import environment
+
+__all__ = ["FineTuneConfig", "FineTuned", "fine_tune", "finetune_id", "predict_proba", "FINETUNE_CODE_VERSION"]
+
+#: Part of every fine-tuned weights id; bump when a change alters the trained numbers.
+FINETUNE_CODE_VERSION = "1"
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "none")
+MONITORS = ("auc", "loss")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """How a network is fine-tuned. Every field goes into the weights id.
+
+    Defaults follow the study: SGD with momentum 0.9, its augmentation (rotation
+    +-10 deg, horizontal flip, zoom 95-105 %, shift up to 10 %), early stopping on a
+    validation fold of the training split.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    step_size: int = 10  # "step" schedule: epochs per decay
+    gamma: float = 0.1  # "step" schedule: decay factor
+    class_weights: bool = False  # "balanced" cross-entropy weights
+    freeze: str | float = "none"  # "none", "features" (train the head only), or a fraction
+    image_size: int | None = None  # None: the weights' own input size
+    resize: str = "squash"
+    augment: bool = True
+    cut_remain: bool = False
+    box_mode: str = "tight"
+    patience: int = 5  # epochs without improvement before stopping; 0: never stop early
+    monitor: str = "auc"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.freeze in FREEZE_MODES or (isinstance(self.freeze, (int, float))
+                                              and not isinstance(self.freeze, bool) and 0 <= self.freeze < 1),
+             "freeze must be 'none', 'features' or a fraction in [0, 1)"),
+            (self.image_size is None or self.image_size >= 16, "image_size must be >= 16"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"fine-tune config: {msg}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FineTuneConfig":
+        """Build from a mapping, naming unknown keys (a typo must not be ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"unknown fine-tune settings {bad}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "FineTuneConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned network: its id, folder, model (best epoch, eval mode) and history."""
+
+    backbone: str
+    weights_id: str
+    folder: Path
+    model: nn.Module
+    classes: list[str]
+    data_config: DataConfig
+    image_size: int
+    resize: str
+    history: list[dict[str, Any]]
+    best_epoch: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    trained_now: bool = False  # False when loaded from the store
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}@{self.weights_id}"
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.image_size, self.resize, interpolation=self.data_config.interpolation)
+
+
+def _precision(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def _item_fingerprint(items: Sequence[Item]) -> list[list[str]]:
+    out = []
+    for it in sorted(items, key=lambda i: i.id):
+        if it.sha256 is None:
+            raise ValueError(f"item {it.id} has no content hash; validate the manifest first")
+        out.append([it.id, it.sha256, it.label, str(tuple(it.box)) if it.box else ""])
+    return out
+
+
+def finetune_id(backbone: str, base: ResolvedWeights, train: Sequence[Item], val: Sequence[Item],
+                classes: Sequence[str], config: FineTuneConfig, precision: str = "fp32") -> str:
+    """``ft-<12 hex>``: a hash of everything that determines the fine-tuned numbers."""
+    key = {
+        "backbone": backbone, "base_weights": base.id, "base_digest": base.digest,
+        "classes": list(classes), "train": _item_fingerprint(train), "val": _item_fingerprint(val),
+        "config": config.to_dict(), "precision": precision, "code": FINETUNE_CODE_VERSION,
+    }
+    return FT_PREFIX + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig):
+    from workbench.data.augment import StudyAugment, TrainImageDataset
+
+    return TrainImageDataset(
+        items, classes, Geometry(size, resize, interpolation=dc.interpolation), dc.mean, dc.std,
+        augment=StudyAugment() if (train and config.augment) else None,
+        cut_remain=bool(train and config.cut_remain), box_mode=config.box_mode,
+    )
+
+
+def _loader(ds, batch_size: int, *, shuffle: bool, device: torch.device, generator=None) -> DataLoader:
+    from workbench.data.augment import collate
+
+    # Worker processes only pay off on a GPU; on the CPU they would compete with the
+    # model for the same cores (and one process keeps CPU runs bit-reproducible).
+    workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator, collate_fn=collate,
+                      num_workers=workers, pin_memory=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str], geometry: Geometry,
+                  data_config: DataConfig, *, device: str | torch.device | None = None,
+                  batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Softmax probabilities of ``model`` on ``items`` (no augmentation), ``(n, C)``."""
+    from workbench.data.augment import TrainImageDataset
+
+    dev = _resolve_device(device)
+    ds = TrainImageDataset(list(items), list(classes), geometry, data_config.mean, data_config.std,
+                           augment=None, cut_remain=False)
+    model = model.to(dev).eval()
+    out = []
+    for batch in tqdm(_loader(ds, batch_size, shuffle=False, device=dev), disable=not progress,
+                      desc="predict", leave=False):
+        x = batch["images"].to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(x)
+        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(classes)), np.float32)
+
+
+def _val_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    p = np.clip(proba, 1e-7, 1.0)
+    loss = float(-np.mean(np.log(p[np.arange(len(y)), y]))) if len(y) else float("nan")
+    auc = float("nan")
+    if len(np.unique(y)) == n_classes:
+        auc = float(roc_auc_score(y, proba[:, 1]) if n_classes == 2
+                    else roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=range(n_classes)))
+    return {"val_loss": loss, "val_auc": auc, "val_acc": float(np.mean(proba.argmax(1) == y)) if len(y) else float("nan")}
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "loader": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _optimizer(params, config: FineTuneConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(opt, config: FineTuneConfig):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+def _freeze_bn_of_frozen(model: nn.Module) -> None:
+    """Keep batch-norm statistics of frozen layers fixed too (eval mode)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            ps = list(m.parameters(recurse=False))
+            if ps and not any(p.requires_grad for p in ps):
+                m.eval()
+
+
+def _better(score: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return score > best if monitor == "auc" else score < best
+
+
+def fine_tune(
+    backbone: str | BackboneSpec,
+    train: Sequence[Item],
+    val: Sequence[Item],
+    classes: Sequence[str],
+    config: FineTuneConfig | None = None,
+    *,
+    weights: str | None = None,
+    root: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    context: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+) -> FineTuned:
+    """Fine-tune ``backbone`` on ``train``, early-stopping on ``val``; resume or reuse.
+
+    Parameters
+    ----------
+    backbone
+        Registry name or spec (``"alexnet"``, ``"tf_efficientnet_lite0"``).
+    train, val
+        Validated manifest items (content hashes set). ``val`` may be empty: then
+        every epoch runs and the last one is kept.
+    classes
+        Class names; the new head has one output per class, in this order.
+    config
+        :class:`FineTuneConfig`; defaults to the study's settings.
+    weights
+        Base weights id (the backbone's default when None).
+    root
+        Fine-tuned store (``$WORKBENCH_FINETUNED`` or ``./finetuned`` when None).
+    device
+        ``None``/``"auto"``: the GPU when there is one, with bf16 autocast and
+        channels_last; fp32 on the CPU.
+    context
+        Extra facts stored in ``meta.json`` (e.g. ``{"trained_on": "train"}`` or the
+        outer fold of a nested run); part of the id, since they describe the data.
+    on_epoch
+        Called after each epoch's checkpoint is on disk, with ``(epoch, history row)``.
+
+    Returns
+    -------
+    FineTuned
+        With the best epoch's weights loaded.
+    """
+    config = config or FineTuneConfig()
+    say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
+    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    classes = list(classes)
+    train, val = list(train), list(val)
+    if not train:
+        raise ValueError("fine-tuning needs training images; got none")
+    unknown = sorted({it.label for it in train + val} - set(classes))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {classes}")
+    overlap = sorted({it.id for it in train} & {it.id for it in val})
+    if overlap:
+        raise ValueError(f"{len(overlap)} images are in both the training and validation lists, e.g. {overlap[:3]}")
+    base = resolve_weights(spec, weights)
+    dc = spec.data_config(base.id)
+    size = config.image_size or dc.input_size
+    dev = _resolve_device(device)
+    prec = _precision(dev)
+    context = dict(context or {})
+    wid = finetune_id(spec.name, base, train, val, classes, config.replace(), prec)
+    if context:  # folds and the like: same images but a different role must not collide
+        wid = FT_PREFIX + hashlib.sha256(f"{wid}|{json.dumps(context, sort_keys=True)}".encode()).hexdigest()[:12]
+    folder = finetuned_dir(spec.name, wid, root)
+
+    def model_for_task() -> nn.Module:
+        return adapt_for_task(build_model(spec, base), len(classes))
+
+    if (folder / "weights.pth").is_file() and (folder / "meta.json").is_file():
+        meta = json.loads((folder / "meta.json").read_text())
+        model = model_for_task()
+        state = torch.load(folder / "weights.pth", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        say(f"fine-tuned {spec.name}@{wid} found in {folder}; not training again")
+        return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize,
+                         meta["history"], meta["best_epoch"], meta, trained_now=False)
+
+    # -- set up (seeded before the model is built: the new head's init draws from it) --
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    model = model_for_task()
+    frozen = freeze_early(model, config.freeze)
+    model = model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(trainable, config)
+    sched = _scheduler(opt, config)
+    y_train = np.array([classes.index(it.label) for it in train])
+    weight = None
+    if config.class_weights:
+        counts = np.bincount(y_train, minlength=len(classes)).astype(np.float64)
+        weight = torch.tensor(len(y_train) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    train_ds = _dataset(train, classes, size, config.resize, dc, train=True, config=config)
+    if config.cut_remain and train_ds.missing_box_ids:
+        say(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(train)} training images have no box; "
+            f"kept unmasked")
+    val_ds = _dataset(val, classes, size, config.resize, dc, train=False, config=config) if val else None
+    y_val = np.array([classes.index(it.label) for it in val])
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = _loader(train_ds, config.batch_size, shuffle=True, device=dev, generator=generator)
+
+    history: list[dict[str, Any]] = []
+    best_state, best_score, best_epoch, bad_epochs, start = None, None, 0, 0, 1
+    folder.mkdir(parents=True, exist_ok=True)
+    ckpt_path = folder / "checkpoint.pt"
+    if ckpt_path.is_file():
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            if ck.get("weights_id") != wid or ck.get("backbone") != spec.name:
+                raise CheckpointMismatchError(
+                    f"checkpoint {ckpt_path} belongs to {ck.get('backbone')}@{ck.get('weights_id')}, "
+                    f"not {spec.name}@{wid}")
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # another architecture's tensors, a truncated file, ...
+            raise CheckpointMismatchError(
+                f"cannot resume from {ckpt_path}: it does not fit {spec.name} with {len(classes)} classes "
+                f"({type(e).__name__}: {str(e)[:300]}). Move it away to start over.") from e
+        history, best_state, best_score = ck["history"], ck["best_state"], ck["best_score"]
+        best_epoch, bad_epochs, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"] + 1
+        _set_rng_state(ck["rng"], generator)
+        say(f"resuming {spec.name}@{wid} after epoch {ck['epoch']} from {ckpt_path}")
+
+    stop = start > config.epochs or (config.patience and bad_epochs >= config.patience and val)
+    epoch = start - 1
+    for epoch in range(start, config.epochs + 1):
+        if stop:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        _freeze_bn_of_frozen(model)
+        total, n_rows, n_masked = 0.0, 0, 0
+        bar = tqdm(loader, disable=not progress, leave=False, desc=f"{spec.name} epoch {epoch}/{config.epochs}")
+        for batch in bar:
+            x = batch["images"].to(dev, non_blocking=True)
+            yb = batch["labels"].to(dev, non_blocking=True)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = model(x)
+            loss = criterion(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(yb)
+            n_rows += len(yb)
+            n_masked += int(batch["is_masked"].sum())
+            bar.set_postfix(loss=f"{total / n_rows:.4f}")
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_rows, 1), "lr": lr,
+                               "rows": n_rows, "masked_rows": n_masked}
+        if val_ds is not None:
+            proba = predict_proba(model, val, classes, Geometry(size, config.resize, interpolation=dc.interpolation),
+                                  dc, device=dev, batch_size=max(config.batch_size, 32))
+            row.update(_val_metrics(proba, y_val, len(classes)))
+            monitor = config.monitor if not (config.monitor == "auc" and np.isnan(row["val_auc"])) else "loss"
+            score = row["val_auc"] if monitor == "auc" else row["val_loss"]
+        else:
+            monitor, score = "loss", row["train_loss"]
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(row)
+        if val_ds is None or _better(score, best_score, monitor):
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        say(f"{spec.name}@{wid} epoch {epoch}: {shown}")
+        _atomic_torch_save({
+            "backbone": spec.name, "weights_id": wid, "epoch": epoch, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
+            "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs, "rng": _rng_state(generator),
+        }, ckpt_path)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if config.patience and val_ds is not None and bad_epochs >= config.patience:
+            say(f"early stop after epoch {epoch}: no better validation {monitor} for {bad_epochs} epochs")
+            stop = True
+
+    model.load_state_dict(best_state)
+    meta = {
+        "backbone": spec.name, "weights_id": wid, "base_weights": base.id, "base_digest": base.digest,
+        "classes": classes, "config": config.to_dict(), "precision": prec, "device": str(dev),
+        "image_size": size, "resize": config.resize,
+        "n_train": len(train), "n_val": len(val),
+        # The ids it saw: the sweep marks CV results on its features optimistic from these.
+        "train_ids": sorted(it.id for it in train), "val_ids": sorted(it.id for it in val), "context": context, "frozen_parameters": len(frozen),
+        "history": history, "best_epoch": best_epoch, "code_version": FINETUNE_CODE_VERSION,
+        "environment": environment(),
+    }
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.tmp")
+    os.replace(folder / "weights.tmp", folder / "weights.pth")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    ckpt_path.unlink(missing_ok=True)  # the weights file supersedes it
+    say(f"fine-tuned {spec.name}@{wid}: best epoch {best_epoch} of {len(history)}; saved in {folder}")
+    return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize, history,
+                     best_epoch, meta, trained_now=True)

@@ -1,0 +1,626 @@
+"""Training-time augmentation and Cut&Remain for fine-tuning CNNs.
+
+Three pieces, used together by the end-to-end baselines:
+
+- :class:`StudyAugment`: the random affine + flip augmentation of the thyroid-US
+  study (rotation within +-10 deg, horizontal flip p=0.5, zoom 95-105 %, shift up to
+  10 % of width/height), drawn from torch's RNG so ``torch.manual_seed`` replays a run.
+- Cut&Remain (Lee et al., "Look At Here: Utilizing Supervision To Attend Subtle Key
+  Regions", arXiv:2111.13233, 2021): besides each image with a lesion box, the
+  mini-batch holds a copy in which every pixel outside the box is zero, with the same
+  label, so the net learns to look at the lesion. :func:`remain_box` and
+  :func:`cut_and_remain` do the masking.
+- :class:`TrainImageDataset` and :func:`collate`: decode, mask, resize, augment and
+  normalise; a batch of B images with k boxes becomes B + k rows.
+
+Order of operations per sample: decode -> (Cut&Remain copy, in original pixels) ->
+geometry (resize to S x S) -> augmentation (each copy drawn independently) ->
+normalisation. Masking comes first because boxes are in the file's pixel grid;
+augmentation comes after the resize because it is cheaper on S x S tensors and its
+shift is relative to the image size anyway.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from workbench.data.images import decode_image, image_size
+from workbench.data.manifest import Item
+
+if TYPE_CHECKING:  # the import pulls in the backbone registry; done lazily at runtime
+    from workbench.features.preprocess import Geometry
+
+__all__ = [
+    "BOX_MODES",
+    "AffineParams",
+    "BoxError",
+    "StudyAugment",
+    "TrainImageDataset",
+    "TrainSample",
+    "TrainBatch",
+    "collate",
+    "cut_and_remain",
+    "remain_box",
+]
+
+Box = tuple[int, int, int, int]
+BoxMode = Literal["tight", "square", "margin"]
+
+#: How :func:`remain_box` turns an annotated box into the region kept by Cut&Remain.
+BOX_MODES: tuple[str, ...] = ("tight", "square", "margin")
+
+
+# ---- Cut&Remain --------------------------------------------------------------------
+
+
+class BoxError(ValueError):
+    """A bounding box cannot be used on its image (empty, or not inside it).
+
+    Attributes
+    ----------
+    box : tuple
+        The box as given, (x0, y0, x1, y1), x1/y1 exclusive.
+    width, height : int
+        The image size the box was checked against.
+    reason : str
+        What is wrong, e.g. ``"lies partly outside the image"``.
+    item_id : str or None
+        The manifest item, when the box came from one (set by the dataset).
+    others : tuple of BoxError
+        Further bad boxes found in the same check (``other_ids`` names their items),
+        so a data set is fixed in one pass; each has a line in ``str(error)``.
+    """
+
+    def __init__(
+        self,
+        box: Sequence[float],
+        width: int,
+        height: int,
+        reason: str,
+        *,
+        item_id: str | None = None,
+        others: Sequence[BoxError] = (),
+    ) -> None:
+        self.box = tuple(box)
+        self.width, self.height = int(width), int(height)
+        self.reason = reason
+        self.item_id = item_id
+        self.others = tuple(others)
+        super().__init__(self._format())
+
+    @property
+    def other_ids(self) -> tuple[str | None, ...]:
+        return tuple(o.item_id for o in self.others)
+
+    def _describe(self) -> str:
+        where = f"item {self.item_id}: " if self.item_id is not None else ""
+        return f"{where}box {self.box} {self.reason} ({self.width}x{self.height} image)"
+
+    def _format(self) -> str:
+        lines = [self._describe()]
+        if self.others:
+            lines.append(f"{len(self.others)} more item(s) with a bad box:")
+            lines += [f"  {o._describe()}" for o in self.others]
+        return "\n".join(lines)
+
+    def with_item(self, item_id: str | None, others: Sequence[BoxError] = ()) -> BoxError:
+        """The same error, naming the manifest item it came from (and further ones)."""
+        return BoxError(self.box, self.width, self.height, self.reason, item_id=item_id, others=others)
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return (_rebuild_box_error, (self.box, self.width, self.height, self.reason, self.item_id, self.others))
+
+
+def _rebuild_box_error(box, width, height, reason, item_id, others):
+    return BoxError(box, width, height, reason, item_id=item_id, others=others)
+
+
+def _check_box(box: Sequence[float], width: int, height: int) -> Box:
+    """Integer box wholly inside a width x height image, or :class:`BoxError`."""
+    try:
+        values = tuple(box)
+    except TypeError:
+        raise BoxError((box,), width, height, "is not a sequence of 4 numbers") from None
+    if len(values) != 4:
+        raise BoxError(values, width, height, "must have 4 values (x0, y0, x1, y1)")
+    try:
+        floats = [float(v) for v in values]  # also numpy / torch scalars
+    except (TypeError, ValueError):
+        floats = [math.nan]
+    if not all(math.isfinite(v) and v == int(v) for v in floats):
+        raise BoxError(values, width, height, "must hold integer pixel coordinates")
+    x0, y0, x1, y1 = (int(v) for v in floats)
+    if x1 <= x0 or y1 <= y0:
+        raise BoxError(values, width, height, "is empty: need x1 > x0 and y1 > y0")
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise BoxError(values, width, height, "lies wholly outside the image")
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        # Not clipped silently: a box that overhangs its image means the annotation
+        # belongs to another file or another resolution, which clipping would hide.
+        raise BoxError(values, width, height, "lies partly outside the image")
+    return x0, y0, x1, y1
+
+
+def remain_box(
+    box: Sequence[float],
+    width: int,
+    height: int,
+    mode: BoxMode = "tight",
+    *,
+    margin: float = 0.1,
+) -> Box:
+    """The region Cut&Remain keeps, as an integer box inside the image.
+
+    The Cut&Remain paper (arXiv:2111.13233) keeps the annotated bounding box; the
+    text we could consult (its abstract) says nothing about aspect-ratio options, so
+    ``square`` and ``margin`` are this workbench's additions for lesions whose tight
+    box leaves out the surrounding tissue a radiologist reads.
+
+    Parameters
+    ----------
+    box : sequence of 4 int
+        (x0, y0, x1, y1) in image pixels, x1/y1 exclusive; must lie inside the image.
+    width, height : int
+        Image size in pixels.
+    mode : {"tight", "square", "margin"}
+        - ``tight``: the box as annotated.
+        - ``square``: the shorter side widened to the longer one, symmetrically
+          about the centre (an odd surplus puts the extra pixel right / below),
+          then clipped to the image; near a border the result can be non-square.
+        - ``margin``: each side pushed out by ``margin`` times the box's width
+          (left/right) or height (top/bottom), rounded outwards, clipped to the
+          image; the same rule as :func:`workbench.data.images.crop_to_box`.
+    margin : float
+        Relative margin for ``mode="margin"`` (>= 0); ignored otherwise.
+
+    Returns
+    -------
+    tuple of int
+        (x0, y0, x1, y1) with 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height; it
+        always contains the given box.
+
+    Raises
+    ------
+    BoxError
+        If the box is empty or not wholly inside the image (naming box and size).
+    ValueError
+        For an unknown ``mode`` or a negative / non-finite ``margin``.
+    """
+    if mode not in BOX_MODES:
+        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    x0, y0, x1, y1 = _check_box(box, width, height)
+    if mode == "tight":
+        return x0, y0, x1, y1
+    if mode == "square":
+        bw, bh = x1 - x0, y1 - y0
+        side = max(bw, bh)
+        ex, ey = side - bw, side - bh
+        x0, x1 = x0 - ex // 2, x1 + (ex - ex // 2)
+        y0, y1 = y0 - ey // 2, y1 + (ey - ey // 2)
+        return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
+    mx, my = margin * (x1 - x0), margin * (y1 - y0)
+    eps = 1e-6  # so that 0.15 * 20 = 3.0000000000000004 does not round out a pixel
+    return (
+        max(0, math.floor(x0 - mx + eps)),
+        max(0, math.floor(y0 - my + eps)),
+        min(width, math.ceil(x1 + mx - eps)),
+        min(height, math.ceil(y1 + my - eps)),
+    )
+
+
+def cut_and_remain(
+    img: torch.Tensor,
+    box: Sequence[float],
+    mode: BoxMode = "tight",
+    *,
+    margin: float = 0.1,
+) -> torch.Tensor:
+    """A copy of ``img`` with every pixel outside the (adjusted) box set to zero.
+
+    Parameters
+    ----------
+    img : torch.Tensor
+        (C, H, W) image; the box is in its pixel grid.
+    box : sequence of 4 int
+        (x0, y0, x1, y1), x1/y1 exclusive, inside the image.
+    mode, margin
+        How the kept region is derived from the box; see :func:`remain_box`.
+
+    Returns
+    -------
+    torch.Tensor
+        New tensor, same shape/dtype/device: equal to ``img`` inside the region and
+        zero outside. ``img`` is not modified.
+
+    Raises
+    ------
+    BoxError
+        If the box is empty or not inside the image.
+    """
+    if img.ndim != 3:
+        raise ValueError(f"expected a (C, H, W) tensor, got shape {tuple(img.shape)}")
+    _, h, w = img.shape
+    x0, y0, x1, y1 = remain_box(box, w, h, mode, margin=margin)
+    out = torch.zeros_like(img)
+    out[:, y0:y1, x0:x1] = img[:, y0:y1, x0:x1]
+    return out
+
+
+# ---- augmentation ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AffineParams:
+    """One draw of :class:`StudyAugment`'s random parameters.
+
+    ``angle`` in degrees (counter-clockwise), ``translate`` (dx, dy) in whole pixels,
+    ``scale`` a zoom factor (1 = none), ``flip`` whether the image is mirrored
+    left-right (after the affine).
+    """
+
+    angle: float
+    translate: tuple[int, int]
+    scale: float
+    flip: bool
+
+    @property
+    def is_identity(self) -> bool:
+        return self.angle == 0 and self.translate == (0, 0) and self.scale == 1 and not self.flip
+
+
+class StudyAugment(torch.nn.Module):
+    """Random rotation, zoom, shift and horizontal flip of a (C, H, W) image.
+
+    Defaults are the thyroid-US study's: rotation uniform in +-10 deg, horizontal flip
+    with p = 0.5, zoom uniform in 95-105 %, shift uniform up to 10 % of the width
+    (horizontally) and of the height (vertically), rounded to whole pixels as
+    ``torchvision.transforms.v2.RandomAffine`` does. Rotation, zoom and shift are one
+    affine warp about the centre (one interpolation); uncovered pixels are ``fill``.
+
+    Randomness comes from torch's global RNG, so ``torch.manual_seed(s)`` replays a
+    run, and DataLoader workers (which seed their own torch RNG from the main
+    process's) stay reproducible too. No generator is stored on purpose: a stored
+    ``torch.Generator`` would be copied into every worker with the same state, giving
+    identical "random" augmentations across workers. Pass ``generator=`` per call
+    when you need a private stream (tests, a single process).
+
+    Parameters
+    ----------
+    degrees : float
+        Maximum absolute rotation in degrees (>= 0).
+    flip_p : float
+        Probability of a horizontal flip, in [0, 1].
+    scale : (float, float)
+        Zoom factor range (low, high), 0 < low <= high.
+    translate : (float, float)
+        Maximum shift as a fraction of width and of height, each in [0, 1].
+    fill : float
+        Value of pixels uncovered by the warp; 0 (black) before normalisation.
+    interpolation : str
+        ``"bilinear"`` or ``"nearest"`` (torchvision InterpolationMode values).
+    enabled : bool
+        False makes the module the identity (see :meth:`none`).
+
+    Examples
+    --------
+    >>> aug = StudyAugment()
+    >>> _ = torch.manual_seed(0)
+    >>> aug(torch.rand(3, 32, 32)).shape
+    torch.Size([3, 32, 32])
+    """
+
+    def __init__(
+        self,
+        *,
+        degrees: float = 10.0,
+        flip_p: float = 0.5,
+        scale: tuple[float, float] = (0.95, 1.05),
+        translate: tuple[float, float] = (0.1, 0.1),
+        fill: float = 0.0,
+        interpolation: str = "bilinear",
+        enabled: bool = True,
+    ) -> None:
+        super().__init__()
+        if not (math.isfinite(degrees) and degrees >= 0):
+            raise ValueError(f"degrees must be a finite number >= 0, got {degrees}")
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"flip_p must be within [0, 1], got {flip_p}")
+        lo, hi = (float(s) for s in scale)
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+        tx, ty = (float(t) for t in translate)
+        if not (0 <= tx <= 1 and 0 <= ty <= 1):
+            raise ValueError(f"translate fractions must be within [0, 1], got {translate}")
+        self.degrees = float(degrees)
+        self.flip_p = float(flip_p)
+        self.scale = (lo, hi)
+        self.translate = (tx, ty)
+        self.fill = float(fill)
+        self.interpolation = InterpolationMode(interpolation)
+        self.enabled = bool(enabled)
+
+    @classmethod
+    def none(cls) -> StudyAugment:
+        """An instance that returns its input unchanged (augmentation off)."""
+        return cls(enabled=False)
+
+    def sample_params(
+        self, width: int, height: int, *, generator: torch.Generator | None = None
+    ) -> AffineParams:
+        """Draw one set of parameters for a width x height image."""
+        if not self.enabled:
+            return AffineParams(0.0, (0, 0), 1.0, False)
+
+        def uniform(a: float, b: float) -> float:
+            if a == b:  # keeps "no zoom" exactly 1.0 and avoids consuming randomness
+                return a
+            return float(torch.empty(1).uniform_(a, b, generator=generator).item())
+
+        angle = uniform(-self.degrees, self.degrees)
+        max_dx, max_dy = self.translate[0] * width, self.translate[1] * height
+        dx, dy = int(round(uniform(-max_dx, max_dx))), int(round(uniform(-max_dy, max_dy)))
+        scale = uniform(*self.scale)
+        flip = self.flip_p > 0 and float(torch.rand(1, generator=generator).item()) < self.flip_p
+        return AffineParams(angle, (dx, dy), scale, flip)
+
+    def apply(self, img: torch.Tensor, params: AffineParams) -> torch.Tensor:
+        """Apply given parameters to a (..., C, H, W) tensor (deterministic)."""
+        out = img
+        if params.angle != 0 or params.translate != (0, 0) or params.scale != 1:
+            out = TF.affine(
+                out,
+                angle=params.angle,
+                translate=list(params.translate),
+                scale=params.scale,
+                shear=[0.0, 0.0],
+                interpolation=self.interpolation,
+                fill=self.fill,
+            )
+        if params.flip:
+            out = TF.horizontal_flip(out)
+        return out
+
+    def forward(self, img: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment one (C, H, W) image (a (B, C, H, W) batch gets one shared draw)."""
+        if img.ndim < 3:
+            raise ValueError(f"expected a (C, H, W) tensor, got shape {tuple(img.shape)}")
+        if not self.enabled:
+            return img
+        h, w = img.shape[-2:]
+        return self.apply(img, self.sample_params(w, h, generator=generator))
+
+    def extra_repr(self) -> str:
+        if not self.enabled:
+            return "enabled=False"
+        return (
+            f"degrees={self.degrees}, flip_p={self.flip_p}, scale={self.scale}, "
+            f"translate={self.translate}, fill={self.fill}, interpolation={self.interpolation.value}"
+        )
+
+
+# ---- dataset -----------------------------------------------------------------------
+
+
+class TrainSample(TypedDict):
+    """One item of :class:`TrainImageDataset`.
+
+    ``masked`` is the Cut&Remain copy (3, S, S), or None when Cut&Remain is off or
+    the item has no box.
+    """
+
+    image: torch.Tensor
+    label: int
+    index: int
+    masked: torch.Tensor | None
+
+
+class TrainBatch(TypedDict):
+    """A batch from :func:`collate`: B images, then the k masked copies.
+
+    ``indices`` are dataset indices (a masked row repeats its image's index), and
+    ``is_masked`` flags the Cut&Remain rows.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+    is_masked: torch.Tensor
+
+
+def collate(samples: Sequence[TrainSample]) -> TrainBatch:
+    """Stack samples into one batch; Cut&Remain copies are appended as extra rows.
+
+    A list of B samples of which k carry a masked copy gives B + k rows: the B
+    images in order, then the k copies in the same order, each with its image's label
+    and index. Use as ``DataLoader(ds, collate_fn=collate)``.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    extra = [s for s in samples if s["masked"] is not None]
+    images = [s["image"] for s in samples] + [s["masked"] for s in extra]
+    labels = [s["label"] for s in samples] + [s["label"] for s in extra]
+    indices = [s["index"] for s in samples] + [s["index"] for s in extra]
+    is_masked = torch.zeros(len(images), dtype=torch.bool)
+    is_masked[len(samples):] = True
+    return TrainBatch(
+        images=torch.stack(images),
+        labels=torch.tensor(labels, dtype=torch.long),
+        indices=torch.tensor(indices, dtype=torch.long),
+        is_masked=is_masked,
+    )
+
+
+class TrainImageDataset(Dataset):
+    """Images of a manifest as normalised (3, S, S) tensors for fine-tuning a CNN.
+
+    Per item: decode (grayscale replicated to 3 channels) -> with ``cut_remain`` and
+    a box, a masked copy (zero outside the box, in the file's pixels) -> geometry to
+    S x S -> ``augment`` (drawn independently for the two copies) -> ``(x - mean) /
+    std``. With ``augment=None`` and ``cut_remain=False`` the tensors are
+    deterministic, which is the evaluation setting.
+
+    Boxes are checked against image sizes here, before any training starts (sizes
+    from ``item.width/height`` when set, else read from the file header); items
+    without a box under Cut&Remain are kept unmasked and listed in
+    :attr:`missing_box_ids`.
+
+    Parameters
+    ----------
+    items : sequence of Item
+        The images, e.g. ``manifest.items`` filtered to a split or a fold.
+    classes : sequence of str
+        Class names; a label's position is its index.
+    geometry : Geometry or int
+        Resize settings, or an output size S used with ``resize``.
+    mean, std : sequence of 3 float
+        Normalisation from the backbone's weights metadata.
+    augment : StudyAugment or None
+        Training augmentation; None for evaluation.
+    cut_remain : bool
+        Add a Cut&Remain copy for every item with a box.
+    box_mode : {"tight", "square", "margin"}
+        Kept region for Cut&Remain (see :func:`remain_box`).
+    box_margin : float
+        Relative margin for ``box_mode="margin"``.
+    resize : str
+        Resize mode when ``geometry`` is an int (see ``Geometry``).
+
+    Raises
+    ------
+    BoxError
+        Under ``cut_remain``, if any box is empty or not inside its image; names the
+        first item, and lists the others.
+    ValueError
+        For a label not in ``classes``, bad mean/std, or an unknown ``box_mode``.
+    ImageDecodeError
+        If an image needed for the box check has no readable header (and later, from
+        ``__getitem__``, if an image cannot be decoded).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        classes: Sequence[str],
+        geometry: Geometry | int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        augment: StudyAugment | None = None,
+        cut_remain: bool = False,
+        box_mode: BoxMode = "tight",
+        box_margin: float = 0.1,
+        resize: str = "squash",
+    ) -> None:
+        from workbench.features.preprocess import Geometry  # lazy: see TYPE_CHECKING
+
+        self.items = list(items)
+        self.classes = [str(c) for c in classes]
+        self.class_to_index = {c: i for i, c in enumerate(self.classes)}
+        if len(self.class_to_index) != len(self.classes):
+            raise ValueError(f"duplicate class names in {self.classes!r}")
+        unknown = [(it.id, it.label) for it in self.items if it.label not in self.class_to_index]
+        if unknown:
+            shown = ", ".join(f"{i} ({lab!r})" for i, lab in unknown[:5])
+            raise ValueError(
+                f"{len(unknown)} item(s) with a label not in classes {self.classes}: {shown}"
+                + (" ..." if len(unknown) > 5 else "")
+            )
+        self.geometry = geometry if isinstance(geometry, Geometry) else Geometry(int(geometry), resize=resize)
+        self.mean = self._channel_stats(mean, "mean")
+        self.std = self._channel_stats(std, "std")
+        if (self.std <= 0).any():
+            raise ValueError(f"std must be > 0, got {list(std)}")
+        self.augment = augment
+        self.cut_remain = bool(cut_remain)
+        if box_mode not in BOX_MODES:
+            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
+        if not (math.isfinite(box_margin) and box_margin >= 0):
+            raise ValueError(f"box_margin must be a finite number >= 0, got {box_margin}")
+        self.box_mode = box_mode
+        self.box_margin = float(box_margin)
+        self.labels = [self.class_to_index[it.label] for it in self.items]
+        self.missing_box_ids: list[str] = (
+            [it.id for it in self.items if it.box is None] if self.cut_remain else []
+        )
+        if self.cut_remain:
+            self._check_boxes()
+
+    @staticmethod
+    def _channel_stats(values: Sequence[float], name: str) -> torch.Tensor:
+        t = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
+        if t.shape != (3,) or not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be 3 finite numbers, got {list(values)}")
+        return t.view(3, 1, 1)
+
+    def _check_boxes(self) -> None:
+        """Raise one BoxError for all items whose box does not fit their image."""
+        errors: list[BoxError] = []
+        for it in self.items:
+            if it.box is None:
+                continue
+            if it.width is not None and it.height is not None:
+                w, h = it.width, it.height
+            else:
+                w, h = image_size(it.path)  # (width, height), header only
+            try:
+                remain_box(it.box, w, h, self.box_mode, margin=self.box_margin)
+            except BoxError as e:
+                errors.append(e.with_item(it.id))
+        if errors:
+            first, rest = errors[0], errors[1:]
+            raise first.with_item(first.item_id, others=rest)
+
+    @property
+    def n_masked(self) -> int:
+        """Number of items that get a Cut&Remain copy."""
+        return len(self.items) - len(self.missing_box_ids) if self.cut_remain else 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _finish(self, img: torch.Tensor) -> torch.Tensor:
+        """Geometry, augmentation, normalisation of one decoded (3, H, W) image."""
+        x = self.geometry(img)
+        if self.augment is not None:
+            x = self.augment(x)
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, index: int) -> TrainSample:
+        it = self.items[index]
+        img = decode_image(it.path)  # ImageDecodeError names the file
+        masked = None
+        if self.cut_remain and it.box is not None:
+            try:
+                masked = cut_and_remain(img, it.box, self.box_mode, margin=self.box_margin)
+            except BoxError as e:  # the file changed size since __init__ checked it
+                raise e.with_item(it.id) from None
+        return TrainSample(
+            image=self._finish(img),
+            label=self.labels[index],
+            index=int(index),
+            masked=None if masked is None else self._finish(masked),
+        )
+
+    #: ``DataLoader(ds, collate_fn=ds.collate)``
+    collate = staticmethod(collate)
+
+    def __repr__(self) -> str:
+        cr = (
+            f", cut_remain={self.box_mode!r} ({self.n_masked} boxed, "
+            f"{len(self.missing_box_ids)} without box)"
+            if self.cut_remain
+            else ""
+        )
+        return (
+            f"{type(self).__name__}({len(self)} items, classes={self.classes}, "
+            f"size={self.geometry.size}, augment={self.augment is not None}{cr})"
+        )
