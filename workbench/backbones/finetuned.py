@@ -19,6 +19,9 @@ from typing import Any
 
 __all__ = [
     "FT_PREFIX",
+    "NESTED_PREFIX",
+    "find_nested",
+    "is_nested_id",
     "FineTunedNotFoundError",
     "default_root",
     "is_finetuned_id",
@@ -29,6 +32,8 @@ __all__ = [
 ]
 
 FT_PREFIX = "ft-"
+#: A nested set: one fine-tuned network per outer fold of a protocol (``nested.json``).
+NESTED_PREFIX = "ftn-"
 ENV_ROOT = "WORKBENCH_FINETUNED"
 
 
@@ -43,6 +48,22 @@ def default_root() -> Path:
 
 def is_finetuned_id(weights_id: str | None) -> bool:
     return bool(weights_id) and weights_id.startswith(FT_PREFIX) and "/" not in weights_id
+
+
+def is_nested_id(weights_id: str | None) -> bool:
+    return bool(weights_id) and weights_id.startswith(NESTED_PREFIX) and "/" not in weights_id
+
+
+def find_nested(backbone: str, nested_id: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``nested.json`` of a nested set: ``members`` maps each outer fold to an ``ft-`` id."""
+    folder = finetuned_dir(backbone, nested_id, root)
+    path = folder / "nested.json"
+    if not path.is_file():
+        known = ", ".join(list_finetuned(backbone, root, nested=True)) or "none"
+        raise FineTunedNotFoundError(
+            f"no nested fine-tuned set {nested_id!r} for {backbone!r} in {folder}; finished ones: {known}. "
+            f"Run `workbench finetune --nested` (same --cv/--seed as the sweep) to make one.")
+    return json.loads(path.read_text())
 
 
 def _safe(backbone: str) -> str:
@@ -83,9 +104,11 @@ def find_finetuned(backbone: str, weights_id: str, root: str | os.PathLike | Non
     )
 
 
-def list_finetuned(backbone: str, root: str | os.PathLike | None = None) -> list[str]:
-    """Finished fine-tuned weights ids of ``backbone`` in the store."""
+def list_finetuned(backbone: str, root: str | os.PathLike | None = None, *, nested: bool = False) -> list[str]:
+    """Finished fine-tuned weights ids of ``backbone`` in the store (nested sets with ``nested``)."""
     base = Path(root or default_root()) / _safe(backbone)
     if not base.is_dir():
         return []
+    if nested:
+        return sorted(p.name for p in base.iterdir() if (p / "nested.json").is_file())
     return sorted(p.name for p in base.iterdir() if (p / "weights.pth").is_file() and (p / "meta.json").is_file())

@@ -96,6 +96,15 @@ def add_commands(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
                    help="settings to choose by --tune-cv-fold CV on the training split, e.g. lr=1e-4,1e-3")
     f.add_argument("--tune-cv", type=int, default=6, help="folds of that search (the study used 6) [6]")
     f.add_argument("--cut-remain", action="store_true", help="shorthand for --set cut_remain=true")
+    n = f.add_argument_group("nested (clean CV on fine-tuned features)")
+    n.add_argument("--nested", action="store_true",
+                   help="one network per outer CV fold of the sweep protocol below, plus one on the whole "
+                        "training split; prints BACKBONE@ftn-<hash>, whose features the sweep takes per fold")
+    n.add_argument("--cv", type=int, default=5, help="the sweep's outer folds [5]")
+    n.add_argument("--inner-cv", type=int, default=3, help="the sweep's inner folds [3]")
+    n.add_argument("--seed", type=int, default=0, help="the sweep's seed [0]")
+    n.add_argument("--scoring", default="auc", help="the sweep's scoring [auc]")
+    n.add_argument("--positive", default=None, help="the sweep's positive class")
 
     b = sub.add_parser("baselines", help="end-to-end CNN baselines on the sweep's folds, into its run folder",
                        description="Fine-tune each baseline on every outer CV fold of the training split and on "
@@ -168,6 +177,22 @@ def _cmd_finetune(args) -> int:
         settings["cut_remain"] = True
     config = FineTuneConfig.from_dict(settings)
     m = _manifest(args).validate(progress=not args.quiet)
+    from workbench.backbones.registry import get_backbone
+
+    taps = ",".join(get_backbone(args.backbone).taps)
+    if args.nested:
+        from workbench.baselines.nested import fine_tune_nested
+
+        if args.grid:
+            raise ValueError("--grid is not supported with --nested; fix the settings with --set")
+        ns = fine_tune_nested(args.backbone, m, config, cv=args.cv, inner_cv=args.inner_cv, seed=args.seed,
+                              scoring=args.scoring, positive=args.positive, weights=args.weights,
+                              val_fraction=args.val_fraction, device=args.device, progress=not args.quiet,
+                              log=print)
+        print(f"nested set: {ns.label} ({len(ns.members)} networks)")
+        print(f"features: --features {ns.label}:{taps}  (sweep with --cv {args.cv} --inner-cv {args.inner_cv} "
+              f"--seed {args.seed}: CV records are then clean)")
+        return 0
     train_ids = [it.id for it in m if it.split != "test"]
     n_test = len(m) - len(train_ids)
     print(f"fine-tuning {args.backbone} on {len(train_ids)} training images ({n_test} test images left out)")
@@ -182,10 +207,8 @@ def _cmd_finetune(args) -> int:
     shown = {k: round(v, 4) for k, v in last.items() if k.startswith("val_") and isinstance(v, float)}
     print(f"best epoch {ft.best_epoch} of {len(ft.history)} {shown}")
     print(f"weights: {ft.label}  (in {ft.folder})")
-    from workbench.backbones.registry import get_backbone
-
-    taps = ",".join(get_backbone(args.backbone).taps)
-    print(f"features: --features {ft.label}:{taps}")
+    print(f"features: --features {ft.label}:{taps}  (CV results on them are marked optimistic; "
+          f"--nested makes them clean)")
     return 0
 
 

@@ -119,6 +119,26 @@ class _DecodeDataset(Dataset):
         return i, [g(img).expand(3, -1, -1) for g in self.geometries]
 
 
+def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict) -> FeatureSet:
+    """Blocks as requested; a nested block holds the test network's rows plus fold variants."""
+    import dataclasses
+
+    blocks, info, fold_blocks, fold_info = {}, {}, {}, {}
+    for r in requests:
+        for t in r.taps:
+            name = r.block_name(t)
+            if r not in plan:
+                blocks[name], info[name] = fs[name], fs.info[name]
+                continue
+            members = plan[r]
+            test_name = members["test"].block_name(t)
+            blocks[name] = fs[test_name]
+            info[name] = dataclasses.replace(fs.info[test_name], name=name, weights_id=r.weights)
+            fold_blocks[name] = {f: fs[m.block_name(t)] for f, m in members.items() if f != "test"}
+            fold_info[name] = {f: fs.info[m.block_name(t)] for f, m in members.items()}
+    return FeatureSet(fs.ids, fs.labels, blocks, info, fs.record, fold_blocks, fold_info)
+
+
 def row_key(item: Item, input_mode: str) -> str:
     """A row's cache key: the image's content hash, plus its box when features come from the box."""
     if item.sha256 is None:
@@ -228,6 +248,19 @@ def extract(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ValueError(f"feature requested twice: {', '.join(dupes)}")
+    from workbench.backbones.finetuned import is_nested_id
+
+    if any(is_nested_id(r.weights) for r in requests):
+        # A nested fine-tuned set stands for one network per outer fold: extract every
+        # member (each cached under its own weights), then give the sweep per-fold blocks.
+        from workbench.baselines.nested import expand_requests
+
+        flat, plan = expand_requests(requests)
+        fs = extract(manifest, flat, cache=cache, input=input, box_margin=box_margin, resize=resize,
+                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device,
+                     precision=precision, dtype=dtype, classes=classes, skip_bad=skip_bad, progress=progress,
+                     log=log)
+        return _assemble_nested(fs, requests, plan)
     resolved = [resolve_weights(s, r.weights) for r, s in zip(requests, specs)]
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest, classes=classes)

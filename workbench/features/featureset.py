@@ -40,6 +40,8 @@ class FeatureSet:
         blocks: dict[str, np.ndarray],
         info: dict[str, BlockInfo],
         record: dict[str, Any] | None = None,
+        fold_blocks: dict[str, dict[str, np.ndarray]] | None = None,
+        fold_info: dict[str, dict[str, BlockInfo]] | None = None,
     ):
         self.ids = list(ids)
         self.labels = list(labels)
@@ -49,6 +51,20 @@ class FeatureSet:
         self.blocks = dict(blocks)
         self.info = dict(info)
         self.record = record or {}
+        #: Nested fine-tuned blocks: per outer fold, the features of the network fine-tuned
+        #: on that fold's training images (``blocks`` holds the test-split network's).
+        self.fold_blocks = {n: dict(v) for n, v in (fold_blocks or {}).items()}
+        self.fold_info = {n: dict(v) for n, v in (fold_info or {}).items()}
+        for name, variants in self.fold_blocks.items():
+            if name not in self.blocks:
+                raise ValueError(f"fold variants given for unknown block {name}")
+            for fold, arr in variants.items():
+                if arr.shape != self.blocks[name].shape:
+                    raise ValueError(f"block {name} fold {fold}: shape {arr.shape}, expected {self.blocks[name].shape}")
+
+    def for_fold(self, name: str, fold: str) -> np.ndarray:
+        """Block ``name`` as seen by outer fold ``fold`` (its own network when nested)."""
+        return self.fold_blocks.get(name, {}).get(fold, self[name])
 
     @property
     def names(self) -> list[str]:

@@ -46,8 +46,9 @@ _sha = sha
 # ---- inputs ----------------------------------------------------------------------
 
 
-def _align(features: FeatureSet, ids: list[str]) -> dict[str, np.ndarray]:
-    """Blocks in manifest order; features may hold more ids, never fewer."""
+def _align(features: FeatureSet, ids: list[str]) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
+    """Blocks (and nested blocks' fold variants) in manifest order; features may hold
+    more ids, never fewer."""
     pos = {i: k for k, i in enumerate(features.ids)}
     missing = [i for i in ids if i not in pos]
     if missing:
@@ -56,29 +57,38 @@ def _align(features: FeatureSet, ids: list[str]) -> dict[str, np.ndarray]:
                               f"{len(ids)} images: {shown}. Extract features with this manifest.")
     order = np.array([pos[i] for i in ids])
     identity = len(order) == len(features.ids) and bool((order == np.arange(len(order))).all())
-    out = {}
-    for name in features.names:
-        X = np.asarray(features[name])
+
+    def aligned(name: str, X) -> np.ndarray:
+        X = np.asarray(X)
         X = X if identity else X[order]
         bad = ~np.isfinite(X).all(axis=1)
         if bad.any():
             shown = ", ".join(repr(ids[i]) for i in np.flatnonzero(bad)[:5])
             raise SweepInputError(f"feature block {name} has NaN or infinite values in {int(bad.sum())} "
                                   f"row(s): {shown}")
-        out[name] = X
-    return out
+        return X
+
+    out = {name: aligned(name, features[name]) for name in features.names}
+    variants = {name: {f: aligned(f"{name} (fold {f})", X) for f, X in v.items()}
+                for name, v in features.fold_blocks.items()}
+    return out, variants
 
 
-def _block_ids(features: FeatureSet, blocks: dict[str, np.ndarray]) -> dict[str, dict[str, str]]:
+def _block_ids(features: FeatureSet, blocks: dict[str, np.ndarray],
+               variants: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
     """Identity of each block: its cache key (when it came from the cache) and a digest of
-    the values actually swept, so a changed block can never reuse old records."""
-    out = {}
+    the values actually swept (every fold variant included), so a changed block can never
+    reuse old records."""
+    out: dict[str, dict[str, Any]] = {}
     for name, X in blocks.items():
         info = features.info.get(name)
-        out[name] = {
-            "cache_key": info.entry_key if info is not None else None,
-            "data": hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes()).hexdigest()[:16],
-        }
+        h = hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+        for f in sorted(variants.get(name, {})):
+            h.update(f.encode())
+            h.update(np.ascontiguousarray(variants[name][f], dtype=np.float32).tobytes())
+        out[name] = {"cache_key": info.entry_key if info is not None else None, "data": h.hexdigest()[:16]}
+        if name in features.fold_info:
+            out[name]["fold_cache_keys"] = {f: i.entry_key for f, i in sorted(features.fold_info[name].items())}
     return out
 
 
@@ -91,14 +101,24 @@ def _optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> 
     """
     from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
 
+    def seen_ids(backbone: str, weights_id: str) -> list[str]:
+        _, meta = find_finetuned(backbone, weights_id)
+        return list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
+
     out: dict[str, set[str]] = {}
     for name in names:
         info = features.info.get(name)
-        if info is None or not is_finetuned_id(info.weights_id):
+        if info is None:
             continue
-        _, meta = find_finetuned(info.backbone, info.weights_id)
-        trained = list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
-        folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
+        if name in features.fold_info:  # nested: fold f is scored on its own network's features
+            members = features.fold_info[name]
+            folds = {f for f, _, _ in task.outer
+                     if seen_by(seen_ids(info.backbone, members.get(f, info).weights_id), task, f)}
+        elif is_finetuned_id(info.weights_id):
+            trained = seen_ids(info.backbone, info.weights_id)
+            folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
+        else:
+            continue
         if "test" in folds:
             raise SweepInputError(
                 f"block {name} comes from a network fine-tuned on test images of this task "
@@ -328,7 +348,7 @@ def sweep(
     if positive is not None and positive not in class_names:
         raise ValueError(f"positive class {positive!r} is not one of {class_names}")
     ids = manifest.ids
-    blocks = _align(features, ids)
+    blocks, variants = _align(features, ids)
     names = list(blocks)
     code_of = block_codes(names, codes)
     if not isinstance(subsets, (str, tuple)):
@@ -343,7 +363,7 @@ def sweep(
     protocol_hash = task.protocol_hash
     store = task.open_store(out)
 
-    block_id = _block_ids(features, blocks)
+    block_id = _block_ids(features, blocks, variants)
     versions = package_versions(("xgboost", "joblib", "dask", "distributed"))
 
     def candidate_id(c: Candidate) -> str:
@@ -395,7 +415,10 @@ def sweep(
     # -- units ------------------------------------------------------------------------
     from joblib import Parallel, delayed
 
-    block_list = [blocks[n] for n in names]
+    def blocks_of(fold: str) -> list[np.ndarray]:
+        # Nested fine-tuned blocks: each outer fold gets its own network's features.
+        return [variants.get(n, {}).get(fold, blocks[n]) for n in names]
+
     group_arr = splits.groups
     by_kernel: dict[tuple[str, str], list[tuple[str, ...]]] = {}
     plain: list[tuple[Candidate, str]] = []
@@ -411,10 +434,10 @@ def sweep(
         # A generator, so no concatenation exists before its unit runs: 63 subsets of
         # six 4096-wide blocks would otherwise sit in memory all at once.
         for (h, f), subs in by_kernel.items():  # the big units first
-            yield delayed(_kernel_unit)(block_list, names, subs, h, grid_of[h], y, len(class_names),
+            yield delayed(_kernel_unit)(blocks_of(f), names, subs, h, grid_of[h], y, len(class_names),
                                         f, train_rows[f], eval_rows[f], inner_of[f], scoring)
         for c, f in plain:
-            yield delayed(_plain_unit)(block_list, [names.index(b) for b in c.blocks], c.head, grid_of[c.head],
+            yield delayed(_plain_unit)(blocks_of(f), [names.index(b) for b in c.blocks], c.head, grid_of[c.head],
                                        y, f, train_rows[f], eval_rows[f], group_arr, inner_cv, scoring, seed, names)
 
     bar = _progress(total, total - len(todo_heads) - len(todo_ens), progress)

@@ -1,0 +1,113 @@
+"""Nested fine-tuning: one network per outer fold, so CV on fine-tuned features is clean.
+
+A network fine-tuned on the whole training split has seen every CV fold's images; CV
+estimates on its features are optimistic. The nested set fine-tunes, for every outer
+fold of the sweep's protocol, one network on that fold's training images only (and one
+on the whole training split for the test split). ``BACKBONE@ftn-<hash>:TAP`` then
+extracts every member's features, and the sweep feeds each fold its own network's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir
+from workbench.baselines.estimator import validation_split
+from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune
+from workbench.data.manifest import Manifest
+from workbench.search.protocol import build_task, sha
+
+__all__ = ["NestedSet", "fine_tune_nested"]
+
+
+@dataclass
+class NestedSet:
+    """A finished nested set: its id and the fine-tuned member of every outer fold."""
+
+    backbone: str
+    nested_id: str
+    members: dict[str, FineTuned]
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}@{self.nested_id}"
+
+
+def fine_tune_nested(
+    backbone: str,
+    manifest: Manifest,
+    config: FineTuneConfig | None = None,
+    *,
+    cv: int = 5,
+    inner_cv: int = 3,
+    seed: int = 0,
+    scoring: str = "auc",
+    positive: str | None = None,
+    weights: str | None = None,
+    val_fraction: float = 0.15,
+    root: str | os.PathLike | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    log=None,
+) -> NestedSet:
+    """Fine-tune ``backbone`` once per outer fold of the sweep protocol ``(cv, inner_cv, seed, ...)``.
+
+    ``manifest`` must be the sweep's (classes selected, validated); the folds are the
+    sweep's own, so use the same ``cv``, ``inner_cv``, ``seed``, ``scoring`` and
+    ``positive``. Members are ordinary fine-tuned weights (reused when they exist).
+    """
+    say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
+    config = config or FineTuneConfig()
+    task = build_task(manifest, cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive)
+    items = list(manifest)
+    members: dict[str, FineTuned] = {}
+    for fold, train_rows, _ in task.outer:
+        train, val = validation_split([items[i] for i in train_rows], val_fraction, config.seed)
+        say(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, {len(val)} validation images)")
+        members[fold] = fine_tune(backbone, train, val, task.class_names, config, weights=weights, root=root,
+                                  device=device, progress=progress, log=log)
+    ids = {f: m.weights_id for f, m in members.items()}
+    nested_id = NESTED_PREFIX + sha({"members": ids, "protocol": task.protocol_hash})[:12]
+    folder = finetuned_dir(members["test"].backbone, nested_id, root)
+    folder.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {"backbone": members["test"].backbone, "nested_id": nested_id, "members": ids,
+                            "protocol": task.protocol, "protocol_hash": task.protocol_hash,
+                            "classes": task.class_names, "config": config.to_dict(), "val_fraction": val_fraction}
+    tmp = folder / "nested.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, folder / "nested.json")
+    say(f"nested set {backbone}@{nested_id}: {', '.join(f'{f}={i}' for f, i in ids.items())}")
+    return NestedSet(members["test"].backbone, nested_id, members)
+
+
+def nested_members(backbone: str, nested_id: str, root=None) -> dict[str, str]:
+    """Fold -> fine-tuned weights id of a nested set."""
+    from workbench.backbones.finetuned import find_nested
+
+    return dict(find_nested(backbone, nested_id, root)["members"])
+
+
+def expand_requests(requests: Sequence) -> tuple[list, dict]:
+    """Replace nested requests by their members' requests.
+
+    Returns the flat request list and, per nested request, ``{fold: member request}``.
+    """
+    from workbench.backbones.finetuned import is_nested_id
+    from workbench.backbones.registry import get_backbone
+    from workbench.features.extraction import FeatureRequest
+
+    flat, plan = [], {}
+    for r in requests:
+        if not is_nested_id(r.weights):
+            flat.append(r)
+            continue
+        spec = get_backbone(r.backbone)
+        members = nested_members(spec.name, r.weights)
+        plan[r] = {f: FeatureRequest(r.backbone, wid, r.taps) for f, wid in members.items()}
+        for m in plan[r].values():
+            if m not in flat:
+                flat.append(m)
+    return flat, plan

@@ -1,0 +1,591 @@
+"""Paired statistics for the paper tables: intervals, DeLong, McNemar, Holm, Youden.
+
+Every candidate is scored on the *same* test images as its baseline, so comparisons
+are paired: DeLong's test for two correlated ROC curves (AUC) and the exact McNemar
+test (accuracy at a fixed threshold). Proportions get Wilson intervals, several
+comparisons get Holm's step-down adjustment, and the operating point is Youden's
+index chosen on out-of-fold predictions only.
+
+Where statsmodels or scipy has the computation it is used as is (Wilson, exact
+McNemar, Holm, midranks, the normal tail); this module validates input, handles the
+degenerate cases explicitly (documented per function) and names its outputs.
+
+Conventions
+-----------
+* Labels for the ROC functions are 0/1 (bool or numbers equal to 0 or 1); 1 is the
+  positive class and larger scores mean "more positive".
+* Invalid input (not binary, lengths differ, one class only, non-finite scores)
+  raises :class:`ValueError` naming the problem; degenerate-but-valid input gives
+  ``nan`` (or ``inf`` where the limit is unambiguous), never a warning.
+
+References
+----------
+DeLong ER, DeLong DM, Clarke-Pearson DL (1988). Comparing the areas under two or more
+correlated receiver operating characteristic curves: a nonparametric approach.
+Biometrics 44(3):837-845.
+Sun X, Xu W (2014). Fast implementation of DeLong's algorithm for comparing the areas
+under correlated receiver operating characteristic curves. IEEE Signal Processing
+Letters 21(11):1389-1393.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+from scipy.stats import norm, rankdata
+from sklearn.metrics import roc_curve
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+__all__ = [
+    "AUCInterval",
+    "DeLongResult",
+    "Interval",
+    "McNemarResult",
+    "PROPORTION_METRICS",
+    "apply_threshold",
+    "compare_to_baseline",
+    "delong_auc_variance",
+    "delong_interval",
+    "delong_test",
+    "holm",
+    "mcnemar_exact",
+    "proportion_metrics",
+    "wilson_interval",
+    "youden_threshold",
+]
+
+_NAN = float("nan")
+
+#: The proportions :func:`proportion_metrics` reports with a Wilson interval, in order.
+PROPORTION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A proportion with its confidence interval.
+
+    Attributes
+    ----------
+    estimate : float
+        ``successes / n`` (``nan`` when ``n == 0``).
+    low, high : float
+        Confidence bounds (Wilson score interval; ``nan`` when ``n == 0``).
+    successes, n : int
+        The counts the proportion is made of, so a table can print "45/50".
+    """
+
+    estimate: float
+    low: float
+    high: float
+    successes: int
+    n: int
+
+
+@dataclass(frozen=True)
+class AUCInterval:
+    """An ROC AUC with its DeLong confidence interval.
+
+    Attributes
+    ----------
+    estimate : float
+        The AUC (Mann-Whitney, ties counted 1/2), equal to ``roc_auc_score``.
+    low, high : float
+        Normal (Wald) bounds ``auc -/+ z * sqrt(variance)`` clipped to [0, 1].
+    variance : float
+        DeLong's variance of the AUC (``nan`` with fewer than 2 of either class).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    variance: float
+
+
+class DeLongResult(NamedTuple):
+    """DeLong's test of two correlated AUCs; unpacks as ``(auc1, auc2, z, p_value)``."""
+
+    auc1: float
+    auc2: float
+    z: float
+    p_value: float
+
+
+class McNemarResult(NamedTuple):
+    """Exact McNemar test; unpacks as ``(b, c, p_value)``.
+
+    ``b``: images classifier 1 gets right and classifier 2 wrong; ``c``: the reverse.
+    """
+
+    b: int
+    c: int
+    p_value: float
+
+
+# ---------------------------------------------------------------------------
+# Proportions
+# ---------------------------------------------------------------------------
+
+
+def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion.
+
+    Parameters
+    ----------
+    successes, n : int
+        Count of successes and trials, ``0 <= successes <= n``.
+    alpha : float
+        1 - confidence level (0.05 gives a 95 % interval).
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        From ``statsmodels.stats.proportion.proportion_confint(method="wilson")``;
+        ``(nan, nan)`` when ``n == 0`` (no data, no interval).
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    successes, n = _count(successes, "successes"), _count(n, "n")
+    if successes > n:
+        raise ValueError(f"successes ({successes}) must not exceed n ({n})")
+    _check_alpha(alpha)
+    if n == 0:
+        return _NAN, _NAN
+    low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    # The Wilson bounds lie in [0, 1] analytically; clip only float round-off.
+    return min(max(float(low), 0.0), 1.0), min(max(float(high), 0.0), 1.0)
+
+
+def proportion_metrics(
+    y: Sequence[Any] | np.ndarray,
+    pred: Sequence[Any] | np.ndarray,
+    positive: Any = 1,
+    alpha: float = 0.05,
+) -> dict[str, Interval | float]:
+    """Accuracy, sensitivity, specificity, PPV, NPV with Wilson intervals, and +LR/-LR.
+
+    Parameters
+    ----------
+    y, pred : array-like of shape (n,)
+        True and predicted labels of a binary problem (any two label values).
+    positive : label
+        The positive class (e.g. ``1`` or ``"malignant"``).
+    alpha : float
+        1 - confidence level of the intervals.
+
+    Returns
+    -------
+    dict
+        ``"accuracy"``, ``"sensitivity"``, ``"specificity"``, ``"ppv"``, ``"npv"`` map to
+        :class:`Interval` (estimate, Wilson bounds, successes, n); ``"lr_plus"`` and
+        ``"lr_minus"`` map to plain floats.
+
+    Notes
+    -----
+    Likelihood ratios ``+LR = sens / (1 - spec)`` and ``-LR = (1 - sens) / spec`` are
+    reported as their mathematical limit when the denominator is 0: ``inf`` when
+    the numerator is positive (e.g. +LR with specificity 1 and sensitivity > 0),
+    ``nan`` for 0/0 or when sensitivity or specificity is itself undefined (no
+    positives or no negatives in ``y``). This differs from
+    :func:`workbench.search.metrics.classification_metrics`, which follows
+    scikit-learn and reports ``nan`` instead of ``inf``.
+    """
+    y_arr, pred_arr = _check_pair(y, pred, "y", "pred")
+    labels = set(np.unique(y_arr).tolist()) | set(np.unique(pred_arr).tolist())
+    if len(labels) > 2:
+        raise ValueError(f"y and pred must be binary together; found labels {sorted(map(str, labels))}")
+    if len(labels) == 2 and positive not in labels:
+        raise ValueError(f"positive label {positive!r} not found among labels {sorted(map(str, labels))}")
+    _check_alpha(alpha)
+    is_pos, said_pos = y_arr == positive, pred_arr == positive
+    tp = int(np.sum(is_pos & said_pos))
+    fn = int(np.sum(is_pos & ~said_pos))
+    fp = int(np.sum(~is_pos & said_pos))
+    tn = int(np.sum(~is_pos & ~said_pos))
+
+    def interval(k: int, n: int) -> Interval:
+        low, high = wilson_interval(k, n, alpha)
+        return Interval(k / n if n else _NAN, low, high, k, n)
+
+    out: dict[str, Interval | float] = {
+        "accuracy": interval(tp + tn, tp + tn + fp + fn),
+        "sensitivity": interval(tp, tp + fn),
+        "specificity": interval(tn, tn + fp),
+        "ppv": interval(tp, tp + fp),
+        "npv": interval(tn, tn + fn),
+    }
+    sens = out["sensitivity"].estimate  # type: ignore[union-attr]
+    spec = out["specificity"].estimate  # type: ignore[union-attr]
+    out["lr_plus"] = _limit_ratio(sens, 1.0 - spec)
+    out["lr_minus"] = _limit_ratio(1.0 - sens, spec)
+    return out
+
+
+def _limit_ratio(num: float, den: float) -> float:
+    """``num / den`` with x/0 -> inf (x > 0), 0/0 -> nan, nan in -> nan."""
+    if math.isnan(num) or math.isnan(den):
+        return _NAN
+    if den == 0.0:
+        return math.inf if num > 0.0 else _NAN
+    return num / den
+
+
+# ---------------------------------------------------------------------------
+# DeLong
+# ---------------------------------------------------------------------------
+
+
+def _placements(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs and DeLong structural components by midranks (Sun & Xu 2014, Algorithm 2).
+
+    ``scores`` has shape (k, n). Returns ``aucs`` (k,), ``v10`` (k, m): for each
+    positive, the share of negatives it out-scores (ties 1/2), and ``v01`` (k, n_neg):
+    for each negative, the share of positives that out-score it (ties 1/2). Midranks
+    (``rankdata(method="average")``) make ties count 1/2 exactly as the O(m*n)
+    definition does, in O(N log N).
+    """
+    pos, neg = scores[:, y == 1], scores[:, y == 0]
+    m, n = pos.shape[1], neg.shape[1]
+    tz = rankdata(scores, method="average", axis=1)  # midranks among all images
+    tx = rankdata(pos, method="average", axis=1)  # ... among positives only
+    ty = rankdata(neg, method="average", axis=1)  # ... among negatives only
+    tz_pos, tz_neg = tz[:, y == 1], tz[:, y == 0]
+    # Rank of a positive among all minus its rank among positives = number of
+    # negatives below it (ties 1/2).
+    v10 = (tz_pos - tx) / n
+    v01 = 1.0 - (tz_neg - ty) / m
+    aucs = (tz_pos.sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    return aucs, v10, v01
+
+
+def _delong_cov(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
+    """DeLong covariance ``S10 / m + S01 / n`` (sample covariances, ddof = 1).
+
+    With a single positive (or negative) the sample covariance is undefined: ``nan``.
+    """
+    m, n = v10.shape[1], v01.shape[1]
+    if m < 2 or n < 2:
+        k = v10.shape[0]
+        return np.full((k, k), _NAN)
+    return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+
+
+def delong_auc_variance(y: Sequence[Any] | np.ndarray, p: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """ROC AUC and its DeLong variance.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        0/1 labels, both classes present.
+    p : array-like of shape (n,)
+        Scores (e.g. predicted probability of class 1); ties allowed.
+
+    Returns
+    -------
+    (auc, variance) : tuple of float
+        ``auc`` equals ``sklearn.metrics.roc_auc_score(y, p)``; ``variance`` is
+        ``nan`` with fewer than 2 positives or 2 negatives.
+    """
+    y_arr, scores = _check_roc_input(y, p)
+    aucs, v10, v01 = _placements(y_arr, scores)
+    return float(aucs[0]), float(_delong_cov(v10, v01)[0, 0])
+
+
+def delong_interval(
+    y: Sequence[Any] | np.ndarray, p: Sequence[float] | np.ndarray, alpha: float = 0.05
+) -> AUCInterval:
+    """AUC with a DeLong confidence interval (plain normal, clipped to [0, 1]).
+
+    The interval is ``auc -/+ z_(1-alpha/2) * sqrt(var_DeLong)`` on the AUC scale, then
+    clipped to [0, 1]: what R pROC's ``ci.auc(method="delong")`` reports and what most
+    papers quote. (A logit-scale interval would behave better near AUC = 1; it is not
+    used here so the figures match the reference software.)
+
+    Returns
+    -------
+    AUCInterval
+        ``low``/``high`` are ``nan`` when the variance is (fewer than 2 of a class).
+    """
+    _check_alpha(alpha)
+    auc, var = delong_auc_variance(y, p)
+    if math.isnan(var):
+        return AUCInterval(auc, _NAN, _NAN, var)
+    half = float(norm.ppf(1.0 - alpha / 2.0)) * math.sqrt(var)
+    return AUCInterval(auc, max(auc - half, 0.0), min(auc + half, 1.0), var)
+
+
+def delong_test(
+    y: Sequence[Any] | np.ndarray,
+    p1: Sequence[float] | np.ndarray,
+    p2: Sequence[float] | np.ndarray,
+) -> DeLongResult:
+    """DeLong's two-sided test that two correlated ROC AUCs are equal.
+
+    Both classifiers score the same images (paired), so the test uses the covariance
+    of their AUCs: ``z = (auc1 - auc2) / sqrt(var(auc1 - auc2))``, ``p = 2 * (1 -
+    Phi(|z|))`` (DeLong, DeLong & Clarke-Pearson 1988; fast midrank algorithm of
+    Sun & Xu 2014). Agrees with R pROC ``roc.test(method="delong", paired=TRUE)``.
+
+    Returns
+    -------
+    DeLongResult
+        ``(auc1, auc2, z, p_value)``; ``z > 0`` when ``auc1 > auc2``.
+
+    Notes
+    -----
+    ``var(auc1 - auc2)`` is computed from the differences of the structural
+    components, so identical (or rank-identical) score vectors give exactly 0.
+    Degenerate cases, explicitly: difference 0 and variance 0 (the same classifier,
+    or two with the same ranking) -> ``z = 0, p = 1``; difference non-zero with
+    variance 0 -> ``z = +/-inf, p = 0``; fewer than 2 positives or negatives -> ``z``
+    and ``p`` are ``nan``.
+    """
+    y_arr, scores = _check_roc_input(y, p1, p2)
+    aucs, v10, v01 = _placements(y_arr, scores)
+    auc1, auc2 = float(aucs[0]), float(aucs[1])
+    var_d = float(_delong_cov(v10[0:1] - v10[1:2], v01[0:1] - v01[1:2])[0, 0])
+    d = auc1 - auc2
+    if math.isnan(var_d):
+        return DeLongResult(auc1, auc2, _NAN, _NAN)
+    if var_d <= 0.0:
+        if d == 0.0:
+            return DeLongResult(auc1, auc2, 0.0, 1.0)
+        return DeLongResult(auc1, auc2, math.copysign(math.inf, d), 0.0)
+    z = d / math.sqrt(var_d)
+    # sf (not 1 - cdf) keeps tiny p-values accurate.
+    return DeLongResult(auc1, auc2, z, float(min(1.0, 2.0 * norm.sf(abs(z)))))
+
+
+# ---------------------------------------------------------------------------
+# McNemar, Holm
+# ---------------------------------------------------------------------------
+
+
+def mcnemar_exact(
+    y: Sequence[Any] | np.ndarray,
+    pred1: Sequence[Any] | np.ndarray,
+    pred2: Sequence[Any] | np.ndarray,
+) -> McNemarResult:
+    """Exact McNemar test of paired accuracy.
+
+    Each image is right or wrong under each classifier; only the discordant images
+    carry information: ``b`` (1 right, 2 wrong) and ``c`` (1 wrong, 2 right). The
+    p-value is the two-sided exact binomial test of ``b ~ Binomial(b + c, 1/2)`` from
+    ``statsmodels.stats.contingency_tables.mcnemar(table, exact=True)``.
+
+    Parameters
+    ----------
+    y, pred1, pred2 : array-like of shape (n,)
+        True labels and the two classifiers' predicted labels (any label values).
+
+    Returns
+    -------
+    McNemarResult
+        ``(b, c, p_value)``; ``p_value`` is 1.0 when there are no discordant images
+        (``b = c = 0``: no evidence of a difference).
+    """
+    y_arr, p1 = _check_pair(y, pred1, "y", "pred1")
+    _, p2 = _check_pair(y, pred2, "y", "pred2")
+    ok1, ok2 = p1 == y_arr, p2 == y_arr
+    both, b = int(np.sum(ok1 & ok2)), int(np.sum(ok1 & ~ok2))
+    c, neither = int(np.sum(~ok1 & ok2)), int(np.sum(~ok1 & ~ok2))
+    if b + c == 0:
+        return McNemarResult(0, 0, 1.0)
+    res = mcnemar(np.array([[both, b], [c, neither]]), exact=True)
+    return McNemarResult(b, c, float(min(1.0, res.pvalue)))
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values, with ``nan`` entries kept as ``nan``.
+
+    A ``nan`` (a comparison that could not be made) is not a hypothesis: it is left
+    out of the family, so it neither counts towards the number of tests nor gets an
+    adjusted value. The others are adjusted by
+    ``statsmodels.stats.multitest.multipletests(method="holm")``.
+
+    Parameters
+    ----------
+    p_values : array-like of shape (k,)
+        Raw p-values in [0, 1] or ``nan``.
+
+    Returns
+    -------
+    numpy.ndarray of shape (k,)
+        Adjusted p-values in the input order.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be 1-D, got shape {p.shape}")
+    known = ~np.isnan(p)
+    if np.any((p[known] < 0.0) | (p[known] > 1.0)):
+        raise ValueError("p_values must lie in [0, 1] (or be nan)")
+    out = np.full(p.shape, _NAN)
+    if known.any():
+        out[known] = multipletests(p[known], method="holm")[1]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Operating point
+# ---------------------------------------------------------------------------
+
+
+def youden_threshold(y_oof: Sequence[Any] | np.ndarray, p_oof: Sequence[float] | np.ndarray) -> float:
+    """Threshold maximising Youden's J = sensitivity + specificity - 1.
+
+    Choose the threshold on **out-of-fold** (cross-validation) predictions of the
+    training data, never on the test images whose metrics will be reported: a
+    threshold tuned on the test set inflates its sensitivity and specificity.
+
+    Parameters
+    ----------
+    y_oof : array-like of shape (n,)
+        0/1 labels of the out-of-fold predictions, both classes present.
+    p_oof : array-like of shape (n,)
+        Out-of-fold scores (probability of class 1).
+
+    Returns
+    -------
+    float
+        One of the candidate thresholds of ``sklearn.metrics.roc_curve``, i.e. one of
+        the ``p_oof`` values; an image is positive iff ``p >= threshold`` (the rule of
+        :func:`apply_threshold`). Among thresholds with the same maximal J the one
+        closest to 0.5 wins (the usual default cut-off, so a tie is broken towards
+        it); an exact tie in distance goes to the higher threshold (fewer positive
+        calls).
+    """
+    y_arr, scores = _check_roc_input(y_oof, p_oof, names=("y_oof", "p_oof"))
+    fpr, tpr, thresholds = roc_curve(y_arr, scores[0], drop_intermediate=False)
+    # drop_intermediate=False keeps every distinct score, so all tied optima are seen.
+    keep = np.isfinite(thresholds)  # the leading +inf ("nothing positive") is no cut-off
+    fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    m, n = int(np.sum(y_arr == 1)), int(np.sum(y_arr == 0))
+    # Compare J in exact integers, J * m * n = tp * n - fp * m, so float round-off
+    # cannot split a genuine tie.
+    tp, fp = np.rint(tpr * m).astype(np.int64), np.rint(fpr * n).astype(np.int64)
+    j = tp * n - fp * m
+    best = thresholds[j == j.max()]
+    dist = np.abs(best - 0.5)
+    closest = best[dist == dist.min()]
+    return float(closest.max())
+
+
+def apply_threshold(p: Sequence[float] | np.ndarray, t: float) -> np.ndarray:
+    """0/1 predictions ``p >= t``, the rule :func:`youden_threshold` assumes."""
+    scores = np.asarray(p, dtype=float)
+    if scores.ndim != 1:
+        raise ValueError(f"p must be 1-D, got shape {scores.shape}")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("p contains nan or inf")
+    if math.isnan(float(t)):
+        raise ValueError("threshold t is nan")
+    return (scores >= t).astype(np.int64)
+
+
+def compare_to_baseline(
+    y: Sequence[Any] | np.ndarray,
+    p_cand: Sequence[float] | np.ndarray,
+    p_base: Sequence[float] | np.ndarray,
+    threshold_cand: float,
+    threshold_base: float,
+) -> dict[str, float | int]:
+    """Paired comparison of a candidate with a baseline on the same test images.
+
+    Parameters
+    ----------
+    y : array-like of shape (n,)
+        0/1 test labels.
+    p_cand, p_base : array-like of shape (n,)
+        Test scores of the candidate and the baseline.
+    threshold_cand, threshold_base : float
+        Each classifier's own cut-off (chosen beforehand on out-of-fold data, e.g.
+        by :func:`youden_threshold`); predictions are ``p >= threshold``.
+
+    Returns
+    -------
+    dict
+        ``auc_candidate``, ``auc_baseline``, ``auc_z``, ``auc_p_value`` (DeLong,
+        :func:`delong_test`), ``accuracy_candidate``, ``accuracy_baseline``,
+        ``mcnemar_b`` (candidate right, baseline wrong), ``mcnemar_c`` (the reverse),
+        ``accuracy_p_value`` (exact McNemar, :func:`mcnemar_exact`).
+    """
+    y_arr, scores = _check_roc_input(y, p_cand, p_base, names=("y", "p_cand", "p_base"))
+    auc_c, auc_b, z, p_auc = delong_test(y_arr, scores[0], scores[1])
+    pred_c, pred_b = apply_threshold(scores[0], threshold_cand), apply_threshold(scores[1], threshold_base)
+    b, c, p_acc = mcnemar_exact(y_arr, pred_c, pred_b)
+    return {
+        "auc_candidate": auc_c,
+        "auc_baseline": auc_b,
+        "auc_z": z,
+        "auc_p_value": p_auc,
+        "accuracy_candidate": float(np.mean(pred_c == y_arr)),
+        "accuracy_baseline": float(np.mean(pred_b == y_arr)),
+        "mcnemar_b": b,
+        "mcnemar_c": c,
+        "accuracy_p_value": p_acc,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def _check_pair(a: Any, b: Any, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    for arr, name in ((a_arr, name_a), (b_arr, name_b)):
+        if arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+    if len(a_arr) != len(b_arr):
+        raise ValueError(f"length mismatch: {name_a} has {len(a_arr)} entries, {name_b} has {len(b_arr)}")
+    if len(a_arr) == 0:
+        raise ValueError(f"{name_a} is empty")
+    return a_arr, b_arr
+
+
+def _check_roc_input(
+    y: Any, *scores: Any, names: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 int labels with both classes, and finite scores stacked as (k, n)."""
+    names = names or ("y",) + (("p",) if len(scores) == 1 else tuple(f"p{i + 1}" for i in range(len(scores))))
+    y_raw = np.asarray(y)
+    if y_raw.ndim != 1:
+        raise ValueError(f"{names[0]} must be 1-D, got shape {y_raw.shape}")
+    if y_raw.dtype.kind not in "biuf":
+        raise ValueError(f"{names[0]} must be binary 0/1 labels, got dtype {y_raw.dtype}")
+    if not np.all(np.isin(y_raw, (0, 1))):
+        found = sorted(np.unique(y_raw).tolist(), key=str)
+        raise ValueError(f"{names[0]} must be binary 0/1 labels, found values {found[:10]}")
+    y_arr = y_raw.astype(np.int64)
+    if y_arr.min() == y_arr.max():
+        raise ValueError(
+            f"{names[0]} has a single class ({int(y_arr[0])}); AUC and ROC need both positives and negatives"
+        )
+    rows = []
+    for s, name in zip(scores, names[1:]):
+        s_arr = np.asarray(s, dtype=float)
+        if s_arr.ndim != 1:
+            raise ValueError(f"{name} must be 1-D, got shape {s_arr.shape}")
+        if len(s_arr) != len(y_arr):
+            raise ValueError(f"length mismatch: {names[0]} has {len(y_arr)} entries, {name} has {len(s_arr)}")
+        if not np.all(np.isfinite(s_arr)):
+            raise ValueError(f"{name} contains nan or inf")
+        rows.append(s_arr)
+    return y_arr, np.vstack(rows)
