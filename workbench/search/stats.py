@@ -158,8 +158,12 @@ def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float,
     if n == 0:
         return _NAN, _NAN
     low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
-    # The Wilson bounds lie in [0, 1] analytically; clip only float round-off.
-    return min(max(float(low), 0.0), 1.0), min(max(float(high), 0.0), 1.0)
+    # Analytically the lower bound is exactly 0 at 0 successes and the upper bound
+    # exactly 1 at n successes; statsmodels' float round-off (e.g. 2.8e-17) is removed
+    # so a table never prints "0.0000-..." for an interval that touches 0.
+    low = 0.0 if successes == 0 else min(max(float(low), 0.0), 1.0)
+    high = 1.0 if successes == n else min(max(float(high), 0.0), 1.0)
+    return low, high
 
 
 def proportion_metrics(
@@ -276,7 +280,9 @@ def _delong_cov(v10: np.ndarray, v01: np.ndarray) -> np.ndarray:
     return np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
 
 
-def delong_auc_variance(y: Sequence[Any] | np.ndarray, p: Sequence[float] | np.ndarray) -> tuple[float, float]:
+def delong_auc_variance(
+    y: Sequence[Any] | np.ndarray, p: Sequence[float] | np.ndarray
+) -> tuple[float, float]:
     """ROC AUC and its DeLong variance.
 
     Parameters
@@ -310,7 +316,8 @@ def delong_interval(
     Returns
     -------
     AUCInterval
-        ``low``/``high`` are ``nan`` when the variance is (fewer than 2 of a class).
+        ``low``/``high`` are ``nan`` when the variance is undefined (fewer than 2
+        positives or negatives).
     """
     _check_alpha(alpha)
     auc, var = delong_auc_variance(y, p)
@@ -538,7 +545,9 @@ def compare_to_baseline(
 
 
 def _count(value: Any, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not float(value).is_integer() or value < 0:
+    # Integer-valued floats (8.0) are accepted: counts often arrive as float sums.
+    ok = isinstance(value, (int, np.integer, float, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not float(value).is_integer() or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
@@ -568,7 +577,8 @@ def _check_roc_input(
     y_raw = np.asarray(y)
     if y_raw.ndim != 1:
         raise ValueError(f"{names[0]} must be 1-D, got shape {y_raw.shape}")
-    if y_raw.dtype.kind not in "biuf":
+    # Object arrays (e.g. from pandas) are fine as long as the values are 0/1.
+    if y_raw.dtype.kind not in "biufO":
         raise ValueError(f"{names[0]} must be binary 0/1 labels, got dtype {y_raw.dtype}")
     if not np.all(np.isin(y_raw, (0, 1))):
         found = sorted(np.unique(y_raw).tolist(), key=str)
