@@ -162,6 +162,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="only remove interrupted-write leftovers older than this many seconds [3600]")
     g.add_argument("--drop", action="append", default=[], metavar="KEY", help="delete the entry with this key prefix")
 
+    x = sub.add_parser("run", help="run an experiment config: extract, fine-tune, sweep, baselines, search, report",
+                       description="Run every stage of an experiment TOML (see experiments/), each resuming "
+                                   "what the cache, the fine-tuned store and the run folder hold: a second run "
+                                   "computes nothing and writes identical tables. The report lands in "
+                                   "OUT/report/ (and is copied beside the config when [report] publish is set).")
+    x.add_argument("config", help="experiment TOML, e.g. experiments/busi_benign_malignant.toml")
+    x.add_argument("--device", default=None, help="cpu, cuda ... [the GPU when there is one]")
+    x.add_argument("--quiet", action="store_true", help="no progress bars")
+    rp = sub.add_parser("report", help="rebuild a run folder's report from its records alone",
+                        description="Search (rank on CV, select, test, paired statistics against the best "
+                                    "baseline), tables (Markdown, LaTeX, CSV), figures (PNG, PDF) and provenance, "
+                                    "from RUN's records; nothing is recomputed.")
+    rp.add_argument("run", help="run folder, e.g. runs/busi_benign_malignant")
+
     from workbench.baselines.cli import add_commands
 
     p.set_defaults(_baseline_handlers=add_commands(sub))
@@ -354,6 +368,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from workbench.experiment import run_experiment
+
+    out = run_experiment(args.config, progress=not args.quiet, device=args.device)
+    print((out / "report.md").read_text())
+    print(f"report: {out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from workbench.experiment import build_report
+
+    out = build_report(args.run)
+    print((out / "report.md").read_text())
+    print(f"report: {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
     args = _parser().parse_args(argv)
@@ -368,11 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.search.store import StoreCorruptError
 
     handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
-                "sweep": _cmd_sweep, **args._baseline_handlers}
+                "sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report, **args._baseline_handlers}
     try:
         return handlers[args.command](args)
     except (ManifestError, WeightsNotFoundError, UnknownBackboneError, CheckpointMismatchError, FineTunedNotFoundError,
-            CacheCorruptError, StoreCorruptError, ValueError, KeyError) as e:
+            CacheCorruptError, StoreCorruptError, ValueError, KeyError, FileNotFoundError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"workbench {args.command}: error: {msg}", file=sys.stderr)
         return 2

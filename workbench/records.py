@@ -12,14 +12,20 @@ from workbench._version import __version__
 _PACKAGES = ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "pillow", "tifffile")
 
 
+#: Distributions that install a module under another name (the CPU-only XGBoost wheel).
+_ALIASES = {"xgboost": ("xgboost-cpu",)}
+
+
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     """Installed versions of the packages that shape results."""
     out = {"python": sys.version.split()[0], "workbench": __version__}
     for name in _PACKAGES + extra:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = "not installed"
+        for dist in (name, *_ALIASES.get(name, ())):
+            try:
+                out[name] = md.version(dist)
+                break
+            except md.PackageNotFoundError:
+                out[name] = "not installed"
     return out
 
 

@@ -1,0 +1,134 @@
+"""`workbench run` end to end on a BUSI slice, twice; `workbench report`; bad configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workbench.cli import main
+from workbench.experiment import ExperimentConfig
+
+pytestmark = pytest.mark.slow
+
+BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"
+CONFIG = """
+name = "slice"
+manifest = "{csv}"
+classes = ["benign", "malignant"]
+positive = "malignant"
+out = "run"
+cache = "cache"
+
+[protocol]
+cv = 2
+inner_cv = 2
+seed = 0
+top_k = 2
+
+[features]
+specs = ["tf_efficientnet_lite0:avgpool"]
+finetuned = ["tf_efficientnet_lite0"]
+image_size = 64
+
+[finetune]
+epochs = 1
+image_size = 64
+optimizer = "adam"
+lr = 1e-3
+
+[sweep]
+heads = ["svm-rbf", "logreg"]
+grids = {{svm-rbf = {{C = [1.0]}}, logreg = {{}}}}
+
+[baselines]
+names = ["lite0"]
+set = {{epochs = 1, image_size = 64}}
+
+[report]
+publish = "published"
+"""
+
+
+@pytest.fixture(scope="module")
+def slice_csv(tmp_path_factory) -> Path:
+    if not (BUSI / "labels.csv").is_file():
+        pytest.skip(f"BUSI data not found at {BUSI}")
+    src = pd.read_csv(BUSI / "labels.csv")
+    df = pd.concat([src[(src.split == s) & (src.label == c)].head(k) for s, k in (("train", 14), ("test", 8))
+                    for c in ("benign", "malignant")])
+    for col in ("path", "mask_path", "roi_path"):
+        df[col] = [str(BUSI / p) if isinstance(p, str) else p for p in df[col]]
+    path = tmp_path_factory.mktemp("slice") / "labels.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix in (".md", ".tex", ".csv", ".json", ".png", ".pdf")}
+
+
+def test_run_twice_computes_nothing_and_writes_identical_tables(slice_csv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(CONFIG.format(csv=slice_csv))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Selected:" in out
+    report = tmp_path / "run" / "report"
+    first = _files(report)
+    assert {"report.md", "provenance.json", "tables/comparison.md", "tables/comparison.tex"} <= set(first)
+    assert any(k.startswith("figures/roc") and k.endswith(".pdf") for k in first)
+    records = (tmp_path / "run" / "records.jsonl").read_text()
+    ft = sorted(p.name for p in (tmp_path / "finetuned").rglob("weights.pth"))
+    assert "CNN lite0" in records and "@ft-" in records
+    # Second run: nothing new is computed, the report is byte for byte the same.
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert (tmp_path / "run" / "records.jsonl").read_text() == records
+    assert sorted(p.name for p in (tmp_path / "finetuned").rglob("weights.pth")) == ft
+    assert _files(report) == first
+    assert _files(tmp_path / "published") == first
+    # The report rebuilt from the records alone: identical too.
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert _files(report) == first
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"specs = [\"tf_efficientnet_lite0:avgpool\"]": "specs = [\"efficientnet_lite9:avgpool\"]"}, "efficientnet_lite9"),
+    ({"heads = [\"svm-rbf\", \"logreg\"]": "heads = [\"svm-rbf\", \"svm-poly\"]"}, "svm-poly"),
+    ({"classes = [\"benign\", \"malignant\"]": "classes = [\"benign\", \"cancer\"]"}, "cancer"),
+    ({"names = [\"lite0\"]": "names = [\"lite9\"]"}, "lite9"),
+    ({"top_k = 2": "top_k = 2\ntopk = 3"}, "topk"),
+])
+def test_bad_configs_fail_before_any_work(slice_csv, tmp_path, monkeypatch, capsys, patch, message):
+    monkeypatch.chdir(tmp_path)
+    text = CONFIG.format(csv=slice_csv)
+    for a, b in patch.items():
+        assert a in text
+        text = text.replace(a, b)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(text)
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "finetuned").exists() and not (tmp_path / "cache").exists()
+
+
+def test_records_of_another_config_are_refused(slice_csv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "exp.toml"
+    text = CONFIG.format(csv=slice_csv).replace('finetuned = ["tf_efficientnet_lite0"]', "finetuned = []") \
+        .replace('names = ["lite0"]', "names = []")
+    cfg.write_text(text)
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    cfg.write_text(text.replace("seed = 0", "seed = 1"))
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_config_is_checked_on_load(tmp_path):
+    (tmp_path / "x.toml").write_text('name = "x"\n')
+    with pytest.raises(ValueError, match="missing 'manifest'"):
+        ExperimentConfig.load(tmp_path / "x.toml")
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        ExperimentConfig.load(tmp_path / "nope.toml")

@@ -1,0 +1,1 @@
+"""Paper output: tables (Markdown, LaTeX booktabs, CSV) and figures (PNG, PDF) from run records."""

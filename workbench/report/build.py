@@ -1,0 +1,127 @@
+"""The report of a run folder: search, tables, figures and provenance, from the records alone.
+
+Everything here is a function of the run folder's files (records, predictions, run.json,
+experiment.toml, finetuned.json): no timestamps, no machine names, sorted keys, so the
+same records give the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["write_report"]
+
+
+def _settings(run: Path) -> dict[str, Any]:
+    path = run / "experiment.toml"
+    raw = tomllib.loads(path.read_text()) if path.is_file() else {}
+    proto = {"metric": "auc", "top_k": 3, **raw.get("protocol", {})}
+    return {"raw": raw, "metric": proto["metric"], "top_k": int(proto["top_k"]),
+            "alpha": float(raw.get("report", {}).get("alpha", 0.05)), "name": raw.get("name", run.name)}
+
+
+def _backbones(records: pd.DataFrame) -> list[str]:
+    names = set()
+    for blocks in records["blocks"]:
+        for b in blocks or []:
+            names.add(b.split(":", 1)[0].split("@", 1)[0])
+    return sorted(names)
+
+
+def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
+    versions: dict[str, set] = {}
+    cache_keys: dict[str, str] = {}
+    weights: set[str] = set()
+    for r in store.records():  # the full records: the frame keeps metrics, not provenance
+        for k, x in (r.get("versions") or {}).items():
+            versions.setdefault(k, set()).add(str(x))
+        cache_keys.update({k: v for k, v in (r.get("cache_keys") or {}).items() if v})
+        if r.get("weights_id"):
+            weights.add(r["weights_id"])
+    weights = sorted(weights)
+    ft_file, inputs = run / "finetuned.json", run / "inputs.json"
+    return {
+        "inputs": json.loads(inputs.read_text()) if inputs.is_file() else {},
+        "experiment": settings["name"],
+        "config": settings["raw"],
+        "protocol": store.protocol(),
+        "seeds": sorted({int(s) for s in records["seed"].dropna()}),
+        "records": int(len(records)),
+        "candidates": int(records["candidate"].nunique()),
+        "cache_keys": dict(sorted(cache_keys.items())),
+        "finetuned_features": json.loads(ft_file.read_text()) if ft_file.is_file() else {},
+        "baseline_weights_ids": weights,
+        "package_versions": {k: sorted(v) for k, v in sorted(versions.items())},
+    }
+
+
+def write_report(run: Path) -> Path:
+    """Write ``run/report/``: ``report.md``, ``tables/``, ``figures/``, ``provenance.json``."""
+    from workbench.report import figures as F
+    from workbench.report import tables as T
+    from workbench.search.select import search
+    from workbench.search.store import ResultStore
+
+    store = ResultStore(run)
+    records = store.frame()
+    if records.empty:
+        raise ValueError(f"no records in {run}: run the experiment (or a sweep) first")
+    s = _settings(run)
+    metric = s["metric"]
+    result = search(store, metric, top_k=s["top_k"], alpha=s["alpha"])
+    out = run / "report"
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    tables = [T.backbone_table(records, b, metric) for b in _backbones(records)]
+    if (records["size"] >= 2).any():
+        tables.append(T.concatenation_table(records, metric))
+    if records["kind"].isin(["vote-hard", "vote-soft", "stack"]).any():
+        tables.append(T.ensemble_table(records, metric))
+    tables.append(T.comparison_table(result.comparison))
+    T.write_tables(tables, out / "tables")
+
+    classes = list(store.protocol()["classes"])
+    positive = store.protocol().get("positive")
+    figs: list[Path] = []
+    if positive is not None and len(classes) == 2:
+        shown = list(dict.fromkeys(result.selected + list(result.baselines["candidate"])))
+        curves = F.roc_curves_from_store(store, shown, classes.index(positive), fold="test")
+        figs += F.roc_figure(curves, out / "figures" / "roc_test", title=f"ROC on the test split ({positive})")
+    figs += F.heatmap_figure(records, metric, out / "figures" / f"heatmap_cv_{metric}",
+                             title=f"CV mean {metric} by subset and head")
+
+    prov = _provenance(run, store, records, s)
+    (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n")
+    comparison_md = T.to_markdown(tables[-1])
+    lines = [
+        f"# {s['name']}: report",
+        "",
+        f"Ranking metric: **{metric}**, mean over {store.protocol()['cv']} outer CV folds of the training "
+        f"split; selection by CV only. Thresholds: Youden's index on out-of-fold predictions, applied "
+        f"unchanged to test. Intervals: {100 * (1 - s['alpha']):.0f} % Wilson (proportions), DeLong (AUC). "
+        f"p-values against the best baseline by CV ({result.best_baseline or 'none'}) on the same test images: "
+        f"DeLong (AUC), exact McNemar (accuracy), Holm-adjusted across the table.",
+        "",
+        f"Selected: **{result.selected[0] if result.selected else 'none'}**; top {len(result.selected)} by CV: "
+        + ", ".join(result.selected),
+        "",
+        comparison_md,
+        "",
+        *[f"- {n}" for n in result.notes],
+        "",
+        "Tables: " + ", ".join(f"[{t.key}](tables/{t.key}.md)" for t in tables),
+        "",
+        "Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in figs if p.suffix == ".png"),
+        "",
+        "Provenance (config, seeds, protocol, cache keys, weights ids, versions): [provenance.json](provenance.json)",
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(lines))
+    result.ranking.to_csv(out / "ranking.csv", index=False, float_format="%.6g")
+    return out

@@ -1,0 +1,764 @@
+"""The study's tables from run records, rendered as Markdown, LaTeX (booktabs) and CSV.
+
+A :class:`Table` is plain data (title, column names, rows of :class:`Cell`, notes); the
+builders make one from the records of a run folder (``ResultStore(run).frame()``) or
+from the search's comparison frame, and the renderers turn it into text:
+
+- :func:`backbone_table`: one backbone, one row per (tap, weights variant), one column
+  per head, plus its end-to-end fine-tuned CNN (the study's per-CNN tables);
+- :func:`concatenation_table`: heads on feature concatenations of two blocks or more;
+- :func:`ensemble_table`: the vote (and stacking) ensembles of every subset;
+- :func:`comparison_table`: the selected models and the baselines on the test split.
+
+CV cells are ``mean ± sd`` over the outer CV folds; test cells are shown beside them
+but never decide an order or a mark of "best". Cells below the best baseline (by CV)
+are marked (``†`` in Markdown, underlined in LaTeX, as the study did), the best of
+each column is bold. The same records always give byte-identical files.
+
+Examples
+--------
+>>> from workbench.search.store import ResultStore  # doctest: +SKIP
+>>> records = ResultStore("runs/busi-lite").frame()  # doctest: +SKIP
+>>> write_tables(study_tables(records), "runs/busi-lite/tables")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "Cell",
+    "Table",
+    "backbone_table",
+    "comparison_table",
+    "concatenation_table",
+    "ensemble_table",
+    "study_tables",
+    "tex_escape",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+    "write_tables",
+]
+
+DASH = "–"  # en dash: a missing or undefined value
+DAGGER = "†"
+DIGITS = 3
+
+METRIC_LABELS = {
+    "auc": "AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+    "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV",
+    "f1": "F1", "lr_plus": "LR+", "lr_minus": "LR−",
+}
+#: Metrics where a smaller value is better; "below the baseline" then means worse than it.
+LOWER_IS_BETTER = frozenset({"lr_minus"})
+ENSEMBLE_KINDS = ("vote-hard", "vote-soft", "stack")
+#: Test-split columns of the comparison frame, in the table's order.
+COMPARISON_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
+ROLE_ORDER = {"selected": 0, "top-k": 1, "baseline": 2, "best on test (optimistic)": 4}
+OPTIMISTIC_ROLE = "best on test (optimistic)"
+OPTIMISTIC_NOTE = "* CV estimate optimistic: the fine-tuned network saw these folds."
+
+
+# ---- the table model ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell.
+
+    Parameters
+    ----------
+    text
+        What is shown (already formatted, without marks).
+    value
+        The number behind it (CSV writes it at full precision); ``None`` for text cells.
+    below_baseline
+        Worse than the best baseline: ``†`` in Markdown, underlined in LaTeX.
+    best
+        The best of its column: bold.
+    """
+
+    text: str
+    value: float | None = None
+    below_baseline: bool = False
+    best: bool = False
+
+
+@dataclass
+class Table:
+    """A titled grid of cells with notes, rendered by :func:`to_markdown`, :func:`to_latex`
+    and :func:`to_csv`.
+
+    Parameters
+    ----------
+    title, columns, rows, notes
+        Caption, header, one list of cells per row (as long as ``columns``), and notes
+        printed below the table.
+    key
+        File stem and LaTeX label (``tab:<key>``).
+    baseline
+        What the below-baseline mark compares against (its note names it).
+    rules
+        Row indices preceded by a rule (``\\midrule``; Markdown has none, so builders say
+        in a note what the rule separates).
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    notes: list[str] = field(default_factory=list)
+    key: str = "table"
+    baseline: str = ""
+    rules: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for i, row in enumerate(self.rows):
+            if len(row) != len(self.columns):
+                raise ValueError(f"table {self.key!r}: row {i} has {len(row)} cells for "
+                                 f"{len(self.columns)} columns")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.key):
+            raise ValueError(f"table key {self.key!r}: use letters, digits, '.', '_' and '-' "
+                             "(it names files and the LaTeX label)")
+
+    def numeric(self, j: int) -> bool:
+        """Whether column ``j`` holds numbers (right-aligned)."""
+        return any(row[j].value is not None for row in self.rows)
+
+
+# ---- formatting --------------------------------------------------------------------------
+
+
+def _nan(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or bool(pd.isna(v))
+
+
+def fmt(v: float | None) -> str:
+    """``0.913``; ``–`` for NaN."""
+    return DASH if _nan(v) else f"{float(v):.{DIGITS}f}"
+
+
+def fmt_mean_sd(mean: float | None, sd: float | None) -> str:
+    """``0.913 ± 0.020``; the mean alone when the sd is undefined (one fold)."""
+    if _nan(mean):
+        return DASH
+    return fmt(mean) if _nan(sd) else f"{fmt(mean)} ± {fmt(sd)}"
+
+
+def fmt_interval(v: float | None, low: float | None, high: float | None) -> str:
+    """``0.908 (0.851–0.957)``; the value alone without an interval."""
+    if _nan(v):
+        return DASH
+    return fmt(v) if _nan(low) or _nan(high) else f"{fmt(v)} ({fmt(low)}{DASH}{fmt(high)})"
+
+
+def fmt_p(p: float | None) -> str:
+    """``0.031``, ``<0.001``; ``–`` for NaN."""
+    if _nan(p):
+        return DASH
+    return "<0.001" if p < 0.001 else f"{float(p):.3f}"
+
+
+def _num(v: Any) -> float:
+    return float("nan") if _nan(v) else float(v)
+
+
+def _shown(v: float) -> float:
+    """The value as displayed: ties and marks are decided at the table's precision."""
+    return round(float(v), DIGITS)
+
+
+def _worse(v: float | None, ref: float | None, higher: bool) -> bool:
+    if _nan(v) or _nan(ref):
+        return False
+    return _shown(v) < _shown(ref) if higher else _shown(v) > _shown(ref)
+
+
+def _mark(rows: list[list[Cell]], j: int, *, ref: float | None, higher: bool = True, best: bool = True,
+          skip: Iterable[int] = ()) -> None:
+    """Mark column ``j`` in place: below ``ref`` (all rows), best (rows not in ``skip``)."""
+    skip = set(skip)
+    vals = [(i, row[j].value) for i, row in enumerate(rows) if not _nan(row[j].value)]
+    top = None
+    cand = [_shown(v) for i, v in vals if i not in skip]
+    if best and len(cand) > 1:  # a column of one value has no "best"
+        top = max(cand) if higher else min(cand)
+    for i, v in vals:
+        c = rows[i][j]
+        rows[i][j] = replace(c, below_baseline=_worse(v, ref, higher),
+                             best=top is not None and i not in skip and _shown(v) == top)
+
+
+def _metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "x"
+
+
+# ---- records -----------------------------------------------------------------------------
+
+
+def _seq(v: Any) -> tuple[str, ...]:
+    if isinstance(v, (list, tuple)) or hasattr(v, "tolist"):
+        return tuple(str(x) for x in list(v))
+    return ()
+
+
+def _is_true(v: Any) -> bool:
+    return bool(v) if isinstance(v, (bool, np.bool_)) else False
+
+
+def _split_block(name: str) -> tuple[str, str, str]:
+    """``backbone[@weights]:tap`` -> (backbone, weights or "", tap)."""
+    head, _, tap = name.rpartition(":")
+    if not head:
+        head, tap = name, ""
+    backbone, _, weights = head.partition("@")
+    return backbone, weights, tap
+
+
+def _weights_label(weights: str) -> tuple[int, str]:
+    """Order and label of a weights variant, as the study's columns named them."""
+    if weights.startswith("ftn-"):
+        return 2, "fine-tuned (nested)"
+    if weights.startswith("ft-"):
+        return 1, "fine-tuned"
+    return 0, "pretrained" if not weights else f"pretrained ({weights})"
+
+
+def _subset_code(codes: Sequence[str]) -> str:
+    """``[AVR]`` when every code is one letter, ``[L0+L1]`` otherwise (as the sweep labels)."""
+    return "[" + ("".join(codes) if all(len(c) == 1 for c in codes) else "+".join(codes)) + "]"
+
+
+def _natural(s: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
+
+
+def _check(records: pd.DataFrame, metric: str) -> None:
+    if records is None or records.empty:
+        raise ValueError("no records to tabulate")
+    missing = [c for c in ("candidate", "kind", "fold") if c not in records.columns]
+    if missing:
+        raise KeyError(f"records lack the columns {missing}; expected ResultStore(run).frame()")
+    if metric not in records.columns:
+        metrics = [c for c in records.columns if records[c].dtype.kind == "f"]
+        raise KeyError(f"no metric {metric!r} in the records; metrics: {', '.join(metrics)}")
+
+
+def _stats(records: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per candidate: its description, CV mean / sd / folds, test value, optimistic."""
+    cv = records[records["fold"].astype(str) != "test"]
+    test = records[records["fold"].astype(str) == "test"]
+    first = records.drop_duplicates("candidate").set_index("candidate")
+    g = cv.groupby("candidate", sort=True)[metric]
+    out = pd.DataFrame(index=sorted(first.index))
+    out["kind"] = first["kind"].reindex(out.index).astype(str)
+    for col in ("head", "backbone"):
+        out[col] = (first[col].reindex(out.index) if col in first else pd.Series(index=out.index, dtype=object))
+        out[col] = [None if _nan(v) else str(v) for v in out[col]]
+    for col in ("blocks", "codes", "heads"):
+        src = first[col].reindex(out.index) if col in first else pd.Series(index=out.index, dtype=object)
+        out[col] = [_seq(v) for v in src]
+    out["mean"] = g.mean().reindex(out.index).astype(float)
+    out["sd"] = g.std(ddof=1).reindex(out.index).astype(float)
+    out["test"] = test.drop_duplicates("candidate", keep="last").set_index("candidate")[metric] \
+        .reindex(out.index).astype(float)
+    if "optimistic" in cv.columns:
+        opt = cv.assign(_o=[_is_true(v) for v in cv["optimistic"]]).groupby("candidate")["_o"].any()
+        out["optimistic"] = opt.reindex(out.index, fill_value=False).astype(bool)
+    else:
+        out["optimistic"] = False
+    out["size"] = [len(b) for b in out["blocks"]]
+    return out
+
+
+def _n_folds(records: pd.DataFrame) -> int:
+    return int(records.loc[records["fold"].astype(str) != "test", "fold"].nunique())
+
+
+def _best_baseline(stats: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The baseline with the best CV mean (ties: first label); ``None`` without baselines."""
+    b = stats[(stats["kind"] == "baseline") & stats["mean"].notna()]
+    if b.empty:
+        return None
+    higher = metric not in LOWER_IS_BETTER
+    b = b.assign(_label=b.index).sort_values(["mean", "_label"], ascending=[not higher, True], kind="stable")
+    return b.iloc[0]
+
+
+def _baseline_text(best: pd.Series | None, metric: str) -> str:
+    if best is None:
+        return ""
+    return (f"below the best end-to-end baseline, {best.name} (CV {_metric_label(metric)} "
+            f"{fmt_mean_sd(best['mean'], best['sd'])}; test {fmt(best['test'])})")
+
+
+def _cv_cell(s: pd.Series | None) -> Cell:
+    if s is None:
+        return Cell(DASH, float("nan"))
+    text = fmt_mean_sd(s["mean"], s["sd"])
+    if s["optimistic"] and text != DASH:
+        text += "*"
+    return Cell(text, _num(s["mean"]))
+
+
+def _test_cell(s: pd.Series | None) -> Cell:
+    return Cell(DASH, float("nan")) if s is None else Cell(fmt(s["test"]), _num(s["test"]))
+
+
+def _value_columns(names: Sequence[str], test: bool) -> list[str]:
+    return [c for n in names for c in ((f"{n} (CV)", f"{n} (test)") if test else (n,))]
+
+
+def _legend(stats: pd.DataFrame) -> str:
+    pairs = sorted({(c, b) for bs, cs in zip(stats["blocks"], stats["codes"]) for b, c in zip(bs, cs)},
+                   key=lambda p: (_natural(p[0]), p[1]))
+    return "Codes: " + "; ".join(f"{c} = {b}" for c, b in pairs) + "." if pairs else ""
+
+
+def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_labels: list[list[str]],
+                col_keys: list[Any], col_names: list[str], label_columns: list[str], cell_of,
+                test: bool, best: pd.Series | None, title: str, key: str, notes: list[str],
+                n_folds: int, extra_rows: Sequence[list[Cell]] = (), skip_best: Sequence[int] = ()) -> Table:
+    """Rows x columns of CV (and test) cells, marked against the best baseline."""
+    rows: list[list[Cell]] = []
+    for rk, labels in zip(row_keys, row_labels):
+        cells = [Cell(t) for t in labels]
+        for ck in col_keys:
+            s = cell_of(rk, ck)
+            cells.append(_cv_cell(s))
+            if test:
+                cells.append(_test_cell(s))
+        rows.append(cells)
+    rule = len(rows) if extra_rows else None
+    rows.extend([list(r) for r in extra_rows])
+    higher = metric not in LOWER_IS_BETTER
+    width = 2 if test else 1
+    skip = list(skip_best) + list(range(len(rows) - len(extra_rows), len(rows)))
+    for c in range(len(col_keys)):
+        j = len(label_columns) + c * width
+        _mark(rows, j, ref=None if best is None else best["mean"], higher=higher, skip=skip)
+        if test:  # test values are marked against that baseline's test value, never bold
+            _mark(rows, j + 1, ref=None if best is None else best["test"], higher=higher, best=False)
+    optimistic = any(r[j].text.endswith("*") for r in rows for j in range(len(label_columns), len(r)))
+    label = _metric_label(metric)
+    all_notes = [f"CV: {label} mean ± sd over the {n_folds} outer CV folds of the training split"
+                 + (f"; test: the {label} on the test split, shown beside it and never used to rank "
+                    "or select" if test else "") + "."]
+    if any(c.best for r in rows for c in r):
+        aside = " (test columns are not marked best)" if test else ""
+        all_notes.append(f"Bold: the best CV mean of its column{aside}.")
+    if optimistic:
+        all_notes.append(OPTIMISTIC_NOTE)
+    all_notes += [n for n in notes if n]
+    if best is None:
+        all_notes.append("No end-to-end baseline in the records: nothing is marked below baseline.")
+    return Table(title, label_columns + _value_columns(col_names, test), rows, all_notes, key,
+                 baseline=_baseline_text(best, metric), rules=(rule,) if rule is not None else ())
+
+
+# ---- builders ----------------------------------------------------------------------------
+
+
+def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *, test: bool = True,
+                   key: str | None = None) -> Table:
+    """The study's per-backbone table: each tap and weights variant under every head.
+
+    Rows are the single-block head candidates of ``backbone`` (``pretrained``,
+    ``fine-tuned`` for ``@ft-`` blocks, ``fine-tuned (nested)`` for ``@ftn-``), then one
+    row per end-to-end baseline of that backbone, its value in the first head column.
+
+    Parameters
+    ----------
+    records
+        ``ResultStore(run).frame()``.
+    backbone
+        As in the block names (``alexnet``, ``tf_efficientnet_lite0``).
+    metric
+        A metric column of the records.
+    test
+        Also show each candidate's test value (beside, never ranked).
+    key
+        File stem and LaTeX label; default ``backbone-<backbone>-<metric>``.
+
+    Raises
+    ------
+    ValueError
+        If the records hold neither a single-block head nor a baseline of ``backbone``.
+    """
+    _check(records, metric)
+    st = _stats(records, metric)
+    singles = st[(st["kind"] == "head") & (st["size"] == 1)]
+    singles = singles[[_split_block(b[0])[0] == backbone for b in singles["blocks"]]]
+    bases = st[(st["kind"] == "baseline") & (st["backbone"] == backbone)]
+    if singles.empty and bases.empty:
+        known = sorted({_split_block(b[0])[0] for b in st.loc[st["size"] == 1, "blocks"]}
+                       | {b for b in st.loc[st["kind"] == "baseline", "backbone"] if b})
+        raise ValueError(f"no single-block heads or baselines of {backbone!r} in the records; "
+                         f"backbones: {', '.join(known) or 'none'}")
+    heads = sorted({h for h in singles["head"] if h} or {"CNN"})
+    by_cell: dict[tuple[tuple[str, str], str], pd.Series] = {}
+    variants: dict[tuple[str, str], tuple] = {}
+    for cand, s in singles.iterrows():
+        _, weights, tap = _split_block(s["blocks"][0])
+        rank, label = _weights_label(weights)
+        variants[(tap, weights)] = (_natural(tap), rank, weights, label)
+        by_cell[((tap, weights), s["head"])] = s
+    order = sorted(variants, key=lambda k: variants[k][:3])
+    seen: dict[tuple[str, str], int] = {}
+    for k in order:
+        seen[(k[0], variants[k][3])] = seen.get((k[0], variants[k][3]), 0) + 1
+    labels = []
+    for tap, weights in order:
+        lab = variants[(tap, weights)][3]
+        if seen[(tap, lab)] > 1 and weights:  # two fine-tuned networks of one backbone: name them
+            lab = f"{lab} {weights}"
+        labels.append([tap, lab])
+    best = _best_baseline(st, metric)
+    extra = []
+    for cand, s in bases.sort_index().iterrows():
+        cells = [Cell(f"end-to-end ({cand})"), Cell("fine-tuned"), _cv_cell(s)]
+        if test:
+            cells.append(_test_cell(s))
+        cells += [Cell("")] * ((len(heads) - 1) * (2 if test else 1))
+        extra.append(cells)
+    finetuned = any(variants[k][1] > 0 for k in variants)
+    title = (f"{backbone}: {_metric_label(metric)} of each head on each tap's features"
+             + (", pretrained and fine-tuned" if finetuned else "")
+             + ("; the end-to-end fine-tuned CNN" if len(bases) else ""))
+    notes = []
+    if len(bases):
+        notes.append(f"End-to-end rows: the fine-tuned CNN itself, in the first column ({heads[0]} is not involved).")
+    return _grid_table(st, metric, row_keys=order, row_labels=labels, col_keys=heads, col_names=heads,
+                       label_columns=["Tap", "Weights"], cell_of=lambda r, c: by_cell.get((r, c)), test=test,
+                       best=best, title=title, key=key or f"backbone-{_slug(backbone)}-{_slug(metric)}",
+                       notes=notes, n_folds=_n_folds(records), extra_rows=extra)
+
+
+def _subset_rows(cands: pd.DataFrame) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], str]]:
+    """Distinct subsets (by block names), ordered by size then code string."""
+    code_of = {b: _subset_code(c) for b, c in zip(cands["blocks"], cands["codes"])}
+    return sorted(code_of, key=lambda b: (len(b), code_of[b], b)), code_of
+
+
+def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = True,
+                        key: str | None = None) -> Table:
+    """Every head on every concatenation of two blocks or more, rows as ``[AVR]`` codes.
+
+    Parameters
+    ----------
+    records, metric, test
+        As for :func:`backbone_table`.
+    key
+        Default ``concatenation-<metric>``.
+    """
+    _check(records, metric)
+    st = _stats(records, metric)
+    cands = st[(st["kind"] == "head") & (st["size"] >= 2)]
+    subsets, code_of = _subset_rows(cands)
+    heads = sorted({h for h in cands["head"] if h})
+    by_cell = {(b, h): s for (_, s), b, h in zip(cands.iterrows(), cands["blocks"], cands["head"])}
+    notes = [_legend(cands)]
+    if cands.empty:
+        notes.append("No concatenations (subsets of two blocks or more) in the records.")
+    return _grid_table(st, metric, row_keys=subsets, row_labels=[[code_of[b]] for b in subsets], col_keys=heads,
+                       col_names=heads, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
+                       test=test, best=_best_baseline(st, metric),
+                       title=f"{_metric_label(metric)} of the heads on concatenated features",
+                       key=key or f"concatenation-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
+
+
+def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = True,
+                   key: str | None = None) -> Table:
+    """The ensembles of every subset: one column per kind (``vote-hard``, ``vote-soft``, ``stack``).
+
+    Where ensembles over different sets of heads are present, each (kind, heads) pair
+    gets a column of its own, named like the candidates (``vote-soft(svm-rbf+rf)``).
+
+    Parameters
+    ----------
+    records, metric, test
+        As for :func:`backbone_table`.
+    key
+        Default ``ensembles-<metric>``.
+    """
+    _check(records, metric)
+    st = _stats(records, metric)
+    cands = st[st["kind"].isin(ENSEMBLE_KINDS)]
+    subsets, code_of = _subset_rows(cands)
+    kind_rank = {k: i for i, k in enumerate(ENSEMBLE_KINDS)}
+    cols = sorted({(k, h) for k, h in zip(cands["kind"], cands["heads"])}, key=lambda c: (kind_rank[c[0]], c[1]))
+    head_sets = sorted({h for _, h in cols})
+    one_set = len(head_sets) <= 1
+    names = [k if one_set else f"{k}({'+'.join(h)})" for k, h in cols]
+    by_cell = {(b, (k, h)): s for (_, s), b, k, h in zip(cands.iterrows(), cands["blocks"], cands["kind"],
+                                                         cands["heads"])}
+    notes = [_legend(cands)]
+    if one_set and head_sets and head_sets[0]:
+        notes.append(f"Members: the {' and '.join(head_sets[0])} heads of each block of the subset"
+                     + ("; stack: a logistic regression over their out-of-fold probabilities" if
+                        any(k == "stack" for k, _ in cols) else "") + ".")
+    if cands.empty:
+        notes.append("No ensembles in the records.")
+    return _grid_table(st, metric, row_keys=subsets, row_labels=[[code_of[b]] for b in subsets], col_keys=cols,
+                       col_names=names, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
+                       test=test, best=_best_baseline(st, metric),
+                       title=f"{_metric_label(metric)} of the ensembles of each subset's per-block heads",
+                       key=key or f"ensembles-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
+
+
+def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Table:
+    """The final comparison: selected models and baselines on the test split, with intervals.
+
+    Parameters
+    ----------
+    comparison
+        One row per model (``SearchResult.comparison``): ``candidate``, ``role``,
+        ``cv_auc``, ``cv_auc_sd``, for each test metric ``m``: ``m``, ``m_low``,
+        ``m_high``; ``threshold``, ``p_auc``, ``p_auc_holm``, ``p_accuracy``,
+        ``p_accuracy_holm``. Metrics the frame lacks (multi-class) are left out.
+    key
+        File stem and LaTeX label.
+
+    Notes
+    -----
+    Rows go selected, top-k, baselines (each by CV AUC, best first, then by label), then
+    the "best on test (optimistic)" row below a rule. A cell is marked below baseline when
+    it is worse than the best baseline row's value of that column; the optimistic row is
+    never bold.
+    """
+    if comparison is None or comparison.empty:
+        raise ValueError("empty comparison frame")
+    for c in ("candidate", "role"):
+        if c not in comparison.columns:
+            raise KeyError(f"comparison frame lacks {c!r}; expected SearchResult.comparison")
+    df = comparison.reset_index(drop=True)
+    # Role, then CV AUC (the column shown), then label: the input's row order does not matter.
+    cv_key = -df["cv_auc"].astype(float).fillna(-math.inf) if "cv_auc" in df.columns else 0.0
+    df = df.assign(_r=[ROLE_ORDER.get(r, 3) for r in df["role"]], _cv=cv_key, _c=df["candidate"].astype(str))
+    df = df.sort_values(["_r", "_cv", "_c"], kind="stable").reset_index(drop=True)
+    get = lambda r, c: r[c] if c in df.columns else float("nan")  # noqa: E731
+
+    # (header, cell maker, marked?) per column
+    specs: list[tuple[str, Any, bool]] = [
+        ("Model", lambda r: Cell(str(r["candidate"])), False),
+        ("Role", lambda r: Cell(str(r["role"])), False),
+    ]
+    if "cv_auc" in df.columns:
+        specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd(r["cv_auc"], get(r, "cv_auc_sd")), _num(r["cv_auc"])),
+                      True))
+    metrics = [m for m in COMPARISON_METRICS if m in df.columns]
+    for m in metrics:
+        specs.append((_metric_label(m)[:1].upper() + _metric_label(m)[1:],
+                      lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),
+                      True))
+    if "threshold" in df.columns:
+        specs.append(("Threshold", lambda r: Cell(fmt(r["threshold"]), _num(r["threshold"])), False))
+    for p, head in (("p_auc", "p AUC"), ("p_auc_holm", "p AUC (Holm)"), ("p_accuracy", "p accuracy"),
+                    ("p_accuracy_holm", "p accuracy (Holm)")):
+        if p in df.columns:
+            specs.append((head, lambda r, p=p: Cell(fmt_p(r[p]), _num(r[p])), False))
+    rows = [[make(r) for _, make, _ in specs] for _, r in df.iterrows()]
+    is_base = [r == "baseline" for r in df["role"]]
+    optimistic = [i for i, r in enumerate(df["role"]) if r == OPTIMISTIC_ROLE]
+    for j, (_, _, marked) in enumerate(specs):
+        if not marked:
+            continue
+        base_vals = [rows[i][j].value for i in range(len(rows)) if is_base[i] and not _nan(rows[i][j].value)]
+        _mark(rows, j, ref=max(base_vals) if base_vals else None, skip=optimistic)
+    notes = []
+    if "cv_auc" in df.columns:
+        notes.append("CV AUC: mean ± sd over the outer CV folds of the training split, the selection criterion.")
+    notes.append("Test split: value (95 % interval)"
+                 + ("; proportions at each model's threshold, chosen on its out-of-fold CV predictions"
+                    if "threshold" in df.columns else "") + ".")
+    if any(c in df.columns for c in ("p_auc", "p_accuracy")):
+        notes.append("p: paired test against the best baseline (by CV) on the same test images (DeLong for AUC, "
+                     "exact McNemar for accuracy); Holm: adjusted across the table's selected and top-k rows.")
+    if any(c.best for r in rows for c in r):
+        notes.append("Bold: the best of its column, the optimistic row aside.")
+    if optimistic:
+        notes.append(f"Below the rule (the last row{'s' if len(optimistic) > 1 else ''}): the candidate with the "
+                     "best test value, picked by looking at the test split as the study did; its test figures "
+                     "are optimistic and it is not a selection.")
+    if not any(is_base):
+        notes.append("No baseline row: nothing is marked below baseline.")
+    return Table("Selected models and end-to-end baselines on the test split", [h for h, _, _ in specs], rows,
+                 notes, key, baseline="below the best baseline row of its column" if any(is_base) else "",
+                 rules=(optimistic[0],) if optimistic else ())
+
+
+def study_tables(records: pd.DataFrame, comparison: pd.DataFrame | None = None, metric: str = "auc",
+                 *, test: bool = True) -> list[Table]:
+    """Every table of a run: one per backbone, concatenations, ensembles, the comparison.
+
+    Tables with nothing to show (no concatenation, no ensemble) are left out.
+    """
+    _check(records, metric)
+    st = _stats(records, metric)
+    backbones = sorted({_split_block(b[0])[0] for b in st.loc[(st["kind"] == "head") & (st["size"] == 1), "blocks"]}
+                       | {b for b in st.loc[st["kind"] == "baseline", "backbone"] if b})
+    tables = [backbone_table(records, b, metric, test=test) for b in backbones]
+    if ((st["kind"] == "head") & (st["size"] >= 2)).any():
+        tables.append(concatenation_table(records, metric, test=test))
+    if st["kind"].isin(ENSEMBLE_KINDS).any():
+        tables.append(ensemble_table(records, metric, test=test))
+    if comparison is not None and not comparison.empty:
+        tables.append(comparison_table(comparison))
+    return tables
+
+
+# ---- renderers ---------------------------------------------------------------------------
+
+
+def _md_escape(s: str) -> str:
+    s = s.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*").replace("`", "\\`")
+    # GitHub ignores intraword underscores (tf_efficientnet_lite0); escape only the others.
+    return re.sub(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", r"\\_", s)
+
+
+def _md_cell(c: Cell) -> str:
+    if not c.text:
+        return ""
+    s = _md_escape(c.text) + (DAGGER if c.below_baseline else "")
+    return f"**{s}**" if c.best else s
+
+
+def to_markdown(table: Table) -> str:
+    """A GitHub pipe table: ``**title**`` above, notes below; ``†`` below baseline, bold best."""
+    header = [_md_escape(c) for c in table.columns]
+    body = [[_md_cell(c) for c in row] for row in table.rows]
+    n = len(header)
+    right = [table.numeric(j) for j in range(n)]
+    width = [max([3, len(header[j])] + [len(r[j]) for r in body]) for j in range(n)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, width, right)) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if r else (":" + "-" * (w - 1)) for w, r in zip(width, right)) + " |"
+    out = [f"**{_md_escape(table.title)}**", "", line(header), rule] + [line(r) for r in body]
+    notes = []
+    if table.baseline and any(c.below_baseline for r in table.rows for c in r):
+        notes.append(f"{DAGGER} {_md_escape(table.baseline)}.")
+    notes += [_md_escape(n) for n in table.notes]
+    for note in notes:
+        out += ["", note]
+    return "\n".join(out) + "\n"
+
+
+_TEX = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+    "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
+    "±": r"$\pm$", "–": "--", "—": "---", "−": r"$-$", "†": r"\dag{}", "≥": r"$\geq$", "≤": r"$\leq$",
+    "×": r"$\times$", "·": r"$\cdot$", "°": r"$^\circ$",
+}
+
+
+def tex_escape(s: str) -> str:
+    """Text safe in a LaTeX tabular (``_ % & # $ { } ~ ^ \\ < >``, ``±`` as ``$\\pm$``)."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
+
+
+def _tex_text(s: str) -> str:
+    s = tex_escape(s)
+    # A cell opening a row follows "\\" or a booktabs rule, which would read "[" or "*"
+    # as their optional argument.
+    return "{}" + s if s[:1] in ("[", "*") else s
+
+
+def _tex_cell(c: Cell) -> str:
+    s = _tex_text(c.text)
+    if not s:
+        return ""
+    if c.below_baseline:
+        s = rf"\underline{{{s}}}"
+    return rf"\textbf{{{s}}}" if c.best else s
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment with caption and ``\\label{tab:<key>}``.
+
+    Values below the best baseline are underlined, the best of each column bold.
+    Needs ``\\usepackage{booktabs}``.
+    """
+    spec = "".join("r" if table.numeric(j) else "l" for j in range(len(table.columns)))
+    out = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
+           rf"\label{{tab:{table.key}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+           " & ".join(_tex_text(c) for c in table.columns) + r" \\", r"\midrule"]
+    rules = set(table.rules)
+    for i, row in enumerate(table.rows):
+        if i in rules and i > 0:
+            out.append(r"\midrule")
+        out.append(" & ".join(_tex_cell(c) for c in row) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    notes = []
+    if table.baseline and any(c.below_baseline for r in table.rows for c in r):
+        notes.append(f"Underlined: {tex_escape(table.baseline)}.")
+    notes += [tex_escape(n) for n in table.notes]
+    if notes:
+        out += ["", r"\smallskip", r"\footnotesize"] + [n + r"\par" for n in notes]
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def _csv_value(c: Cell, numeric: bool) -> str:
+    if c.value is not None:
+        return "" if _nan(c.value) else repr(float(c.value))
+    return "" if numeric else c.text
+
+
+def to_csv(table: Table) -> str:
+    """Plain values: the table's columns, numbers at full precision, empty for missing."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.columns)
+    numeric = [table.numeric(j) for j in range(len(table.columns))]
+    for row in table.rows:
+        w.writerow([_csv_value(c, n) for c, n in zip(row, numeric)])
+    return buf.getvalue()
+
+
+def write_tables(tables: Sequence[Table], folder: str | os.PathLike) -> list[Path]:
+    """Write ``<key>.md``, ``<key>.tex``, ``<key>.csv`` per table and ``tables.md`` (all of them).
+
+    Returns
+    -------
+    list of Path
+        The files written, in that order (``tables.md`` last).
+
+    Raises
+    ------
+    ValueError
+        If two tables share a key, or a key is ``tables`` (the combined file).
+    """
+    keys = [t.key for t in tables]
+    dup = sorted({k for k in keys if keys.count(k) > 1} | ({"tables"} & set(keys)))
+    if dup:
+        raise ValueError(f"table keys must be unique and not 'tables': {dup}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    mds = []
+    for t in tables:
+        md = to_markdown(t)
+        mds.append(md)
+        for ext, text in (("md", md), ("tex", to_latex(t)), ("csv", to_csv(t))):
+            p = folder / f"{t.key}.{ext}"
+            p.write_text(text, encoding="utf-8", newline="\n")
+            paths.append(p)
+    p = folder / "tables.md"
+    p.write_text("\n".join(mds), encoding="utf-8", newline="\n")
+    paths.append(p)
+    return paths
