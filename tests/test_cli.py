@@ -113,25 +113,25 @@ def test_missing_weights_and_unknown_backbone_are_clear(tmp_path, busi_slice):
 
 
 @pytest.mark.slow
-def test_demo_runs_on_embedded_data(tmp_path):
-    out = wb("demo", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
-             "--features", "tf_efficientnet_lite0", "--image-size", "96", "--quiet").stdout
-    assert "synthetic demo shapes (not medical data)" in out
-    assert "tf_efficientnet_lite0:avgpool" in out and str((tmp_path / "cache").resolve()) in out
+def test_demo_runs_the_whole_flow_on_embedded_data(tmp_path):
+    args = ("demo", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
+            "--features", "tf_efficientnet_lite0", "--image-size", "96", "--quiet")
+    out = wb(*args).stdout
+    assert "synthetic demo shapes (not medical data)" in out and "Selected:" in out
+    run = tmp_path / "demo" / "run"
+    records = (run / "records.jsonl").read_bytes()
+    # Pretrained and fine-tuned Lite0 features, SVM + RF + votes, and the fine-tuned CNN itself.
+    assert b'"kind":"baseline"' in records and b"tf_efficientnet_lite0@ft-" in records
     rec = json.loads((tmp_path / "demo" / "demo-record.json").read_text())
-    assert rec["n_images"] == 80 and rec["forward_images"] == {"tf_efficientnet_lite0": 80}
-    # The sweep ran: SVM, RF and their two votes on the one block, ranked by CV AUC.
-    assert "by mean 5-fold CV AUC" in out and "[L] svm-rbf" in out and "[L] vote-soft(svm-rbf+rf)" in out
-    top = rec["sweep"]["top"]
-    assert len(top) == 4 and top[0]["cv_auc"] >= top[-1]["cv_auc"]
-    # the features carry the shape cue the synthetic classes differ by
-    assert top[0]["cv_auc"] > 0.7
-    records = (tmp_path / "demo" / "sweep" / "records.jsonl").read_bytes()
-    assert records.count(b"\n") == 4 * 6
-    again = wb("demo", "--out", str(tmp_path / "demo"), "--cache", str(tmp_path / "cache"),
-               "--features", "tf_efficientnet_lite0", "--image-size", "96", "--quiet").stdout
-    assert "tf_efficientnet_lite0 0" in again  # no forward pass
-    assert (tmp_path / "demo" / "sweep" / "records.jsonl").read_bytes() == records
+    top = rec["top"]
+    assert top[0]["cv_auc"] >= top[-1]["cv_auc"] and top[0]["cv_auc"] > 0.7  # the shape cue is learnable
+    report = run / "report"
+    assert (report / "tables" / "comparison.tex").is_file() and (report / "figures" / "roc_test.pdf").is_file()
+    tables = (report / "tables" / "tables.md").read_bytes()
+    again = wb(*args).stdout
+    assert "Selected:" in again
+    assert (run / "records.jsonl").read_bytes() == records  # nothing recomputed
+    assert (report / "tables" / "tables.md").read_bytes() == tables
 
 
 def test_sweep_help_names_the_options():

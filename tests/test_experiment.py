@@ -80,6 +80,7 @@ def test_run_twice_computes_nothing_and_writes_identical_tables(slice_csv, tmp_p
     first = _files(report)
     assert {"report.md", "provenance.json", "tables/comparison.md", "tables/comparison.tex"} <= set(first)
     assert any(k.startswith("figures/roc") and k.endswith(".pdf") for k in first)
+    assert "figures/gradcam/cam_grid.png" in first and "figures/gradcam/cam.csv" in first
     records = (tmp_path / "run" / "records.jsonl").read_text()
     ft = sorted(p.name for p in (tmp_path / "finetuned").rglob("weights.pth"))
     assert "CNN lite0" in records and "@ft-" in records

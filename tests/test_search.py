@@ -96,3 +96,19 @@ def test_empty_or_unknown_metric_fails_clearly(run, tmp_path):
     ResultStore(tmp_path / "empty").open({"format": 1})
     with pytest.raises(ValueError, match="no records"):
         search(tmp_path / "empty")
+
+
+def test_three_class_report_has_per_class_and_macro_tables(tmp_path):
+    from workbench.report.build import write_report
+
+    manifest, fs = make_task(n=120, classes=("benign", "malignant", "normal"), test_every=4)
+    sweep(manifest, fs, out=tmp_path / "run", **{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}})
+    out = write_report(tmp_path / "run")
+    table = (out / "tables" / "per-class.md").read_text()
+    for c in ("benign", "malignant", "normal", "macro"):
+        assert f"| {c}" in table
+    res = search(tmp_path / "run", "auc", top_k=2)
+    sel = res.comparison.iloc[0]
+    assert np.isnan(sel.threshold) and 0 <= sel.accuracy_low <= sel.accuracy <= sel.accuracy_high <= 1
+    assert not (out / "figures" / "roc_test.png").exists()  # ROC curves are for a binary task
+    assert (out / "figures" / "heatmap_cv_auc.png").exists()

@@ -320,3 +320,10 @@ def test_unknown_grid_parameter_fails_before_writing(tmp_path):
         sweep(manifest, fs, out=tmp_path / "run", heads=["svm-rbf"],
               grids={"svm-rbf": {"gama_factor": [1.0]}}, progress=False)
     assert _nothing_written(tmp_path / "run")
+
+
+def test_class_only_in_the_test_split_fails_before_writing(tmp_path):
+    manifest, fs = make_task(n=90, classes=("benign", "malignant", "normal"), test_every=3)  # class 0 only in test
+    with pytest.raises(FoldError, match="benign.*only in the test split"):
+        sweep(manifest, fs, out=tmp_path / "run", **FAST)
+    assert _nothing_written(tmp_path / "run")

@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["make_shapes_dataset", "run_demo", "DEMO_FEATURES", "DEMO_HEADS"]
+__all__ = ["make_shapes_dataset", "run_demo", "demo_config", "DEMO_FEATURES", "DEMO_HEADS"]
 
 DEMO_FEATURES = ("tf_efficientnet_lite0:avgpool", "tf_efficientnet_lite1:avgpool", "tf_efficientnet_lite2:avgpool")
 #: The demo sweep: the study's two heads; one forest setting keeps it to seconds.
 DEMO_HEADS = ("svm-rbf", "rf")
-DEMO_GRIDS = {"rf": {"max_features": ["sqrt"]}}
+DEMO_GRIDS = {"rf": {"max_features": ["sqrt"]}}  # also written into the demo config
 _CLASSES = ("smooth", "spiculated")
 _README = """# Synthetic demo shapes (NOT medical data)
 
@@ -99,6 +99,46 @@ def make_shapes_dataset(root: str | Path, *, n_per_class: int = 40, size: int = 
     return manifest
 
 
+def demo_config(manifest: Path, out: Path, cache: Path, features: Sequence[str], *, image_size: int | None,
+                classes: Sequence[str] | None, n_jobs: int, finetune_size: int = 96, epochs: int = 3) -> str:
+    """The demo's experiment TOML: the whole flow at a size 2 CPU cores finish in minutes."""
+    from workbench.features.extraction import FeatureRequest
+
+    q = json.dumps
+    backbones = list(dict.fromkeys(FeatureRequest.parse(f).backbone for f in features))
+    tuned = [b for b in backbones if b.startswith("tf_efficientnet_lite")][:1]
+    lines = [
+        'name = "demo"',
+        f"manifest = {q(str(manifest))}",
+        f"out = {q(str(out / 'run'))}",
+        f"cache = {q(str(cache))}",
+        f"finetuned = {q(str(out / 'finetuned'))}",
+        *([f"classes = {q(list(classes))}"] if classes else []),
+        "",
+        "[protocol]",
+        "cv = 5", "inner_cv = 3", "seed = 0", 'metric = "auc"', "top_k = 3",
+        "",
+        "[features]",
+        f"specs = {q(list(features))}",
+        f"finetuned = {q(tuned)}",
+        *([f"image_size = {int(image_size)}"] if image_size else []),
+        "",
+        "[finetune]",
+        f'epochs = {epochs}', f"image_size = {finetune_size}", 'optimizer = "adam"', "lr = 1e-3", "patience = 0",
+        "",
+        "[sweep]",
+        f"heads = {q(list(DEMO_HEADS))}",
+        f"n_jobs = {int(n_jobs)}",
+        'grids = {rf = {max_features = ["sqrt"]}}',
+        "",
+        "[baselines]",
+        f"names = {q(['lite0'] if 'tf_efficientnet_lite0' in backbones else [])}",
+        f'set = {{epochs = {epochs}, image_size = {finetune_size}, optimizer = "adam", lr = 1e-3, patience = 0}}',
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def run_demo(
     *,
     data: str | Path | None = None,
@@ -114,13 +154,15 @@ def run_demo(
     progress: bool = True,
     print_fn=print,
 ) -> dict:
-    """Extract features on the demo (or given) dataset, sweep them, print the top candidates.
+    """The whole flow on the demo (or given) dataset: extract, fine-tune, sweep, baselines, report.
 
-    Returns the run record (also written to ``out/demo-record.json``).
+    Writes ``out/demo.toml`` (an ordinary experiment config) and runs it with
+    :func:`workbench.experiment.run_experiment`; a second call computes nothing.
+    Returns a summary (also written to ``out/demo-record.json``).
     """
-    from workbench.features.extraction import extract
+    from workbench.experiment import ExperimentConfig, run_experiment
 
-    out = Path(out)
+    out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
         manifest = make_shapes_dataset(out / "demo-data")
@@ -129,43 +171,24 @@ def run_demo(
         p = Path(data)
         manifest = p / "labels.csv" if p.is_dir() and (p / "labels.csv").exists() else p
         print_fn(f"dataset: {manifest}")
-    from workbench.data.manifest import Manifest
-
-    manifest = Manifest.load(manifest)
-    if classes:
-        manifest = manifest.select_classes(classes)
+    config = out / "demo.toml"
+    config.write_text(demo_config(Path(manifest).resolve(), out, Path(cache).resolve(), features,
+                                  image_size=image_size, classes=classes, n_jobs=n_jobs))
+    print_fn(f"experiment config: {config}")
     t0 = time.perf_counter()
-    fs = extract(manifest, features, cache=cache, image_size=image_size,
-                 batch_size=batch_size, num_workers=num_workers, progress=progress)
+    report = run_experiment(ExperimentConfig.load(config), progress=progress)
     seconds = time.perf_counter() - t0
-    rec = fs.record
-    print_fn(f"\n{len(fs)} images, {len(fs.names)} feature blocks in {seconds:.1f} s "
-             f"(forward passes: {', '.join(f'{k} {v}' for k, v in rec['forward_images'].items())})")
-    print_fn(f"cache: {Path(cache).resolve()}")
-    print_fn("\nblock                                     dim   computed")
-    for name in fs.names:
-        print_fn(f"{name:<40} {fs[name].shape[1]:>5} {rec['computed_rows'][name]:>10}")
-
-    # The study's core on these blocks: every subset x {SVM, RF} and their vote ensembles.
+    text = (report / "report.md").read_text()
+    print_fn("\n" + text)
+    from workbench.search.store import ResultStore
     from workbench.search.summary import summarize
-    from workbench.search.sweep import sweep
 
-    t1 = time.perf_counter()
-    records = sweep(manifest, fs, out=out / "sweep", heads=DEMO_HEADS, grids=DEMO_GRIDS, cv=5,
-                    n_jobs=n_jobs, progress=progress)
+    records = ResultStore(out / "run").frame()
     summary = summarize(records, "auc")
-    summary.to_csv(out / "sweep" / "summary.csv", index=False)
-    print_fn(f"\nsweep: {len(summary)} candidates x {records['fold'].nunique()} folds in "
-             f"{time.perf_counter() - t1:.1f} s; top {min(top, len(summary))} by mean 5-fold CV AUC "
-             "(test AUC shown, not used to rank):")
-    width = max(len(c) for c in summary["candidate"].head(top))
-    for _, r in summary.head(top).iterrows():
-        print_fn(f"  {r['candidate']:<{width}}  CV {r['cv_auc']:.3f} +- {r['cv_auc_sd']:.3f}   "
-                 f"test {r['test_auc']:.3f}")
-    rec = dict(rec, demo_dataset=None if data else "synthetic shapes",
-               sweep={"run": str(out / "sweep"), "heads": list(DEMO_HEADS),
-                      "top": summary.head(top).to_dict(orient="records")})
-    fs.record = rec
-    path = fs.save_record(out / "demo-record.json")
-    print_fn(f"\nrun record: {path}\nsweep records: {out / 'sweep' / 'records.jsonl'}")
+    print_fn(f"all {len(summary)} candidates ranked by mean 5-fold CV AUC: {report / 'ranking.csv'}")
+    print_fn(f"report: {report} ({seconds:.1f} s)")
+    rec = {"dataset": "synthetic shapes" if data is None else str(manifest), "config": str(config),
+           "report": str(report), "seconds": round(seconds, 1), "n_records": int(len(records)),
+           "top": summary.head(top).to_dict(orient="records")}
+    (out / "demo-record.json").write_text(json.dumps(rec, indent=1, default=str))
     return rec

@@ -12,6 +12,7 @@ Config (paths relative to the config file)::
     positive = "malignant"
     out = "runs/busi_benign_malignant"        # default: runs/<name> beside the config's folder
     cache = "features_cache"
+    finetuned = "finetuned"                   # the fine-tuned store (default: $WORKBENCH_FINETUNED or ./finetuned)
 
     [protocol]   cv = 5, inner_cv = 3, seed = 0, scoring = "auc", metric = "auc", top_k = 3
     [features]   specs = ["tf_efficientnet_lite0:avgpool", ...], image_size = 224 (optional)
@@ -34,8 +35,8 @@ from typing import Any
 
 __all__ = ["ExperimentConfig", "run_experiment", "build_report"]
 
-_TOP = {"name", "manifest", "classes", "positive", "out", "cache", "protocol", "features", "finetune", "sweep",
-        "baselines", "report"}
+_TOP = {"name", "manifest", "classes", "positive", "out", "cache", "finetuned", "protocol", "features", "finetune",
+        "sweep", "baselines", "report"}
 _SECTIONS = {
     "protocol": {"cv", "inner_cv", "seed", "scoring", "metric", "top_k"},
     "features": {"specs", "image_size", "finetuned", "nested", "resize", "input", "batch_size"},
@@ -55,6 +56,7 @@ class ExperimentConfig:
     manifest: Path
     out: Path
     cache: Path
+    finetuned: Path | None
     classes: list[str] | None
     positive: str | None
     protocol: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +92,7 @@ class ExperimentConfig:
             path=path, raw=raw, name=name, manifest=(base / raw["manifest"]).resolve(),
             out=(base / raw.get("out", f"../runs/{name}")).resolve(),
             cache=(base / raw.get("cache", "../features_cache")).resolve(),
+            finetuned=(base / raw["finetuned"]).resolve() if "finetuned" in raw else None,
             classes=list(raw["classes"]) if "classes" in raw else None, positive=raw.get("positive"),
             protocol={"cv": 5, "inner_cv": 3, "seed": 0, "scoring": "auc", "metric": "auc", "top_k": 3,
                       **raw.get("protocol", {})},
@@ -139,13 +142,30 @@ def _log(progress: bool):
 def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bool = True,
                    device: str | None = None) -> Path:
     """Run (or resume) every stage of the experiment; return the report folder."""
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
+    if cfg.finetuned is None:
+        return _run(cfg, progress, device)
+    # The fine-tuned store the config names, for this run only (weights ids resolve through it).
+    from workbench.backbones.finetuned import ENV_ROOT
+
+    old = os.environ.get(ENV_ROOT)
+    os.environ[ENV_ROOT] = str(cfg.finetuned)
+    try:
+        return _run(cfg, progress, device)
+    finally:
+        if old is None:
+            os.environ.pop(ENV_ROOT, None)
+        else:
+            os.environ[ENV_ROOT] = old
+
+
+def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
     from workbench.baselines.finetune import FineTuneConfig
     from workbench.baselines.run import run_baselines
     from workbench.data.manifest import Manifest
     from workbench.features.extraction import extract
     from workbench.search.sweep import sweep
 
-    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
     say = _log(progress)
     p = cfg.protocol
     manifest = Manifest.load(cfg.manifest)
@@ -202,7 +222,10 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
                       tune_cv=bl.get("tune_cv", 6), val_fraction=bl.get("val_fraction", 0.15), device=device,
                       progress=progress, log=say)
     (cfg.out / "finetuned.json").write_text(json.dumps(finetuned_labels, indent=1, sort_keys=True) + "\n")
-    inputs = {"manifest": cfg.raw["manifest"], "manifest_digest": manifest.digest(), "classes": manifest.classes,
+    from workbench.backbones.finetuned import default_root
+
+    inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
+              "finetuned_root": str(default_root().resolve()), "manifest_digest": manifest.digest(), "classes": manifest.classes,
               "n_images": len(manifest), "features": specs}
     (cfg.out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
     # 5. search and report, from the records alone

@@ -549,13 +549,12 @@ def cam_grid_figure(
     list of Path
         ``[png, pdf]``.
     """
+    from workbench.report.figures import save_figure
+
     fig = cam_grid(images, maps, captions, **kwargs)
-    stem = Path(path)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=dpi)
-    return paths
+    # The report's own writer: PNG and PDF without dates or software stamps, so the same
+    # maps give the same bytes (dpi: the report's fixed resolution).
+    return save_figure(fig, Path(path))
 
 
 # ---------------------------------------------------------------------- localisation

@@ -114,7 +114,7 @@ def explain(
         **{f"p_{c}": res.proba[:, k] for k, c in enumerate(classes)},
         "target": [classes[k] for k in res.targets],
         "peak_in_box": [peak_in_box(m, it.box) if it.box is not None else None for m, it in zip(maps, items)],
-        "overlay": [str(p) for p in paths],
+        "overlay": [p.relative_to(folder).as_posix() for p in paths],  # relative: the folder may move
     })
     table.to_csv(folder / "cam.csv", index=False)
     k = min(grid_max, len(items))

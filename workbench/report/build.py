@@ -46,7 +46,9 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
     weights = sorted(weights)
     ft_file, inputs = run / "finetuned.json", run / "inputs.json"
     return {
-        "inputs": json.loads(inputs.read_text()) if inputs.is_file() else {},
+        # The manifest as the config names it (relative), not where it lay on this machine.
+        "inputs": {k: v for k, v in (json.loads(inputs.read_text()) if inputs.is_file() else {}).items()
+                   if k not in ("manifest_file", "finetuned_root")},
         "experiment": settings["name"],
         "config": settings["raw"],
         "protocol": store.protocol(),
@@ -58,6 +60,47 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
         "baseline_weights_ids": weights,
         "package_versions": {k: sorted(v) for k, v in sorted(versions.items())},
     }
+
+
+def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_images: int = 16):
+    """Grad-CAM grid of the best baseline's test-split network; ``(paths, note)``."""
+    if best_baseline is None:
+        return [], None
+    test = [r for r in store.records() if r["candidate"] == best_baseline and r["fold"] == "test"]
+    inputs = run / "inputs.json"
+    if not test or not test[-1].get("weights_id") or not inputs.is_file():
+        return [], f"Grad-CAM grid skipped: no test network or manifest recorded for {best_baseline}"
+    from workbench.backbones.finetuned import FineTunedNotFoundError
+    from workbench.baselines.explain import explain
+    from workbench.data.manifest import Manifest
+
+    rec = test[-1]
+    proto = store.protocol()
+    classes, positive = list(proto["classes"]), proto.get("positive")
+    manifest = Manifest.load(json.loads(inputs.read_text())["manifest_file"]).select_classes(classes)
+    items = [it for it in manifest if it.split == "test" and (positive is None or it.label == positive)]
+    items = sorted(items, key=lambda it: it.id)[:max_images]
+    network = f"{rec['backbone']}@{rec['weights_id']}"
+    import os
+
+    from workbench.backbones.finetuned import ENV_ROOT
+
+    old = os.environ.get(ENV_ROOT)
+    root = json.loads(inputs.read_text()).get("finetuned_root")
+    if root and old is None:  # `workbench report` alone: the store the run used
+        os.environ[ENV_ROOT] = root
+    try:
+        items = list(manifest.subset([it.id for it in items]).validate(progress=False))
+        rep = explain(items, network, folder, target="pred", grid_max=max_images)
+    except (FineTunedNotFoundError, FileNotFoundError) as e:
+        return [], f"Grad-CAM grid skipped: {e}"
+    finally:
+        if root and old is None:
+            os.environ.pop(ENV_ROOT, None)
+    share = rep.peak_share(positive)
+    note = (f"Grad-CAM ({network}, the best baseline's test-split network): the map peaks inside the lesion "
+            f"box for {share:.0%} of the correctly classified images shown") if share == share else None
+    return rep.figure, note
 
 
 def write_report(run: Path) -> Path:
@@ -83,10 +126,14 @@ def write_report(run: Path) -> Path:
         tables.append(T.concatenation_table(records, metric))
     if records["kind"].isin(["vote-hard", "vote-soft", "stack"]).any():
         tables.append(T.ensemble_table(records, metric))
-    tables.append(T.comparison_table(result.comparison))
+    comparison = T.comparison_table(result.comparison)
+    classes = list(store.protocol()["classes"])
+    if len(classes) > 2:  # per-class (one-vs-rest) and macro figures of the models compared
+        shown = list(dict.fromkeys(result.selected + list(result.baselines["candidate"])))
+        tables.append(T.per_class_table(records, shown, classes))
+    tables.append(comparison)
     T.write_tables(tables, out / "tables")
 
-    classes = list(store.protocol()["classes"])
     positive = store.protocol().get("positive")
     figs: list[Path] = []
     if positive is not None and len(classes) == 2:
@@ -96,9 +143,13 @@ def write_report(run: Path) -> Path:
     figs += F.heatmap_figure(records, metric, out / "figures" / f"heatmap_cv_{metric}",
                              title=f"CV mean {metric} by subset and head")
 
+    cam_paths, cam_note = _gradcam(run, store, result.best_baseline, out / "figures" / "gradcam")
+    figs += cam_paths
+    if cam_note:
+        result.notes.append(cam_note)
     prov = _provenance(run, store, records, s)
     (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n")
-    comparison_md = T.to_markdown(tables[-1])
+    comparison_md = T.to_markdown(comparison)
     lines = [
         f"# {s['name']}: report",
         "",
@@ -117,7 +168,7 @@ def write_report(run: Path) -> Path:
         "",
         "Tables: " + ", ".join(f"[{t.key}](tables/{t.key}.md)" for t in tables),
         "",
-        "Figures: " + ", ".join(f"[{p.name}](figures/{p.name})" for p in figs if p.suffix == ".png"),
+        "Figures: " + ", ".join(f"[{p.name}]({p.relative_to(out).as_posix()})" for p in figs if p.suffix == ".png"),
         "",
         "Provenance (config, seeds, protocol, cache keys, weights ids, versions): [provenance.json](provenance.json)",
         "",

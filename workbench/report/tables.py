@@ -600,6 +600,39 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
                  rules=(optimistic[0],) if optimistic else ())
 
 
+PER_CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+
+
+def per_class_table(records: pd.DataFrame, candidates: Sequence[str], classes: Sequence[str], *,
+                    key: str = "per-class") -> Table:
+    """Test-split metrics per class (one-vs-rest) and their macro mean, for a multi-class run.
+
+    One block of rows per model (the selected candidates and the baselines, in the order
+    given): a row per class, then ``macro``. Values come from the models' test records.
+    """
+    test = records[records["fold"] == "test"].set_index("candidate")
+    columns = ["Model", "Class", *[_metric_label(m) for m in PER_CLASS_METRICS]]
+    rows: list[list[Cell]] = []
+    rules = []
+    for i, cand in enumerate(candidates):
+        if cand not in test.index:
+            continue
+        rec = test.loc[cand]
+        if i:
+            rules.append(len(rows))
+        for cls in [*classes, "macro"]:
+            cells = [Cell(cand), Cell(cls)]
+            for m in PER_CLASS_METRICS:
+                col = f"{m}_macro" if cls == "macro" else f"{m}[{cls}]"
+                v = _num(rec[col]) if col in rec.index else float("nan")
+                cells.append(Cell(fmt(v), None if _nan(v) else v))
+            rows.append(cells)
+    notes = ["Test split; each class against the rest, at the argmax decision (AUC from the probabilities); "
+             "macro: the unweighted mean over the classes."]
+    return Table("Per-class test metrics of the selected models and the baselines", columns, rows, notes, key,
+                 rules=tuple(rules))
+
+
 def study_tables(records: pd.DataFrame, comparison: pd.DataFrame | None = None, metric: str = "auc",
                  *, test: bool = True) -> list[Table]:
     """Every table of a run: one per backbone, concatenations, ensembles, the comparison.

@@ -134,6 +134,13 @@ class Splits:
                 shown = ", ".join(map(repr, both[:5])) + (" ..." if len(both) > 5 else "")
                 warnings.warn(f"{len(both)} group(s) have images in both the training and the test split: "
                               f"{shown}; test results on this split are optimistic", stacklevel=3)
+        if classes is not None:
+            # A class seen only in the test split would leave every model without a column
+            # for it (and the metrics without a meaning): refuse it by name.
+            absent = [c for k, c in enumerate(classes) if np.any(y == k) and not np.any(y[train] == k)]
+            if absent:
+                raise FoldError(f"class(es) {absent} have images only in the test split, none in the "
+                                f"training split: no model can learn them")
         folds = make_folds(y[train], n_splits, seed, None if g is None else g[train], classes,
                            what="training split")
         folds = [(train[tr], train[va]) for tr, va in folds]
