@@ -112,3 +112,20 @@ def test_three_class_report_has_per_class_and_macro_tables(tmp_path):
     assert np.isnan(sel.threshold) and 0 <= sel.accuracy_low <= sel.accuracy <= sel.accuracy_high <= 1
     assert not (out / "figures" / "roc_test.png").exists()  # ROC curves are for a binary task
     assert (out / "figures" / "heatmap_cv_auc.png").exists()
+
+
+def test_candidates_with_optimistic_cv_are_not_selected(run, tmp_path):
+    before = search(run, "auc", top_k=2)
+    marked = tmp_path / "marked"
+    shutil.copytree(run, marked)
+    lines = []
+    for r in ResultStore(marked).records():
+        if r["candidate"] == before.selected[0] and r["fold"] != "test":
+            r["optimistic"] = True
+        lines.append(json.dumps(r))
+    (marked / "records.jsonl").write_text("\n".join(lines) + "\n")
+    after = search(marked, "auc", top_k=2)
+    assert before.selected[0] not in after.selected and after.selected[0] == before.selected[1]
+    assert bool(after.ranking.loc[after.ranking.candidate == before.selected[0], "optimistic_cv"].iloc[0])
+    assert any("optimistic CV" in n for n in after.notes)
+    assert search(marked, "auc", top_k=2, allow_optimistic=True).selected == before.selected

@@ -46,6 +46,11 @@ def rank_candidates(records: pd.DataFrame, metric: str = "auc") -> tuple[pd.Data
     ranked = summarize(records, metric)  # test column shown, ranking by the CV mean
     order = summarize(cv_only, metric)[["candidate"]]  # recomputed without test rows at all
     ranked = order.merge(ranked, on="candidate", how="left")
+    # CV estimates on features of a network fine-tuned on those folds are optimistic.
+    flagged = set()
+    if "optimistic" in cv_only.columns:
+        flagged = set(cv_only.loc[cv_only["optimistic"].eq(True), "candidate"])
+    ranked["optimistic_cv"] = ranked["candidate"].isin(flagged)
     is_base = ranked["kind"] == "baseline"
     return ranked[~is_base].reset_index(drop=True), ranked[is_base].reset_index(drop=True)
 
@@ -96,7 +101,8 @@ def _evaluate(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate
     return row
 
 
-def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05) -> SearchResult:
+def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05,
+           allow_optimistic: bool = False) -> SearchResult:
     """Rank, select on CV, evaluate on test, compare with the best baseline (by CV).
 
     Parameters
@@ -109,6 +115,11 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         How many top candidates (by CV) the comparison shows; the first is "selected".
     alpha
         1 - confidence level of the intervals.
+    allow_optimistic
+        Let candidates whose CV estimates are optimistic (features of a network
+        fine-tuned on the CV folds) be selected. Off: they stay in the ranking and the
+        tables, marked, but the selection takes the best clean candidates (nested
+        fine-tuning makes fine-tuned features clean).
     """
     store = run if isinstance(run, ResultStore) else ResultStore(run)
     records = store.frame()
@@ -120,7 +131,14 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     positive = store.protocol().get("positive")
     pos = classes.index(positive) if positive is not None and len(classes) == 2 else None
     ranking, base_rank = rank_candidates(records, metric)
-    selected = list(ranking["candidate"].head(top_k))
+    notes = []
+    pool = ranking
+    if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
+        pool = ranking[~ranking["optimistic_cv"]]
+        notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates (features of "
+                     f"networks fine-tuned on the CV folds) were not eligible for selection; fine-tune with "
+                     f"nested = true to make them eligible")
+    selected = list(pool["candidate"].head(top_k))
     best_baseline = base_rank["candidate"].iloc[0] if len(base_rank) else None
     folds = sorted(f for f in records["fold"].unique() if f != "test")
     by_key = {(r["candidate"], r["fold"]): r for r in store.records()}
@@ -146,7 +164,6 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
                      f"cv_{metric}": cv.loc[best_test, f"cv_{metric}"]})
 
     # Paired comparisons with the best baseline, on the same test images.
-    notes = []
     base_row = next((r for r in rows if r["candidate"] == best_baseline and r["role"] == "baseline"), None)
     compared = []
     for r in rows:
