@@ -143,20 +143,11 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
                    device: str | None = None) -> Path:
     """Run (or resume) every stage of the experiment; return the report folder."""
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
-    if cfg.finetuned is None:
-        return _run(cfg, progress, device)
-    # The fine-tuned store the config names, for this run only (weights ids resolve through it).
-    from workbench.backbones.finetuned import ENV_ROOT
+    from workbench.backbones.finetuned import using_root
 
-    old = os.environ.get(ENV_ROOT)
-    os.environ[ENV_ROOT] = str(cfg.finetuned)
-    try:
+    # The fine-tuned store the config names, for this run only (weights ids resolve through it).
+    with using_root(cfg.finetuned):
         return _run(cfg, progress, device)
-    finally:
-        if old is None:
-            os.environ.pop(ENV_ROOT, None)
-        else:
-            os.environ[ENV_ROOT] = old
 
 
 def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:

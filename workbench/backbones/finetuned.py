@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 __all__ = [
     "FT_PREFIX",
@@ -24,6 +25,7 @@ __all__ = [
     "is_nested_id",
     "FineTunedNotFoundError",
     "default_root",
+    "using_root",
     "is_finetuned_id",
     "finetuned_dir",
     "find_finetuned",
@@ -44,6 +46,23 @@ class FineTunedNotFoundError(FileNotFoundError):
 def default_root() -> Path:
     """``$WORKBENCH_FINETUNED``, else ``./finetuned`` (beside ``./features_cache``)."""
     return Path(os.environ.get(ENV_ROOT) or "finetuned")
+
+
+@contextmanager
+def using_root(root: str | os.PathLike | None) -> Iterator[None]:
+    """Resolve fine-tuned ids from ``root`` inside the block (None: leave as it is)."""
+    if root is None:
+        yield
+        return
+    old = os.environ.get(ENV_ROOT)
+    os.environ[ENV_ROOT] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV_ROOT, None)
+        else:
+            os.environ[ENV_ROOT] = old
 
 
 def is_finetuned_id(weights_id: str | None) -> bool:

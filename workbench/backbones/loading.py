@@ -124,6 +124,19 @@ class LoadedBackbone:
     model: TapModel
 
 
+def build_finetuned(spec: BackboneSpec, path: str | Path, num_classes: int) -> nn.Module:
+    """A fine-tuned network: the task's classifier, then the file strictly loaded.
+
+    The file is in the timm/torchvision key names it was saved with, not the base
+    weights' own format, so the backbone's ``load_state`` is not used.
+    """
+    from workbench.backbones.adapt import adapt_for_task
+
+    model = adapt_for_task(spec.build(), num_classes)
+    load_checkpoint_strict(model, path, backbone=f"{spec.name} ({num_classes} classes)")
+    return model
+
+
 def build_model(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
     """The full network with ``weights`` loaded (or seeded random init), in eval mode."""
     if weights.is_random:
@@ -132,12 +145,7 @@ def build_model(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
             torch.manual_seed(RANDOM_SEED)
             model = spec.build()
     elif weights.num_classes is not None:
-        # Fine-tuned: the task's classifier, and the file in the timm/torchvision key
-        # names it was saved with (not the base weights' own format).
-        from workbench.backbones.adapt import adapt_for_task
-
-        model = adapt_for_task(spec.build(), weights.num_classes)
-        load_checkpoint_strict(model, weights.path, backbone=f"{spec.name} ({weights.num_classes} classes)")
+        model = build_finetuned(spec, weights.path, weights.num_classes)
     else:
         model = spec.build()
         spec.load_state(model, str(weights.path))

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from workbench.backbones.adapt import FREEZE_MODES, adapt_for_task, freeze_early
-from workbench.backbones.finetuned import FT_PREFIX, finetuned_dir
-from workbench.backbones.loading import CheckpointMismatchError, build_model
+from workbench.backbones.finetuned import FT_PREFIX, finetuned_dir, read_meta
+from workbench.backbones.loading import CheckpointMismatchError, build_finetuned, build_model
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.manifest import Item
@@ -334,19 +334,14 @@ def fine_tune(
     dev = _resolve_device(device)
     prec = _precision(dev)
     context = dict(context or {})
-    wid = finetune_id(spec.name, base, train, val, classes, config.replace(), prec)
+    wid = finetune_id(spec.name, base, train, val, classes, config, prec)
     if context:  # folds and the like: same images but a different role must not collide
         wid = FT_PREFIX + hashlib.sha256(f"{wid}|{json.dumps(context, sort_keys=True)}".encode()).hexdigest()[:12]
     folder = finetuned_dir(spec.name, wid, root)
 
-    def model_for_task() -> nn.Module:
-        return adapt_for_task(build_model(spec, base), len(classes))
-
     if (folder / "weights.pth").is_file() and (folder / "meta.json").is_file():
-        meta = json.loads((folder / "meta.json").read_text())
-        model = model_for_task()
-        state = torch.load(folder / "weights.pth", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        meta = read_meta(folder)
+        model = build_finetuned(spec, folder / "weights.pth", len(classes))
         say(f"fine-tuned {spec.name}@{wid} found in {folder}; not training again")
         return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize,
                          meta["history"], meta["best_epoch"], meta, trained_now=False)
@@ -355,7 +350,7 @@ def fine_tune(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    model = model_for_task()
+    model = adapt_for_task(build_model(spec, base), len(classes))
     frozen = freeze_early(model, config.freeze)
     model = model.to(dev)
     if dev.type == "cuda":

@@ -62,10 +62,6 @@ class FeatureSet:
                 if arr.shape != self.blocks[name].shape:
                     raise ValueError(f"block {name} fold {fold}: shape {arr.shape}, expected {self.blocks[name].shape}")
 
-    def for_fold(self, name: str, fold: str) -> np.ndarray:
-        """Block ``name`` as seen by outer fold ``fold`` (its own network when nested)."""
-        return self.fold_blocks.get(name, {}).get(fold, self[name])
-
     @property
     def names(self) -> list[str]:
         return list(self.blocks)

@@ -7,6 +7,7 @@ same records give the same bytes.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -81,22 +82,16 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     items = [it for it in manifest if it.split == "test" and (positive is None or it.label == positive)]
     items = sorted(items, key=lambda it: it.id)[:max_images]
     network = f"{rec['backbone']}@{rec['weights_id']}"
-    import os
+    from workbench.backbones.finetuned import ENV_ROOT, using_root
 
-    from workbench.backbones.finetuned import ENV_ROOT
-
-    old = os.environ.get(ENV_ROOT)
-    root = json.loads(inputs.read_text()).get("finetuned_root")
-    if root and old is None:  # `workbench report` alone: the store the run used
-        os.environ[ENV_ROOT] = root
+    # `workbench report` alone: the store the run used, unless the caller chose one.
+    root = None if os.environ.get(ENV_ROOT) else json.loads(inputs.read_text()).get("finetuned_root")
     try:
-        items = list(manifest.subset([it.id for it in items]).validate(progress=False))
-        rep = explain(items, network, folder, target="pred", grid_max=max_images)
+        with using_root(root):
+            items = list(manifest.subset([it.id for it in items]).validate(progress=False))
+            rep = explain(items, network, folder, target="pred", grid_max=max_images)
     except (FineTunedNotFoundError, FileNotFoundError) as e:
         return [], f"Grad-CAM grid skipped: {e}"
-    finally:
-        if root and old is None:
-            os.environ.pop(ENV_ROOT, None)
     share = rep.peak_share(positive)
     note = (f"Grad-CAM ({network}, the best baseline's test-split network): the map peaks inside the lesion "
             f"box for {share:.0%} of the correctly classified images shown") if share == share else None

@@ -143,25 +143,21 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     folds = sorted(f for f in records["fold"].unique() if f != "test")
     by_key = {(r["candidate"], r["fold"]): r for r in store.records()}
 
-    rows = []
-    cv = ranking.set_index("candidate")
-    bcv = base_rank.set_index("candidate")
-    for i, c in enumerate(selected):
-        rows.append({**_evaluate(store, by_key, c, folds, pos, alpha), "role": "selected" if i == 0 else "top-k",
-                     "kind": cv.loc[c, "kind"], "cv_auc": records_cv(records, c, "auc"),
-                     "cv_auc_sd": records_cv(records, c, "auc", sd=True), f"cv_{metric}": cv.loc[c, f"cv_{metric}"]})
-    for b in base_rank["candidate"]:
-        rows.append({**_evaluate(store, by_key, b, folds, pos, alpha), "role": "baseline", "kind": "baseline",
-                     "cv_auc": records_cv(records, b, "auc"), "cv_auc_sd": records_cv(records, b, "auc", sd=True),
-                     f"cv_{metric}": bcv.loc[b, f"cv_{metric}"]})
+    cv = pd.concat([ranking, base_rank]).set_index("candidate")
+
+    def row(candidate: str, role: str) -> dict[str, Any]:
+        return {**_evaluate(store, by_key, candidate, folds, pos, alpha), "role": role,
+                "kind": cv.loc[candidate, "kind"], "cv_auc": records_cv(records, candidate, "auc"),
+                "cv_auc_sd": records_cv(records, candidate, "auc", sd=True),
+                f"cv_{metric}": cv.loc[candidate, f"cv_{metric}"]}
+
+    rows = [row(c, "selected" if i == 0 else "top-k") for i, c in enumerate(selected)]
+    rows += [row(b, "baseline") for b in base_rank["candidate"]]
     # The study's pick, shown apart: the candidate with the best *test* value. Optimistic.
     test_col = f"test_{metric}"
     if len(ranking) and ranking[test_col].notna().any():
         best_test = ranking.sort_values([test_col, "candidate"], ascending=[False, True]).iloc[0]["candidate"]
-        rows.append({**_evaluate(store, by_key, best_test, folds, pos, alpha), "role": "best on test (optimistic)",
-                     "kind": cv.loc[best_test, "kind"], "cv_auc": records_cv(records, best_test, "auc"),
-                     "cv_auc_sd": records_cv(records, best_test, "auc", sd=True),
-                     f"cv_{metric}": cv.loc[best_test, f"cv_{metric}"]})
+        rows.append(row(best_test, "best on test (optimistic)"))
 
     # Paired comparisons with the best baseline, on the same test images.
     base_row = next((r for r in rows if r["candidate"] == best_baseline and r["role"] == "baseline"), None)

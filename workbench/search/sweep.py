@@ -40,7 +40,6 @@ class SweepInputError(ValueError):
     """Features or labels the sweep cannot use; raised before anything is written."""
 
 
-_sha = sha
 
 
 # ---- inputs ----------------------------------------------------------------------
@@ -373,7 +372,7 @@ def sweep(
             spec.update(head=c.head, grid=grid_of[c.head])
         else:
             spec.update(members=[candidate_id(m) for m in c.members()])
-        return _sha(spec)[:16]
+        return sha(spec)[:16]
 
     head_cands = [Candidate("head", s, h) for s in subset_list for h in heads]
     ens_cands: list[Candidate] = []
