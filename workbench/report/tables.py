@@ -66,6 +66,13 @@ ENSEMBLE_KINDS = ("vote-hard", "vote-soft", "stack")
 COMPARISON_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
 ROLE_ORDER = {"selected": 0, "top-k": 1, "baseline": 2, "best on test (optimistic)": 4}
 OPTIMISTIC_ROLE = "best on test (optimistic)"
+#: LaTeX layout, in characters per row (the widest cell of each column, summed): above
+#: STACK_WIDTH, cells longer than STACK_CHARS go over two lines; above WIDE_CHARS, the
+#: table spans both columns of a two-column paper. Above LONG_ROWS rows, a longtable.
+STACK_WIDTH = 60
+WIDE_CHARS = 140
+STACK_CHARS = 10
+LONG_ROWS = 40
 OPTIMISTIC_NOTE = "* CV estimate optimistic: the fine-tuned network saw these folds."
 
 
@@ -711,38 +718,84 @@ def _tex_text(s: str) -> str:
     return "{}" + s if s[:1] in ("[", "*") else s
 
 
-def _tex_cell(c: Cell) -> str:
-    s = _tex_text(c.text)
-    if not s:
+def _tex_lines(text: str) -> list[str]:
+    """Where a long cell breaks in a stacked LaTeX cell: before its last parenthesis
+    (``0.908 (0.857–0.960)``, ``p AUC (Holm)``), else at its first space."""
+    if len(text) <= STACK_CHARS:
+        return [text]
+    cut = text.rfind(" (")
+    if cut <= 0:
+        cut = text.find(" ")
+    return [text] if cut <= 0 else [text[:cut], text[cut + 1:]]
+
+
+def _tex_cell(c: Cell, stack: bool = False, align: str = "l") -> str:
+    lines = [_tex_text(t) for t in (_tex_lines(c.text) if stack else [c.text])]
+    if not lines[0]:
         return ""
+    # A two-line cell is a one-column tabular: plain LaTeX, no extra package.
+    s = lines[0] if len(lines) == 1 else (rf"\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}"
+                                         + r" \\ ".join(lines) + r"\end{tabular}")
     if c.below_baseline:
         s = rf"\underline{{{s}}}"
     return rf"\textbf{{{s}}}" if c.best else s
 
 
-def to_latex(table: Table) -> str:
-    """A booktabs ``table`` environment with caption and ``\\label{tab:<key>}``.
+def _tex_width(table: Table) -> int:
+    """Characters per row with one-line cells: the widest cell of each column, summed."""
+    return sum(max([len(h)] + [len(r[j].text) for r in table.rows]) for j, h in enumerate(table.columns))
 
-    Values below the best baseline are underlined, the best of each column bold.
-    Needs ``\\usepackage{booktabs}``.
+
+def to_latex(table: Table) -> str:
+    """A booktabs table with caption and ``\\label{tab:<key>}``.
+
+    Values below the best baseline are underlined, the best of each column bold. Needs
+    ``\\usepackage{booktabs,graphicx,longtable}``. A table wider than the line is shrunk
+    to it. A wide table is set in ``\\small`` with two-line cells, and the widest (the
+    comparison, with its intervals) is a ``table*``, both columns of a two-column paper. A table of more
+    than :data:`LONG_ROWS` rows is a ``longtable``, which breaks across pages, repeats
+    its header, and needs a one-column document (a supplement).
     """
-    spec = "".join("r" if table.numeric(j) else "l" for j in range(len(table.columns)))
-    out = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
-           rf"\label{{tab:{table.key}}}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-           " & ".join(_tex_text(c) for c in table.columns) + r" \\", r"\midrule"]
+    ncol = len(table.columns)
+    aligns = ["r" if table.numeric(j) else "l" for j in range(ncol)]
+    width = _tex_width(table)
+    stack = width > STACK_WIDTH
+    head = " & ".join(_tex_cell(Cell(h), stack, a) for h, a in zip(table.columns, aligns)) + r" \\"
+    caption = [rf"\caption{{{tex_escape(table.title)}}}", rf"\label{{tab:{table.key}}}"]
+    body = []
     rules = set(table.rules)
     for i, row in enumerate(table.rows):
         if i in rules and i > 0:
-            out.append(r"\midrule")
-        out.append(" & ".join(_tex_cell(c) for c in row) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
+            body.append(r"\midrule")
+        body.append(" & ".join(_tex_cell(c, stack, a) for c, a in zip(row, aligns)) + r" \\")
     notes = []
     if table.baseline and any(c.below_baseline for r in table.rows for c in r):
         notes.append(f"Underlined: {tex_escape(table.baseline)}.")
     notes += [tex_escape(n) for n in table.notes]
+    # Weights ids in the notes are long words: let them break after "_" and "@".
+    notes = [n.replace(r"\_", r"\_\allowbreak{}").replace("@", r"@\allowbreak{}") for n in notes]
+    spec = "".join(aligns)
+    if len(table.rows) > LONG_ROWS:
+        # A float cannot break across pages; longtable can (one-column documents only).
+        # The notes follow it as a paragraph: a note row would widen the table.
+        out = [r"\begingroup", r"\small", *([r"\setlength{\tabcolsep}{4pt}"] if stack else []),
+               rf"\begin{{longtable}}{{{spec}}}", caption[0] + caption[1] + r" \\", r"\toprule", head,
+               r"\midrule", r"\endfirsthead", r"\toprule", head, r"\midrule", r"\endhead",
+               r"\midrule", rf"\multicolumn{{{ncol}}}{{r}}{{\footnotesize continued}} \\", r"\endfoot",
+               r"\bottomrule", r"\endlastfoot", *body, r"\end{longtable}",
+               *([r"\footnotesize\raggedright"] + [n + r"\par" for n in notes] if notes else []),
+               r"\endgroup"]
+        return "\n".join(out) + "\n"
+    env = "table*" if width > WIDE_CHARS else "table"  # both columns of a two-column paper
+    out = [rf"\begin{{{env}}}[htbp]", r"\centering", *([r"\small", r"\setlength{\tabcolsep}{4pt}"] if stack else []),
+           *caption,
+           # Set the tabular in a box and shrink it to the line only when it is wider.
+           rf"\sbox0{{\begin{{tabular}}{{{spec}}}", r"\toprule", head, r"\midrule", *body,
+           r"\bottomrule", r"\end{tabular}}%",
+           r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}\else\usebox0\fi"]
     if notes:
         out += ["", r"\smallskip", r"\footnotesize"] + [n + r"\par" for n in notes]
-    out.append(r"\end{table}")
+    out.append(rf"\end{{{env}}}")
     return "\n".join(out) + "\n"
 
 
