@@ -115,13 +115,27 @@ def test_bad_configs_fail_before_any_work(slice_csv, tmp_path, monkeypatch, caps
     assert not (tmp_path / "finetuned").exists() and not (tmp_path / "cache").exists()
 
 
-def test_records_of_another_config_are_refused(slice_csv, tmp_path, monkeypatch, capsys):
+def test_records_of_another_config_are_refused_or_left_out(slice_csv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "exp.toml"
     text = CONFIG.format(csv=slice_csv).replace('finetuned = ["tf_efficientnet_lite0"]', "finetuned = []") \
         .replace('names = ["lite0"]', "names = []")
     cfg.write_text(text)
     assert main(["run", str(cfg), "--quiet"]) == 0
+    ranking = pd.read_csv(tmp_path / "run" / "report" / "ranking.csv")
+    assert ranking["candidate"].str.contains("logreg").any()
+    # The same protocol with a head fewer: the folder keeps the logreg records (append-only)
+    # but the report shows only what this config runs, and says what it left out.
+    records = (tmp_path / "run" / "records.jsonl").read_text()
+    cfg.write_text(text.replace('heads = ["svm-rbf", "logreg"]', 'heads = ["svm-rbf"]')
+                   .replace(", logreg = {}", ""))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert (tmp_path / "run" / "records.jsonl").read_text() == records
+    ranking = pd.read_csv(tmp_path / "run" / "report" / "ranking.csv")
+    assert len(ranking) and not ranking["candidate"].str.contains("logreg").any()
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "outside the config's features, heads and baselines" in report
+    assert "logreg" not in (tmp_path / "run" / "report" / "tables" / "tables.md").read_text()
     cfg.write_text(text.replace("seed = 0", "seed = 1"))
     assert main(["run", str(cfg), "--quiet"]) == 2
     assert "seed" in capsys.readouterr().err

@@ -217,7 +217,10 @@ def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
 
     inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
               "finetuned_root": str(default_root().resolve()), "manifest_digest": manifest.digest(), "classes": manifest.classes,
-              "n_images": len(manifest), "features": specs}
+              "n_images": len(manifest), "features": specs,
+              # What this config runs: the report shows these candidates only, so
+              # records an earlier config left in the (append-only) folder stay out of it.
+              "scope": {"blocks": sorted(fs.blocks), "heads": list(sw["heads"]), "baselines": list(bl["names"])}}
     (cfg.out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
     # 5. search and report, from the records alone
     report = build_report(cfg.out)

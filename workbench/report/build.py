@@ -26,6 +26,28 @@ def _settings(run: Path) -> dict[str, Any]:
             "alpha": float(raw.get("report", {}).get("alpha", 0.05)), "name": raw.get("name", run.name)}
 
 
+def _in_scope(records: pd.DataFrame, run: Path) -> tuple[pd.DataFrame, int]:
+    """The records of the candidates the run's config names, and how many candidates it drops.
+
+    ``inputs.json`` (written by ``workbench run``) names the blocks, heads and baselines
+    of the config; a folder without it (a plain sweep) keeps every record.
+    """
+    inputs = run / "inputs.json"
+    scope = json.loads(inputs.read_text()).get("scope") if inputs.is_file() else None
+    if not scope:
+        return records, 0
+    blocks, heads, baselines = set(scope["blocks"]), set(scope["heads"]), set(scope["baselines"])
+
+    def wanted(r) -> bool:
+        if r["kind"] == "baseline":
+            return r["baseline"] in baselines
+        used = [r["head"]] if r["kind"] == "head" else list(r["heads"] or [])
+        return set(r["blocks"] or []) <= blocks and set(used) <= heads
+
+    keep = records.apply(wanted, axis=1).astype(bool)
+    return records[keep].reset_index(drop=True), int(records.loc[~keep, "candidate"].nunique())
+
+
 def _backbones(records: pd.DataFrame) -> list[str]:
     names = set()
     for blocks in records["blocks"]:
@@ -38,7 +60,10 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
     versions: dict[str, set] = {}
     cache_keys: dict[str, str] = {}
     weights: set[str] = set()
+    shown = set(records["key"])
     for r in store.records():  # the full records: the frame keeps metrics, not provenance
+        if r["key"] not in shown:
+            continue
         for k, x in (r.get("versions") or {}).items():
             versions.setdefault(k, set()).add(str(x))
         cache_keys.update({k: v for k, v in (r.get("cache_keys") or {}).items() if v})
@@ -109,9 +134,13 @@ def write_report(run: Path) -> Path:
     records = store.frame()
     if records.empty:
         raise ValueError(f"no records in {run}: run the experiment (or a sweep) first")
+    records, left_out = _in_scope(records, run)
     s = _settings(run)
     metric = s["metric"]
-    result = search(store, metric, top_k=s["top_k"], alpha=s["alpha"])
+    result = search(store, metric, top_k=s["top_k"], alpha=s["alpha"], records=records)
+    if left_out:
+        result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
+                            f"heads and baselines (an earlier config's); they are not shown")
     out = run / "report"
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)

@@ -102,7 +102,7 @@ def _evaluate(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate
 
 
 def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05,
-           allow_optimistic: bool = False) -> SearchResult:
+           allow_optimistic: bool = False, records: pd.DataFrame | None = None) -> SearchResult:
     """Rank, select on CV, evaluate on test, compare with the best baseline (by CV).
 
     Parameters
@@ -120,9 +120,11 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         fine-tuned on the CV folds) be selected. Off: they stay in the ranking and the
         tables, marked, but the selection takes the best clean candidates (nested
         fine-tuning makes fine-tuned features clean).
+    records
+        The records to rank: a subset of the store's (default: all of them).
     """
     store = run if isinstance(run, ResultStore) else ResultStore(run)
-    records = store.frame()
+    records = store.frame() if records is None else records
     if records.empty:
         raise ValueError(f"no records in {store.root}")
     if metric not in records.columns:
