@@ -104,8 +104,11 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     proto = store.protocol()
     classes, positive = list(proto["classes"]), proto.get("positive")
     manifest = Manifest.load(json.loads(inputs.read_text())["manifest_file"]).select_classes(classes)
-    items = [it for it in manifest if it.split == "test" and (positive is None or it.label == positive)]
-    items = sorted(items, key=lambda it: it.id)[:max_images]
+    shown = [positive] if positive is not None else classes
+    per_class = {c: sorted((it for it in manifest if it.split == "test" and it.label == c), key=lambda it: it.id)
+                 for c in shown}
+    # Several classes: the same number of each (first ids), so the grid is not all one class.
+    items = [it for c in shown for it in per_class[c][:max(1, max_images // len(shown))]][:max_images]
     network = f"{rec['backbone']}@{rec['weights_id']}"
     from workbench.backbones.finetuned import ENV_ROOT, using_root
 
@@ -119,7 +122,7 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
         return [], f"Grad-CAM grid skipped: {e}"
     share = rep.peak_share(positive)
     note = (f"Grad-CAM ({network}, the best baseline's test-split network): the map peaks inside the lesion "
-            f"box for {share:.0%} of the correctly classified images shown") if share == share else None
+            f"box for {share:.0%} of the correctly classified images shown that have a box") if share == share else None
     return rep.figure, note
 
 
