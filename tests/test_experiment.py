@@ -147,3 +147,12 @@ def test_config_is_checked_on_load(tmp_path):
         ExperimentConfig.load(tmp_path / "x.toml")
     with pytest.raises(FileNotFoundError, match="nope.toml"):
         ExperimentConfig.load(tmp_path / "nope.toml")
+
+
+def test_a_corrupt_inputs_file_is_named(tmp_path):
+    from workbench.report.build import _inputs
+
+    assert _inputs(tmp_path) == {}  # a plain sweep folder: nothing recorded, nothing filtered
+    (tmp_path / "inputs.json").write_text('{"scope": ')
+    with pytest.raises(ValueError, match=r"inputs\.json: not valid JSON"):
+        _inputs(tmp_path)

@@ -26,14 +26,24 @@ def _settings(run: Path) -> dict[str, Any]:
             "alpha": float(raw.get("report", {}).get("alpha", 0.05)), "name": raw.get("name", run.name)}
 
 
+def _inputs(run: Path) -> dict[str, Any]:
+    """``run/inputs.json`` (what ``workbench run`` ran on); empty for a plain sweep folder."""
+    path = run / "inputs.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); re-run the experiment to rewrite it") from e
+
+
 def _in_scope(records: pd.DataFrame, run: Path) -> tuple[pd.DataFrame, int]:
     """The records of the candidates the run's config names, and how many candidates it drops.
 
     ``inputs.json`` (written by ``workbench run``) names the blocks, heads and baselines
     of the config; a folder without it (a plain sweep) keeps every record.
     """
-    inputs = run / "inputs.json"
-    scope = json.loads(inputs.read_text()).get("scope") if inputs.is_file() else None
+    scope = _inputs(run).get("scope")
     if not scope:
         return records, 0
     blocks, heads, baselines = set(scope["blocks"]), set(scope["heads"]), set(scope["baselines"])
@@ -70,10 +80,10 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
         if r.get("weights_id"):
             weights.add(r["weights_id"])
     weights = sorted(weights)
-    ft_file, inputs = run / "finetuned.json", run / "inputs.json"
+    ft_file = run / "finetuned.json"
     return {
         # The manifest as the config names it (relative), not where it lay on this machine.
-        "inputs": {k: v for k, v in (json.loads(inputs.read_text()) if inputs.is_file() else {}).items()
+        "inputs": {k: v for k, v in _inputs(run).items()
                    if k not in ("manifest_file", "finetuned_root")},
         "experiment": settings["name"],
         "config": settings["raw"],
@@ -93,8 +103,8 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     if best_baseline is None:
         return [], None
     test = [r for r in store.records() if r["candidate"] == best_baseline and r["fold"] == "test"]
-    inputs = run / "inputs.json"
-    if not test or not test[-1].get("weights_id") or not inputs.is_file():
+    inputs = _inputs(run)
+    if not test or not test[-1].get("weights_id") or not inputs:
         return [], f"Grad-CAM grid skipped: no test network or manifest recorded for {best_baseline}"
     from workbench.backbones.finetuned import FineTunedNotFoundError
     from workbench.baselines.explain import explain
@@ -103,7 +113,7 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     rec = test[-1]
     proto = store.protocol()
     classes, positive = list(proto["classes"]), proto.get("positive")
-    manifest = Manifest.load(json.loads(inputs.read_text())["manifest_file"]).select_classes(classes)
+    manifest = Manifest.load(inputs["manifest_file"]).select_classes(classes)
     shown = [positive] if positive is not None else classes
     per_class = {c: sorted((it for it in manifest if it.split == "test" and it.label == c), key=lambda it: it.id)
                  for c in shown}
@@ -113,7 +123,7 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     from workbench.backbones.finetuned import ENV_ROOT, using_root
 
     # `workbench report` alone: the store the run used, unless the caller chose one.
-    root = None if os.environ.get(ENV_ROOT) else json.loads(inputs.read_text()).get("finetuned_root")
+    root = None if os.environ.get(ENV_ROOT) else inputs.get("finetuned_root")
     try:
         with using_root(root):
             items = list(manifest.subset([it.id for it in items]).validate(progress=False))

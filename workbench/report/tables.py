@@ -752,9 +752,9 @@ def to_latex(table: Table) -> str:
     Values below the best baseline are underlined, the best of each column bold. Needs
     ``\\usepackage{booktabs,graphicx,longtable}``. A table wider than the line is shrunk
     to it. A wide table is set in ``\\small`` with two-line cells, and the widest (the
-    comparison, with its intervals) is a ``table*``, both columns of a two-column paper. A table of more
-    than :data:`LONG_ROWS` rows is a ``longtable``, which breaks across pages, repeats
-    its header, and needs a one-column document (a supplement).
+    comparison, with its intervals) is a ``table*``, both columns of a two-column paper.
+    A table of more than :data:`LONG_ROWS` rows is a ``longtable``, which breaks across
+    pages, repeats its header, and needs a one-column document (a supplement).
     """
     ncol = len(table.columns)
     aligns = ["r" if table.numeric(j) else "l" for j in range(ncol)]

@@ -40,8 +40,6 @@ class SweepInputError(ValueError):
     """Features or labels the sweep cannot use; raised before anything is written."""
 
 
-
-
 # ---- inputs ----------------------------------------------------------------------
 
 
