@@ -25,7 +25,7 @@ from workbench.backbones.registry import get_backbone, state_dict_digest
 from workbench.backbones.weights import resolve_weights
 from workbench.baselines.configs import UnknownBaselineError, get_baseline
 from workbench.baselines.estimator import CNNClassifier, validation_split
-from workbench.baselines.finetune import FineTuneConfig, fine_tune, finetune_id, predict_proba
+from workbench.baselines.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id, predict_proba
 from workbench.baselines.run import run_baselines
 from workbench.data.manifest import Manifest
 
@@ -134,8 +134,9 @@ def test_checkpoint_of_another_architecture_is_refused(busi_slice, tmp_path):
     folder = tmp_path / LITE / wid
     folder.mkdir(parents=True)
     other = load_backbone("resnet18", "random").model.state_dict()
-    torch.save({"backbone": LITE, "weights_id": wid, "model": other}, folder / "checkpoint.pt")
-    with pytest.raises(CheckpointMismatchError, match="checkpoint.pt"):
+    torch.save({"backbone": LITE, "weights_id": wid, "format": CHECKPOINT_FORMAT, "model": other},
+               folder / "checkpoint.pt")
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint\.pt: it does not fit"):
         fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path, progress=False)
     # A checkpoint of another run (copied into the wrong folder) names both.
     torch.save({"backbone": "resnet18", "weights_id": "ft-000000000000", "model": other}, folder / "checkpoint.pt")

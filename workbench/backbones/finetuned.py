@@ -8,7 +8,11 @@ finished id is never trained twice. ``alexnet@ft-3f2a9c0d1e2b:fc6`` then extract
 caches and sweeps like any other block.
 
 Folder contents: ``checkpoint.pt`` while training, then ``weights.pth`` (the best
-state dict, classifier for the task's classes included) and ``meta.json``.
+state dict, classifier for the task's classes included) and ``meta.json``. The store
+may be shared or handed over, and ids are predictable, so every file in it is read as
+data only: ``.pt``/``.pth`` with ``torch.load(weights_only=True)`` (a file that would
+import anything is refused, :class:`~workbench.backbones.loading.UnsafeCheckpointError`),
+``.json`` with :mod:`json`.
 """
 from __future__ import annotations
 

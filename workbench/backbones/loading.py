@@ -1,9 +1,11 @@
 """Build a registry backbone with its weights and wrap it so one forward pass gives every tap."""
 from __future__ import annotations
 
+import pickle  # only for its exception class: nothing here unpickles with it
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -11,11 +13,57 @@ from torch import nn
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import RANDOM_SEED, ResolvedWeights, resolve_weights
 
-__all__ = ["CheckpointMismatchError", "LoadedBackbone", "TapModel", "load_backbone", "read_state_dict"]
+__all__ = [
+    "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "LoadedBackbone",
+    "TapModel",
+    "load_backbone",
+    "load_data_only",
+    "read_state_dict",
+]
 
 
 class CheckpointMismatchError(ValueError):
     """A weights file that does not fit the architecture it was given to."""
+
+
+class UnsafeCheckpointError(CheckpointMismatchError):
+    """A ``torch.save`` file that holds more than tensors and plain data (code to run on load)."""
+
+
+def load_data_only(path: str | Path, *, what: str = "file") -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``).
+
+    Every file the workbench reads back may come from a shared or copied folder, so no
+    load may run code: a pickled object whose ``__reduce__`` calls a function is
+    refused before anything of it runs.
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        Naming the file and the object it would have had to import.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        # Either way nothing of the file ran; only the message differs. An import the
+        # restricted unpickler blocked ("GLOBAL posix.system") means the file asks to run
+        # code; anything else (junk bytes, another pickle opcode) is merely unreadable.
+        wanted = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if wanted is None:
+            detail = re.search(r"Unsupported[^\n]*", text)
+            raise CheckpointMismatchError(
+                f"cannot read {what} {path}: not a torch.save file of tensors and plain data"
+                + (f" ({detail.group(0).strip()[:200]})" if detail else "")) from None
+        # torch's own message advises weights_only=False; the workbench never does that.
+        raise UnsafeCheckpointError(
+            f"refused to load {what} {path}: it holds objects other than tensors and plain data "
+            f"(it would import {wanted.group(1)}), so loading it could run code. The workbench "
+            f"never writes such files: it was written by other software or tampered with. Move it "
+            f"away; do not load it with weights_only=False.") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -28,8 +76,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             obj = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a checkpoint, pickled code, ...
+            obj = load_data_only(path, what="weights file")
+    except CheckpointMismatchError:  # already names the file and the reason
+        raise
+    except Exception as e:  # truncated, not a checkpoint, ...
         raise CheckpointMismatchError(f"cannot read weights file {path}: {e}") from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

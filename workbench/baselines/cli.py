@@ -16,7 +16,7 @@ The network is fine-tuned on the manifest's training split only (a stratified sh
 for early stopping); CV results on its features are marked optimistic in sweep records,
 since it has seen every CV fold. Test results on them are clean.
 settings (--set KEY=VALUE): epochs, batch_size, optimizer (sgd|adam|adamw), lr, momentum,
-  weight_decay, schedule (cosine|step|none), step_size, gamma, class_weights, freeze
+  weight_decay, schedule (cosine|step|none), step_size, gamma, class_weight (balanced|none), freeze
   (none|features|fraction), image_size, resize, augment, cut_remain, box_mode
   (tight|square|margin), patience, monitor (auc|loss), seed
 """

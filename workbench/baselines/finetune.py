@@ -5,7 +5,13 @@ validation list, and leaves it in the fine-tuned store under an id that hashes e
 input (:mod:`workbench.backbones.finetuned`). A checkpoint is written after every
 epoch (model, optimizer, schedule, random states), so a killed run resumes where it
 stopped and ends exactly as the uninterrupted run would (same seed, CPU); a finished
-id is loaded, never trained again.
+id is loaded, never trained again. Checkpoints hold tensors and plain numbers only and
+are read with ``weights_only=True``: a store folder someone else wrote cannot run code.
+
+Imbalanced classes: the cross-entropy is weighted ``n / (C * n_c)`` by default
+(``class_weight="balanced"``), early stopping watches validation AUC (ties go to the
+lower loss), never accuracy, and a validation split with fewer than
+:data:`MIN_VAL_PER_CLASS` images of a class is warned about.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,21 +35,44 @@ from tqdm.auto import tqdm
 
 from workbench.backbones.adapt import FREEZE_MODES, adapt_for_task, freeze_early
 from workbench.backbones.finetuned import FT_PREFIX, finetuned_dir, read_meta
-from workbench.backbones.loading import CheckpointMismatchError, build_finetuned, build_model
+from workbench.backbones.loading import (
+    CheckpointMismatchError,
+    build_finetuned,
+    build_model,
+    load_data_only,
+)
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.manifest import Item
 from workbench.features.preprocess import Geometry
 from workbench.records import environment
 
-__all__ = ["FineTuneConfig", "FineTuned", "fine_tune", "finetune_id", "predict_proba", "FINETUNE_CODE_VERSION"]
+__all__ = [
+    "FineTuneConfig",
+    "FineTuned",
+    "SmallValidationWarning",
+    "fine_tune",
+    "finetune_id",
+    "predict_proba",
+    "FINETUNE_CODE_VERSION",
+]
 
 #: Part of every fine-tuned weights id; bump when a change alters the trained numbers.
-FINETUNE_CODE_VERSION = "1"
+#: 2: balanced class weights by default, AUC ties broken by lower loss, data-only checkpoints.
+FINETUNE_CODE_VERSION = "2"
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
 MONITORS = ("auc", "loss")
+CLASS_WEIGHTS = ("balanced", "none")
+#: Fewer validation images of a class than this make early stopping a coin toss.
+MIN_VAL_PER_CLASS = 5
+#: Version of the checkpoint.pt layout (tensors, numbers, strings and lists only).
+CHECKPOINT_FORMAT = 2
+
+
+class SmallValidationWarning(UserWarning):
+    """The validation split holds too few images of some class to steer early stopping."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +93,9 @@ class FineTuneConfig:
     schedule: str = "cosine"
     step_size: int = 10  # "step" schedule: epochs per decay
     gamma: float = 0.1  # "step" schedule: decay factor
-    class_weights: bool = False  # "balanced" cross-entropy weights
+    # "balanced": cross-entropy weights n / (C * n_c) from the training rows, so a
+    # minority class counts as much as the majority; "none": plain cross-entropy.
+    class_weight: str = "balanced"
     freeze: str | float = "none"  # "none", "features" (train the head only), or a fraction
     image_size: int | None = None  # None: the weights' own input size
     resize: str = "squash"
@@ -75,12 +107,18 @@ class FineTuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # `--set class_weight=none` parses to None, a TOML flag to a bool: one spelling
+        # each, so equal settings hash to one id.
+        if self.class_weight is None or isinstance(self.class_weight, bool):
+            object.__setattr__(self, "class_weight", "balanced" if self.class_weight else "none")
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
             (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
+            (self.class_weight in CLASS_WEIGHTS,
+             f"class_weight must be one of {CLASS_WEIGHTS}, got {self.class_weight!r}"),
             (self.lr > 0, "lr must be > 0"),
             (self.freeze in FREEZE_MODES or (isinstance(self.freeze, (int, float))
                                               and not isinstance(self.freeze, bool) and 0 <= self.freeze < 1),
@@ -93,7 +131,16 @@ class FineTuneConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FineTuneConfig":
-        """Build from a mapping, naming unknown keys (a typo must not be ignored)."""
+        """Build from a mapping, naming unknown keys (a typo must not be ignored).
+
+        The key ``class_weights`` (a bool, before ``class_weight`` replaced it) is read
+        as ``"balanced"`` / ``"none"``, so older configs and ``meta.json`` files load.
+        """
+        d = dict(d)
+        if "class_weights" in d:
+            if "class_weight" in d:
+                raise ValueError("fine-tune settings: give class_weight only (class_weights is its old name)")
+            d["class_weight"] = d.pop("class_weights")  # a bool or None: __post_init__ maps it
         names = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - names)
         if bad:
@@ -207,6 +254,11 @@ def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str
 
 
 def _val_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Validation loss, AUC, accuracy and balanced accuracy (mean per-class recall).
+
+    Only AUC and loss steer early stopping: accuracy is maximised by predicting the
+    majority class, which on an imbalanced split looks like a good network.
+    """
     from sklearn.metrics import roc_auc_score
 
     p = np.clip(proba, 1e-7, 1.0)
@@ -215,7 +267,45 @@ def _val_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, 
     if len(np.unique(y)) == n_classes:
         auc = float(roc_auc_score(y, proba[:, 1]) if n_classes == 2
                     else roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=range(n_classes)))
-    return {"val_loss": loss, "val_auc": auc, "val_acc": float(np.mean(proba.argmax(1) == y)) if len(y) else float("nan")}
+    pred = proba.argmax(1)
+    recalls = [float(np.mean(pred[y == c] == c)) for c in range(n_classes) if np.any(y == c)]
+    return {"val_loss": loss, "val_auc": auc,
+            "val_acc": float(np.mean(pred == y)) if len(y) else float("nan"),
+            "val_bal_acc": float(np.mean(recalls)) if recalls else float("nan")}
+
+
+def _class_weights(y_train: np.ndarray, classes: Sequence[str], mode: str) -> np.ndarray | None:
+    """Balanced cross-entropy weights ``n / (C * n_c)`` from the training rows, or None.
+
+    None too when the classes are already balanced: the weights would all be 1.
+    """
+    if mode == "none":
+        return None
+    counts = np.bincount(y_train, minlength=len(classes)).astype(np.float64)
+    if np.all(counts == counts[0]):
+        return None
+    # A class absent from training gets the weight of a one-image class; it has no rows anyway.
+    return len(y_train) / (len(classes) * np.maximum(counts, 1))
+
+
+def _warn_small_validation(val_counts: dict[str, int], say: Callable[[str], None]) -> None:
+    small = {c: n for c, n in val_counts.items() if n < MIN_VAL_PER_CLASS}
+    if not small:
+        return
+    msg = (f"the validation split holds fewer than {MIN_VAL_PER_CLASS} images of "
+           + ", ".join(f"{c!r} ({n})" for c, n in small.items())
+           + f" (counts: {val_counts}): early stopping on it is noisy"
+           + ("; a class with none leaves AUC undefined, so validation loss is watched" if 0 in small.values()
+              else "")
+           + ". Use a larger validation share or more images of that class.")
+    warnings.warn(msg, SmallValidationWarning, stacklevel=3)
+    say(f"warning: {msg}")
+
+
+def _score(row: dict[str, Any], monitor: str) -> list[float]:
+    """What early stopping maximises: ``[auc, -loss]`` (ties in AUC go to the lower
+    loss) or ``[-loss]``. A list, so the checkpoint stores it as plain numbers."""
+    return [row["val_auc"], -row["val_loss"]] if monitor == "auc" else [-row["val_loss"]]
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -225,15 +315,27 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "loader": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    """Every random state as uint8 tensors and plain numbers, so the checkpoint loads
+    with ``weights_only=True`` (numpy arrays and tuples of Python objects would not)."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np.ascontiguousarray(key, dtype="<u4").view(np.uint8).copy()),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": [int(version), [int(v) for v in internal], None if gauss_next is None else float(gauss_next)],
+        "loader": generator.get_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else None,
+    }
 
 
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    key = n["key"].numpy().view("<u4").astype(np.uint32)
+    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     generator.set_state(state["loader"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -263,10 +365,9 @@ def _freeze_bn_of_frozen(model: nn.Module) -> None:
                 m.eval()
 
 
-def _better(score: float, best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
-    return score > best if monitor == "auc" else score < best
+def _better(score: Sequence[float], best: Sequence[float] | None) -> bool:
+    """Strictly better in lexicographic order (the earlier epoch keeps a full tie)."""
+    return best is None or list(score) > list(best)
 
 
 def fine_tune(
@@ -359,17 +460,19 @@ def fine_tune(
     opt = _optimizer(trainable, config)
     sched = _scheduler(opt, config)
     y_train = np.array([classes.index(it.label) for it in train])
-    weight = None
-    if config.class_weights:
-        counts = np.bincount(y_train, minlength=len(classes)).astype(np.float64)
-        weight = torch.tensor(len(y_train) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32, device=dev)
+    train_counts = {c: int(n) for c, n in zip(classes, np.bincount(y_train, minlength=len(classes)))}
+    class_w = _class_weights(y_train, classes, config.class_weight)
+    weight = None if class_w is None else torch.tensor(class_w, dtype=torch.float32, device=dev)
     criterion = nn.CrossEntropyLoss(weight=weight)
     train_ds = _dataset(train, classes, size, config.resize, dc, train=True, config=config)
     if config.cut_remain and train_ds.missing_box_ids:
         say(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(train)} training images have no box; "
             f"kept unmasked")
     val_ds = _dataset(val, classes, size, config.resize, dc, train=False, config=config) if val else None
-    y_val = np.array([classes.index(it.label) for it in val])
+    y_val = np.array([classes.index(it.label) for it in val], dtype=np.int64)
+    val_counts = {c: int(n) for c, n in zip(classes, np.bincount(y_val, minlength=len(classes)))}
+    if val:
+        _warn_small_validation(val_counts, say)
     generator = torch.Generator().manual_seed(config.seed)
     loader = _loader(train_ds, config.batch_size, shuffle=True, device=dev, generator=generator)
 
@@ -379,23 +482,30 @@ def fine_tune(
     ckpt_path = folder / "checkpoint.pt"
     if ckpt_path.is_file():
         try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            # The folder may be shared or copied, and its id is predictable: data only, never code.
+            ck = load_data_only(ckpt_path, what="fine-tuning checkpoint")
+            if not isinstance(ck, dict):
+                raise CheckpointMismatchError(f"checkpoint {ckpt_path} holds a {type(ck).__name__}, not a dict")
             if ck.get("weights_id") != wid or ck.get("backbone") != spec.name:
                 raise CheckpointMismatchError(
                     f"checkpoint {ckpt_path} belongs to {ck.get('backbone')}@{ck.get('weights_id')}, "
                     f"not {spec.name}@{wid}")
+            if ck.get("format") != CHECKPOINT_FORMAT:
+                raise CheckpointMismatchError(
+                    f"cannot resume from {ckpt_path}: checkpoint format {ck.get('format', 'none')}, this "
+                    f"workbench writes {CHECKPOINT_FORMAT}. Move it away to start over.")
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
-        except CheckpointMismatchError:
+            _set_rng_state(ck["rng"], generator)
+            history, best_state, best_score = ck["history"], ck["best_state"], ck["best_score"]
+            best_epoch, bad_epochs, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"] + 1
+        except CheckpointMismatchError:  # UnsafeCheckpointError included
             raise
         except Exception as e:  # another architecture's tensors, a truncated file, ...
             raise CheckpointMismatchError(
                 f"cannot resume from {ckpt_path}: it does not fit {spec.name} with {len(classes)} classes "
                 f"({type(e).__name__}: {str(e)[:300]}). Move it away to start over.") from e
-        history, best_state, best_score = ck["history"], ck["best_state"], ck["best_score"]
-        best_epoch, bad_epochs, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"] + 1
-        _set_rng_state(ck["rng"], generator)
         say(f"resuming {spec.name}@{wid} after epoch {ck['epoch']} from {ckpt_path}")
 
     stop = start > config.epochs or (config.patience and bad_epochs >= config.patience and val)
@@ -431,20 +541,23 @@ def fine_tune(
             proba = predict_proba(model, val, classes, Geometry(size, config.resize, interpolation=dc.interpolation),
                                   dc, device=dev, batch_size=max(config.batch_size, 32))
             row.update(_val_metrics(proba, y_val, len(classes)))
+            # AUC is undefined when the validation split lacks a class: watch the loss then.
             monitor = config.monitor if not (config.monitor == "auc" and np.isnan(row["val_auc"])) else "loss"
-            score = row["val_auc"] if monitor == "auc" else row["val_loss"]
+            score = _score(row, monitor)
         else:
-            monitor, score = "loss", row["train_loss"]
+            monitor, score = "loss", [-row["train_loss"]]
         row["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
-        if val_ds is None or _better(score, best_score, monitor):
+        if val_ds is None or _better(score, best_score):
             best_score, best_epoch, bad_epochs = score, epoch, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
         say(f"{spec.name}@{wid} epoch {epoch}: {shown}")
+        # Tensors, numbers, strings and lists only: it is read back with weights_only=True.
         _atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
             "backbone": spec.name, "weights_id": wid, "epoch": epoch, "model": model.state_dict(),
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
             "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
@@ -464,6 +577,9 @@ def fine_tune(
         "n_train": len(train), "n_val": len(val),
         # The ids it saw: the sweep marks CV results on its features optimistic from these.
         "train_ids": sorted(it.id for it in train), "val_ids": sorted(it.id for it in val), "context": context, "frozen_parameters": len(frozen),
+        "class_weight": {"mode": config.class_weight, "train_counts": train_counts,
+                         "weights": None if class_w is None else dict(zip(classes, map(float, class_w)))},
+        "val_counts": val_counts, "monitor": config.monitor,
         "history": history, "best_epoch": best_epoch, "code_version": FINETUNE_CODE_VERSION,
         "environment": environment(),
     }
