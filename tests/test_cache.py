@@ -407,12 +407,12 @@ def test_gc_compaction_does_not_launder_an_altered_shard(tiny_dataset, tmp_path)
         cache.gc()
     except CacheCorruptError:
         pass  # refusing to compact damaged entries is fine too
-    still = errors_of(cache.verify())
-    served = run(tiny_dataset.csv, [TINY], root)[TINY]
-    assert still or np.allclose(served, fs[TINY], atol=1e-5), (
-        "gc() compacted the altered rows into a new shard with a fresh SHA-256: "
-        "verify() now reports nothing and the altered features are served as valid"
+    assert [(p.entry, p.file) for p in errors_of(cache.verify())] == [(key, victim)], (
+        "gc() compacted the altered rows into a new shard with a fresh SHA-256: the damage is hidden"
     )
+    # Reads check the SHA-256 too: the altered rows are refused, never served.
+    with pytest.raises(CacheCorruptError, match=victim):
+        run(tiny_dataset.csv, [TINY], root)
 
 
 # ---- killed and concurrent writers -----------------------------------------------------------

@@ -13,6 +13,7 @@ from PIL import Image
 
 from workbench.data.images import (
     SUPPORTED_SUFFIXES,
+    ImageChangedError,
     ImageDecodeError,
     crop_to_box,
     decode_image,
@@ -285,6 +286,76 @@ def test_error_pickles(tmp_path):
     err = ImageDecodeError(tmp_path / "x.png", "not an image file")
     back = pickle.loads(pickle.dumps(err))
     assert back.path == err.path and back.reason == err.reason and str(back) == str(err)
+
+
+# ---- multi-page TIFFs: refused, never read as their first page --------------------------
+
+
+@pytest.mark.parametrize("writer", ["tifffile", "pil"])
+def test_multi_page_tiff_is_refused_saying_so(tmp_path, writer):
+    path = tmp_path / "stack.tif"
+    pages = [GRAY, 255 - GRAY, GRAY // 2]
+    if writer == "tifffile":
+        with tifffile.TiffWriter(path) as tif:
+            for page in pages:
+                tif.write(page, contiguous=False)
+    else:
+        first, *rest = [Image.fromarray(p) for p in pages]
+        first.save(path, save_all=True, append_images=rest)
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(path)
+    assert info.value.path == path
+    assert info.value.reason.startswith("multi-page TIFF (3 images)") and "first page" not in info.value.reason
+    assert "will not pick a page" in info.value.reason
+
+
+def test_multi_plane_tiff_page_is_refused(tmp_path):
+    path = tmp_path / "volume.tif"
+    tifffile.imwrite(path, np.stack([GRAY, 255 - GRAY]).astype(np.uint16) * 100, volumetric=True)
+    with pytest.raises(ImageDecodeError, match="planes"):
+        decode_image(path)
+
+
+def test_tiff_with_a_thumbnail_page_reads_the_image(tmp_path):
+    # A reduced-resolution page (NewSubfileType bit 0) is a preview of the same image, not a second one.
+    path = tmp_path / "with_thumb.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(GRAY)
+        tif.write(GRAY[::2, ::2], subfiletype=1)
+    t = decode_image(path)
+    check_tensor(t)
+    assert torch.allclose(t[0], torch.from_numpy(GRAY.astype(np.float32) / 255))
+
+
+def test_multi_page_tiff_is_a_bad_row_at_validation(tmp_path):
+    from workbench.data.manifest import Manifest, ManifestError
+
+    (tmp_path / "ok.png").write_bytes(png_bytes())
+    with tifffile.TiffWriter(tmp_path / "stack.tif") as tif:
+        for page in (GRAY, 255 - GRAY):
+            tif.write(page, contiguous=False)
+    (tmp_path / "labels.csv").write_text("path,label\nok.png,benign\nstack.tif,malignant\n")
+    with pytest.raises(ManifestError, match="stack.tif.*multi-page TIFF"):
+        Manifest.load(tmp_path / "labels.csv").validate(progress=False)
+
+
+# ---- the bytes decoded are the bytes hashed ------------------------------------------------
+
+
+def test_decode_checks_the_digest_of_the_bytes_it_decodes(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(png_bytes())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    check_tensor(decode_image(path, expect_sha256=digest), 48, 48)
+    Image.fromarray(RGB).save(path)  # rewritten since it was hashed
+    with pytest.raises(ImageChangedError) as info:
+        decode_image(path, expect_sha256=digest)
+    err = info.value
+    assert isinstance(err, ImageDecodeError) and err.path == path and err.expected == digest
+    assert err.actual == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "changed since it was validated" in str(err) and digest[:12] in str(err)
+    back = pickle.loads(pickle.dumps(err))  # it crosses DataLoader worker processes
+    assert type(back) is ImageChangedError and str(back) == str(err)
 
 
 # ---- image_size, crop_to_box, file_sha256 --------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -105,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="BACKBONE[@WEIGHTS][:TAP,TAP]; repeat for several backbones")
     e.add_argument("--cache", default="features_cache", help="feature cache folder [features_cache]")
     e.add_argument("--record", default=None,
-                   help="run record JSON path [CACHE/records/extract-TIMESTAMP.json]")
+                   help="run record JSON path [CACHE/records/extract-TIMESTAMP-ID.json]")
     e.add_argument("--save", default=None, help="also write the aligned features to this .npz")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_extract_options(e)
@@ -221,7 +220,10 @@ def _cmd_extract(args) -> int:
         skip_bad=args.skip_bad, progress=not args.quiet,
     )
     rec = fs.record
-    record = Path(args.record) if args.record else Path(args.cache) / "records" / f"extract-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    from workbench.records import unique_record_name
+
+    # Unique per run: extracts started in the same second must not overwrite each other's record.
+    record = Path(args.record) if args.record else Path(args.cache) / "records" / unique_record_name("extract")
     fs.save_record(record)
     if args.save:
         np.savez(args.save, ids=np.array(fs.ids), labels=np.array(fs.labels), **{n: fs[n] for n in fs.names})
@@ -326,6 +328,7 @@ def _cmd_cache(args) -> int:
     from workbench.features.cache import FeatureCache
 
     cache = FeatureCache(args.cache)
+    cache.check()
     if args.action == "ls":
         entries = cache.entries()
         if not entries:
@@ -346,14 +349,24 @@ def _cmd_cache(args) -> int:
     if args.action == "verify":
         problems = cache.verify()
         errors = [p for p in problems if p.severity == "error"]
+        unreadable = [p for p in problems if p.severity == "unreadable"]
         for p in problems:
             print(p)
         n = len(cache.entries())
-        print(f"verified {n} entries: {len(errors)} corrupt, {len(problems) - len(errors)} warnings")
-        return 1 if errors else 0
+        print(f"verified {n} entries: {len(errors)} corrupt, {len(unreadable)} unreadable, "
+              f"{len(problems) - len(errors) - len(unreadable)} warnings")
+        if unreadable:
+            # Not proven damaged: gc --remove-corrupt leaves these alone.
+            print("unreadable shards could not be opened or read (see the cause above); "
+                  "fix that and verify again", file=sys.stderr)
+        return 1 if errors or unreadable else 0
     stats = cache.gc(grace_seconds=args.grace, remove_corrupt=args.remove_corrupt,
                      compact=not args.no_compact, drop=args.drop)
     print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()))
+    if stats["unreadable_entries_left"]:
+        print("some shards could not be read and were left untouched; run `workbench cache verify`",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -386,6 +399,14 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _os_error_text(e: OSError) -> str:
+    """``PATH: cause`` (``SRC -> DST: cause`` for a rename) when the error says them."""
+    if e.filename is not None and e.strerror:
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return f"{where}: {e.strerror}"
+    return str(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
     args = _parser().parse_args(argv)
@@ -404,9 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except (ManifestError, WeightsNotFoundError, UnknownBackboneError, CheckpointMismatchError, FineTunedNotFoundError,
-            CacheCorruptError, StoreCorruptError, ValueError, KeyError, FileNotFoundError) as e:
+            CacheCorruptError, StoreCorruptError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"workbench {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A cache path that is a file, a read-only file system, a full disk: one line
+        # naming the path and the cause, not a traceback.
+        print(f"workbench {args.command}: error: {_os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is in the cache / run folder; re-run the same command to resume",

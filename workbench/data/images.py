@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "SUPPORTED_SUFFIXES",
     "ImageDecodeError",
+    "ImageChangedError",
     "decode_image",
     "image_size",
     "crop_to_box",
@@ -56,6 +57,25 @@ class ImageDecodeError(ValueError):
 
     def __reduce__(self):  # keep it picklable across process pools
         return (type(self), (self.path, self.reason))
+
+
+class ImageChangedError(ImageDecodeError):
+    """An image file's bytes no longer hash to the digest it was validated (and keyed) with."""
+
+    def __init__(self, path: PathLike, expected: str, actual: str) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            path,
+            f"changed since it was validated (SHA-256 {expected[:12]}... then, {actual[:12]}... now); "
+            f"its features were not stored: run again to use the new content",
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.expected, self.actual))
+
+
+class _Refused(Exception):
+    """A file that decodes but holds more than one image: the reason says which."""
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -130,16 +150,41 @@ def _tiff_bits_exceed_8(img: Image.Image) -> bool:
     return any(int(b) > 8 for b in bits)
 
 
+def _tiff_refusal(data: bytes) -> str | None:
+    """Why a TIFF holding more than one image is refused, or None for a single image.
+
+    Reduced-resolution pages (NewSubfileType bit 0: thumbnails, pyramid levels) are
+    previews of the same image and do not count. A file tifffile cannot parse is left
+    to the decoders, whose diagnosis is clearer.
+    """
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            full = [page for page in tif.pages if not int(getattr(page, "subfiletype", 0) or 0) & 1]
+            depth = max((int(getattr(page, "imagedepth", 1) or 1) for page in full), default=1)
+    except Exception:
+        return None
+    if len(full) > 1:
+        return (f"multi-page TIFF ({len(full)} images); the workbench reads one image per file "
+                f"and will not pick a page silently: save each page as its own file")
+    if depth > 1:
+        return (f"TIFF page holds {depth} planes (a volume, not one image); the workbench will not pick "
+                f"a plane silently: save each plane as its own file")
+    return None
+
+
 def _tifffile_to_array(data: bytes) -> np.ndarray:
-    """Decode the first page of a TIFF with tifffile -> HxWxC array (C in {1, 3})."""
+    """Decode the single page of a TIFF with tifffile -> HxWxC array (C in {1, 3})."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages[0]
         arr = page.asarray()
         axes = page.axes
         photometric = int(page.photometric) if page.photometric is not None else None
-    # Reduce to Y, X, S by taking the first index along any other axis (pages, planes).
+    # Anything but Y, X, S (a depth or plane axis) is more than one image: never pick one silently.
     for i in reversed(range(arr.ndim)):
         if axes[i] not in "YXS":
+            if arr.shape[i] > 1:
+                raise _Refused(f"TIFF page holds {arr.shape[i]} planes along axis {axes[i]!r} "
+                               f"(a stack, not one image); save the plane to use as its own file")
             arr = arr.take(0, axis=i)
     axes = "".join(a for a in axes if a in "YXS")
     if "S" not in axes:
@@ -166,6 +211,11 @@ def _tifffile_to_array(data: bytes) -> np.ndarray:
 def _decode_array(path: Path, data: bytes) -> np.ndarray:
     """Bytes of an image file -> HxWxC array (C in {1, 3}); raises ImageDecodeError."""
     tiff = _is_tiff(path, data)
+    refusal = _tiff_refusal(data) if tiff else None
+    if refusal:
+        # Reading page 1 of a stack (slices, frames, views) would key a whole study by
+        # one slice without a word; refuse and say so.
+        raise ImageDecodeError(path, refusal)
     arr: np.ndarray | None = None
     reason: str | None = None
     cause: BaseException | None = None
@@ -187,6 +237,8 @@ def _decode_array(path: Path, data: bytes) -> np.ndarray:
     if tiff:
         try:
             return _tifffile_to_array(data)
+        except _Refused as e:
+            raise ImageDecodeError(path, str(e)) from None
         except Exception as e:
             # PIL's diagnosis is usually the clearer one; keep tifffile's as a detail.
             if reason is None or reason.startswith("unsupported image mode"):
@@ -219,7 +271,7 @@ def _to_tensor(arr: np.ndarray, keep_gray: bool = False) -> torch.Tensor:
     return t.clamp_(0.0, 1.0)
 
 
-def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
+def decode_image(path: PathLike, *, keep_gray: bool = False, expect_sha256: str | None = None) -> torch.Tensor:
     """Fully decode an image file into a float tensor.
 
     Parameters
@@ -229,6 +281,10 @@ def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
     keep_gray : bool
         Return grayscale images as (1, H, W), so a resize works on one channel
         instead of three identical ones (the extraction pipeline replicates after).
+    expect_sha256 : str, optional
+        Hex SHA-256 the file was validated with. The bytes decoded are the bytes
+        hashed (one read), so a file rewritten since validation is an error, never
+        new pixels under the old digest.
 
     Returns
     -------
@@ -237,16 +293,24 @@ def decode_image(path: PathLike, *, keep_gray: bool = False) -> torch.Tensor:
         channels (unless ``keep_gray``) and alpha is dropped. 8-bit data is divided by
         255; 16-bit, 32-bit and float data are min-max rescaled per image (a constant image gives zeros),
         since medical images rarely use the full 16-bit range. TIFFs PIL cannot read
-        faithfully (e.g. 16-bit RGB) are read with tifffile (first page). EXIF
-        orientation is not applied, so the size matches :func:`image_size`.
+        faithfully (e.g. 16-bit RGB) are read with tifffile. EXIF orientation is not
+        applied, so the size matches :func:`image_size`.
 
     Raises
     ------
     ImageDecodeError
-        If the file is missing, empty, not an image, truncated or corrupt.
+        If the file is missing, empty, not an image, truncated or corrupt, or a
+        multi-page TIFF (refused: which page is meant is not for us to guess).
+    ImageChangedError
+        If ``expect_sha256`` is given and the bytes read hash to something else.
     """
     p = Path(path)
-    return _to_tensor(_decode_array(p, _read_bytes(p)), keep_gray=keep_gray)
+    data = _read_bytes(p)
+    if expect_sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expect_sha256:
+            raise ImageChangedError(p, expect_sha256, actual)
+    return _to_tensor(_decode_array(p, data), keep_gray=keep_gray)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

@@ -17,8 +17,12 @@ file. Reads memory-map the shards.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import io
 import json
+import mmap
 import os
 import shutil
 import socket
@@ -26,12 +30,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from filelock import FileLock
-
-from workbench.data.images import file_sha256
 
 __all__ = ["FeatureCache", "CacheEntry", "CacheCorruptError", "CacheProblem", "entry_key", "FORMAT"]
 
@@ -43,6 +45,15 @@ class CacheCorruptError(RuntimeError):
     """A cache entry that cannot be read as committed; the message names it."""
 
 
+class _Damaged(ValueError):
+    """Proof that a committed file is not what was committed (size, header, hash, missing)."""
+
+
+#: Per-process memo of verified files: (device, inode, size, mtime_ns, ctime_ns) -> SHA-256.
+#: Any rewrite changes mtime/ctime (or the inode, for a rename), so a changed file is hashed again.
+_VERIFIED: dict[tuple[int, ...], str] = {}
+
+
 @dataclass(frozen=True)
 class CacheProblem:
     """One finding of :meth:`FeatureCache.verify`."""
@@ -51,7 +62,10 @@ class CacheProblem:
     name: str  # backbone@weights:tap of the entry, when readable
     file: str
     problem: str
-    severity: str = "error"  # "error" (corrupt) or "warning" (interrupted write, removable by gc)
+    # "error": proven damaged (gc --remove-corrupt deletes it); "unreadable": could not be
+    # opened or read (too many open files, permissions, I/O error), so nothing is proven
+    # and nothing is deleted; "warning": leftover of an interrupted write, removable by gc.
+    severity: str = "error"
 
     def __str__(self) -> str:
         return f"{self.severity.upper()}: entry {self.entry[:16]} ({self.name}) {self.file}: {self.problem}"
@@ -66,36 +80,119 @@ def entry_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _with_path(e: OSError, path: Path, *, rename: bool = False) -> OSError:
+    """``e`` with ``path`` as its filename, so the command line can name the culprit.
+
+    An error that names a file already is kept, unless ``rename`` (it names a
+    temporary file the user never asked for).
+    """
+    if e.filename is not None and e.errno is not None and not rename:
+        return e
+    code = e.errno
+    if code is None and "requested and" in str(e):
+        code = errno.ENOSPC  # numpy's short write: the only cause in practice is a full disk
+    return OSError(code, os.strerror(code) if code else str(e), str(path))
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, fsynced and renamed onto it on success.
+
+    On any failure (full disk, read-only file system) the temporary file is removed,
+    so nothing half-written is left, and the error carries the path.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    with open(tmp, "wb") as f:
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _with_path(e, path, rename=True) from e
+        raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    with _atomic_file(path) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> str:
-    """Save ``array`` as .npy atomically; return the file's SHA-256."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
-    return digest
+    """Save ``array`` as .npy atomically; return the SHA-256 of the bytes written."""
+    array = np.ascontiguousarray(array)
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(array))
+    digest = hashlib.sha256(head.getvalue())
+    digest.update(array.data)
+    with _atomic_file(path) as f:
+        # Plain writes, not ndarray.tofile: a full disk then raises ENOSPC, not numpy's
+        # errno-less "2048 requested and 992 written".
+        f.write(head.getvalue())
+        f.write(array.data)
+    return digest.hexdigest()
 
 
 def _npy_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     """Size of an .npy file holding ``shape``/``dtype`` (header included)."""
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     )
     return buf.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+
+def _sha256_of(f: BinaryIO) -> str:
+    f.seek(0)
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextlib.contextmanager
+def _verified(path: Path, sha256: str, shape: tuple[int, ...], dtype: np.dtype, *,
+              force: bool = False) -> Iterator[tuple[BinaryIO, int]]:
+    """Open a committed .npy file whose size, header and SHA-256 match its commit record.
+
+    Yields the open file and the offset of its data. The hash is computed once per
+    process per file identity (``force`` re-hashes). Raises :class:`_Damaged` for a
+    file proven not to be what was committed, :class:`OSError` when it cannot be read.
+    """
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        expected = _npy_nbytes(shape, dtype)
+        if st.st_size != expected:
+            raise _Damaged(f"{path.name} does not match its recorded SHA-256 "
+                           f"(truncated or altered: {st.st_size} bytes, expected {expected})")
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if force or _VERIFIED.get(ident) != sha256:
+            if _sha256_of(f) != sha256:
+                raise _Damaged(f"{path.name} does not match its recorded SHA-256 (truncated or altered)")
+            _VERIFIED[ident] = sha256
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            hshape, fortran, hdtype = reader(f)
+        except ValueError as e:
+            raise _Damaged(f"{path.name}: unreadable .npy header ({e})") from e
+        if hshape != tuple(shape) or fortran or hdtype != np.dtype(dtype):
+            raise _Damaged(f"{path.name} holds {hdtype}{list(hshape)}, its record says {np.dtype(dtype)}{list(shape)}")
+        yield f, f.tell()
+
+
+def _read_commit(path: Path) -> dict[str, Any]:
+    """A shard's commit record, checked for the fields readers need."""
+    try:
+        rec = json.loads(path.read_text())
+        rows, dim = int(rec["rows"]), int(rec["dim"])
+        np.dtype(rec["dtype"])
+        if rows < 0 or dim < 1 or not all(isinstance(rec[k], str) for k in ("npy_sha256", "keys_sha256")):
+            raise ValueError("bad rows, dim or checksums")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _Damaged(f"{path.name}: unreadable commit record ({e})") from e
+    return rec
 
 
 class CacheEntry:
@@ -106,15 +203,24 @@ class CacheEntry:
         self.dir = root / FORMAT / key[:2] / key
         self._meta = dict(meta) if meta is not None else None
         self._index: dict[str, tuple[str, int]] | None = None
-        self._arrays: dict[str, np.ndarray] = {}
+        # Committed shards never change, so their records and keys are read once per entry object.
+        self._records: dict[str, dict[str, Any]] = {}
+        self._keys: dict[str, np.ndarray] = {}
 
     # -- metadata -----------------------------------------------------------------------
     @property
     def meta(self) -> dict[str, Any]:
         if self._meta is None:
+            path = self.dir / "meta.json"
             try:
-                self._meta = json.loads((self.dir / "meta.json").read_text())
-            except (OSError, ValueError) as e:
+                text = path.read_text()
+            except FileNotFoundError as e:
+                raise CacheCorruptError(f"cache entry {self.dir}: meta.json is missing") from e
+            except OSError as e:
+                raise _with_path(e, path) from e  # cannot read is not damaged: never a corrupt verdict
+            try:
+                self._meta = json.loads(text)
+            except ValueError as e:
                 raise CacheCorruptError(f"cache entry {self.dir}: unreadable meta.json ({e})") from e
         return self._meta
 
@@ -133,7 +239,10 @@ class CacheEntry:
 
     def ensure(self) -> None:
         """Create the entry folder and its ``meta.json`` if missing (idempotent, atomic)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _with_path(e, self.dir) from e
         path = self.dir / "meta.json"
         if not path.exists():
             _atomic_write_bytes(path, json.dumps(self.meta, indent=2, sort_keys=True).encode())
@@ -144,44 +253,70 @@ class CacheEntry:
             return []
         return sorted(p.name[: -len(".json")] for p in self.dir.glob("shard-*.json"))
 
+    def _corrupt(self, shard: str, cause: BaseException) -> CacheCorruptError:
+        return CacheCorruptError(
+            f"cache entry {self.key[:16]} ({self.name}), shard {shard}: {cause}. "
+            f"Run `workbench cache verify` to list damage and `workbench cache gc --remove-corrupt` "
+            f"to drop it (its rows are then recomputed)."
+        )
+
+    def _check(self, shard: str, part: str, *, force: bool = False):
+        """Context manager over one verified file of ``shard`` (``part``: "npy" or "keys").
+
+        Raises :class:`_Damaged` (a missing file of a committed shard counts) or OSError.
+        """
+        rec = self._records.get(shard)
+        if rec is None or force:
+            rec = self._records[shard] = _read_commit(self.dir / f"{shard}.json")
+        rows = int(rec["rows"])
+        if part == "npy":
+            path, sha, dtype = self.dir / f"{shard}.npy", rec["npy_sha256"], rec["dtype"]
+            shape: tuple[int, ...] = (rows, int(rec["dim"]))
+        else:
+            path, sha, shape, dtype = self.dir / f"{shard}.keys.npy", rec["keys_sha256"], (rows,), f"S{_KEY_BYTES}"
+        if not path.exists():
+            raise _Damaged(f"{path.name} is missing")
+        return _verified(path, sha, shape, np.dtype(dtype), force=force)
+
+    def _still_committed(self, shard: str) -> bool:
+        # gc removes a shard's commit record first: a shard whose record has gone was
+        # uncommitted (compacted or dropped) while we read, which is no damage.
+        return (self.dir / f"{shard}.json").exists()
+
+    def _shard_keys(self, shard: str) -> np.ndarray:
+        keys = self._keys.get(shard)
+        if keys is None:
+            with self._check(shard, "keys") as (f, _):
+                n = int(self._records[shard]["rows"])
+                keys = np.frombuffer(f.read(n * _KEY_BYTES), dtype=f"S{_KEY_BYTES}", count=n)
+            self._keys[shard] = keys
+        return keys
+
     def _load_index(self) -> dict[str, tuple[str, int]]:
         index: dict[str, tuple[str, int]] = {}
-        for shard in self._committed():
-            keys = self._open_shard(shard)[1]
+        committed = self._committed()
+        for gone in set(self._keys) - set(committed):
+            self._keys.pop(gone, None)
+            self._records.pop(gone, None)
+        for shard in committed:
+            try:
+                keys = self._shard_keys(shard)
+            except FileNotFoundError:
+                if self._still_committed(shard):
+                    raise
+                continue
+            except _Damaged as e:
+                if not self._still_committed(shard):
+                    continue
+                raise self._corrupt(shard, e) from e
             for i, k in enumerate(keys):
                 # Rows computed twice (two writers racing) are identical; keep the first.
                 index.setdefault(k.decode("ascii"), (shard, i))
         return index
 
-    def _open_shard(self, shard: str) -> tuple[np.ndarray, np.ndarray]:
-        rec_path = self.dir / f"{shard}.json"
-        try:
-            rec = json.loads(rec_path.read_text())
-            feats_path = self.dir / f"{shard}.npy"
-            keys_path = self.dir / f"{shard}.keys.npy"
-            shape = (int(rec["rows"]), int(rec["dim"]))
-            for p, shp, dt in ((feats_path, shape, rec["dtype"]), (keys_path, (shape[0],), f"S{_KEY_BYTES}")):
-                size = p.stat().st_size
-                expected = _npy_nbytes(shp, np.dtype(dt))
-                if size != expected:
-                    raise ValueError(f"{p.name} is {size} bytes, expected {expected} (truncated or altered)")
-            feats = np.load(feats_path, mmap_mode="r", allow_pickle=False)
-            keys = np.load(keys_path, allow_pickle=False)
-            if feats.shape != shape or keys.shape != (shape[0],):
-                raise ValueError(f"shape {feats.shape} / {keys.shape} does not match its record {shape}")
-        except (OSError, ValueError, KeyError) as e:
-            raise CacheCorruptError(
-                f"cache entry {self.key[:16]} ({self.name}), shard {shard}: {e}. "
-                f"Run `workbench cache verify` to list damage and `workbench cache gc --remove-corrupt` "
-                f"to drop it (its rows are then recomputed)."
-            ) from e
-        self._arrays[shard] = feats
-        return feats, keys
-
     def index(self, refresh: bool = False) -> dict[str, tuple[str, int]]:
         """Row key -> (shard, row) over all committed shards."""
         if self._index is None or refresh:
-            self._arrays.clear()
             self._index = self._load_index()
         return self._index
 
@@ -197,7 +332,11 @@ class CacheEntry:
         return out
 
     def write(self, row_keys: Sequence[str], features: np.ndarray) -> str:
-        """Append rows as one new shard, atomically; return the shard's name."""
+        """Append rows as one new shard, atomically; return the shard's name.
+
+        A failed write (full disk, read-only file system) removes what it had placed and
+        raises an OSError naming the file; the entry stays as it was.
+        """
         features = np.ascontiguousarray(features, dtype=self.dtype)
         if features.ndim != 2 or features.shape != (len(row_keys), self.dim):
             raise ValueError(
@@ -210,43 +349,78 @@ class CacheEntry:
         self.ensure()
         shard = f"shard-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
         keys = np.array([k.encode("ascii") for k in row_keys], dtype=f"S{_KEY_BYTES}")
-        rec = {
-            "rows": len(row_keys),
-            "dim": self.dim,
-            "dtype": str(self.dtype),
-            "npy_sha256": _atomic_save_npy(self.dir / f"{shard}.npy", features),
-            "keys_sha256": _atomic_save_npy(self.dir / f"{shard}.keys.npy", keys),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "writer": f"{socket.gethostname()}:{os.getpid()}",
-        }
-        # The commit record goes last: a shard without it does not exist for readers.
-        _atomic_write_bytes(self.dir / f"{shard}.json", json.dumps(rec, indent=1).encode())
+        placed = [self.dir / f"{shard}{suffix}" for suffix in (".npy", ".keys.npy", ".json")]
+        try:
+            rec = {
+                "rows": len(row_keys),
+                "dim": self.dim,
+                "dtype": str(self.dtype),
+                "npy_sha256": _atomic_save_npy(placed[0], features),
+                "keys_sha256": _atomic_save_npy(placed[1], keys),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "writer": f"{socket.gethostname()}:{os.getpid()}",
+            }
+            # The commit record goes last: a shard without it does not exist for readers.
+            _atomic_write_bytes(placed[2], json.dumps(rec, indent=1).encode())
+        except Exception:
+            # Uncommitted, so no reader can be using these files: leave nothing half-written.
+            for p in placed[:2]:
+                with contextlib.suppress(OSError):
+                    p.unlink(missing_ok=True)
+            raise
         return shard
 
     def read(self, row_keys: Sequence[str]) -> np.ndarray:
-        """Features for ``row_keys`` in that order, gathered from memory-mapped shards.
+        """Features for ``row_keys`` in that order, gathered from the verified shards.
 
         Raises
         ------
         KeyError
             Listing (up to five of) the row keys that are not cached.
+        CacheCorruptError
+            Naming the shard whose data does not match its commit record.
+        OSError
+            When a shard cannot be opened or read (the file is named).
         """
-        idx = self.index(refresh=True)
-        absent = [k for k in row_keys if k not in idx]
-        if absent:
-            raise KeyError(
-                f"cache entry {self.name}: {len(absent)} rows not cached (e.g. {', '.join(a[:12] for a in absent[:5])})"
-            )
-        out = np.empty((len(row_keys), self.dim), dtype=self.dtype)
-        by_shard: dict[str, tuple[list[int], list[int]]] = {}
-        for pos, k in enumerate(row_keys):
-            shard, row = idx[k]
-            dst, src = by_shard.setdefault(shard, ([], []))
-            dst.append(pos)
-            src.append(row)
-        for shard, (dst, src) in by_shard.items():
-            out[dst] = self._arrays[shard][src]
-        return out
+        for attempt in range(3):
+            idx = self.index(refresh=True)
+            absent = [k for k in row_keys if k not in idx]
+            if absent:
+                raise KeyError(
+                    f"cache entry {self.name}: {len(absent)} rows not cached "
+                    f"(e.g. {', '.join(a[:12] for a in absent[:5])})"
+                )
+            out = np.empty((len(row_keys), self.dim), dtype=self.dtype)
+            by_shard: dict[str, tuple[list[int], list[int]]] = {}
+            for pos, k in enumerate(row_keys):
+                shard, row = idx[k]
+                dst, src = by_shard.setdefault(shard, ([], []))
+                dst.append(pos)
+                src.append(row)
+            try:
+                for shard, (dst, src) in by_shard.items():
+                    self._gather(shard, src, out, dst)
+                return out
+            except (FileNotFoundError, _Damaged) as e:
+                if self._still_committed(shard) or attempt == 2:
+                    if isinstance(e, _Damaged):
+                        raise self._corrupt(shard, e) from e
+                    raise
+                # A concurrent gc compacted the entry under us: read the new index.
+        raise AssertionError("unreachable")
+
+    def _gather(self, shard: str, src: list[int], out: np.ndarray, dst: list[int]) -> None:
+        with self._check(shard, "npy") as (f, offset):
+            rec = self._records[shard]
+            shape = (int(rec["rows"]), int(rec["dim"]))
+            if shape[0] == 0:
+                return
+            # A map holds a duplicate descriptor while it lives: close it right after the
+            # gather, so thousands of shards never hold thousands of descriptors.
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                rows = np.frombuffer(mm, dtype=self.dtype, count=shape[0] * shape[1], offset=offset)
+                out[dst] = rows.reshape(shape)[src]
+                del rows  # releases the buffer, so the map can close
 
     def stats(self) -> dict[str, Any]:
         shards = self._committed()
@@ -267,6 +441,11 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike = "features_cache"):
         self.root = Path(root)
 
+    def check(self) -> None:
+        """Fail early, naming the path, when the cache path exists but is not a folder."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.root))
+
     def entry(self, fields: Mapping[str, Any]) -> CacheEntry:
         """The entry for ``fields`` (everything that determines the feature)."""
         key = entry_key(fields)
@@ -281,7 +460,9 @@ class FeatureCache:
     # -- memo of images known to decode -------------------------------------------------
     @property
     def _images_path(self) -> Path:
-        return self.root / "checked-images.jsonl"
+        # v2: multi-page TIFFs are refused since; a memo from before would let one pass
+        # validation unseen, so the old file is not read.
+        return self.root / "checked-images.v2.jsonl"
 
     def known_images(self) -> dict[str, tuple[int, int]]:
         """SHA-256 -> (width, height) of image files that decoded cleanly before.
@@ -306,13 +487,21 @@ class FeatureCache:
         """Append newly checked images to the memo (one O_APPEND write: safe with concurrent writers)."""
         if not sizes:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps({"sha256": k, "w": w, "h": h}) + "\n" for k, (w, h) in sizes.items())
-        fd = os.open(self._images_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        path = self._images_path
+        # The leading newline ends a line torn by an earlier failed write, so it cannot
+        # swallow this one; blank and torn lines are skipped by the reader.
+        lines = "".join(json.dumps({"sha256": k, "w": w, "h": h}) + "\n" for k, (w, h) in sizes.items())
+        data = ("\n" + lines).encode()
         try:
-            os.write(fd, data.encode())
-        finally:
-            os.close(fd)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _with_path(e, path) from e
 
     def lock(self, entry: CacheEntry) -> FileLock:
         """A lock used by ``gc`` while it rewrites an entry's shards."""
@@ -321,36 +510,60 @@ class FeatureCache:
 
     # -- maintenance ----------------------------------------------------------------------
     def verify(self) -> list[CacheProblem]:
-        """Re-hash every committed shard; report truncated, altered or incomplete files."""
+        """Re-hash every committed shard; report damaged, unreadable or incomplete files.
+
+        Severity ``"error"`` is proven damage (wrong size, header or SHA-256, a missing
+        file of a committed shard, an unreadable record); ``"unreadable"`` means the file
+        could not be opened or read (too many open files, permissions, I/O), which proves
+        nothing; ``"warning"`` is a leftover of an interrupted write.
+        """
         problems: list[CacheProblem] = []
         for e in self.entries():
+            problems.extend(self._verify_entry(e))
+        return problems
+
+    @staticmethod
+    def _unreadable(e: CacheEntry, name: str, file: str, err: OSError) -> CacheProblem:
+        what = err.strerror or str(err)
+        return CacheProblem(e.key, name, file, f"cannot read {Path(err.filename).name if err.filename else file}: "
+                            f"{what} (not judged damaged; fix the cause and verify again)", "unreadable")
+
+    def _verify_entry(self, e: CacheEntry) -> list[CacheProblem]:
+        problems: list[CacheProblem] = []
+        try:
+            meta = e.meta
+            name = e.name
+        except CacheCorruptError as err:
+            if not (e.dir / "meta.json").exists() and not e._committed():
+                # mkdir done, meta.json not yet: a writer at work or killed; no data to lose.
+                return [CacheProblem(e.key, "?", "meta.json", "entry without meta.json (interrupted write)",
+                                     "warning")]
+            return [CacheProblem(e.key, "?", "meta.json", str(err))]
+        except OSError as err:
+            return [self._unreadable(e, "?", "meta.json", err)]
+        if meta.get("key") != e.key or entry_key(meta.get("fields", {})) != e.key:
+            problems.append(CacheProblem(e.key, name, "meta.json", "fields do not hash to the entry's key (altered)"))
+        committed = set(e._committed())
+        for shard in sorted(committed):
             try:
-                meta = e.meta
-                name = e.name
-            except CacheCorruptError as err:
-                problems.append(CacheProblem(e.key, "?", "meta.json", str(err)))
-                continue
-            if meta.get("key") != e.key or entry_key(meta.get("fields", {})) != e.key:
-                problems.append(CacheProblem(e.key, name, "meta.json", "fields do not hash to the entry's key (altered)"))
-            committed = set(e._committed())
-            for shard in sorted(committed):
-                try:
-                    rec = json.loads((e.dir / f"{shard}.json").read_text())
-                    for suffix, field_ in ((".npy", "npy_sha256"), (".keys.npy", "keys_sha256")):
-                        p = e.dir / f"{shard}{suffix}"
-                        if not p.exists():
-                            raise ValueError(f"{p.name} is missing")
-                        if file_sha256(p) != rec[field_]:
-                            raise ValueError(f"{p.name} does not match its recorded SHA-256 (truncated or altered)")
-                    e._open_shard(shard)
-                except (OSError, ValueError, KeyError, CacheCorruptError) as err:
+                for part in ("npy", "keys"):
+                    with e._check(shard, part, force=True):
+                        pass
+            except (_Damaged, FileNotFoundError) as err:
+                if not e._still_committed(shard):
+                    continue  # removed by a concurrent gc while we looked
+                if isinstance(err, _Damaged):
                     problems.append(CacheProblem(e.key, name, shard, str(err)))
-            for p in e.dir.iterdir():
-                stem = p.name.split(".")[0]
-                if p.name.endswith(".part"):
-                    problems.append(CacheProblem(e.key, name, p.name, "temporary file of an interrupted write", "warning"))
-                elif p.name.startswith("shard-") and stem not in committed:
-                    problems.append(CacheProblem(e.key, name, p.name, "shard without commit record (interrupted write)", "warning"))
+                else:
+                    problems.append(self._unreadable(e, name, shard, err))
+            except OSError as err:
+                problems.append(self._unreadable(e, name, shard, err))
+        for p in e.dir.iterdir():
+            stem = p.name.split(".")[0]
+            if p.name.endswith(".part"):
+                problems.append(CacheProblem(e.key, name, p.name, "temporary file of an interrupted write", "warning"))
+            elif p.name.startswith("shard-") and stem not in committed:
+                problems.append(CacheProblem(e.key, name, p.name, "shard without commit record (interrupted write)", "warning"))
         return problems
 
     def gc(self, *, grace_seconds: float = 3600.0, remove_corrupt: bool = False, compact: bool = True,
@@ -363,19 +576,22 @@ class FeatureCache:
             Leftovers of interrupted writes are removed once older than this, so a
             writer still at work is never disturbed.
         remove_corrupt
-            Delete shards that fail :meth:`verify`; their rows get recomputed on demand.
+            Delete shards that :meth:`verify` proves damaged; their rows get recomputed on
+            demand. Shards that could not be read are never deleted (nor compacted).
         compact
             Merge an entry's shards into one (fewer files, faster reads).
         drop
             Entry keys (or unique prefixes) to delete whole.
         """
         stats = {"removed_files": 0, "removed_corrupt_shards": 0, "compacted_entries": 0, "dropped_entries": 0,
-                 "corrupt_entries_left": 0}
+                 "corrupt_entries_left": 0, "unreadable_entries_left": 0}
         now = time.time()
         # Always verify first: compacting a damaged shard would re-hash altered rows
         # into a fresh, "valid" shard and hide the damage for good.
-        bad_shards = {(p.entry, p.file) for p in self.verify() if p.severity == "error"}
+        problems = self.verify()
+        bad_shards = {(p.entry, p.file) for p in problems if p.severity == "error"}
         damaged = {entry for entry, _ in bad_shards}
+        unreadable = {p.entry for p in problems if p.severity == "unreadable"}
         for e in self.entries():
             if any(e.key.startswith(d) for d in drop if d):
                 shutil.rmtree(e.dir)
@@ -403,6 +619,9 @@ class FeatureCache:
                         for suffix in (".npy", ".keys.npy"):
                             (e.dir / f"{shard}{suffix}").unlink(missing_ok=True)
                         stats["removed_corrupt_shards"] += 1
+                if e.key in unreadable:
+                    stats["unreadable_entries_left"] += 1  # compaction would have to read it
+                    continue
                 if compact and len(e._committed()) > 1:
                     self._compact(e)
                     stats["compacted_entries"] += 1

@@ -19,13 +19,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from workbench.backbones.loading import TapModel, build_model
 from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
-from workbench.data.images import crop_to_box, decode_image
+from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
@@ -112,11 +112,27 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        img = decode_image(item.path, keep_gray=True)
+        try:
+            # The rows are keyed by the digest taken at validation: decode only bytes that
+            # still hash to it, so a file rewritten meanwhile cannot store its new pixels
+            # under the old key.
+            img = decode_image(item.path, keep_gray=True, expect_sha256=item.sha256)
+        except ImageDecodeError as e:
+            # Returned, not raised: a DataLoader worker would re-raise it as a bare
+            # RuntimeError holding a traceback, losing the file and the reason.
+            return e
         if self.input_mode == "box":
             img = crop_to_box(img, item.box, self.box_margin)
         # Resizing one grey channel, then replicating, gives the same tensor for a third of the work.
         return i, [g(img).expand(3, -1, -1) for g in self.geometries]
+
+
+def _collate(batch: list):
+    """Default collation, or the first decode error of the batch (raised by the pass)."""
+    for b in batch:
+        if isinstance(b, ImageDecodeError):
+            return b
+    return default_collate(batch)
 
 
 def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict) -> FeatureSet:
@@ -234,6 +250,7 @@ def extract(
     if not requests:
         raise ValueError("no features requested (e.g. --features tf_efficientnet_lite0:avgpool)")
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    cache.check()
     dev = _resolve_device(device)
     prec = _resolve_precision(precision, dev)
 
@@ -399,6 +416,7 @@ def _run_pass(
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
+        collate_fn=_collate,
     )
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
     autocast = (
@@ -408,7 +426,10 @@ def _run_pass(
     bar = tqdm(total=len(pass_items), unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
     with torch.inference_mode(), bar:
-        for idx, tensors in loader:
+        for batch in loader:
+            if isinstance(batch, ImageDecodeError):
+                raise batch
+            idx, tensors = batch
             idx = idx.numpy()
             for j in jobs:
                 sel = np.flatnonzero(needed_mask[id(j)][idx])

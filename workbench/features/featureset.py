@@ -1,13 +1,14 @@
 """Feature blocks aligned to a manifest's image ids."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+
+from workbench.records import write_json_atomic
 
 __all__ = ["BlockInfo", "FeatureSet"]
 
@@ -95,9 +96,6 @@ class FeatureSet:
 
     def save_record(self, path: str | Path) -> Path:
         """Write the run record (config, versions, cache keys, skipped rows) as JSON."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         rec = dict(self.record)
         rec["blocks"] = {n: asdict(i) for n, i in self.info.items()}
-        path.write_text(json.dumps(rec, indent=2, default=str))
-        return path
+        return write_json_atomic(path, rec)  # a full disk leaves no half-written record
