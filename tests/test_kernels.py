@@ -8,6 +8,8 @@ calibrated probabilities equal to libsvm's precision, and identical predictions.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
@@ -27,16 +29,17 @@ SMALL_GRID = {
 KERNEL = {"svm-rbf": "rbf", "svm-linear": "linear"}
 DIMS = (20, 60, 120)
 SUBSETS = [(0,), (2,), (1, 2), (0, 1, 2)]
-#: Equality is up to libsvm's own stopping tolerance (``tol=1e-3``, the heads' default),
-#: not to rounding. The fast path's kernels are stored in float32 (~1e-7 relative), and
-#: even a float64 kernel that differs from libsvm's internal one by 1e-16 can move the
-#: intercept by a few 1e-4: libsvm averages the gradients of the "free" support vectors,
-#: and an alpha sitting at C +- 1e-16 flips between free and bounded. At convergence
-#: every candidate intercept lies within ``tol`` of the others, so decision values (and
-#: out-of-fold scores) agree within ~tol; measured over 120 subset fits of these blocks:
-#: up to 6e-4 (median ~1e-8). The kernels themselves are checked to float32 rounding
-#: in ``test_summed_kernel_is_the_kernel_of_the_scaled_concatenation``.
+#: The fast path's matrices are float64 (issue 11.3: float32 storage moved inner AUCs by
+#: up to 2.4e-4 on real features and flipped near-tied grid points), so a kernel entry
+#: differs from libsvm's own by rounding only, and decision values typically agree to
+#: ~1e-13 (checked through the median below). The bound on the largest difference is
+#: still libsvm's stopping tolerance (``tol=1e-3``, the heads' default): a 1e-16 change
+#: can tip an alpha sitting at C between free and bounded, which moves the intercept
+#: (libsvm averages the free support vectors' gradients), or steer the solver to another
+#: point within ``tol`` of the optimum. Measured here: up to 4e-5 on out-of-fold scores.
 DEC_TOL = 1e-3
+#: Median decision-value difference: rounding, not the solver.
+DEC_MEDIAN_TOL = 1e-9
 PROBA_TOL = 1e-3
 #: Inner scores are mean AUCs: a near-tie that swaps order moves one by ~1/(n+ * n-).
 INNER_TOL = 1e-3
@@ -79,14 +82,13 @@ def plain(blocks, y, head, subset, grid, train):
 
 def assert_same(r, th, X, evaluate):
     d = th.scores(X[evaluate])  # (n, C); binary d as [-d, d], like SubsetResult.scores
-    dec = th.decision_function(X[evaluate])  # scikit-learn's shape: (n,) when binary
-    np.testing.assert_array_equal(dec, d[:, 1] if d.shape[1] == 2 else d)
     assert r.search.params == th.search_.params
     assert r.search.best_params == th.best_params_, r.subset
     np.testing.assert_allclose(r.search.scores, th.search_.scores, rtol=0, atol=INNER_TOL)
     scale = max(1.0, float(np.abs(d).max()))
     assert r.scores.shape == d.shape
     assert np.abs(r.scores - d).max() <= DEC_TOL * scale, (r.subset, np.abs(r.scores - d).max())
+    assert np.median(np.abs(r.scores - d)) <= DEC_MEDIAN_TOL * scale, (r.subset, np.median(np.abs(r.scores - d)))
     np.testing.assert_array_equal(r.scores.argmax(axis=1), d.argmax(axis=1))
     # TunedHead.predict is the argmax of the calibrated probabilities
     np.testing.assert_array_equal(r.proba.argmax(axis=1), th.predict(X[evaluate]))
@@ -131,10 +133,10 @@ def test_summed_kernel_is_the_kernel_of_the_scaled_concatenation(binary, kernel)
             assert M.dtype == np.float64 and M.shape == (len(rows), len(fit))
             if kernel == "rbf":
                 g = 1.0 / (X.shape[1] * Zf.var())
-                np.testing.assert_allclose(np.exp(-g * M), rbf_kernel(Z, Zf, gamma=g), rtol=0, atol=1e-6)
+                np.testing.assert_allclose(np.exp(-g * M), rbf_kernel(Z, Zf, gamma=g), rtol=0, atol=1e-12)
             else:
                 G = Z @ Zf.T
-                np.testing.assert_allclose(M, G, rtol=0, atol=1e-6 * np.abs(G).max())
+                np.testing.assert_allclose(M, G, rtol=0, atol=1e-12 * np.abs(G).max())
 
 
 def test_default_grid(binary):
@@ -222,7 +224,7 @@ def test_gamma_scale_is_that_of_the_scaled_concatenation(binary):
         assert bk.gamma_scale(bk.final, subset) == pytest.approx(th.estimator_.named_steps["clf"].gamma_, rel=1e-10)
 
 
-def test_block_matrices_are_float32_and_shaped_per_fit(binary):
+def test_block_matrices_are_float64_and_shaped_per_fit(binary):
     blocks, y, train, evaluate = binary
     inner = make_folds(y[train], INNER, SEED)
     for kernel in ("rbf", "linear"):
@@ -231,13 +233,13 @@ def test_block_matrices_are_float32_and_shaped_per_fit(binary):
         for part in [*bk.inner, bk.final]:
             assert len(part.mats) == len(blocks)
             for M in part.mats:
-                assert M.dtype == np.float32
+                assert M.dtype == np.float64  # float32 flipped decisions on real features
                 assert M.shape == (len(part.rows), len(part.fit))
         assert len(bk.final.rows) == len(train) + len(evaluate)
         np.testing.assert_array_equal(bk.final.rows[bk.final.held], evaluate)
         if kernel == "rbf":  # squared distances of a fit row to itself
             D = bk.final.mats[1][bk.final.fit]
-            assert np.abs(np.diag(D)).max() < 1e-3 * np.abs(D).max()
+            assert np.abs(np.diag(D)).max() < 1e-12 * np.abs(D).max()
 
 
 def test_kernel_head_mismatch_raises(binary):
@@ -294,3 +296,66 @@ def test_fast_path_grid_routes_only_exact_heads():
     assert fast_path_grid(get_head("svm-rbf"), {})
     assert not fast_path_grid(get_head("rf"), None)
     assert not fast_path_grid(get_head("svm-rbf"), {"class_weight": ["balanced"]})
+
+
+# ---- real features ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busi_lite0(tmp_path_factory):
+    """EfficientNet-Lite0 average-pool features (packaged ImageNet weights, 128 px) of the
+    BUSI training split, benign (0) vs malignant (1)."""
+    from pathlib import Path
+
+    from workbench import extract
+    from workbench.data.manifest import Manifest
+
+    busi_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"  # as conftest's busi_dir
+    if not (busi_dir / "labels.csv").is_file():
+        pytest.skip(f"BUSI data not found at {busi_dir}")
+    manifest = Manifest.load(busi_dir / "labels.csv")
+    keep = [it.id for it in manifest if it.split == "train" and it.label in ("benign", "malignant")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BUSI holds one duplicate image; not this test's subject
+        fs = extract(manifest.subset(keep), ["tf_efficientnet_lite0:avgpool"],
+                     cache=tmp_path_factory.mktemp("lite0-cache"), image_size=128, device="cpu",
+                     num_workers=0, progress=False)
+    y = np.array([lab == "malignant" for lab in fs.labels], dtype=int)
+    return fs["tf_efficientnet_lite0:avgpool"], y
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head, folds", [("svm-rbf", range(5)), ("svm-linear", [0])])
+def test_fast_path_decides_as_the_plain_pipeline_on_busi_features(busi_lite0, head, folds):
+    """Issue 11.3: with float32 block matrices, fold 0 chose C = 10 where scikit-learn
+    chose C = 1 and 14 of 106 decision signs differed. The head's default grid, every
+    outer fold of the sweep's protocol (5 folds, 3 inner, seed 0)."""
+    X, y = busi_lite0
+    assert X.shape == (526, 1280) and y.sum() == 167
+    for fold in folds:
+        train, evaluate = make_folds(y, 5, SEED)[fold]
+        inner = make_folds(y[train], INNER, SEED)
+        bk = BlockKernels([X], KERNEL[head], train, evaluate, inner)
+        (r,) = kernel_subset_scores(bk, [(0,)], head, y, 2)
+        th = TunedHead(head, inner_splits=INNER, random_state=SEED).fit(X[train], y[train])
+        d = th.scores(X[evaluate])[:, 1]
+        assert r.search.params == th.search_.params and len(r.search.params) > 1
+        assert r.search.best_params == th.best_params_, (fold, r.search.scores, th.search_.scores)
+        # Equal on 9 of the 10 (fold, head) searches; fold 4's RBF grid has one point off
+        # by 7.7e-5 (one pair of held-out rows swapped: libsvm stopped at another point
+        # within its tolerance), far from the chosen point's margin.
+        np.testing.assert_allclose(r.search.scores, th.search_.scores, rtol=0, atol=2e-4)
+        np.testing.assert_array_equal(r.scores[:, 1] > 0, d > 0)
+        assert np.abs(r.scores[:, 1] - d).max() < 1e-9, (fold, np.abs(r.scores[:, 1] - d).max())
+        np.testing.assert_array_equal(r.proba.argmax(axis=1), th.predict(X[evaluate]))
+        np.testing.assert_allclose(r.proba, th.predict_proba(X[evaluate]), rtol=0, atol=1e-4)
+
+
+def test_non_finite_features_are_refused_naming_block_and_rows(binary):
+    # The fast path skips scikit-learn's input checks on its kernels, so it checks the
+    # features itself, as the plain pipeline would.
+    blocks, y, train, evaluate = binary
+    bad = [b.copy() for b in blocks]
+    bad[2][train[3], 5] = np.nan
+    with pytest.raises(ValueError, match=rf"block 2 .*NaN.*\[{train[3]}\]"):
+        BlockKernels(bad, "rbf", train, evaluate, make_folds(y[train], INNER, SEED))

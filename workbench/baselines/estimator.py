@@ -2,8 +2,8 @@
 
 ``CNNClassifier(...).fit(ids).predict_proba(ids)`` runs on the same outer folds and
 test split as the classical heads, so the sweep's records and the search rank both
-together. ``X`` is a 1-D array of manifest ids (the images are the manifest's);
-``y``, when given, must agree with the manifest's labels.
+together. ``X`` is a 1-D array of manifest ids, or one column of them (the images are
+the manifest's); ``y``, when given, must agree with the manifest's labels.
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba
 from workbench.data.manifest import Item, Manifest
@@ -92,8 +94,21 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def _items(self, X) -> list[Item]:
         if self.manifest is None:
             raise ValueError("CNNClassifier needs the manifest that holds the images (manifest=...)")
-        ids = [str(i) for i in np.asarray(X, dtype=object).ravel()]
+        ids = self._ids(X)
         return list(self.manifest.subset(ids))
+
+    @staticmethod
+    def _ids(X) -> list[str]:
+        """Image ids from a 1-D array (or one column) of them; anything else is refused."""
+        arr = np.asarray(X, dtype=object)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise ValueError(f"CNNClassifier: X holds image ids of the manifest (a 1-D array or one "
+                             f"column of them), got an array of shape {arr.shape}")
+        if len(arr) == 0:
+            raise ValueError("CNNClassifier: X holds 0 sample(s) (image ids); a minimum of 1 is required")
+        return [str(i) for i in arr]
 
     def _fine_tune(self, train, val, config, context) -> FineTuned:
         return fine_tune(self.backbone, train, val, self.classes_, config, weights=self.weights, root=self.root,
@@ -105,14 +120,19 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         """Fine-tune on the images with ids ``X`` (tuning ``grid`` first, if given)."""
         items = self._items(X)
         if y is not None:
-            y = [str(v) for v in np.asarray(y, dtype=object).ravel()]
+            y = column_or_1d(y, warn=True)  # a column vector warns; 2-D targets raise
+            check_classification_targets(y)  # continuous targets raise
+            if len(y) != len(items):
+                raise ValueError(f"CNNClassifier: {len(items)} ids in X but {len(y)} labels in y")
+            y = [str(v) for v in y]
             bad = [(it.id, it.label, v) for it, v in zip(items, y) if it.label != v]
-            if len(y) != len(items) or bad:
+            if bad:
                 raise ValueError(f"labels disagree with the manifest, e.g. (id, manifest, given) {bad[:3]}")
-        self.classes_ = np.array(self.manifest.classes)
         present = {it.label for it in items}
         if len(present) < 2:
             raise ValueError(f"the training ids hold a single class {sorted(present)}")
+        self.classes_ = np.array(self.manifest.classes)
+        self.n_features_in_ = 1  # one column: the image id
         config = self._config()
         context = dict(self.context or {})
         if self.grid and len(grid_points(self.grid)) > 1:
@@ -143,9 +163,17 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax probabilities, columns in ``classes_`` order."""
+        check_is_fitted(self)
         ft = self.finetuned_
         return predict_proba(ft.model, self._items(X), list(self.classes_), ft.geometry, ft.data_config,
                              device=self.device, progress=self.progress)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        """The class of highest probability (first of equals)."""
+        proba = self.predict_proba(X)  # first: it raises NotFittedError before fit
+        return self.classes_[proba.argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False  # labels come from the manifest when y is None
+        return tags

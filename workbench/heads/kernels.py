@@ -9,10 +9,16 @@ matrices (and one ``exp`` for RBF), and libsvm runs on ``SVC(kernel="precomputed
 ``gamma="scale"`` is rebuilt from per-block sums of the scaled values, so a subset gets
 the same gamma as :class:`~workbench.heads.zoo.ScaledGammaSVC` on the concatenation.
 
-Memory: one float32 matrix of ``n_rows x n_fit`` per block and fit, about
-``13 * n_train^2`` bytes per block per outer fold with 3 inner folds, plus the float64
+Exactness: every matrix is float64, computed from the same float64 scaled values libsvm
+sees, so a kernel entry differs from libsvm's own by rounding (~1e-16 relative) only.
+Float32 storage (before) moved inner AUCs by up to 2.4e-4 on real features and flipped
+near-tied grid points; in float64 the fast path and the plain pipeline choose the same
+grid point and give the same decision signs (tested on real BUSI features).
+
+Memory: one float64 matrix of ``n_rows x n_fit`` per block and fit, about
+``26 * n_train^2`` bytes per block per outer fold with 3 inner folds, plus the float64
 summed kernels of the subset being scored (``20-52 * n_train^2`` bytes for 1-3 gamma
-factors). Six blocks with the default grid need ~16 GB at n_train = 10 000, where plain
+factors). Six blocks with the default grid need ~24 GB at n_train = 10 000, where plain
 refits (or fewer blocks per run) are the better trade (benchmarks/RESULTS.md).
 
 Only the grid keys the precomputed kernel can honour are accepted (``C``, ``tol`` and,
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn import config_context
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
@@ -62,7 +69,7 @@ class _Part:
     rows: np.ndarray  # row indices into the full feature arrays
     fit: np.ndarray  # positions within rows used for training
     held: np.ndarray  # positions within rows that are scored
-    mats: list[np.ndarray]  # per block: (len(rows), len(fit)) float32
+    mats: list[np.ndarray]  # per block: (len(rows), len(fit)) float64
     sums: list[tuple[float, float]]  # per block: sum and sum of squares of scaled fit rows
 
 
@@ -93,20 +100,32 @@ class BlockKernels:
                                 np.arange(n_t, n_t + len(evaluate)))
 
     def _part(self, blocks, rows, fit, held) -> _Part:
+        if len(np.union1d(fit, held)) != len(rows) or len(fit) + len(held) != len(rows):
+            raise ValueError(f"an inner fold's training ({len(fit)}) and held-out ({len(held)}) rows "
+                             f"must partition the outer fold's {len(rows)} training rows")
         mats, sums = [], []
-        for X in blocks:
+        for b, X in enumerate(blocks):
             Xr = np.asarray(X)[rows]
+            if not np.isfinite(Xr).all():
+                # The plain pipeline refuses these too; checked here so the SVC fits
+                # on kernels built from them can skip scikit-learn's input checks.
+                bad = rows[np.flatnonzero(~np.isfinite(Xr).all(axis=1))[:5]]
+                raise ValueError(f"feature block {b} holds NaN or infinite values, e.g. in rows {bad.tolist()}")
             # The pipeline's own scaler, fitted on this fit's training rows only, so the
             # scaled values match the plain path's bit for bit.
             Z = StandardScaler().fit(Xr[fit]).transform(Xr).astype(np.float64)
-            Zf = Z[fit]
-            dot = Z @ Zf.T
+            Zf = np.ascontiguousarray(Z[fit])
+            dot = np.empty((len(rows), len(fit)))
+            dot[fit] = Zf @ Zf.T  # numpy runs A @ A.T as BLAS syrk: half the flops
+            dot[held] = Z[held] @ Zf.T
             if self.kernel == "rbf":
                 sq = np.einsum("ij,ij->i", Z, Z)
                 mat = sq[:, None] + sq[fit][None, :] - 2.0 * dot
             else:
                 mat = dot
-            mats.append(mat.astype(np.float32))
+            # float64: float32 storage shifted inner scores enough to flip near-tied grid
+            # points on real features (issue 11.3).
+            mats.append(mat)
             sums.append((float(Zf.sum()), float(np.square(Zf).sum())))
         return _Part(rows, fit, held, mats, sums)
 
@@ -120,8 +139,8 @@ class BlockKernels:
 
     @staticmethod
     def summed(part: _Part, subset: Sequence[int]) -> np.ndarray:
-        """The subset's distance (or Gram) matrix: the sum of its blocks', in float64."""
-        out = part.mats[subset[0]].astype(np.float64)
+        """The subset's distance (or Gram) matrix: the sum of its blocks', in float64 (a new array)."""
+        out = part.mats[subset[0]].copy()
         for b in subset[1:]:
             out += part.mats[b]
         return out
@@ -142,8 +161,17 @@ def _fit_scores(K: np.ndarray, part: _Part, y_fit: np.ndarray, C: float, tol: fl
                 n_classes: int) -> np.ndarray:
     # y holds class codes 0..n_classes-1, so decision columns line up with TunedHead's.
     svc = SVC(kernel="precomputed", C=C, tol=tol, cache_size=500)
-    svc.fit(K[part.fit], y_fit)
-    return as_score_matrix(svc.decision_function(K[part.held]), n_classes)
+    # Input checks cost twice libsvm's own time on these small kernels; BlockKernels
+    # checked the features (finite) and the kernels are built from them, so skip them.
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        svc.fit(K[part.fit], y_fit)
+        if n_classes == 2:
+            # scikit-learn's documented binary decision, sum(dual_coef * K) + intercept,
+            # without a second round of checks; equal to decision_function up to rounding.
+            d = K[np.ix_(part.held, svc.support_)] @ svc.dual_coef_[0] + svc.intercept_[0]
+        else:
+            d = svc.decision_function(K[part.held])
+    return as_score_matrix(d, n_classes)
 
 
 def kernel_subset_scores(
