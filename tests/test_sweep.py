@@ -129,7 +129,8 @@ def test_loky_workers_equal_in_process_run(reference, tmp_path):
 
 
 def test_ensembles_equal_voting_classifier_over_the_same_members(reference):
-    """Stored-prediction votes == scikit-learn's VotingClassifier over refitted members."""
+    """Stored-prediction soft votes == scikit-learn's VotingClassifier over refitted members;
+    hard votes threshold each member at its own out-of-fold Youden point."""
     from sklearn.ensemble import VotingClassifier
     from sklearn.frozen import FrozenEstimator
     from sklearn.pipeline import make_pipeline
@@ -155,19 +156,36 @@ def test_ensembles_equal_voting_classifier_over_the_same_members(reference):
             members.append((f"{name}-{head}", make_pipeline(
                 FunctionTransformer(lambda Z, c=cols: Z[:, c]), FrozenEstimator(fitted))))
     soft = VotingClassifier(members, voting="soft").fit(X[~test], y[~test])
-    hard = VotingClassifier(members, voting="hard").fit(X[~test], y[~test])
 
     stored_soft = store.predictions(recs[("[AV] vote-soft(svm-rbf+rf)", "test")])
-    stored_hard = store.predictions(recs[("[AV] vote-hard(svm-rbf+rf)", "test")])
+    hard_rec = recs[("[AV] vote-hard(svm-rbf+rf)", "test")]
+    stored_hard = store.predictions(hard_rec)
     assert list(stored_soft["ids"]) == [i for i, t in zip(manifest.ids, test) if t]
     np.testing.assert_allclose(stored_soft["proba"], soft.predict_proba(X[test]), atol=1e-6)
     np.testing.assert_array_equal(stored_soft["pred"], soft.predict(X[test]))
-    # Hard votes: equal wherever the four members do not tie two-two; ties go to soft.
-    votes = np.stack([m.predict(X[test]) for _, m in members])
-    tie = (votes == 1).sum(0) == 2
-    assert (~tie).any()
-    np.testing.assert_array_equal(stored_hard["pred"][~tie], hard.predict(X[test])[~tie])
-    np.testing.assert_array_equal(stored_hard["pred"][tie], soft.predict(X[test])[tie])
+    # Hard votes (two classes): each member votes at its own Youden threshold, chosen on
+    # its outer CV out-of-fold predictions (for test), not at 0.5.
+    from workbench.search.stats import youden_threshold
+
+    pos = manifest.classes.index("malignant")
+    ts = []
+    for name in names:
+        for head in ("svm-rbf", "rf"):
+            code = "A" if name.startswith("alexnet") else "V"
+            oof = [recs[(f"[{code}] {head}", f)] for f in ("0", "1", "2")]
+            p_oof = np.concatenate([store.predictions(r)["proba"][:, pos] for r in oof])
+            y_oof = np.concatenate([store.predictions(r)["y_true"] for r in oof]) == pos
+            ts.append(youden_threshold(y_oof, p_oof))
+    np.testing.assert_allclose(hard_rec["thresholds"], ts)
+    assert hard_rec["ensemble_rule"] == 2
+    assert len(set(hard_rec["thresholds"])) > 1  # members differ: not one 0.5 for all
+    P = np.stack([m.predict_proba(X[test])[:, pos] for _, m in members])
+    share = (P >= np.array(ts)[:, None]).mean(0)
+    np.testing.assert_allclose(stored_hard["proba"][:, pos], share, atol=1e-12)
+    decided = share != 0.5
+    assert decided.any()
+    np.testing.assert_array_equal(stored_hard["pred"][decided] == pos, share[decided] > 0.5)
+    assert set(np.unique(stored_hard["proba"][:, pos])) <= {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
 # ---- bad input: clear errors, nothing written ---------------------------------------
@@ -327,3 +345,54 @@ def test_class_only_in_the_test_split_fails_before_writing(tmp_path):
     with pytest.raises(FoldError, match="benign.*only in the test split"):
         sweep(manifest, fs, out=tmp_path / "run", **FAST)
     assert _nothing_written(tmp_path / "run")
+
+
+# ---- the grid is part of a candidate's label -------------------------------------------
+
+QUICK = dict(heads=["logreg", "rf"], grids={"logreg": {"C": [1.0]}, "rf": {"n_estimators": [10]}},
+             subsets=[["alexnet:fc6"]], cv=3, inner_cv=3, progress=False)
+
+
+def test_another_grid_in_the_same_folder_gets_its_own_label(tmp_path):
+    from workbench.search.select import search
+    from workbench.search.summary import summarize
+
+    manifest, fs = make_task(n=48)
+    out = tmp_path / "run"
+    first = sweep(manifest, fs, out=out, **QUICK)
+    assert "[A] logreg" in set(first["candidate"])  # the folder's first grid: plain labels
+    assert "[A] vote-soft(logreg+rf)" in set(first["candidate"])
+    second = sweep(manifest, fs, out=out, **dict(QUICK, grids=dict(QUICK["grids"], logreg={"C": [0.1, 1]})))
+    labels = set(second["candidate"])
+    assert "[A] logreg{C=0.1,1}" in labels and "[A] rf" in labels
+    assert "[A] vote-soft(logreg{C=0.1,1}+rf)" in labels
+    records = ResultStore(out).frame()
+    summary = summarize(records, "auc")
+    assert summary["candidate"].is_unique
+    assert (summary["n_folds"] == 3).all()  # no label pools two candidates' folds
+    assert len(summary) == records["candidate_id"].nunique()
+    result = search(out, "auc")
+    assert result.selected
+    # The folder's first grid keeps the plain label on every later run.
+    third = sweep(manifest, fs, out=out, **QUICK)
+    assert set(third["candidate"]) == set(first["candidate"])
+    assert json.loads((out / "labels.json").read_text())["plain_grids"]["logreg"] == {"C": [1.0]}
+
+
+def test_two_candidates_sharing_a_label_are_refused_by_name(tmp_path):
+    from workbench.search.summary import DuplicateLabelError, summarize
+
+    manifest, fs = make_task(n=48)
+    out = tmp_path / "run"
+    sweep(manifest, fs, out=out, **dict(QUICK, ensembles=False))
+    # The same block names with other values: other candidate ids under the same labels.
+    changed = FeatureSet(fs.ids, fs.labels, {n: fs[n] + 1.0 for n in fs.names}, {})
+    df = sweep(manifest, changed, out=out, **dict(QUICK, ensembles=False))
+    records = ResultStore(out).frame()
+    ids = sorted(records.loc[records["candidate"] == "[A] logreg", "candidate_id"].unique())
+    assert len(ids) == 2
+    with pytest.raises(DuplicateLabelError) as e:
+        summarize(records, "auc")
+    assert "'[A] logreg'" in str(e.value) and all(i in str(e.value) for i in ids)
+    assert isinstance(e.value, ValueError)
+    assert summarize(df, "auc")["candidate"].is_unique  # one sweep's own records are fine

@@ -26,7 +26,7 @@ from workbench.heads.ensembles import VOTE_KINDS, stack, vote
 from workbench.heads.nested import _auc, grid_points, selection_score
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import ScaledGammaSVC, UnknownHeadError, get_head, list_heads
-from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, subset_code
+from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix, subset_code
 from workbench.search.splits import FoldError, Splits, make_folds
 from workbench.search.store import ResultStore, RunMismatchError, StoreCorruptError
 
@@ -169,6 +169,21 @@ def test_candidate_label_and_members():
     assert Candidate("head", blocks, "rf").members() == []
     lite = block_codes(LITES)
     assert Candidate("stack", tuple(LITES[:2]), None, ("rf",)).label(lite) == "[L0+L1] stack(rf)"
+
+
+def test_grid_suffix_and_labels_with_head_names():
+    assert grid_suffix({"C": [1, 10]}) == "{C=1,10}"
+    assert grid_suffix({"gamma_factor": [0.5], "C": [1.0, 10.0]}) == "{C=1.0,10.0;gamma_factor=0.5}"
+    assert grid_suffix({"max_features": ["sqrt", 0.05], "max_depth": [None]}) == \
+        "{max_depth=null;max_features=sqrt,0.05}"
+    assert grid_suffix({}) == "{}"
+    codes = block_codes(SIX)
+    named = {"svm-rbf": "svm-rbf{C=1,10}"}
+    blocks = ("alexnet:fc6", "vgg19:fc7")
+    assert Candidate("head", blocks, "svm-rbf").label(codes, named) == "[AV] svm-rbf{C=1,10}"
+    assert Candidate("head", blocks, "rf").label(codes, named) == "[AV] rf"
+    assert Candidate("vote-hard", blocks, None, ("svm-rbf", "rf")).label(codes, named) == \
+        "[AV] vote-hard(svm-rbf{C=1,10}+rf)"
 
 
 # ---- store ---------------------------------------------------------------------------------
@@ -660,6 +675,33 @@ def test_vote_shares_sum_to_one_and_count_votes():
     for p in P:
         counts[np.arange(30), p.argmax(axis=1)] += 1
     np.testing.assert_allclose(shares, counts / 5)
+
+
+def test_hard_vote_at_member_thresholds():
+    # Positive class 1. Member thresholds 0.3 and 0.7: row 0 (0.4, 0.6) -> votes yes, no:
+    # a tie, broken by the mean margin (0.1 - 0.1 = 0 -> positive); row 1 (0.2, 0.8) -> no, yes,
+    # margin (-0.1 + 0.1) / 2 = 0 -> positive; row 2 (0.35, 0.75) -> yes, yes.
+    m1 = np.array([[0.6, 0.4], [0.8, 0.2], [0.65, 0.35], [0.9, 0.1]])
+    m2 = np.array([[0.4, 0.6], [0.2, 0.8], [0.25, 0.75], [0.35, 0.65]])
+    pred, shares = vote([m1, m2], "vote-hard", thresholds=[0.3, 0.7], positive=1)
+    np.testing.assert_allclose(shares[:, 1], [0.5, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0)
+    assert pred.tolist() == [1, 1, 1, 0]
+    # At 0.5 for both, row 3 would be a tie; positive = 0 flips the columns.
+    pred0, shares0 = vote([m1[:, ::-1], m2[:, ::-1]], "vote-hard", thresholds=[0.3, 0.7], positive=0)
+    assert pred0.tolist() == [0, 0, 0, 1]
+    np.testing.assert_allclose(shares0, shares[:, ::-1])
+    # The margin decides a tie: row (0.25 over 0.3 -> no by 0.05; 0.9 over 0.7 -> yes by 0.2).
+    p, _ = vote([np.array([[0.75, 0.25]]), np.array([[0.1, 0.9]])], "vote-hard", thresholds=[0.3, 0.7], positive=1)
+    assert p.tolist() == [1]
+    p, _ = vote([np.array([[0.9, 0.1]]), np.array([[0.2, 0.8]])], "vote-hard", thresholds=[0.3, 0.7], positive=1)
+    assert p.tolist() == [0]
+    with pytest.raises(ValueError, match="two classes"):
+        vote([np.full((2, 3), 1 / 3)], "vote-hard", thresholds=[0.5], positive=1)
+    with pytest.raises(ValueError, match="two classes"):
+        vote([m1], "vote-soft", thresholds=[0.5], positive=1)
+    with pytest.raises(ValueError, match="need 2 thresholds"):
+        vote([m1, m2], "vote-hard", thresholds=[0.5], positive=1)
 
 
 def test_vote_errors():

@@ -11,9 +11,19 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["VOTE_KINDS", "stack", "vote"]
+__all__ = ["ENSEMBLE_RULES", "VOTE_KINDS", "stack", "vote"]
 
 VOTE_KINDS = ("vote-hard", "vote-soft")
+
+#: Version of the rule each ensemble kind is computed by, where it changed since the
+#: first release (rule 1). Part of a candidate's identity, so records made under an
+#: older rule are recomputed while every other record is reused.
+#: stack 2: on a CV fold, the meta-learner is fitted on inner out-of-fold predictions
+#: of members trained inside the outer training rows (rule 1 used the other outer
+#: folds' predictions, made by members that had trained on the scored fold: optimistic).
+#: vote-hard 2 (two classes): each member votes at its own out-of-fold Youden threshold
+#: (rule 1 thresholded every member at 0.5).
+ENSEMBLE_RULES = {"stack": 2, "vote-hard": 2}
 
 
 def _stacked(probas: Sequence[np.ndarray]) -> np.ndarray:
@@ -25,7 +35,8 @@ def _stacked(probas: Sequence[np.ndarray]) -> np.ndarray:
     return P
 
 
-def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft") -> tuple[np.ndarray, np.ndarray]:
+def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft", *,
+         thresholds: Sequence[float] | None = None, positive: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Combine member probabilities by vote.
 
     Parameters
@@ -37,6 +48,11 @@ def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft") -> tuple[np.ndar
         predicted classes decides, and a tie goes to the tied class with the highest
         mean probability (scikit-learn's ``VotingClassifier`` gives ties to the lowest
         class index instead, which favours whichever class happens to sort first).
+    thresholds, positive : optional, two classes and ``vote-hard`` only
+        Member ``m`` votes for class ``positive`` iff its probability of it is at least
+        ``thresholds[m]`` (its own operating point, e.g. Youden's on out-of-fold
+        predictions) instead of taking its argmax; a tie goes to the positive class iff
+        the members' mean margin over their thresholds is >= 0.
 
     Returns
     -------
@@ -47,10 +63,24 @@ def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft") -> tuple[np.ndar
     """
     P = _stacked(probas)
     soft = P.mean(axis=0)
+    if kind not in VOTE_KINDS:
+        raise ValueError(f"unknown vote {kind!r}; choose from {', '.join(VOTE_KINDS)}")
+    if thresholds is not None:
+        if kind != "vote-hard" or P.shape[2] != 2 or positive not in (0, 1):
+            raise ValueError("member thresholds apply to a hard vote over two classes, with positive 0 or 1 "
+                             f"(got {kind}, {P.shape[2]} classes, positive={positive!r})")
+        t = np.asarray(thresholds, dtype=np.float64)
+        if t.shape != (P.shape[0],):
+            raise ValueError(f"{P.shape[0]} members need {P.shape[0]} thresholds, got shape {t.shape}")
+        margin = P[:, :, positive] - t[:, None]  # (members, n)
+        share = (margin >= 0).mean(axis=0)
+        pos_wins = (share > 0.5) | ((share == 0.5) & (margin.mean(axis=0) >= 0))
+        pred = np.where(pos_wins, positive, 1 - positive)
+        proba = np.empty_like(soft)
+        proba[:, positive], proba[:, 1 - positive] = share, 1.0 - share
+        return pred, proba
     if kind == "vote-soft":
         return soft.argmax(axis=1), soft
-    if kind != "vote-hard":
-        raise ValueError(f"unknown vote {kind!r}; choose from {', '.join(VOTE_KINDS)}")
     n_members, n, n_classes = P.shape
     votes = np.zeros((n, n_classes))
     np.add.at(votes, (np.arange(n)[None, :].repeat(n_members, 0), P.argmax(axis=2)), 1.0)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+import json
+from typing import Any, Iterable, Sequence
 
-__all__ = ["Candidate", "block_codes", "enumerate_subsets", "subset_code"]
+__all__ = ["Candidate", "block_codes", "enumerate_subsets", "grid_suffix", "subset_code"]
 
 # Longest prefix first: "vgg" must not swallow nothing, "resnet" before "res".
 _CODE_PREFIXES = (
@@ -150,6 +151,20 @@ def enumerate_subsets(
     return out
 
 
+def grid_suffix(grid: dict[str, Sequence[Any]]) -> str:
+    """A short, readable form of a grid for labels: ``{C=1,10;gamma_factor=0.5}``.
+
+    Keys sorted, values as JSON writes them (``1`` and ``1.0`` stay apart, as they do in
+    a candidate's identity), strings unquoted; ``{}`` is the empty grid (no search).
+    """
+    def value(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v, default=str)
+
+    parts = [f"{k}=" + ",".join(value(v) for v in (vals if isinstance(vals, (list, tuple)) else [vals]))
+             for k, vals in sorted(grid.items())]
+    return "{" + ";".join(parts) + "}"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One row of the study's tables: a head on a subset, or an ensemble.
@@ -164,12 +179,17 @@ class Candidate:
     head: str | None = None
     heads: tuple[str, ...] = ()
 
-    def label(self, codes: dict[str, str]) -> str:
-        """Table label, e.g. ``[AVR] svm-rbf`` or ``[AVR] vote-soft(svm-rbf+rf)``."""
+    def label(self, codes: dict[str, str], head_names: dict[str, str] | None = None) -> str:
+        """Table label, e.g. ``[AVR] svm-rbf`` or ``[AVR] vote-soft(svm-rbf+rf)``.
+
+        ``head_names`` shows a head under another name, e.g. with its grid
+        (``svm-rbf{C=1,10}``, see :func:`grid_suffix`), members of ensembles included.
+        """
+        named = head_names or {}
         code = subset_code(self.blocks, codes)
         if self.kind == "head":
-            return f"{code} {self.head}"
-        return f"{code} {self.kind}({'+'.join(self.heads)})"
+            return f"{code} {named.get(self.head, self.head)}"
+        return f"{code} {self.kind}({'+'.join(named.get(h, h) for h in self.heads)})"
 
     def members(self) -> list[Candidate]:
         """The single-block head candidates an ensemble votes over."""

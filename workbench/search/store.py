@@ -3,25 +3,36 @@
 Layout of ``runs/NAME/``::
 
     run.json              the protocol every record was made under (checked on reopen)
+    labels.json           which grid each head's plain label stands for (see the sweep)
     records.jsonl         one JSON object per (candidate, fold or test), appended
     predictions/<candidate>/<fold>.npz   ids, true labels, scores and probabilities
 
 A record is committed by its line: the predictions file is written (atomically) first,
-then the line is appended and flushed. A killed run leaves at worst a torn last line,
-which is ignored on reopen, so a restart recomputes exactly what has no line.
+then the line, carrying the file's size and SHA-256, is appended and flushed. A killed
+run leaves at worst a torn last line, which is ignored on reopen, so a restart
+recomputes exactly what has no line. A predictions file that no longer matches its line
+(truncated, replaced) is not "done": the sweep recomputes it, and reading it names it.
+Every other run-state file is written through :func:`atomic_write` (temporary file,
+fsync, rename), so a crash never leaves half a file.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError"]
+__all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write"]
+
+#: Fields every record line must hold (``predictions`` is added by :meth:`ResultStore.append`).
+REQUIRED_FIELDS = ("key", "candidate_id", "candidate", "fold", "predictions")
 
 
 class RunMismatchError(ValueError):
@@ -32,14 +43,42 @@ class StoreCorruptError(ValueError):
     """A records file that cannot be read (other than a torn last line)."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half.
+
+    A temporary file beside it is written and fsynced, then renamed into place; the
+    folder is fsynced too (where the platform allows) so the rename itself survives.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path) -> Any:
+    """A run-state JSON file, or StoreCorruptError naming it."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StoreCorruptError(f"{path} is not valid JSON ({e}); restore it or delete the run folder") from None
 
 
 class ResultStore:
@@ -69,7 +108,9 @@ class ResultStore:
         """
         protocol = json.loads(json.dumps(protocol, default=str))
         if self.run_path.exists():
-            old = json.loads(self.run_path.read_text())
+            old = _read_json(self.run_path)
+            if not isinstance(old, dict):
+                raise StoreCorruptError(f"{self.run_path} holds {type(old).__name__}, not a protocol object")
             diff = sorted(k for k in set(old) | set(protocol) if old.get(k) != protocol.get(k))
             if diff:
                 shown = "; ".join(f"{k}: {old.get(k)!r} there, {protocol.get(k)!r} now" for k in diff[:6])
@@ -79,12 +120,35 @@ class ResultStore:
                 )
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.run_path, lambda f: f.write(json.dumps(protocol, indent=2).encode()))
+        atomic_write(self.run_path, json.dumps(protocol, indent=2).encode())
 
     def protocol(self) -> dict[str, Any]:
         if not self.run_path.exists():
             raise FileNotFoundError(f"{self.root} is not a run folder (no run.json)")
-        return json.loads(self.run_path.read_text())
+        proto = _read_json(self.run_path)
+        if not isinstance(proto, dict):
+            raise StoreCorruptError(f"{self.run_path} holds {type(proto).__name__}, not a protocol object")
+        return proto
+
+    # ---- labels ------------------------------------------------------------------
+
+    def plain_label_grids(self, grids: dict[str, Any]) -> dict[str, Any]:
+        """The grid each head's plain label (no grid suffix) stands for in this folder.
+
+        The first grid a head is swept with here owns its plain label (so a folder
+        swept once keeps the labels it always had); heads in ``grids`` not seen before
+        are claimed for their grid now and written to ``labels.json``.
+        """
+        path = self.root / "labels.json"
+        owned = _read_json(path) if path.exists() else {}
+        if not isinstance(owned, dict) or not isinstance(owned.get("plain_grids", {}), dict):
+            raise StoreCorruptError(f"{path} does not hold a {{'plain_grids': {{head: grid}}}} object")
+        plain = dict(owned.get("plain_grids", {}))
+        new = {h: g for h, g in grids.items() if h not in plain}
+        if new:
+            plain.update(json.loads(json.dumps(new, default=str)))
+            atomic_write(path, json.dumps({"plain_grids": plain}, indent=1, sort_keys=True).encode())
+        return plain
 
     # ---- records -----------------------------------------------------------------
 
@@ -98,31 +162,77 @@ class ResultStore:
         for i, line in enumerate(lines[:-1], start=1):
             if not line.strip():
                 continue
+            where = f"{self.records_path} line {i}"
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StoreCorruptError(f"{self.records_path} line {i} is not valid JSON ({e}); "
+                rec = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise StoreCorruptError(f"{where} is not valid UTF-8 ({e}); "
                                         "move the file aside to recompute its records") from None
+            except json.JSONDecodeError as e:
+                raise StoreCorruptError(f"{where} is not valid JSON ({e}); "
+                                        "move the file aside to recompute its records") from None
+            if not isinstance(rec, dict):
+                raise StoreCorruptError(f"{where} holds a JSON {type(rec).__name__}, not a record object; "
+                                        "move the file aside to recompute its records")
+            missing = [k for k in REQUIRED_FIELDS if not isinstance(rec.get(k), str)]
+            if missing:
+                raise StoreCorruptError(f"{where} is not a record: no (text) field {', '.join(missing)}; "
+                                        "move the file aside to recompute its records")
+            yield rec
         if torn:
             warnings.warn(f"{self.records_path}: ignoring a torn last line (an interrupted write); "
                           "its record will be recomputed", stacklevel=3)
 
     def records(self) -> list[dict[str, Any]]:
-        """Every committed record, in the order written; the last wins for a repeated key."""
+        """Every committed record, in the order written; the last wins for a repeated key.
+
+        Raises
+        ------
+        StoreCorruptError
+            Naming the file and line of a line that is not a UTF-8 JSON record object
+            (a torn last line, an interrupted write, is skipped with a warning).
+        """
         by_key: dict[str, dict[str, Any]] = {}
         for rec in self._lines():
             by_key[rec["key"]] = rec
         return list(by_key.values())
 
+    def verify(self, record: dict[str, Any]) -> str | None:
+        """Why the predictions file of ``record`` cannot be trusted, or None when it can.
+
+        Records that carry ``predictions_size`` / ``predictions_sha256`` are checked
+        against them; older ones must at least open as an ``.npz`` with readable arrays.
+        """
+        path = self.root / record["predictions"]
+        if not path.is_file():
+            return f"{path} is missing"
+        size, digest = record.get("predictions_size"), record.get("predictions_sha256")
+        if size is not None and path.stat().st_size != size:
+            return f"{path} has {path.stat().st_size} bytes, its record says {size}"
+        if digest is not None:
+            got = hashlib.sha256(path.read_bytes()).hexdigest()
+            return None if got == digest else f"{path} does not match the SHA-256 in its record"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                for k in z.files:
+                    z[k]
+        except Exception as e:  # noqa: BLE001 - any failure to read means "recompute"
+            return f"{path} cannot be read ({type(e).__name__}: {e})"
+        return None
+
     def done(self) -> set[str]:
-        """Keys of committed records whose predictions file is present."""
-        return {r["key"] for r in self.records() if (self.root / r["predictions"]).exists()}
+        """Keys of committed records whose predictions file is present and intact."""
+        return {r["key"] for r in self.records() if self.verify(r) is None}
 
     def append(self, record: dict[str, Any], predictions: dict[str, np.ndarray]) -> None:
-        """Commit one record: its predictions file first, then its line."""
+        """Commit one record: its predictions file first, then its line (with the file's digest)."""
         rel = Path("predictions") / record["candidate_id"] / f"{record['fold']}.npz"
-        _atomic_write(self.root / rel, lambda f: np.savez(f, **predictions))
-        record = dict(record, predictions=str(rel))
+        buf = io.BytesIO()
+        np.savez(buf, **predictions)
+        data = buf.getvalue()
+        atomic_write(self.root / rel, data)
+        record = dict(record, predictions=str(rel), predictions_size=len(data),
+                      predictions_sha256=hashlib.sha256(data).hexdigest())
         self._heal_torn_tail()
         line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
         with open(self.records_path, "ab") as f:
@@ -143,15 +253,44 @@ class ResultStore:
             f.truncate(data.rfind(b"\n") + 1)
 
     def predictions(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
-        """The arrays stored with ``record``."""
-        with np.load(self.root / record["predictions"], allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        """The arrays stored with ``record``.
+
+        Raises
+        ------
+        StoreCorruptError
+            Naming the file (and the record) when it is missing, does not match the
+            digest in its record, or is not a readable ``.npz``.
+        """
+        path = self.root / record["predictions"]
+        what = f"the predictions of {record.get('candidate', record['key'])!r} fold {record.get('fold')}"
+        hint = "re-run the sweep (or baselines) into this folder to recompute it"
+        if not path.is_file():
+            raise StoreCorruptError(f"{path} ({what}) is missing; {hint}")
+        data = path.read_bytes()
+        digest = record.get("predictions_sha256")
+        if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+            raise StoreCorruptError(f"{path} ({what}) does not match the SHA-256 in its record "
+                                    f"(damaged or replaced); {hint}")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise StoreCorruptError(f"{path} ({what}) is not a readable .npz ({type(e).__name__}: {e}); "
+                                    f"{hint}") from None
 
     def frame(self) -> pd.DataFrame:
-        """One row per record, metrics as columns, sorted by candidate and fold."""
+        """One row per record, metrics as columns, sorted by candidate and fold.
+
+        Records of an ensemble made under an older ensemble rule (``ensemble_rule``)
+        are left out where a newer rule's record of the same label exists: the old
+        lines stay in the append-only file, the newer computation replaces them.
+        """
+        recs = _drop_superseded(self.records())
         rows = []
-        for r in self.records():
-            row = {k: v for k, v in r.items() if k not in ("metrics", "versions", "cache_keys", "inner")}
+        for r in recs:
+            row = {k: v for k, v in r.items()
+                   if k not in ("metrics", "versions", "cache_keys", "inner", "predictions_size",
+                                "predictions_sha256")}
             row.update(r.get("metrics", {}))
             rows.append(row)
         if not rows:
@@ -161,6 +300,15 @@ class ResultStore:
         order = df["fold"].map(lambda f: (1, 0) if f == "test" else (0, int(f)))
         df = df.assign(_order=order).sort_values(["candidate", "_order"], kind="stable")
         return df.drop(columns="_order").reset_index(drop=True)
+
+
+def _drop_superseded(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Leave out records whose label has records of a newer ``ensemble_rule`` (absent: 1)."""
+    newest: dict[tuple[str, Any], int] = {}
+    for r in records:
+        k = (r["candidate"], r.get("kind"))
+        newest[k] = max(newest.get(k, 1), int(r.get("ensemble_rule", 1)))
+    return [r for r in records if int(r.get("ensemble_rule", 1)) >= newest[(r["candidate"], r.get("kind"))]]
 
 
 def _json_default(o: Any) -> Any:

@@ -6,7 +6,9 @@ the precomputed-kernel fast path (one unit of work per outer fold covers all sub
 other heads are one unit per (candidate, fold). Units run through joblib (local
 processes or a Dask cluster); the parent process writes each record as its unit
 returns, so a killed sweep loses only the units in flight. Ensembles are computed last,
-from the stored predictions.
+from the stored predictions; stacks (and, for two classes, hard votes' member
+thresholds) also need each member's inner out-of-fold predictions on a CV fold's
+training rows, refitted with the member's chosen parameters on the tuning's inner folds.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ import pandas as pd
 
 from workbench.data.manifest import Manifest
 from workbench.features.featureset import FeatureSet
-from workbench.heads.ensembles import VOTE_KINDS, stack, vote
+from workbench.heads.ensembles import ENSEMBLE_RULES, VOTE_KINDS, stack, vote
 from workbench.heads.nested import SCORINGS
 from workbench.heads.zoo import get_head
 from workbench.records import package_versions
-from workbench.search.candidates import Candidate, block_codes, enumerate_subsets
+from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix
 from workbench.search.protocol import SWEEP_CODE_VERSION, RunTask, build_task, seen_by, sha
 
 __all__ = ["SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
@@ -197,6 +199,27 @@ def _plain_unit(blocks, subset, head, grid, y, fold, train, evaluate, groups, in
                  None if np.isnan(score) else score, time.perf_counter() - t0)]
 
 
+@_unit
+def _inner_oof_unit(X, head, params, y, train, inner_folds, n_classes, seed) -> np.ndarray:
+    """A member's inner out-of-fold probabilities on the training rows of one outer fold.
+
+    The member's head with its chosen parameters (no search) is refitted on each inner
+    fold of ``train`` (the folds its tuning used) and predicts the held-out inner rows;
+    an SVM's decision values are calibrated as the member's own are, by a sigmoid fitted
+    on these out-of-fold scores. No row outside ``train`` is seen, so a meta-learner or
+    threshold fitted on the result is clean for the outer fold's evaluation rows.
+    """
+    from workbench.heads.nested import calibrated_proba, fit_calibrator, response
+
+    spec = get_head(head)
+    Xt, yt = np.asarray(X)[train], np.asarray(y)[train]
+    oof = np.zeros((len(train), n_classes))
+    for tr, va in inner_folds:
+        est = spec.pipeline(seed, **params).fit(Xt[tr], yt[tr])
+        oof[va] = response(est, Xt[va], n_classes, decision=spec.calibrate)
+    return calibrated_proba(fit_calibrator(oof, yt, n_classes), oof) if spec.calibrate else oof
+
+
 @contextmanager
 def _backend(backend: str, scheduler: str | None, n_jobs: int) -> Iterator[int]:
     """joblib's parallel configuration for ``backend``; yields the n_jobs to use."""
@@ -277,11 +300,16 @@ def sweep(
     scoring
         Inner selection score: ``auc``, ``balanced_accuracy`` or ``accuracy``.
     grids
-        Per-head grid overriding the zoo default (``{}`` for no search).
+        Per-head grid overriding the zoo default (``{}`` for no search). The first grid
+        a head is swept with in a run folder keeps the plain label (``svm-rbf``); another
+        grid later gets it as a suffix (``svm-rbf{C=1,10}``), so the two stay apart.
     ensembles, ensemble_heads, stacking
         Vote ensembles (hard and soft) over the per-block heads ``ensemble_heads``
         (default: all ``heads``) for every subset of two or more members; ``stacking``
-        adds a logistic-regression stack fitted on out-of-fold probabilities.
+        adds a logistic-regression stack fitted on out-of-fold probabilities (for a CV
+        fold, the members' inner out-of-fold probabilities on its training rows). With
+        two classes, hard-vote members vote at their own out-of-fold Youden thresholds
+        (recorded as ``thresholds``).
     classes
         Keep only these classes (in this order), e.g. ``["benign", "malignant"]``.
     positive
@@ -362,6 +390,20 @@ def sweep(
 
     block_id = _block_ids(features, blocks, variants)
     versions = package_versions(("xgboost", "joblib", "dask", "distributed"))
+    binary = len(class_names) == 2
+    pos_idx = class_names.index(positive) if binary else -1  # binary: the task's positive class, not index 1
+    # Labels: the folder's first grid per head keeps the plain name; another gets a suffix.
+    plain = store.plain_label_grids({h: grid_of[h] for h in heads})
+    head_names = {h: h if json.loads(json.dumps(grid_of[h], default=str)) == plain[h]
+                  else h + grid_suffix(grid_of[h]) for h in heads}
+
+    def label(c: Candidate) -> str:
+        return c.label(code_of, head_names)
+
+    def rule_of(c: Candidate) -> int | None:
+        # Hard votes of several classes still vote by argmax: their rule (and ids) stay.
+        rule = ENSEMBLE_RULES.get(c.kind) if c.kind == "stack" or (c.kind == "vote-hard" and binary) else None
+        return rule if rule is not None and rule > 1 else None
 
     def candidate_id(c: Candidate) -> str:
         spec: dict[str, Any] = {"kind": c.kind, "blocks": [block_id[b] for b in c.blocks],
@@ -370,6 +412,8 @@ def sweep(
             spec.update(head=c.head, grid=grid_of[c.head])
         else:
             spec.update(members=[candidate_id(m) for m in c.members()])
+            if rule_of(c) is not None:  # absent for rule 1, so unchanged ensembles keep their ids
+                spec.update(rule=rule_of(c))
         return sha(spec)[:16]
 
     head_cands = [Candidate("head", s, h) for s in subset_list for h in heads]
@@ -399,7 +443,7 @@ def sweep(
         seen = sorted({b for b in c.blocks if fold in optimistic.get(b, ())})
         if seen:  # a fine-tuned network behind these features was trained on this fold's images
             fields.update(optimistic=True, optimistic_blocks=seen)
-        return task.record(candidate_id=cid[c], candidate=c.label(code_of), kind=c.kind, fold=fold, proba=proba,
+        return task.record(candidate_id=cid[c], candidate=label(c), kind=c.kind, fold=fold, proba=proba,
                            pred=pred, fields=fields, versions=versions, scores=scores)
 
     done = store.done()
@@ -453,26 +497,73 @@ def sweep(
             stored = {r["key"]: r for r in store.records()}
             loaded: dict[str, np.ndarray] = {}  # every member's file is read once
 
-            def member_proba(m: Candidate, fold: str) -> np.ndarray:
+            def member_key(m: Candidate, fold: str) -> str:
                 key = f"{cid.get(m) or candidate_id(m)}/{fold}"
+                if key not in stored:
+                    raise RuntimeError(f"member {label(m)} has no record for fold {fold}")
+                return key
+
+            def member_proba(m: Candidate, fold: str) -> np.ndarray:
+                key = member_key(m, fold)
                 if key not in loaded:
-                    if key not in stored:
-                        raise RuntimeError(f"member {m.label(code_of)} has no record for fold {fold}")
                     loaded[key] = store.predictions(stored[key])["proba"]
                 return loaded[key]
+
+            cv_folds = [g for g, _, _ in outer if g != "test"]
+            # Inner out-of-fold probabilities of the members of stacks (and of binary hard
+            # votes, for their thresholds) on each CV fold's training rows; one refit set
+            # per (member, fold), shared by every ensemble that needs it.
+            needs_inner = [(m, f) for c, f in todo_ens
+                           if f != "test" and (c.kind == "stack" or (c.kind == "vote-hard" and binary))
+                           for m in c.members()]
+            pairs = list(dict.fromkeys((m, f) for m, f in needs_inner))
+            inner_proba: dict[tuple[Candidate, str], np.ndarray] = {}
+            if pairs:
+                log(f"refitting {len(pairs)} (member, fold) pairs on inner folds for stacks and hard votes")
+                jobs_in = (delayed(_inner_oof_unit)(
+                    blocks_of(f)[names.index(m.blocks[0])], m.head, stored[member_key(m, f)].get("best_params") or {},
+                    y, train_rows[f], inner_of[f], len(class_names), seed) for m, f in pairs)
+                with _backend(backend, scheduler, n_jobs) as jobs:
+                    for pair, oof in zip(pairs, Parallel(n_jobs=jobs, return_as="generator")(jobs_in)):
+                        inner_proba[pair] = oof
+            thresholds: dict[tuple[Candidate, str], float] = {}
+
+            def threshold(m: Candidate, f: str) -> float:
+                # Youden on out-of-fold predictions the scored rows had no part in: inner
+                # ones for a CV fold, the member's outer CV ones for test.
+                if (m, f) not in thresholds:
+                    from workbench.search.stats import youden_threshold
+
+                    if f == "test":
+                        p = np.concatenate([member_proba(m, g) for g in cv_folds])
+                        yy = np.concatenate([y[eval_rows[g]] for g in cv_folds])
+                    else:
+                        p, yy = inner_proba[(m, f)], y[train_rows[f]]
+                    thresholds[(m, f)] = youden_threshold(yy == pos_idx, p[:, pos_idx])
+                return thresholds[(m, f)]
 
             for c, f in todo_ens:
                 t0 = time.perf_counter()
                 members = c.members()
                 probas = [member_proba(m, f) for m in members]
-                extra: dict[str, Any] = {"members": [m.label(code_of) for m in members]}
+                extra: dict[str, Any] = {"members": [label(m) for m in members]}
+                if rule_of(c) is not None:
+                    extra["ensemble_rule"] = rule_of(c)
                 if c.kind == "stack":
-                    # Fit on out-of-fold probabilities of the other CV folds (for a CV
-                    # fold) or of all CV folds (for test): never on the rows it scores.
-                    cv_folds = [g for g, _, _ in outer if g != "test" and g != f]
-                    train_p = [np.concatenate([member_proba(m, g) for g in cv_folds]) for m in members]
-                    y_tr = np.concatenate([y[eval_rows[g]] for g in cv_folds])
+                    # The meta-learner never sees predictions made by members that trained
+                    # on the rows it scores. Test: the members' outer CV out-of-fold
+                    # probabilities. CV fold f: their inner out-of-fold probabilities on
+                    # f's training rows (members refitted inside those rows).
+                    if f == "test":
+                        train_p = [np.concatenate([member_proba(m, g) for g in cv_folds]) for m in members]
+                        y_tr = np.concatenate([y[eval_rows[g]] for g in cv_folds])
+                    else:
+                        train_p, y_tr = [inner_proba[(m, f)] for m in members], y[train_rows[f]]
                     pred, proba = stack(train_p, y_tr, probas, seed=seed)
+                elif c.kind == "vote-hard" and binary:
+                    ts = [threshold(m, f) for m in members]
+                    extra["thresholds"] = ts
+                    pred, proba = vote(probas, c.kind, thresholds=ts, positive=pos_idx)
                 else:
                     pred, proba = vote(probas, c.kind)
                 extra["seconds"] = round(time.perf_counter() - t0, 3)
