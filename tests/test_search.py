@@ -1,10 +1,13 @@
 """The search: selection reads CV records only; test figures, intervals and paired tests."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
@@ -15,6 +18,15 @@ from workbench.search.protocol import build_task
 from workbench.search.select import search
 from workbench.search.store import ResultStore
 from workbench.search.sweep import sweep
+
+
+def _rewrite_predictions(root, record: dict, arrays: dict) -> None:
+    """Replace a record's predictions file, and the digest its line carries."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    (root / record["predictions"]).write_bytes(data)
+    record.update(predictions_size=len(data), predictions_sha256=hashlib.sha256(data).hexdigest())
 
 
 def add_baseline(run, manifest, fs, block: str, C: float = 0.05, name: str = "CNN stand-in"):
@@ -79,7 +91,7 @@ def test_permuting_test_labels_leaves_the_selection_unchanged(run, tmp_path):
         if r["fold"] == "test":
             pr = store.predictions(r)
             pr["y_true"] = rng.permutation(pr["y_true"])
-            np.savez(shaken / r["predictions"], **pr)
+            _rewrite_predictions(shaken, r, pr)
             r["metrics"] = classification_metrics(pr["y_true"], pr["proba"], classes=["benign", "malignant"],
                                                   positive="malignant", y_pred=pr["pred"])
         lines.append(json.dumps(r))
@@ -129,3 +141,72 @@ def test_candidates_with_optimistic_cv_are_not_selected(run, tmp_path):
     assert bool(after.ranking.loc[after.ranking.candidate == before.selected[0], "optimistic_cv"].iloc[0])
     assert any("optimistic CV" in n for n in after.notes)
     assert search(marked, "auc", top_k=2, allow_optimistic=True).selected == before.selected
+
+
+def test_without_groups_the_statistics_are_unchanged(run):
+    plain = search(run, "auc", top_k=3)
+    assert plain.grouping is None and "interval_method" not in plain.comparison.columns
+    ids = [str(i) for i in ResultStore(run).frame()["fold"].index]  # any ids: none of them grouped
+    for groups in ({}, {i: "" for i in ids}):
+        again = search(run, "auc", top_k=3, groups=groups)
+        pd.testing.assert_frame_equal(again.comparison, plain.comparison)
+
+
+@pytest.fixture(scope="module")
+def grouped_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grouped")
+    manifest, fs = make_task(n=96, test_every=3, groups=True)  # patients of two images
+    sweep(manifest, fs, out=root / "run", **{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}})
+    add_baseline(root / "run", manifest, fs, "resnet50:avgpool")
+    return root / "run", manifest
+
+
+def test_grouped_test_split_gets_cluster_bootstrap_statistics(grouped_run):
+    run, manifest = grouped_run
+    res = search(run, "auc", top_k=2)
+    g = res.grouping
+    assert g["clustered"] and g["test_groups"] == g["test_images"] // 2 and g["test_max_per_group"] == 2
+    assert g["cv_groups"] == g["cv_images"] // 2
+    comp = res.comparison.set_index("candidate")
+    assert (comp["interval_method"] == "cluster bootstrap").all()
+    sel, base = res.comparison.iloc[0], comp.loc["CNN stand-in"]
+    store = ResultStore(run)
+    t = store.predictions(next(r for r in store.records() if r["candidate"] == "CNN stand-in" and r["fold"] == "test"))
+    groups = [next(it.group for it in manifest if it.id == i) for i in t["ids"]]
+    y, p = t["y_true"], t["proba"][:, 1]
+    boot = stats.cluster_bootstrap_auc(y, p, groups)
+    assert (base.auc_low, base.auc_high) == pytest.approx((boot.low, boot.high))
+    naive = stats.delong_interval(y, p)
+    assert base.auc == pytest.approx(naive.estimate) and base.auc_low != pytest.approx(naive.low)
+    assert 0 < sel.p_auc <= 1 and 0 < sel.p_accuracy <= 1
+
+    from workbench.report.build import write_report
+
+    report = (write_report(run) / "report.md").read_text()
+    assert f"grouped by the manifest's `group` column ({g['cv_groups']} groups" in report
+    assert f"{g['test_images']} images in {g['test_groups']} groups" in report
+    assert "cluster bootstrap" in report and "percentile" in report
+
+
+def test_near_ties_are_said():
+    from workbench.search.select import _near_ties
+
+    pool = pd.DataFrame({"candidate": ["a", "b", "c", "d", "e"], "cv_auc": [0.913, 0.911, 0.905, 0.80, 0.85],
+                         "cv_auc_sd": [0.020, 0.019, 0.02, 0.03, 0.2], "n_folds": [5, 5, 5, 5, 5]})
+    names, text = _near_ties(pool, "auc")
+    se = 0.020 / np.sqrt(5)  # 0.0089: b (-0.002) and c (-0.008) are within it, d is not
+    assert names == ["b", "c", "e"]  # e: -0.063, but its own SE is 0.089
+    assert f"SE {se:.3f}" in text and "b (0.911, SE 0.008, −0.002)" in text
+    assert _near_ties(pool.iloc[[0, 3]], "auc") is None
+    assert _near_ties(pool.iloc[:1], "auc") is None
+    exact = pool.assign(cv_auc_sd=[0.0, 0.006, 0.0, 0.0, 0.0])  # a fold-constant top still ties with b
+    assert _near_ties(exact, "auc")[0] == ["b"]
+
+
+def test_near_tie_note_in_the_search(run):
+    res = search(run, "auc", top_k=3)
+    r = res.ranking
+    se = r.cv_auc_sd / np.sqrt(r.n_folds)
+    close = list(r.candidate[1:][(r.cv_auc[0] - r.cv_auc[1:]) < np.fmax(se[0], se[1:])])
+    assert res.near_ties == close
+    assert any(n.startswith("near-tie") for n in res.notes) == bool(close)

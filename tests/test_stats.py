@@ -520,3 +520,84 @@ def test_compare_to_baseline_combines_delong_and_mcnemar():
     assert same["auc_p_value"] == 1.0 and same["accuracy_p_value"] == 1.0
     with pytest.raises(ValueError, match="p_base"):
         compare_to_baseline(y, s1, s2[:-1], 0.4, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Cluster bootstrap (grouped test data)
+# ---------------------------------------------------------------------------
+
+
+def _scored(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = np.round(0.8 * y + rng.normal(size=n), 2)  # ties included
+    return y, p, (p > 0.4).astype(int)
+
+
+def test_weighted_auc_equals_sklearn_on_the_resampled_images():
+    from workbench.search.stats import _weighted_auc, cluster_weights
+
+    y, p, _ = _scored()
+    groups = np.repeat(np.arange(40), 3)
+    w = cluster_weights(groups, n_boot=6, seed=1)
+    assert (w.sum(axis=1) == len(y)).all()  # 40 groups of 3 drawn, 120 images each time
+    for k, auc in enumerate(_weighted_auc(y, p, w)):
+        rows = np.repeat(np.arange(len(y)), w[k])
+        assert auc == pytest.approx(roc_auc_score(y[rows], p[rows]), abs=1e-12)
+        assert set(groups[rows]) <= set(groups)
+
+
+def test_cluster_bootstrap_widens_with_duplicated_groups_and_matches_singletons():
+    from workbench.search.stats import cluster_bootstrap_auc, cluster_bootstrap_proportions
+
+    y, p, pred = _scored()
+    # Each image three times, as one group: three times the rows, no more information.
+    y3, p3, pred3, g3 = np.repeat(y, 3), np.repeat(p, 3), np.repeat(pred, 3), np.repeat(np.arange(len(y)), 3)
+    naive = delong_interval(y3, p3)
+    clustered = cluster_bootstrap_auc(y3, p3, g3)
+    assert clustered.estimate == pytest.approx(naive.estimate)
+    assert clustered.high - clustered.low > 1.5 * (naive.high - naive.low)
+    # ... and as wide as the interval of the images once (DeLong), up to bootstrap noise.
+    once = delong_interval(y, p)
+    assert clustered.high - clustered.low == pytest.approx(once.high - once.low, rel=0.15)
+    props, wilson = cluster_bootstrap_proportions(y3, pred3, g3), proportion_metrics(y3, pred3)
+    for m in PROPORTION_METRICS:
+        assert props[m].estimate == wilson[m].estimate and props[m].n == wilson[m].n
+        assert props[m].high - props[m].low > 1.4 * (wilson[m].high - wilson[m].low)
+    # Deterministic (seeded), and another seed moves the bounds only a little.
+    assert cluster_bootstrap_auc(y3, p3, g3) == clustered
+    other = cluster_bootstrap_auc(y3, p3, g3, seed=5)
+    assert other.low == pytest.approx(clustered.low, abs=0.02) and other.high == pytest.approx(clustered.high, abs=0.02)
+
+
+def test_cluster_bootstrap_does_not_depend_on_group_names():
+    from workbench.search.stats import cluster_bootstrap_auc
+
+    y, p, _ = _scored()
+    g = np.repeat(np.arange(40), 3)
+    a = cluster_bootstrap_auc(y, p, [f"p{k}" for k in g])
+    b = cluster_bootstrap_auc(y, p, [f"patient-{997 * k % 1000}" for k in g])
+    assert a == b
+    lone = [None if k % 2 else f"p{k}" for k in range(len(y))]  # no group: a group of one
+    assert cluster_bootstrap_auc(y, p, lone) == cluster_bootstrap_auc(y, p, [f"q{k}" for k in range(len(y))])
+
+
+def test_cluster_bootstrap_paired_test():
+    from workbench.search.stats import cluster_bootstrap_test, clustered
+
+    y, p, pred = _scored()
+    g = np.repeat(np.arange(40), 3)
+    assert cluster_bootstrap_test(y, g, p1=p, p2=p) == (0.0, 1.0)
+    assert cluster_bootstrap_test(y, g, pred1=pred, pred2=pred).p_value == 1.0
+    worse = cluster_bootstrap_test(y, g, pred1=pred, pred2=1 - pred)
+    assert worse.difference > 0.2 and worse.p_value < 0.01
+    noisy = p + np.random.default_rng(3).normal(0, 3, len(p))
+    res = cluster_bootstrap_test(y, np.arange(len(y)), p1=p, p2=noisy)
+    assert res.difference == pytest.approx(roc_auc_score(y, p) - roc_auc_score(y, noisy))
+    # Groups of one: the bootstrap agrees with DeLong's test up to resampling noise.
+    assert res.p_value == pytest.approx(delong_test(y, p, noisy).p_value, abs=0.04)
+    with pytest.raises(ValueError, match="either p1 and p2"):
+        cluster_bootstrap_test(y, g, p1=p, pred2=pred)
+    with pytest.raises(ValueError, match="one entry per image"):
+        cluster_bootstrap_test(y, g[:-1], p1=p, p2=p)
+    assert clustered(["a", "a", "b"]) and not clustered(["a", "b", None, None, ""]) and not clustered(None)

@@ -136,6 +136,47 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     return rep.figure, note
 
 
+def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *, binary: bool) -> str:
+    """The report's paragraph on protocol, thresholds, intervals and tests, as they were applied."""
+    from workbench.search.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
+    from workbench.search.stats import N_BOOT
+
+    g = result.grouping or {}
+    has_base = len(result.baselines) > 0
+    text = (f"Ranking metric: **{metric}**, mean over {protocol['cv']} outer CV folds of the training split")
+    if g.get("cv_groups"):
+        text += (f", grouped by the manifest's `group` column ({g['cv_groups']} groups, {g['cv_images']} images, "
+                 f"{g['cv_images'] / g['cv_groups']:.2f} images per group on average: a group never straddles "
+                 f"folds)")
+    text += "; selection by CV only."
+    if binary:
+        text += " Thresholds: Youden's index on out-of-fold predictions, applied unchanged to test."
+        if has_base:
+            text += (" End-to-end baselines have one network per fold, each calibrated its own way, so a cut-off "
+                     "on their pooled scores fits none of them: each fold network's Youden threshold is taken as a "
+                     "quantile of its own out-of-fold scores, the quantiles are pooled (q), and the test network "
+                     "calls the top 1 − q of its test scores positive (no test label is read).")
+    pct = f"{100 * (1 - alpha):.0f} %"
+    if g.get("clustered"):
+        text += (f" The test split holds {g['test_images']} images in {g['test_groups']} groups (up to "
+                 f"{g['test_max_per_group']} images per group; {g['test_images'] / g['test_groups']:.2f} on "
+                 f"average), which are not independent: intervals are {pct} percentile cluster bootstrap "
+                 f"intervals over groups ({N_BOOT} resamples, seed 0), and p-values against the best "
+                 f"non-degenerate baseline by CV ({result.best_baseline or 'none'}) on the same test images come "
+                 f"from a cluster bootstrap of the paired difference (AUC, accuracy), Holm-adjusted across the "
+                 f"table.")
+    else:
+        text += (f" Intervals: {pct} Wilson (proportions), DeLong (AUC). p-values against the best "
+                 + ("non-degenerate " if result.degenerate and has_base else "")
+                 + f"baseline by CV ({result.best_baseline or 'none'}) on the same test images: DeLong (AUC), exact "
+                   f"McNemar (accuracy), Holm-adjusted across the table.")
+    if result.degenerate:
+        text += (f" Degenerate models (at least {ONE_CLASS_SHARE:.0%} of their predictions in one class, or a CV "
+                 f"AUC ≤ {CHANCE_AUC:.2f}) are marked ‡, never counted as best, never the baseline compared "
+                 f"against (named below).")
+    return text
+
+
 def write_report(run: Path) -> Path:
     """Write ``run/report/``: ``report.md``, ``tables/``, ``figures/``, ``provenance.json``."""
     from workbench.report import figures as F
@@ -158,11 +199,12 @@ def write_report(run: Path) -> Path:
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
 
-    tables = [T.backbone_table(records, b, metric) for b in _backbones(records)]
+    bad = result.degenerate
+    tables = [T.backbone_table(records, b, metric, degenerate=bad) for b in _backbones(records)]
     if (records["size"] >= 2).any():
-        tables.append(T.concatenation_table(records, metric))
+        tables.append(T.concatenation_table(records, metric, degenerate=bad))
     if records["kind"].isin(["vote-hard", "vote-soft", "stack"]).any():
-        tables.append(T.ensemble_table(records, metric))
+        tables.append(T.ensemble_table(records, metric, degenerate=bad))
     comparison = T.comparison_table(result.comparison)
     classes = list(store.protocol()["classes"])
     if len(classes) > 2:  # per-class (one-vs-rest) and macro figures of the models compared
@@ -180,7 +222,14 @@ def write_report(run: Path) -> Path:
     figs += F.heatmap_figure(records, metric, out / "figures" / f"heatmap_cv_{metric}",
                              title=f"CV mean {metric} by subset and head")
 
-    cam_paths, cam_note = _gradcam(run, store, result.best_baseline, out / "figures" / "gradcam")
+    # Grad-CAM explains a network, degenerate or not: with no sound baseline to compare
+    # against, the top baseline by CV is still shown, and the note says it is degenerate.
+    cam_of = result.best_baseline
+    if cam_of is None and len(result.baselines):
+        cam_of = str(result.baselines["candidate"].iloc[0])
+    cam_paths, cam_note = _gradcam(run, store, cam_of, out / "figures" / "gradcam")
+    if cam_note and cam_of != result.best_baseline:
+        cam_note += f" ({cam_of} is degenerate: {result.degenerate.get(cam_of, 'see the comparison table')})"
     figs += cam_paths
     if cam_note:
         result.notes.append(cam_note)
@@ -190,11 +239,7 @@ def write_report(run: Path) -> Path:
     lines = [
         f"# {s['name']}: report",
         "",
-        f"Ranking metric: **{metric}**, mean over {store.protocol()['cv']} outer CV folds of the training "
-        f"split; selection by CV only. Thresholds: Youden's index on out-of-fold predictions, applied "
-        f"unchanged to test. Intervals: {100 * (1 - s['alpha']):.0f} % Wilson (proportions), DeLong (AUC). "
-        f"p-values against the best baseline by CV ({result.best_baseline or 'none'}) on the same test images: "
-        f"DeLong (AUC), exact McNemar (accuracy), Holm-adjusted across the table.",
+        _method_text(result, store.protocol(), metric, s["alpha"], binary=positive is not None and len(classes) == 2),
         "",
         f"Selected: **{result.selected[0] if result.selected else 'none'}**; top {len(result.selected)} by CV: "
         + ", ".join(result.selected),

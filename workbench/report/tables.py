@@ -13,7 +13,10 @@ from the search's comparison frame, and the renderers turn it into text:
 CV cells are ``mean ± sd`` over the outer CV folds; test cells are shown beside them
 but never decide an order or a mark of "best". Cells below the best baseline (by CV)
 are marked (``†`` in Markdown, underlined in LaTeX, as the study did), the best of
-each column is bold. The same records always give byte-identical files.
+each column is bold. Degenerate models (:mod:`workbench.search.degenerate`: one class
+for nearly every image, or a CV AUC not above chance) carry ``‡``, are never bold and
+are never the baseline others are marked against. The same records always give
+byte-identical files.
 
 Examples
 --------
@@ -52,6 +55,7 @@ __all__ = [
 
 DASH = "–"  # en dash: a missing or undefined value
 DAGGER = "†"
+DDAGGER = "‡"  # a degenerate model (workbench.search.degenerate)
 DIGITS = 3
 
 METRIC_LABELS = {
@@ -74,6 +78,8 @@ WIDE_CHARS = 140
 STACK_CHARS = 10
 LONG_ROWS = 40
 OPTIMISTIC_NOTE = "* CV estimate optimistic: the fine-tuned network saw these folds."
+DEGENERATE_NOTE = (f"{DDAGGER} degenerate: predicts one class for at least 95 % of the images, or its CV AUC is "
+                   "not above chance (≤ 0.55); never marked best, never the baseline compared against.")
 
 
 # ---- the table model ---------------------------------------------------------------------
@@ -93,12 +99,15 @@ class Cell:
         Worse than the best baseline: ``†`` in Markdown, underlined in LaTeX.
     best
         The best of its column: bold.
+    degenerate
+        The value of a degenerate model: ``‡``, and never the best of its column.
     """
 
     text: str
     value: float | None = None
     below_baseline: bool = False
     best: bool = False
+    degenerate: bool = False
 
 
 @dataclass
@@ -193,7 +202,7 @@ def _worse(v: float | None, ref: float | None, higher: bool) -> bool:
 def _mark(rows: list[list[Cell]], j: int, *, ref: float | None, higher: bool = True, best: bool = True,
           skip: Iterable[int] = ()) -> None:
     """Mark column ``j`` in place: below ``ref`` (all rows), best (rows not in ``skip``)."""
-    skip = set(skip)
+    skip = set(skip) | {i for i, row in enumerate(rows) if row[j].degenerate}
     vals = [(i, row[j].value) for i, row in enumerate(rows) if not _nan(row[j].value)]
     top = None
     cand = [_shown(v) for i, v in vals if i not in skip]
@@ -264,8 +273,9 @@ def _check(records: pd.DataFrame, metric: str) -> None:
         raise KeyError(f"no metric {metric!r} in the records; metrics: {', '.join(metrics)}")
 
 
-def _stats(records: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per candidate: its description, CV mean / sd / folds, test value, optimistic."""
+def _stats(records: pd.DataFrame, metric: str, degenerate: dict[str, str] | None = None) -> pd.DataFrame:
+    """One row per candidate: its description, CV mean / sd / folds, test value, optimistic,
+    and why it is degenerate (``""``: it is not)."""
     cv = records[records["fold"].astype(str) != "test"]
     test = records[records["fold"].astype(str) == "test"]
     first = records.drop_duplicates("candidate").set_index("candidate")
@@ -288,6 +298,7 @@ def _stats(records: pd.DataFrame, metric: str) -> pd.DataFrame:
     else:
         out["optimistic"] = False
     out["size"] = [len(b) for b in out["blocks"]]
+    out["degenerate"] = [(degenerate or {}).get(c, "") for c in out.index]
     return out
 
 
@@ -296,8 +307,8 @@ def _n_folds(records: pd.DataFrame) -> int:
 
 
 def _best_baseline(stats: pd.DataFrame, metric: str) -> pd.Series | None:
-    """The baseline with the best CV mean (ties: first label); ``None`` without baselines."""
-    b = stats[(stats["kind"] == "baseline") & stats["mean"].notna()]
+    """The non-degenerate baseline with the best CV mean (ties: first label); ``None`` without one."""
+    b = stats[(stats["kind"] == "baseline") & stats["mean"].notna() & (stats["degenerate"] == "")]
     if b.empty:
         return None
     higher = metric not in LOWER_IS_BETTER
@@ -318,11 +329,13 @@ def _cv_cell(s: pd.Series | None) -> Cell:
     text = fmt_mean_sd(s["mean"], s["sd"])
     if s["optimistic"] and text != DASH:
         text += "*"
-    return Cell(text, _num(s["mean"]))
+    return Cell(text, _num(s["mean"]), degenerate=bool(s["degenerate"]))
 
 
 def _test_cell(s: pd.Series | None) -> Cell:
-    return Cell(DASH, float("nan")) if s is None else Cell(fmt(s["test"]), _num(s["test"]))
+    if s is None:
+        return Cell(DASH, float("nan"))
+    return Cell(fmt(s["test"]), _num(s["test"]), degenerate=bool(s["degenerate"]))
 
 
 def _value_columns(names: Sequence[str], test: bool) -> list[str]:
@@ -369,6 +382,8 @@ def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_la
         all_notes.append(f"Bold: the best CV mean of its column{aside}.")
     if optimistic:
         all_notes.append(OPTIMISTIC_NOTE)
+    if any(c.degenerate for r in rows for c in r):
+        all_notes.append(DEGENERATE_NOTE)
     all_notes += [n for n in notes if n]
     if best is None:
         all_notes.append("No end-to-end baseline in the records: nothing is marked below baseline.")
@@ -380,7 +395,8 @@ def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_la
 
 
 def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *, test: bool = True,
-                   key: str | None = None) -> Table:
+                   key: str | None = None,
+    degenerate: dict[str, str] | None = None) -> Table:
     """The study's per-backbone table: each tap and weights variant under every head.
 
     Rows are the single-block head candidates of ``backbone`` (``pretrained``,
@@ -399,6 +415,9 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
         Also show each candidate's test value (beside, never ranked).
     key
         File stem and LaTeX label; default ``backbone-<backbone>-<metric>``.
+    degenerate
+        Candidate -> why it is degenerate (``SearchResult.degenerate``): its cells get
+        ``‡``, are never bold, and a degenerate baseline is not the one marked against.
 
     Raises
     ------
@@ -406,7 +425,7 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
         If the records hold neither a single-block head nor a baseline of ``backbone``.
     """
     _check(records, metric)
-    st = _stats(records, metric)
+    st = _stats(records, metric, degenerate)
     singles = st[(st["kind"] == "head") & (st["size"] == 1)]
     singles = singles[[_split_block(b[0])[0] == backbone for b in singles["blocks"]]]
     bases = st[(st["kind"] == "baseline") & (st["backbone"] == backbone)]
@@ -461,7 +480,8 @@ def _subset_rows(cands: pd.DataFrame) -> tuple[list[tuple[str, ...]], dict[tuple
 
 
 def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = True,
-                        key: str | None = None) -> Table:
+                        key: str | None = None,
+    degenerate: dict[str, str] | None = None) -> Table:
     """Every head on every concatenation of two blocks or more, rows as ``[AVR]`` codes.
 
     Parameters
@@ -472,7 +492,7 @@ def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: boo
         Default ``concatenation-<metric>``.
     """
     _check(records, metric)
-    st = _stats(records, metric)
+    st = _stats(records, metric, degenerate)
     cands = st[(st["kind"] == "head") & (st["size"] >= 2)]
     subsets, code_of = _subset_rows(cands)
     heads = sorted({h for h in cands["head"] if h})
@@ -488,7 +508,8 @@ def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: boo
 
 
 def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = True,
-                   key: str | None = None) -> Table:
+                   key: str | None = None,
+    degenerate: dict[str, str] | None = None) -> Table:
     """The ensembles of every subset: one column per kind (``vote-hard``, ``vote-soft``, ``stack``).
 
     Where ensembles over different sets of heads are present, each (kind, heads) pair
@@ -502,7 +523,7 @@ def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = T
         Default ``ensembles-<metric>``.
     """
     _check(records, metric)
-    st = _stats(records, metric)
+    st = _stats(records, metric, degenerate)
     cands = st[st["kind"].isin(ENSEMBLE_KINDS)]
     subsets, code_of = _subset_rows(cands)
     kind_rank = {k: i for i, k in enumerate(ENSEMBLE_KINDS)}
@@ -557,10 +578,18 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
     df = df.assign(_r=[ROLE_ORDER.get(r, 3) for r in df["role"]], _cv=cv_key, _c=df["candidate"].astype(str))
     df = df.sort_values(["_r", "_cv", "_c"], kind="stable").reset_index(drop=True)
     get = lambda r, c: r[c] if c in df.columns else float("nan")  # noqa: E731
+    reason = [str(v) if isinstance(v, str) else "" for v in (df["degenerate"] if "degenerate" in df.columns
+                                                                else [""] * len(df))]
+    quantile = "threshold_quantile" in df.columns and df["threshold_quantile"].notna().any()
+
+    def threshold_cell(r) -> Cell:
+        q = get(r, "threshold_quantile")
+        text = fmt(r["threshold"]) if _nan(q) or _nan(r["threshold"]) else f"{fmt(r['threshold'])} (q {fmt(q)})"
+        return Cell(text, _num(r["threshold"]))
 
     # (header, cell maker, marked?) per column
     specs: list[tuple[str, Any, bool]] = [
-        ("Model", lambda r: Cell(str(r["candidate"])), False),
+        ("Model", lambda r: Cell(str(r["candidate"]), degenerate=bool(reason[r.name])), False),
         ("Role", lambda r: Cell(str(r["role"])), False),
     ]
     if "cv_auc" in df.columns:
@@ -572,7 +601,7 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
                       lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),
                       True))
     if "threshold" in df.columns:
-        specs.append(("Threshold", lambda r: Cell(fmt(r["threshold"]), _num(r["threshold"])), False))
+        specs.append(("Threshold", threshold_cell, False))
     for p, head in (("p_auc", "p AUC"), ("p_auc_holm", "p AUC (Holm)"), ("p_accuracy", "p accuracy"),
                     ("p_accuracy_holm", "p accuracy (Holm)")):
         if p in df.columns:
@@ -580,22 +609,43 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
     rows = [[make(r) for _, make, _ in specs] for _, r in df.iterrows()]
     is_base = [r == "baseline" for r in df["role"]]
     optimistic = [i for i, r in enumerate(df["role"]) if r == OPTIMISTIC_ROLE]
+    degenerate = [i for i in range(len(df)) if reason[i]]
+    # A degenerate baseline is no yardstick, and a degenerate row is never the best.
+    ref_rows = [i for i in range(len(rows)) if is_base[i] and not reason[i]]
     for j, (_, _, marked) in enumerate(specs):
         if not marked:
             continue
-        base_vals = [rows[i][j].value for i in range(len(rows)) if is_base[i] and not _nan(rows[i][j].value)]
-        _mark(rows, j, ref=max(base_vals) if base_vals else None, skip=optimistic)
+        base_vals = [rows[i][j].value for i in ref_rows if not _nan(rows[i][j].value)]
+        _mark(rows, j, ref=max(base_vals) if base_vals else None, skip=optimistic + degenerate)
     notes = []
     if "cv_auc" in df.columns:
         notes.append("CV AUC: mean ± sd over the outer CV folds of the training split, the selection criterion.")
-    notes.append("Test split: value (95 % interval)"
+    clustered = "interval_method" in df.columns and (df["interval_method"] == "cluster bootstrap").any()
+    notes.append("Test split: value (95 % interval"
+                 + ("; percentile cluster bootstrap over the groups of the test split, which hold several images "
+                    "each" if clustered else "") + ")"
                  + ("; proportions at each model's threshold, chosen on its out-of-fold CV predictions"
                     if "threshold" in df.columns else "") + ".")
+    if quantile:
+        notes.append("Baselines (one network per CV fold, each calibrated its own way): each fold network's Youden "
+                     "threshold as a quantile of its own out-of-fold scores; the test network calls its top "
+                     "1 − q of the test scores positive (q: the pooled quantile, shown beside the threshold).")
     if any(c in df.columns for c in ("p_auc", "p_accuracy")):
-        notes.append("p: paired test against the best baseline (by CV) on the same test images (DeLong for AUC, "
-                     "exact McNemar for accuracy); Holm: adjusted across the table's selected and top-k rows.")
+        if clustered:
+            notes.append("p: paired test against the best non-degenerate baseline (by CV) on the same test images, "
+                         "by a cluster bootstrap of the difference (AUC and accuracy); Holm: adjusted across the "
+                         "table's selected and top-k rows.")
+        else:
+            notes.append("p: paired test against the best "
+                         + ("non-degenerate " if any(is_base[i] for i in degenerate) else "")
+                         + "baseline (by CV) on the same test images (DeLong for AUC, exact McNemar for accuracy); "
+                           "Holm: adjusted across the table's selected and top-k rows.")
     if any(c.best for r in rows for c in r):
-        notes.append("Bold: the best of its column, the optimistic row aside.")
+        notes.append("Bold: the best of its column, the optimistic row aside"
+                     + (" and the degenerate rows" if degenerate else "") + ".")
+    if degenerate:
+        notes.append(DEGENERATE_NOTE + " " + "; ".join(f"{df['candidate'][i]}: {reason[i]}" for i in degenerate)
+                     + ".")
     if optimistic:
         notes.append(f"Below the rule (the last row{'s' if len(optimistic) > 1 else ''}): the candidate with the "
                      "best test value, picked by looking at the test split as the study did; its test figures "
@@ -641,20 +691,20 @@ def per_class_table(records: pd.DataFrame, candidates: Sequence[str], classes: S
 
 
 def study_tables(records: pd.DataFrame, comparison: pd.DataFrame | None = None, metric: str = "auc",
-                 *, test: bool = True) -> list[Table]:
+                 *, test: bool = True, degenerate: dict[str, str] | None = None) -> list[Table]:
     """Every table of a run: one per backbone, concatenations, ensembles, the comparison.
 
     Tables with nothing to show (no concatenation, no ensemble) are left out.
     """
     _check(records, metric)
-    st = _stats(records, metric)
+    st = _stats(records, metric, degenerate)
     backbones = sorted({_split_block(b[0])[0] for b in st.loc[(st["kind"] == "head") & (st["size"] == 1), "blocks"]}
                        | {b for b in st.loc[st["kind"] == "baseline", "backbone"] if b})
-    tables = [backbone_table(records, b, metric, test=test) for b in backbones]
+    tables = [backbone_table(records, b, metric, test=test, degenerate=degenerate) for b in backbones]
     if ((st["kind"] == "head") & (st["size"] >= 2)).any():
-        tables.append(concatenation_table(records, metric, test=test))
+        tables.append(concatenation_table(records, metric, test=test, degenerate=degenerate))
     if st["kind"].isin(ENSEMBLE_KINDS).any():
-        tables.append(ensemble_table(records, metric, test=test))
+        tables.append(ensemble_table(records, metric, test=test, degenerate=degenerate))
     if comparison is not None and not comparison.empty:
         tables.append(comparison_table(comparison))
     return tables
@@ -672,7 +722,7 @@ def _md_escape(s: str) -> str:
 def _md_cell(c: Cell) -> str:
     if not c.text:
         return ""
-    s = _md_escape(c.text) + (DAGGER if c.below_baseline else "")
+    s = _md_escape(c.text) + (DDAGGER if c.degenerate else "") + (DAGGER if c.below_baseline else "")
     return f"**{s}**" if c.best else s
 
 
@@ -701,7 +751,8 @@ def to_markdown(table: Table) -> str:
 _TEX = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
     "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
-    "±": r"$\pm$", "–": "--", "—": "---", "−": r"$-$", "†": r"\dag{}", "≥": r"$\geq$", "≤": r"$\leq$",
+    "±": r"$\pm$", "–": "--", "—": "---", "−": r"$-$", "†": r"\dag{}", "‡": r"\ddag{}",
+    "≥": r"$\geq$", "≤": r"$\leq$",
     "×": r"$\times$", "·": r"$\cdot$", "°": r"$^\circ$",
 }
 
@@ -736,6 +787,8 @@ def _tex_cell(c: Cell, stack: bool = False, align: str = "l") -> str:
     # A two-line cell is a one-column tabular: plain LaTeX, no extra package.
     s = lines[0] if len(lines) == 1 else (rf"\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}"
                                          + r" \\ ".join(lines) + r"\end{tabular}")
+    if c.degenerate:
+        s += r"\ddag{}"
     if c.below_baseline:
         s = rf"\underline{{{s}}}"
     return rf"\textbf{{{s}}}" if c.best else s

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ import pandas as pd
 from workbench.data.manifest import Manifest
 from workbench.search.metrics import classification_metrics, default_positive
 from workbench.search.splits import Splits
-from workbench.search.store import ResultStore
+from workbench.search.store import ResultStore, atomic_write
 
 __all__ = ["RunTask", "build_task", "sha", "SWEEP_CODE_VERSION"]
 
@@ -61,8 +62,12 @@ class RunTask:
         store.open(self.protocol)
         splits_csv = store.root / "splits.csv"
         if not splits_csv.exists():
-            pd.DataFrame({"id": self.ids, "label": self.manifest.labels,
-                          "fold": self.splits.assignment()}).to_csv(splits_csv, index=False)
+            frame = pd.DataFrame({"id": self.ids, "label": self.manifest.labels, "fold": self.splits.assignment()})
+            groups = [it.group or "" for it in self.manifest]
+            if any(groups):  # the search clusters its test statistics by them
+                frame["group"] = groups
+            csv = frame.to_csv(index=False)
+            atomic_write(splits_csv, csv.encode())
         return store
 
     def record(self, *, candidate_id: str, candidate: str, kind: str, fold: str, proba: np.ndarray,
@@ -95,6 +100,24 @@ class RunTask:
         return rec, preds
 
 
+def _canonical_keys(items: Sequence) -> list[tuple[str, str]]:
+    """Per item ``(sha256 of the image file, id)``; ``("", id)`` for all when a file cannot be read.
+
+    A manifest that was not validated has no hashes yet: the files are hashed here, so a
+    sweep and a baselines run on the same data agree whether or not they validated it.
+    """
+    keys = []
+    for it in items:
+        digest = it.sha256
+        if digest is None:
+            try:
+                digest = hashlib.sha256(Path(it.path).read_bytes()).hexdigest()
+            except OSError:  # synthetic tasks without files: order by id alone
+                return [("", item.id) for item in items]
+        keys.append((digest, it.id))
+    return keys
+
+
 def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring: str,
                positive: str | None) -> RunTask:
     """Fix the folds and the protocol of ``manifest`` (classes already selected)."""
@@ -106,14 +129,16 @@ def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring
     y = np.array([class_names.index(lab) for lab in manifest.labels])
     items = list(manifest)
     groups = [it.group for it in items]
+    # Folds follow the images, not the listing: rows sorted by content hash (ties by id).
     splits = Splits.build(y, [it.split for it in items], n_splits=cv, inner_splits=inner_cv, seed=seed,
-                          groups=groups, classes=class_names)
+                          groups=groups, classes=class_names, order=_canonical_keys(items))
     outer = splits.outer()
     inner_of = {fold: splits.inner(tr, y, class_names) for fold, tr, _ in outer}
     protocol = {
         "format": 1,
         "sweep_code_version": SWEEP_CODE_VERSION,
-        "task": sha([ids, list(manifest.labels), [it.split for it in items], groups])[:16],
+        # Sorted by id: the same images, labels and splits listed in another order are the same task.
+        "task": sha(sorted((it.id, it.label, it.split or "", it.group or "") for it in items))[:16],
         "n_images": len(ids),
         "classes": class_names,
         "positive": positive,
@@ -121,7 +146,7 @@ def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring
         "inner_cv": inner_cv,
         "seed": seed,
         "scoring": scoring,
-        "folds": sha(splits.assignment())[:16],
+        "folds": sha(sorted(zip(ids, splits.assignment())))[:16],
     }
     return RunTask(manifest, ids, class_names, y, positive, splits, outer, inner_of, seed, protocol,
                    sha(protocol)[:16])

@@ -2,13 +2,21 @@
 
 Honest selection: candidates (classical heads, concatenations, ensembles) are ranked by
 the mean of the chosen metric over the outer CV folds of the training split; the top
-one (and a top-k) are chosen from that ranking alone; the operating threshold of each
-model is Youden's index on its out-of-fold predictions. Only then are the selected
-candidates and every end-to-end baseline evaluated on the test split, with 95 %
-intervals (Wilson for proportions, DeLong for AUC) and paired tests against the best
+one (and a top-k) are chosen from that ranking alone, among the candidates that are not
+degenerate on the CV folds (:mod:`workbench.search.degenerate`); when runners-up lie
+within one standard error of the selected CV mean, a note says the selection is a
+near-tie. The operating threshold of each model is Youden's index on its out-of-fold
+predictions; for end-to-end baselines (one network per fold, each calibrated its own
+way) it is each fold's Youden cut-off as a quantile of that fold's scores, applied as
+the same quantile of the test network's scores
+(:func:`workbench.search.stats.fold_quantile_threshold`). Only then are the selected
+candidates and every baseline evaluated on the test split, with 95 % intervals (Wilson
+for proportions, DeLong for AUC) and paired tests against the best non-degenerate
 baseline (by CV) on the same test images: DeLong for AUC, exact McNemar for accuracy,
-Holm-adjusted across the table. The study's "best on test" pick is reported in a row
-of its own, labelled optimistic, and never feeds the selection.
+Holm-adjusted across the table. When the test split holds several images of one group
+(patient), intervals and paired tests come from a cluster bootstrap over groups
+instead. The study's "best on test" pick is reported in a row of its own, labelled
+optimistic, and never feeds the selection.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.search import stats
+from workbench.search.degenerate import DEGENERATE_MARK, degenerate_reason
 from workbench.search.store import ResultStore
 from workbench.search.summary import summarize
 
@@ -38,6 +47,9 @@ class SearchResult:
     best_baseline: str | None
     comparison: pd.DataFrame  # one row per reported model (see comparison_table)
     notes: list[str] = field(default_factory=list)
+    degenerate: dict[str, str] = field(default_factory=dict)  # candidate -> why (degenerate.py's rule)
+    near_ties: list[str] = field(default_factory=list)  # within one SE of the selected CV mean
+    grouping: dict[str, Any] | None = None  # groups of CV and test; "clustered": bootstrap statistics
 
 
 def rank_candidates(records: pd.DataFrame, metric: str = "auc") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -55,54 +67,150 @@ def rank_candidates(records: pd.DataFrame, metric: str = "auc") -> tuple[pd.Data
     return ranked[~is_base].reset_index(drop=True), ranked[is_base].reset_index(drop=True)
 
 
-def _predictions(store: ResultStore, recs: list[dict[str, Any]], positive_index: int | None):
-    """Concatenated y_true and scores (positive-class probability, or the whole matrix)."""
-    ys, ps = [], []
-    for r in recs:
-        pr = store.predictions(r)
-        ys.append(pr["y_true"])
-        ps.append(pr["proba"] if positive_index is None else pr["proba"][:, positive_index])
-    return np.concatenate(ys), np.concatenate(ps)
+def _load(store: ResultStore, recs: list[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
+    return [store.predictions(r) for r in recs]
 
 
-def _evaluate(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate: str, folds: list[str],
-              pos: int | None, alpha: float) -> dict[str, Any]:
-    """Youden threshold on out-of-fold predictions, then every test figure with intervals."""
-    oof = [by_key[(candidate, f)] for f in folds if (candidate, f) in by_key]
+def _column(preds: list[dict[str, np.ndarray]], key: str, pos: int | None = None) -> np.ndarray:
+    """``key`` of every prediction file, concatenated (``proba``: column ``pos`` when given)."""
+    parts = [p[key] if pos is None or key != "proba" else p[key][:, pos] for p in preds]
+    return np.concatenate(parts) if parts else np.array([])
+
+
+def _operating_point(kind: str, oof: list[dict[str, np.ndarray]], p_test: np.ndarray, pos: int
+                     ) -> tuple[float, float, np.ndarray]:
+    """``(threshold, quantile, out-of-fold calls)`` of a binary model.
+
+    Classical candidates: Youden's index on their pooled out-of-fold predictions (one
+    model per fold, all on the probability scale of one calibrated head). Baselines
+    (one CNN per fold, each calibrated its own way): each fold's Youden cut-off as a
+    quantile of its own scores, applied as that quantile of the test network's scores
+    (:func:`workbench.search.stats.fold_quantile_threshold`); ``quantile`` is NaN for
+    the pooled rule.
+    """
+    ys = [np.asarray(o["y_true"]) == pos for o in oof]
+    ps = [np.asarray(o["proba"])[:, pos] for o in oof]
+    if kind == "baseline":
+        thr, q = stats.fold_quantile_threshold(ys, ps, p_test)
+        calls = [stats.apply_threshold(p, stats.youden_threshold(y, p)) if len(np.unique(y)) == 2
+                 else np.zeros(len(p), dtype=np.int64) for y, p in zip(ys, ps)]
+        return thr, q, np.concatenate(calls) if calls else np.array([], dtype=np.int64)
+    y_o = np.concatenate(ys) if ys else np.array([], dtype=bool)
+    p_o = np.concatenate(ps) if ps else np.array([])
+    thr = stats.youden_threshold(y_o, p_o) if len(np.unique(y_o)) == 2 else 0.5
+    return thr, float("nan"), stats.apply_threshold(p_o, thr) if len(p_o) else np.array([], dtype=np.int64)
+
+
+def _decide(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate: str, kind: str, folds: list[str],
+            pos: int | None, cv_auc: float, names: list[str]) -> dict[str, Any]:
+    """Threshold, test calls and degeneracy of one candidate (no intervals yet)."""
+    oof = _load(store, [by_key[(candidate, f)] for f in folds if (candidate, f) in by_key])
     test = by_key.get((candidate, "test"))
     row: dict[str, Any] = {"candidate": candidate}
+    y_o = _column(oof, "y_true")
+    if pos is None:  # several classes: argmax decisions
+        calls_o = _column(oof, "proba").argmax(axis=1) if oof else np.array([], dtype=np.int64)
+        row["_cv_reason"] = degenerate_reason(cv_auc=cv_auc, y=y_o, pred=calls_o, where="out-of-fold",
+                                              names=names)
     if test is None:
-        row["note"] = "no test record"
+        row.setdefault("_cv_reason", degenerate_reason(cv_auc=cv_auc))
+        row["_test_reason"] = ""
         return row
-    y_t, p_t = _predictions(store, [test], pos)
+    t = store.predictions(test)
+    row["_ids"] = np.asarray(t["ids"]).astype(str)
     if pos is not None:
-        y_o, p_o = _predictions(store, oof, pos)
-        thr = stats.youden_threshold(y_o == 1, p_o) if len(np.unique(y_o == 1)) == 2 else 0.5
-        yb = (y_t == pos).astype(int)
+        yb, p_t = (np.asarray(t["y_true"]) == pos).astype(int), np.asarray(t["proba"])[:, pos]
+        thr, q, calls_o = _operating_point(kind, oof, p_t, pos)
+        bnames = [names[1 - pos], names[pos]]  # 0/1 = other/positive class
+        row["_cv_reason"] = degenerate_reason(cv_auc=cv_auc, y=(y_o == pos).astype(int), pred=calls_o,
+                                              where="out-of-fold", names=bnames)
         pred = stats.apply_threshold(p_t, thr)
-        props = stats.proportion_metrics(yb, pred, positive=1, alpha=alpha)
-        auc = stats.delong_interval(yb, p_t, alpha=alpha) if len(np.unique(yb)) == 2 else None
-        row.update(threshold=thr, auc=auc.estimate if auc else np.nan, auc_low=auc.low if auc else np.nan,
-                   auc_high=auc.high if auc else np.nan)
-        for m in PROPORTIONS:
-            iv = props[m]
-            row.update({m: iv.estimate, f"{m}_low": iv.low, f"{m}_high": iv.high})
-        half = stats.proportion_metrics(yb, stats.apply_threshold(p_t, 0.5), positive=1, alpha=alpha)
-        for m in ("accuracy", "sensitivity", "specificity"):
-            row[f"{m}_at_0.5"] = half[m].estimate
-        row["_y"], row["_p"], row["_pred"] = yb, p_t, pred
-    else:  # several classes: argmax decisions, macro AUC from the record, Wilson on accuracy
-        pred = p_t.argmax(axis=1)
-        k = int((pred == y_t).sum())
-        lo, hi = stats.wilson_interval(k, len(y_t), alpha)
-        row.update(threshold=np.nan, accuracy=k / len(y_t), accuracy_low=lo, accuracy_high=hi,
-                   auc=test.get("metrics", {}).get("auc", np.nan), auc_low=np.nan, auc_high=np.nan)
-        row["_y"], row["_p"], row["_pred"] = y_t, None, pred
+        row.update(threshold=thr, threshold_quantile=q, _y=yb, _p=p_t, _pred=pred)
+        row["_test_reason"] = degenerate_reason(y=yb, pred=pred, names=bnames)
+    else:
+        y_t, proba = np.asarray(t["y_true"]), np.asarray(t["proba"])
+        pred = proba.argmax(axis=1)
+        row.update(threshold=np.nan, threshold_quantile=np.nan, _y=y_t, _p=None, _pred=pred,
+                   _auc=test.get("metrics", {}).get("auc", np.nan))
+        row["_test_reason"] = degenerate_reason(y=y_t, pred=pred, names=names)
     return row
 
 
+def _figures(row: dict[str, Any], pos: int | None, alpha: float, groups: np.ndarray | None) -> dict[str, Any]:
+    """Test figures with intervals: Wilson and DeLong, or a cluster bootstrap over ``groups``."""
+    out: dict[str, Any] = {}
+    if "_y" not in row:
+        out["note"] = "no test record"
+        return out
+    yb, p_t, pred = row["_y"], row["_p"], row["_pred"]
+    if pos is not None:
+        if groups is not None:
+            props = stats.cluster_bootstrap_proportions(yb, pred, groups, positive=1, alpha=alpha)
+        else:
+            props = stats.proportion_metrics(yb, pred, positive=1, alpha=alpha)
+        auc = None
+        if len(np.unique(yb)) == 2:
+            auc = (stats.cluster_bootstrap_auc(yb, p_t, groups, alpha=alpha) if groups is not None
+                   else stats.delong_interval(yb, p_t, alpha=alpha))
+        out.update(threshold=row["threshold"], auc=auc.estimate if auc else np.nan,
+                   auc_low=auc.low if auc else np.nan, auc_high=auc.high if auc else np.nan)
+        for m in PROPORTIONS:
+            iv = props[m]
+            out.update({m: iv.estimate, f"{m}_low": iv.low, f"{m}_high": iv.high})
+        half = stats.proportion_metrics(yb, stats.apply_threshold(p_t, 0.5), positive=1, alpha=alpha)
+        for m in ("accuracy", "sensitivity", "specificity"):
+            out[f"{m}_at_0.5"] = half[m].estimate
+    else:  # several classes: argmax decisions, macro AUC from the record, an interval on accuracy
+        y_t = row["_y"]
+        if groups is not None:
+            iv = stats.cluster_bootstrap_proportions(y_t, pred, groups, alpha=alpha)["accuracy"]
+            acc, lo, hi = iv.estimate, iv.low, iv.high
+        else:
+            k = int((pred == y_t).sum())
+            acc = k / len(y_t)
+            lo, hi = stats.wilson_interval(k, len(y_t), alpha)
+        out.update(threshold=np.nan, accuracy=acc, accuracy_low=lo, accuracy_high=hi,
+                   auc=row["_auc"], auc_low=np.nan, auc_high=np.nan)
+    return out
+
+
+def _test_groups(store: ResultStore, groups: dict[str, str] | None) -> dict[str, str] | None:
+    """Image id -> group (``""``: none), from ``groups`` or the run's ``splits.csv``."""
+    if groups is not None:
+        return {str(k): "" if v is None else str(v) for k, v in groups.items()}
+    path = store.root / "splits.csv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "group" not in frame.columns:
+        return None
+    return dict(zip(frame["id"], frame["group"]))
+
+
+def _grouping(group_of: dict[str, str] | None, store: ResultStore, test_ids: np.ndarray | None
+              ) -> dict[str, Any] | None:
+    """Groups of the CV and of the test split, and whether the test statistics must cluster."""
+    if not group_of or not any(group_of.values()):
+        return None
+    info: dict[str, Any] = {}
+    path = store.root / "splits.csv"
+    if path.is_file():
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "fold" in frame.columns:
+            train = frame[frame["fold"] != "test"]
+            g = [v or f"\0{i}" for i, v in zip(train["id"], train["id"].map(group_of).fillna(""))]
+            info.update(cv_groups=len(set(g)), cv_images=len(g))
+    if test_ids is not None:
+        g = [group_of.get(i, "") or f"\0{i}" for i in test_ids]
+        sizes = pd.Series(g).value_counts()
+        info.update(test_groups=int(len(sizes)), test_images=len(g), test_max_per_group=int(sizes.max()),
+                    clustered=bool(stats.clustered([group_of.get(i, "") for i in test_ids])))
+    return info
+
+
 def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05,
-           allow_optimistic: bool = False, records: pd.DataFrame | None = None) -> SearchResult:
+           allow_optimistic: bool = False, records: pd.DataFrame | None = None,
+           groups: dict[str, str] | None = None) -> SearchResult:
     """Rank, select on CV, evaluate on test, compare with the best baseline (by CV).
 
     Parameters
@@ -122,6 +230,18 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         fine-tuning makes fine-tuned features clean).
     records
         The records to rank: a subset of the store's (default: all of them).
+    groups
+        Image id -> group (patient); default: the ``group`` column of the run's
+        ``splits.csv``. When a group holds two test images or more, test intervals and
+        paired tests come from a cluster bootstrap over groups (2000 resamples, seed 0)
+        instead of Wilson / DeLong / McNemar.
+
+    Notes
+    -----
+    Degenerate models (:mod:`workbench.search.degenerate`) found on the CV folds are
+    not eligible for selection; those found on the test split stay where CV put them
+    but are flagged (``degenerate`` column, :attr:`SearchResult.degenerate`), and a
+    degenerate baseline is never the one the others are compared against.
     """
     store = run if isinstance(run, ResultStore) else ResultStore(run)
     records = store.frame() if records is None else records
@@ -133,6 +253,17 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     positive = store.protocol().get("positive")
     pos = classes.index(positive) if positive is not None and len(classes) == 2 else None
     ranking, base_rank = rank_candidates(records, metric)
+    folds = sorted(f for f in records["fold"].unique() if f != "test")
+    by_key = {(r["candidate"], r["fold"]): r for r in store.records()}
+    cv = pd.concat([ranking, base_rank]).set_index("candidate")
+    cv_auc = {c: records_cv(records, c, "auc") for c in cv.index}
+    # Thresholds, test calls and degeneracy of every candidate: the selection below reads
+    # only the CV part of it ("_cv_reason").
+    decided = {c: _decide(store, by_key, c, cv.loc[c, "kind"], folds, pos, cv_auc[c], classes) for c in cv.index}
+    reason = {c: "; ".join(x for x in (d["_cv_reason"], d["_test_reason"]) if x) for c, d in decided.items()}
+    ranking["degenerate"] = [reason[c] for c in ranking["candidate"]]
+    base_rank["degenerate"] = [reason[c] for c in base_rank["candidate"]]
+
     notes = []
     pool = ranking
     if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
@@ -140,18 +271,39 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates (features of "
                      f"networks fine-tuned on the CV folds) were not eligible for selection; fine-tune with "
                      f"nested = true to make them eligible")
+    cv_bad = pool["candidate"].map(lambda c: bool(decided[c]["_cv_reason"]))
+    if cv_bad.any() and (~cv_bad).any():
+        notes.append(f"{int(cv_bad.sum())} candidates degenerate on the CV folds (one class for nearly all "
+                     f"out-of-fold images, or CV AUC not above chance) were not eligible for selection")
+        pool = pool[~cv_bad]
     selected = list(pool["candidate"].head(top_k))
-    best_baseline = base_rank["candidate"].iloc[0] if len(base_rank) else None
-    folds = sorted(f for f in records["fold"].unique() if f != "test")
-    by_key = {(r["candidate"], r["fold"]): r for r in store.records()}
+    near = _near_ties(pool, metric)
+    if near:
+        notes.append(near[1])
+    fine = base_rank[base_rank["degenerate"] == ""]
+    best_baseline = fine["candidate"].iloc[0] if len(fine) else None
+    if len(base_rank) and best_baseline is None:
+        notes.append("every baseline is degenerate: no paired comparison is made")
+    elif len(base_rank) and best_baseline != base_rank["candidate"].iloc[0]:
+        notes.append(f"the best baseline by CV, {base_rank['candidate'].iloc[0]}, is degenerate; comparisons are "
+                     f"against the best non-degenerate baseline, {best_baseline}")
 
-    cv = pd.concat([ranking, base_rank]).set_index("candidate")
+    group_of = _test_groups(store, groups)
+    test_ids = next((d["_ids"] for d in decided.values() if "_ids" in d), None)
+    grouping = _grouping(group_of, store, test_ids)
+    clustered = bool(grouping and grouping.get("clustered"))
 
     def row(candidate: str, role: str) -> dict[str, Any]:
-        return {**_evaluate(store, by_key, candidate, folds, pos, alpha), "role": role,
-                "kind": cv.loc[candidate, "kind"], "cv_auc": records_cv(records, candidate, "auc"),
+        d = decided[candidate]
+        g = np.array([group_of.get(i, "") for i in d["_ids"]], dtype=object) if clustered and "_ids" in d else None
+        return {"candidate": candidate, **_figures(d, pos, alpha, g), "role": role,
+                "kind": cv.loc[candidate, "kind"], "cv_auc": cv_auc[candidate],
                 "cv_auc_sd": records_cv(records, candidate, "auc", sd=True),
-                f"cv_{metric}": cv.loc[candidate, f"cv_{metric}"]}
+                f"cv_{metric}": cv.loc[candidate, f"cv_{metric}"],
+                **({"threshold_quantile": d.get("threshold_quantile", np.nan)} if pos is not None else {}),
+                "degenerate": reason[candidate], "interval_method": "cluster bootstrap" if g is not None
+                else ("Wilson / DeLong" if pos is not None else "Wilson"),
+                **{k: d[k] for k in ("_y", "_p", "_pred", "_ids") if k in d}, "_groups": g}
 
     rows = [row(c, "selected" if i == 0 else "top-k") for i, c in enumerate(selected)]
     rows += [row(b, "baseline") for b in base_rank["candidate"]]
@@ -168,12 +320,15 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         r.update(p_auc=np.nan, p_accuracy=np.nan)
         if base_row is None or r["role"] == "baseline" or "_y" not in r or "_y" not in base_row:
             continue
-        if not np.array_equal(r["_y"], base_row["_y"]):
+        if not (np.array_equal(r["_y"], base_row["_y"]) and np.array_equal(r["_ids"], base_row["_ids"])):
             notes.append(f"{r['candidate']}: test images differ from the baseline's; no paired test")
             continue
+        g = r["_groups"]
         if pos is not None and r["_p"] is not None:
-            r["p_auc"] = stats.delong_test(r["_y"], r["_p"], base_row["_p"]).p_value
-        r["p_accuracy"] = stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value
+            r["p_auc"] = (stats.cluster_bootstrap_test(r["_y"], g, p1=r["_p"], p2=base_row["_p"]).p_value
+                          if g is not None else stats.delong_test(r["_y"], r["_p"], base_row["_p"]).p_value)
+        r["p_accuracy"] = (stats.cluster_bootstrap_test(r["_y"], g, pred1=r["_pred"], pred2=base_row["_pred"]).p_value
+                           if g is not None else stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value)
         if r["role"] != "best on test (optimistic)":
             compared.append(r)
     # Holm over the table's honest comparisons (the optimistic row is not a test we make).
@@ -183,10 +338,50 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
             r[f"{key}_holm"] = a
         for r in rows:
             r.setdefault(f"{key}_holm", np.nan)
-    if best_baseline is None:
+    if not len(base_rank):
         notes.append("no end-to-end baseline in the records: nothing to compare against")
+    bad = sorted((c for c in reason if reason[c]), key=lambda c: (c not in set(r["candidate"] for r in rows), c))
+    if bad:  # the models compared first, then the others
+        notes.append(f"{len(bad)} degenerate model{'s' if len(bad) > 1 else ''}, marked {DEGENERATE_MARK} and never "
+                     f"counted as best: " + "; ".join(f"{c} ({reason[c]})" for c in bad[:10])
+                     + (f"; and {len(bad) - 10} more (ranking.csv)" if len(bad) > 10 else ""))
     comparison = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-    return SearchResult(metric, ranking, base_rank, selected, best_baseline, comparison, notes)
+    if not clustered:  # the ungrouped comparison keeps its columns
+        comparison = comparison.drop(columns=["interval_method"], errors="ignore")
+    if pos is None or not (comparison["kind"] == "baseline").any():
+        comparison = comparison.drop(columns=["threshold_quantile"], errors="ignore")
+    return SearchResult(metric, ranking, base_rank, selected, best_baseline, comparison, notes,
+                        degenerate={c: v for c, v in reason.items() if v}, near_ties=near[0] if near else [],
+                        grouping=grouping)
+
+
+def _near_ties(pool: pd.DataFrame, metric: str) -> tuple[list[str], str] | None:
+    """Candidates whose CV mean lies within one standard error of the selected one's.
+
+    A candidate is a near-tie when its CV mean is below the selected one's by less than
+    the larger of their two standard errors (sd / sqrt(folds)): closer than that, the CV
+    cannot tell them apart (the "one-standard-error" yardstick).
+    """
+    if len(pool) < 2:
+        return None
+    col, sd_col = f"cv_{metric}", f"cv_{metric}_sd"
+    top = pool.iloc[0]
+    se = pool[sd_col].astype(float) / np.sqrt(pool["n_folds"].clip(lower=1).astype(float))
+    if not (np.isfinite(top[col]) and np.isfinite(se.iloc[0]) and top["n_folds"] > 1):
+        return None
+    rest = pool.iloc[1:]
+    gap = top[col] - rest[col]
+    close = rest[(gap < np.fmax(se.iloc[0], se.iloc[1:].fillna(0.0))).to_numpy()]
+    if close.empty:
+        return None
+    se_of = dict(zip(pool["candidate"], se))
+    shown = ", ".join(f"{c} ({m:.3f}, SE {se_of[c]:.3f}, −{top[col] - m:.3f})" for c, m in
+                      zip(close["candidate"].head(5), close[col].head(5)))
+    more = f" and {len(close) - 5} more" if len(close) > 5 else ""
+    text = (f"near-tie: the selection is not clear-cut: {len(close)} candidate{'s' if len(close) > 1 else ''} "
+            f"lie{'' if len(close) > 1 else 's'} below the selected candidate's CV {metric} ({top[col]:.3f}, SE "
+            f"{se.iloc[0]:.3f}) by less than one standard error: {shown}{more}; the CV does not separate them")
+    return list(close["candidate"]), text
 
 
 def records_cv(records: pd.DataFrame, candidate: str, metric: str, sd: bool = False) -> float:

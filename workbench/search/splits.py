@@ -4,12 +4,18 @@ Outer: the manifest's own train/test split, plus stratified k-fold cross-validat
 the training split (grouped when the manifest has groups, so one patient's images never
 straddle folds). Inner: the same kind of folds inside each training set, for choosing
 hyper-parameters without touching the outer fold or the test set.
+
+The folds are a function of the data, not of how it is listed: rows are put in a
+canonical order (``order``: e.g. each image's content hash, ties by id) before they
+are split, and labels are stratified by their class *name* (sorted), so reordering the
+manifest's rows, reordering ``classes`` or renaming ids gives the same folds, the same
+row order inside every fold and therefore the same fitted models.
 """
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -21,6 +27,19 @@ Fold = tuple[np.ndarray, np.ndarray]
 
 class FoldError(ValueError):
     """The data cannot be split as asked (too few images of a class, one class only)."""
+
+
+def _strat_codes(y: np.ndarray, classes: Sequence[str] | None) -> tuple[np.ndarray, list[str] | None]:
+    """Labels re-coded by the rank of their class name, and the sorted names.
+
+    Stratification then does not depend on the order of ``classes``.
+    """
+    if classes is None:
+        return np.asarray(y), None
+    names = sorted(classes)
+    rank = np.array([names.index(c) for c in classes])
+    y = np.asarray(y)
+    return (rank[y] if len(y) else y), names
 
 
 def _class_names(classes: Sequence[str] | None, k) -> str:
@@ -85,7 +104,8 @@ class Splits:
     Attributes
     ----------
     train, test : ndarray of int
-        Row indices of the training and test splits (test may be empty).
+        Row indices of the training and test splits (test may be empty), listed in
+        the canonical order of :meth:`build`'s ``order``.
     folds : list of (ndarray, ndarray)
         Outer CV folds as row indices into the full arrays (subsets of ``train``).
     n_splits, inner_splits, seed : int
@@ -111,22 +131,41 @@ class Splits:
         seed: int = 0,
         groups: Sequence[str | None] | None = None,
         classes: Sequence[str] | None = None,
+        order: Sequence[Any] | None = None,
     ) -> Splits:
         """Splits for labels ``y`` and per-row split names.
 
         Rows whose split is ``"test"`` are the test set; every other row (``train``,
         ``val`` or no split) is training data for cross-validation.
+
+        Parameters
+        ----------
+        order
+            Per row, a sort key that does not depend on the listing (e.g. ``(sha256,
+            id)``). Rows are split in this order and every index array of the result
+            (``train``, ``test``, each fold's parts) lists rows in it, so models fitted
+            on them see the same rows in the same order however the manifest is listed.
+            Default: the row order itself.
         """
         y = np.asarray(y)
         split_arr = np.array([s if s is not None else "" for s in split], dtype=object)
-        test = np.flatnonzero(split_arr == "test")
-        train = np.flatnonzero(split_arr != "test")
+        if order is None:
+            canon = np.arange(len(y))
+        else:
+            if len(order) != len(y):
+                raise ValueError(f"order has {len(order)} keys for {len(y)} rows")
+            canon = np.array(sorted(range(len(y)), key=lambda i: order[i]), dtype=int)
+        position = np.empty(len(y), dtype=int)
+        position[canon] = np.arange(len(y))
+        test = canon[split_arr[canon] == "test"]
+        train = canon[split_arr[canon] != "test"]
         g = None
         if groups is not None and any(v not in (None, "") for v in groups):
             g = np.array(["" if v is None else str(v) for v in groups], dtype=object)
-            # An image without a group is its own group.
+            # An image without a group is its own group (named by its canonical position,
+            # so the name does not depend on where the manifest lists it).
             lone = g == ""
-            g[lone] = [f"__row{i}" for i in np.flatnonzero(lone)]
+            g[lone] = [f"__row{position[i]}" for i in np.flatnonzero(lone)]
             both = sorted(set(g[train]) & set(g[test]))
             if both:
                 # The manifest's own split is given, not ours to change; but results on
@@ -141,7 +180,8 @@ class Splits:
             if absent:
                 raise FoldError(f"class(es) {absent} have images only in the test split, none in the "
                                 f"training split: no model can learn them")
-        folds = make_folds(y[train], n_splits, seed, None if g is None else g[train], classes,
+        y_strat, names = _strat_codes(y, classes)
+        folds = make_folds(y_strat[train], n_splits, seed, None if g is None else g[train], names,
                            what="training split")
         folds = [(train[tr], train[va]) for tr, va in folds]
         return cls(train, test, folds, n_splits, inner_splits, seed, g)
@@ -149,7 +189,8 @@ class Splits:
     def inner(self, rows: np.ndarray, y: np.ndarray, classes: Sequence[str] | None = None) -> list[Fold]:
         """Inner folds as positions within ``rows`` (the training rows of one outer fold)."""
         g = None if self.groups is None else self.groups[rows]
-        return make_folds(np.asarray(y)[rows], self.inner_splits, self.seed, g, classes,
+        y_strat, names = _strat_codes(np.asarray(y)[rows], classes)
+        return make_folds(y_strat, self.inner_splits, self.seed, g, names,
                           what=f"training rows of an outer fold ({len(rows)} images)")
 
     def outer(self) -> list[tuple[str, np.ndarray, np.ndarray]]:

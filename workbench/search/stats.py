@@ -4,7 +4,13 @@ Every candidate is scored on the *same* test images as its baseline, so comparis
 are paired: DeLong's test for two correlated ROC curves (AUC) and the exact McNemar
 test (accuracy at a fixed threshold). Proportions get Wilson intervals, several
 comparisons get Holm's step-down adjustment, and the operating point is Youden's
-index chosen on out-of-fold predictions only.
+index chosen on out-of-fold predictions only (for models retrained per fold, as a
+quantile of each fold's own scores: :func:`fold_quantile_threshold`).
+
+Images of one patient are not independent: for grouped test data,
+:func:`cluster_bootstrap_auc`, :func:`cluster_bootstrap_proportions` and
+:func:`cluster_bootstrap_test` resample whole groups (seeded, percentile intervals,
+:data:`N_BOOT` resamples) in place of DeLong, Wilson and McNemar.
 
 Where statsmodels or scipy has the computation it is used as is (Wilson, exact
 McNemar, Holm, midranks, the normal tail); this module validates input, handles the
@@ -30,7 +36,7 @@ Letters 21(11):1389-1393.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
@@ -42,15 +48,23 @@ from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
     "AUCInterval",
+    "BootstrapTest",
     "DeLongResult",
     "Interval",
     "McNemarResult",
     "PROPORTION_METRICS",
+    "N_BOOT",
     "apply_threshold",
+    "cluster_bootstrap_auc",
+    "cluster_bootstrap_proportions",
+    "cluster_bootstrap_test",
+    "cluster_weights",
+    "clustered",
     "compare_to_baseline",
     "delong_auc_variance",
     "delong_interval",
     "delong_test",
+    "fold_quantile_threshold",
     "holm",
     "mcnemar_exact",
     "proportion_metrics",
@@ -539,9 +553,270 @@ def compare_to_baseline(
     }
 
 
+def fold_quantile_threshold(
+    y_folds: Sequence[Sequence[Any] | np.ndarray],
+    p_folds: Sequence[Sequence[float] | np.ndarray],
+    p_apply: Sequence[float] | np.ndarray,
+) -> tuple[float, float]:
+    """Operating threshold for a model whose fold networks differ in calibration.
+
+    Each fold's network gets its own Youden cut-off on its own out-of-fold scores, and
+    that cut-off is expressed as a *quantile* of the fold's scores: ``q_f``, the share
+    of the fold's images scored below it. The quantiles are pooled (weighted by fold
+    size) into ``q``, and the network that is applied (the one trained on the whole
+    training split) gets the ``q``-quantile of its own scores ``p_apply``: it calls
+    the top ``1 - q`` of them positive.
+
+    Why: an end-to-end CNN is retrained per fold, and each network's probabilities sit
+    on a scale of their own (one fold scored 0.41-0.75, the others 0.64-0.97): a single
+    cut-off on pooled out-of-fold scores is then valid for none of them, and the test
+    network's scores may all lie above it. A quantile is unchanged by any monotone
+    re-calibration of a network, so it transfers from the fold networks to the test
+    network. ``p_apply`` are the applied network's scores on the images it classifies
+    (the test split): their labels are never read, but the rule assumes that split's
+    class balance is close to the training split's (stratified splits).
+
+    Parameters
+    ----------
+    y_folds, p_folds
+        Per CV fold: 0/1 labels and the fold network's positive-class scores. Folds
+        holding one class only are skipped.
+    p_apply
+        Scores of the network the threshold is for.
+
+    Returns
+    -------
+    (threshold, q) : tuple of float
+        ``p_apply >= threshold`` calls an image positive; ``q`` is the pooled quantile.
+        ``(0.5, nan)`` when no fold holds both classes.
+    """
+    qs, ns = [], []
+    for y, p in zip(y_folds, p_folds):
+        y_arr, scores = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+        if len(np.unique(y_arr)) < 2:
+            continue
+        t = youden_threshold(y_arr, scores)
+        qs.append(float(np.mean(scores < t)))
+        ns.append(len(scores))
+    s = np.sort(np.asarray(p_apply, dtype=float))
+    if not qs or not len(s):
+        return 0.5, _NAN
+    q = float(np.average(qs, weights=ns))
+    k = int(round(q * len(s)))  # images called negative
+    # Every score >= threshold is positive; all negative needs a threshold above the maximum.
+    t = float(s[k]) if k < len(s) else float(np.nextafter(s[-1], math.inf))
+    return t, q
+
+
+# ---------------------------------------------------------------------------
+# Clustered data: a cluster bootstrap
+# ---------------------------------------------------------------------------
+
+#: Resamples of :func:`cluster_bootstrap`; the percentile bounds move by < 0.005 between seeds.
+N_BOOT = 2000
+
+
+def clustered(groups: Sequence[Any] | np.ndarray | None) -> bool:
+    """Whether ``groups`` (one per image, ``None``/"" = its own group) put 2+ images in a group."""
+    if groups is None:
+        return False
+    g = [str(v) for v in groups if v is not None and str(v) != ""]
+    return len(set(g)) < len(g)
+
+
+def _cluster_codes(groups: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """Group index per image, numbered in order of first appearance.
+
+    Images without a group (``None`` or "") are groups of one. Numbering by appearance
+    (not by name) keeps the resamples independent of how groups and images are named.
+    """
+    names = [f"\0row{i}" if v is None or str(v) == "" else str(v) for i, v in enumerate(groups)]
+    _, first, inv = np.unique(np.asarray(names, dtype=object), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=int)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
+
+
+def cluster_weights(groups: Sequence[Any] | np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    """Per resample, how often each image is drawn: whole groups drawn with replacement.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_boot, n_images)
+        Integer multiplicities; each row draws as many groups as there are.
+    """
+    codes = _cluster_codes(groups)
+    g = int(codes.max()) + 1 if len(codes) else 0
+    if g == 0:
+        raise ValueError("groups is empty")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    counts = np.random.default_rng(seed).multinomial(g, np.full(g, 1.0 / g), size=n_boot)
+    return counts[:, codes]
+
+
+def _weighted_auc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC (ties 1/2) of each row of weights ``w`` (k, n); nan without both classes."""
+    from scipy import sparse
+
+    levels, inv = np.unique(s, return_inverse=True)
+    onehot = sparse.csr_matrix((np.ones(len(s)), (np.arange(len(s)), inv.ravel())), shape=(len(s), len(levels)))
+    out = np.empty(w.shape[0])
+    for lo in range(0, w.shape[0], 256):  # chunks bound the (k, levels) work arrays
+        wc = w[lo:lo + 256].astype(float)
+        wp = np.asarray((onehot.T @ (wc * (y == 1)).T).T)
+        wn = np.asarray((onehot.T @ (wc * (y == 0)).T).T)
+        below = np.cumsum(wn, axis=1) - wn
+        num = np.sum(wp * (below + 0.5 * wn), axis=1)
+        den = wp.sum(axis=1) * wn.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[lo:lo + 256] = np.where(den > 0, num / np.where(den > 0, den, 1.0), _NAN)
+    return out
+
+
+def _percentile(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return _NAN, _NAN
+    low, high = np.percentile(v, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def cluster_bootstrap_auc(
+    y: Sequence[Any] | np.ndarray,
+    p: Sequence[float] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> AUCInterval:
+    """AUC with a percentile interval from a bootstrap over groups (patients, nodules).
+
+    Images of one group are correlated, so they are resampled together: each
+    resample draws as many groups as there are, with replacement, and keeps all their
+    images. Resamples without both classes are skipped.
+
+    Returns
+    -------
+    AUCInterval
+        ``estimate``: the AUC of the data; ``low``/``high``: the ``alpha/2`` and
+        ``1 - alpha/2`` percentiles of the resampled AUCs; ``variance``: their variance.
+    """
+    _check_alpha(alpha)
+    y_arr, scores = _check_roc_input(y, p)
+    g = _check_groups(groups, len(y_arr))
+    auc = float(_weighted_auc(y_arr, scores[0], np.ones((1, len(y_arr))))[0])
+    boot = _weighted_auc(y_arr, scores[0], cluster_weights(g, n_boot, seed))
+    low, high = _percentile(boot, alpha)
+    return AUCInterval(auc, low, high, float(np.nanvar(boot, ddof=1)) if np.isfinite(boot).sum() > 1 else _NAN)
+
+
+def cluster_bootstrap_proportions(
+    y: Sequence[Any] | np.ndarray,
+    pred: Sequence[Any] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    positive: Any = 1,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Interval | float]:
+    """:func:`proportion_metrics` with percentile intervals from a bootstrap over groups.
+
+    Estimates, counts and likelihood ratios are those of :func:`proportion_metrics`;
+    only ``low``/``high`` of each :class:`Interval` come from the resamples (a
+    resample where a proportion's denominator is 0 is skipped for it). With ``pred``
+    of more than two labels only ``accuracy`` is computed (multi-class argmax).
+    """
+    y_arr, pred_arr = _check_pair(y, pred, "y", "pred")
+    g = _check_groups(groups, len(y_arr))
+    binary = len(set(np.unique(y_arr).tolist()) | set(np.unique(pred_arr).tolist())) <= 2
+    w = cluster_weights(g, n_boot, seed).astype(float)
+    ok = pred_arr == y_arr
+    if binary:
+        out = proportion_metrics(y_arr, pred_arr, positive, alpha)
+        is_pos, said = y_arr == positive, pred_arr == positive
+        parts = {"accuracy": (ok, np.ones(len(y_arr), bool)), "sensitivity": (is_pos & said, is_pos),
+                 "specificity": (~is_pos & ~said, ~is_pos), "ppv": (is_pos & said, said),
+                 "npv": (~is_pos & ~said, ~said)}
+    else:
+        _check_alpha(alpha)
+        k = int(ok.sum())
+        out = {"accuracy": Interval(k / len(y_arr), *wilson_interval(k, len(y_arr), alpha), k, len(y_arr))}
+        parts = {"accuracy": (ok, np.ones(len(y_arr), bool))}
+    for name, (num, den) in parts.items():
+        d = w @ den
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boot = np.where(d > 0, (w @ num) / np.where(d > 0, d, 1.0), _NAN)
+        iv = out[name]
+        low, high = _percentile(boot, alpha) if iv.n else (_NAN, _NAN)  # type: ignore[union-attr]
+        out[name] = replace(iv, low=low, high=high)  # type: ignore[arg-type]
+    return out
+
+
+class BootstrapTest(NamedTuple):
+    """Paired cluster-bootstrap test; unpacks as ``(difference, p_value)``."""
+
+    difference: float
+    p_value: float
+
+
+def cluster_bootstrap_test(
+    y: Sequence[Any] | np.ndarray,
+    groups: Sequence[Any] | np.ndarray,
+    *,
+    p1: Sequence[float] | np.ndarray | None = None,
+    p2: Sequence[float] | np.ndarray | None = None,
+    pred1: Sequence[Any] | np.ndarray | None = None,
+    pred2: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> BootstrapTest:
+    """Two-sided paired test over groups: AUC (``p1``, ``p2``) or accuracy (``pred1``, ``pred2``).
+
+    Both models score the same images, so every resample of groups is applied to both
+    and the difference is recomputed; the p-value is that of the bootstrap
+    distribution of the difference centred on zero: ``(1 + #{|d* - d| >= |d|}) / (1 +
+    B)`` over the ``B`` usable resamples (the smallest possible value is
+    ``1 / (1 + B)``). Identical models give ``d = 0, p = 1``.
+    """
+    if (p1 is None) == (pred1 is None) or (p1 is None) != (p2 is None) or (pred1 is None) != (pred2 is None):
+        raise ValueError("give either p1 and p2 (AUC) or pred1 and pred2 (accuracy)")
+    if p1 is not None:
+        y_arr, scores = _check_roc_input(y, p1, p2)
+        g = _check_groups(groups, len(y_arr))
+        w = cluster_weights(g, n_boot, seed)
+        full = np.ones((1, len(y_arr)))
+        d = float(_weighted_auc(y_arr, scores[0], full)[0] - _weighted_auc(y_arr, scores[1], full)[0])
+        boot = _weighted_auc(y_arr, scores[0], w) - _weighted_auc(y_arr, scores[1], w)
+    else:
+        y_arr, a = _check_pair(y, pred1, "y", "pred1")
+        _, b = _check_pair(y, pred2, "y", "pred2")
+        g = _check_groups(groups, len(y_arr))
+        diff = (a == y_arr).astype(float) - (b == y_arr).astype(float)
+        d = float(diff.mean())
+        w = cluster_weights(g, n_boot, seed).astype(float)
+        boot = (w @ diff) / w.sum(axis=1)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):
+        return BootstrapTest(d, _NAN)
+    if d == 0.0:
+        return BootstrapTest(d, 1.0)
+    extreme = int(np.sum(np.abs(boot - d) >= abs(d) - 1e-12))
+    return BootstrapTest(d, float(min(1.0, (1 + extreme) / (1 + len(boot)))))
+
+
 # ---------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------
+
+
+def _check_groups(groups: Any, n: int) -> np.ndarray:
+    g = np.asarray(groups, dtype=object)
+    if g.ndim != 1 or len(g) != n:
+        raise ValueError(f"groups must hold one entry per image ({n}), got shape {g.shape}")
+    return g
 
 
 def _count(value: Any, name: str) -> int:
