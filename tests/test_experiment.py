@@ -156,3 +156,47 @@ def test_a_corrupt_inputs_file_is_named(tmp_path):
     (tmp_path / "inputs.json").write_text('{"scope": ')
     with pytest.raises(ValueError, match=r"inputs\.json: not valid JSON"):
         _inputs(tmp_path)
+
+
+def test_duplicate_images_warned_dropped_or_refused(slice_csv, tmp_path, monkeypatch, capsys):
+    """BUSI's busi_benign_433 (test) and busi_malignant_145 (train) are the same file."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    src = pd.read_csv(BUSI / "labels.csv")
+    pair = src[src["id"].isin(["busi_benign_433", "busi_malignant_145"])].copy()
+    for col in ("path", "mask_path", "roi_path"):
+        pair[col] = [str(BUSI / p) for p in pair[col]]
+    base = pd.read_csv(slice_csv)
+    csv = tmp_path / "with_copies.csv"
+    pd.concat([base, pair]).to_csv(csv, index=False)
+    text = (CONFIG.format(csv=csv).replace('finetuned = ["tf_efficientnet_lite0"]', "finetuned = []")
+            .replace('names = ["lite0"]', "names = []").replace('heads = ["svm-rbf", "logreg"]', 'heads = ["logreg"]')
+            .replace("svm-rbf = {C = [1.0]}, ", "").replace('publish = "published"', ""))
+    cfg = tmp_path / "exp.toml"
+    named = r"busi_benign_433 \(benign, test\) = busi_malignant_145 \(malignant, train\): labels differ, crosses"
+
+    cfg.write_text(text.replace('name = "slice"', 'name = "slice"\nduplicates = "error"'))
+    assert main(["run", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert 'duplicates = "error"' in err and "busi_benign_433 (benign, test) = busi_malignant_145" in err
+    assert not (tmp_path / "cache").exists()
+
+    cfg.write_text(text.replace('name = "slice"', 'name = "slice"\nduplicates = "drop"'))
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert inputs["n_images"] == len(base)
+    dup = inputs["duplicates"]
+    assert dup["policy"] == "drop" and dup["dropped"] == ["busi_benign_433", "busi_malignant_145"]
+    assert dup["groups"][0]["labels"] == ["benign", "malignant"] and dup["groups"][0]["crosses_test"]
+    prov = json.loads((tmp_path / "run" / "report" / "provenance.json").read_text())
+    assert prov["inputs"]["duplicates"] == dup
+
+    # The default: warned about, kept, and recorded (another manifest, so another run folder).
+    cfg.write_text(text.replace('out = "run"', 'out = "run_warn"'))
+    with pytest.warns(UserWarning, match=named):
+        assert main(["run", str(cfg), "--quiet"]) == 0
+    inputs = json.loads((tmp_path / "run_warn" / "inputs.json").read_text())
+    assert inputs["n_images"] == len(base) + 2
+    assert inputs["duplicates"]["policy"] == "warn" and inputs["duplicates"]["dropped"] == []
+    assert [g["ids"] for g in inputs["duplicates"]["groups"]] == [["busi_benign_433", "busi_malignant_145"]]

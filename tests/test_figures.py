@@ -145,6 +145,33 @@ def test_roc_figure_grayscale_png_shows_every_curve(tmp_path):
     assert ((gray > 0.45) & (gray < 0.55)).sum() > 200  # the 0.5-grey baseline
 
 
+def test_roc_legend_with_long_names_hides_no_data_and_no_label(tmp_path):
+    """The legend lies outside the axes and clear of the tick labels and axis labels."""
+    from matplotlib.image import imread
+    from matplotlib.transforms import Bbox
+
+    long = ["[L0a+L1a+L2a+L0b+L2b] vote-soft(svm-rbf+rf)", "[L1a+L2a+L0b+L2b] vote-soft(svm-rbf+rf)",
+            "[L0a+L1a+L2a+L0b+L1b+L2b] vote-soft(svm-rbf+rf)", "CNN lite0"]
+    curves = [RocCurve(name, c.y_true, c.score, c.kind) for name, c in zip(long, _curves(3, 1))]
+    fig = roc_axes(curves, title="ROC on the test split")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    data_area = ax.get_window_extent(renderer)
+    assert not legend.overlaps(data_area)
+    labels = [ax.xaxis.label, ax.yaxis.label, ax.title, *ax.get_xticklabels(), *ax.get_yticklabels()]
+    for text in labels:
+        if text.get_text():
+            assert not legend.overlaps(text.get_window_extent(renderer)), text.get_text()
+    assert legend.y1 < data_area.y0  # below the plot, whatever the names' length
+    # The saved file holds all of it: bbox_inches="tight" grows the PNG to the legend.
+    png, _ = roc_figure(curves, tmp_path / "roc_long")
+    h, w = imread(png).shape[:2]
+    full = Bbox.union([ax.get_tightbbox(renderer), legend])
+    assert h / w == pytest.approx(full.height / full.width, rel=0.05)
+
+
 def test_roc_bad_input():
     with pytest.raises(ValueError, match="both 0"):
         RocCurve("one class", np.zeros(5), np.arange(5.0))
@@ -220,6 +247,24 @@ def test_heatmap_never_shows_test_or_baselines():
     assert "AUC" in cbar_ax.get_ylabel()
     small = heatmap_axes(frame[frame["size"] <= 1])
     assert small.get_figheight() < fig.get_figheight()
+
+
+def test_heatmap_codes_read_as_in_the_tables():
+    """Multi-character codes are joined with '+', as in candidate labels and tables."""
+    from workbench.report.tables import _subset_code as table_code
+    from workbench.search.candidates import subset_code
+
+    rows = []
+    for codes in (["L0a"], ["L0b"], ["L0a", "L0b"], ["L0a", "L1a", "L0b"]):
+        label = "[" + "+".join(codes) + "]"
+        for fold in ("0", "1"):
+            rows.append(dict(candidate=f"{label} svm-rbf", kind="head", head="svm-rbf", codes=codes,
+                             size=len(codes), fold=fold, auc=0.8, seed=0))
+    table = heatmap_table(pd.DataFrame(rows))
+    assert list(table.index) == ["[L0a]", "[L0b]", "[L0a+L0b]", "[L0a+L1a+L0b]"]
+    for codes, code in zip((["L0a", "L0b"], ["L0a", "L1a", "L0b"]), table.index[2:]):
+        assert code == table_code(codes) == subset_code(codes, {c: c for c in codes})
+    assert heatmap_table(_synthetic_frame()).index[-1] == "[AVR]"  # one letter each: no '+'
 
 
 def test_heatmap_text_contrasts_with_cell():

@@ -10,7 +10,14 @@ import pytest
 from PIL import Image
 
 from workbench.data.images import file_sha256
-from workbench.data.manifest import BadRow, Item, Manifest, ManifestError
+from workbench.data.manifest import (
+    BadRow,
+    DuplicateImageWarning,
+    Item,
+    Manifest,
+    ManifestError,
+    ManifestWarning,
+)
 
 BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"
 
@@ -402,3 +409,104 @@ def test_busi_labels_csv():
     binary = Manifest.load(BUSI / "labels.csv", classes=["benign", "malignant"])
     assert len(binary) == 647 and len(binary.bad_rows) == 133
     assert all("unknown label 'normal'" in b.reason for b in binary.bad_rows)
+
+
+# ---- label hygiene and duplicate images ---------------------------------------------------
+
+
+def test_label_whitespace_is_stripped_with_a_warning(tmp_path):
+    for n in "abc":
+        write_png(tmp_path / f"{n}.png", value=ord(n))
+    csv = write_csv(tmp_path / "m.csv", ["path,label", "a.png, benign", "b.png,benign ", "c.png,malignant"])
+    with pytest.warns(ManifestWarning, match=r"2 labels \(line 2 ' benign', line 3 'benign '\)"):
+        m = Manifest.load(csv)
+    assert m.classes == ["benign", "malignant"] and m.labels == ["benign", "benign", "malignant"]
+
+
+def test_labels_differing_only_in_case_are_bad_rows(tmp_path):
+    for n in "abcd":
+        write_png(tmp_path / f"{n}.png", value=ord(n))
+    lines = ["path,label", "a.png,benign", "b.png,Benign", "c.png,benign", "d.png,malignant"]
+    m = Manifest.load(write_csv(tmp_path / "m.csv", lines))
+    # The most frequent spelling is the class; the other is a bad row, not a third class.
+    assert m.classes == ["benign", "malignant"] and m.ids == ["a.png", "c.png", "d.png"]
+    assert [(b.row, b.reason) for b in m.bad_rows] == [
+        (3, "label 'Benign' differs only in case from 'benign' (2 rows); use one spelling")]
+    with pytest.raises(ManifestError, match=r"line 3 \(id=b.png, path=b.png\): label 'Benign' differs only in case"):
+        m.validate()
+    # With classes given, the given spelling is meant.
+    m = Manifest.load(write_csv(tmp_path / "m.csv", lines), classes=["benign", "malignant"])
+    assert [(b.row, b.reason) for b in m.bad_rows] == [
+        (3, "label 'Benign' differs only in case from class 'benign'")]
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "None", "null", "NULL", "N/A", "NA", "<NA>", "#N/A"])
+def test_null_like_labels_are_bad_rows(tmp_path, value):
+    for n in "ab":
+        write_png(tmp_path / f"{n}.png", value=ord(n))
+    csv = write_csv(tmp_path / "m.csv", ["path,label", "a.png,benign", f"b.png,{value}"])
+    m = Manifest.load(csv)
+    assert m.classes == ["benign"]
+    assert [(b.row, b.reason) for b in m.bad_rows] == [(3, f"label {value!r} reads as a missing value")]
+    # A class named on purpose is accepted.
+    assert Manifest.load(csv, classes=["benign", value]).bad_rows == []
+
+
+def test_folder_labels_are_checked_too(tmp_path):
+    write_png(tmp_path / "ds" / "benign" / "a.png", value=1)
+    write_png(tmp_path / "ds" / "benign" / "b.png", value=2)
+    write_png(tmp_path / "ds" / "BENIGN" / "c.png", value=3)
+    write_png(tmp_path / "ds" / "nan" / "d.png", value=4)
+    m = Manifest.load(tmp_path / "ds")
+    assert m.classes == ["benign"]
+    assert sorted(b.reason.split(" differs")[0].split(" reads")[0] for b in m.bad_rows) == ["label 'BENIGN'",
+                                                                                             "label 'nan'"]
+
+
+@pytest.fixture
+def with_copies(tmp_path: Path) -> Path:
+    """x == y (labels and splits differ), p == q == r (same label, train), z alone."""
+    write_png(tmp_path / "x.png", value=1)
+    (tmp_path / "y.png").write_bytes((tmp_path / "x.png").read_bytes())
+    write_png(tmp_path / "p.png", value=2)
+    for n in "qr":
+        (tmp_path / f"{n}.png").write_bytes((tmp_path / "p.png").read_bytes())
+    write_png(tmp_path / "z.png", value=3)
+    return write_csv(tmp_path / "m.csv", [
+        "id,path,label,split", "x,x.png,benign,test", "p,p.png,benign,train", "y,y.png,malignant,train",
+        "q,q.png,benign,train", "z,z.png,malignant,train", "r,r.png,benign,train"])
+
+
+def test_duplicate_images_are_found_and_warned_about(with_copies):
+    m = Manifest.load(with_copies)
+    with pytest.raises(ValueError, match="validate"):
+        m.duplicates()
+    with pytest.warns(DuplicateImageWarning) as caught:
+        v = m.validate()
+    text = str(caught[0].message)
+    assert "2 images are stored under more than one id" in text and "1 with conflicting" in text
+    assert "x (benign, test) = y (malignant, train): labels differ, crosses train/test" in text
+    assert "p (benign, train) = q (benign, train) = r (benign, train): same label and split" in text
+    groups = v.duplicates()
+    assert [g.ids for g in groups] == [("x", "y"), ("p", "q", "r")]
+    assert [(g.conflicting_labels, g.crosses_test, g.conflict) for g in groups] == [(True, True, True),
+                                                                                    (False, False, False)]
+    assert groups[0].to_dict()["labels"] == ["benign", "malignant"] and groups[0].rows == (2, 4)
+    # Conflicting groups go entirely, the others keep their first copy.
+    kept, dropped = v.drop_duplicates()
+    assert dropped == ["x", "y", "q", "r"] and kept.ids == ["p", "z"] and kept.duplicates() == []
+    # Same label, one copy in test: the copies would leak test into training, so all go.
+    clean = v.subset(["p", "q", "z"])
+    assert clean.drop_duplicates()[0].ids == ["p", "z"]
+
+
+def test_busi_byte_identical_images_with_different_labels():
+    if not (BUSI / "labels.csv").is_file():
+        pytest.skip(f"BUSI data not found at {BUSI}")
+    m = Manifest.load(BUSI / "labels.csv")
+    pair = m.subset(["busi_benign_433", "busi_malignant_145", "busi_benign_001"])
+    with pytest.warns(DuplicateImageWarning, match=r"busi_benign_433 \(benign, test\) = busi_malignant_145 "
+                                                   r"\(malignant, train\): labels differ, crosses train/test"):
+        v = pair.validate(n_jobs=1)
+    (g,) = v.duplicates()
+    assert g.ids == ("busi_benign_433", "busi_malignant_145") and g.conflict

@@ -7,6 +7,13 @@ sub-folder per class (optionally under ``train/``, ``val/``, ``test/``).
 Parsing never stops at the first bad row: every problem is collected as a
 :class:`BadRow`, and :meth:`Manifest.validate` (which also decodes every image)
 reports them all in one :class:`ManifestError`, so a dataset is fixed in one pass.
+
+Labels are checked so that a typo never becomes a class of its own: surrounding
+whitespace is stripped (with a :class:`ManifestWarning`), and a label that differs only
+in case from another one, or that reads as a missing value (``NaN``, ``None``, ``null``,
+``N/A`` ...), is a bad row. After validation every image's SHA-256 is known, and
+:meth:`Manifest.duplicates` lists the images stored under more than one id (a
+:class:`DuplicateImageWarning` names them).
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import hashlib
 import json
 import math
 import os
+import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -29,7 +38,10 @@ from workbench.data.images import (
     _read_bytes,
 )
 
-__all__ = ["Item", "BadRow", "ManifestError", "Manifest", "SPLITS", "BOX_COLUMNS"]
+__all__ = [
+    "Item", "BadRow", "ManifestError", "Manifest", "SPLITS", "BOX_COLUMNS",
+    "DuplicateGroup", "ManifestWarning", "DuplicateImageWarning", "NULL_LABELS",
+]
 
 SPLITS = ("train", "val", "test")
 BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
@@ -39,6 +51,12 @@ _FRAME_COLUMNS = (
     "id", "path", "label", "split", "group", *BOX_COLUMNS,
     "mask_path", "sha256", "width", "height", "row",
 )
+
+#: Labels that spreadsheets and pandas write for a missing value (compared case-folded).
+#: Such a label is a bad row, unless it is named in ``classes`` on purpose.
+NULL_LABELS = frozenset({
+    "nan", "-nan", "none", "null", "na", "n/a", "#n/a", "#na", "<na>", "nat", "nil", "missing", "?",
+})
 
 PathLike = str | os.PathLike[str]
 Box = tuple[int, int, int, int]
@@ -82,6 +100,59 @@ class BadRow:
             parts.append(f"path={self.path}")
         where = f" ({', '.join(parts)})" if parts else ""
         return f"{unit} {self.row}{where}: {self.reason}"
+
+
+class ManifestWarning(UserWarning):
+    """A manifest was usable after a change the user should know of (e.g. a label stripped)."""
+
+
+class DuplicateImageWarning(ManifestWarning):
+    """The same image bytes are in the manifest under more than one id."""
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Items of a manifest whose image files are byte-identical (same SHA-256).
+
+    ``ids``, ``labels``, ``splits`` and ``rows`` are parallel, in manifest order.
+    """
+
+    sha256: str
+    ids: tuple[str, ...]
+    labels: tuple[str, ...]
+    splits: tuple[str | None, ...]
+    rows: tuple[int, ...]
+
+    @property
+    def conflicting_labels(self) -> bool:
+        """The copies carry different labels: at least one of them is wrong."""
+        return len(set(self.labels)) > 1
+
+    @property
+    def crosses_test(self) -> bool:
+        """Some copies are in the test split and some are not: test leaks into training."""
+        return len({s == "test" for s in self.splits}) > 1
+
+    @property
+    def conflict(self) -> bool:
+        """Either conflict; such a group cannot be kept as it is without bias."""
+        return self.conflicting_labels or self.crosses_test
+
+    def describe(self) -> str:
+        """``a (benign, test) = b (malignant, train): labels differ, crosses train/test``."""
+        copies = " = ".join(f"{i} ({lab}, {sp or 'no split'})"
+                            for i, lab, sp in list(zip(self.ids, self.labels, self.splits))[:6])
+        if len(self.ids) > 6:
+            copies += f" = ... ({len(self.ids)} copies)"
+        issues = [m for ok, m in ((self.conflicting_labels, "labels differ"),
+                                  (self.crosses_test, "crosses train/test")) if ok]
+        return copies + (f": {', '.join(issues)}" if issues else ": same label and split")
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready record (for run provenance)."""
+        return {"sha256": self.sha256, "ids": list(self.ids), "labels": list(self.labels),
+                "splits": list(self.splits), "rows": list(self.rows),
+                "conflicting_labels": self.conflicting_labels, "crosses_test": self.crosses_test}
 
 
 class ManifestError(ValueError):
@@ -137,7 +208,52 @@ def _check_classes(classes: Sequence[str] | None) -> list[str] | None:
 
 
 def _unknown_label(label: str, classes: Sequence[str]) -> str:
+    same = [c for c in classes if c.casefold() == label.casefold()]
+    if same:
+        return f"label {label!r} differs only in case from class {same[0]!r}"
     return f"unknown label {label!r} (classes: {', '.join(classes)})"
+
+
+def _label_problem(label: str, given: Sequence[str] | None) -> str | None:
+    """Why a (stripped) label cannot be used, or None; case variants are checked later."""
+    if not label:
+        return "empty label"
+    if given is not None and label in given:
+        return None  # named on purpose, even if it reads like a null
+    if label.casefold() in NULL_LABELS:
+        return f"label {label!r} reads as a missing value"
+    if given is not None:
+        return _unknown_label(label, given)
+    return None
+
+
+def _drop_case_variants(items: list[Item], root: Path) -> tuple[list[Item], list[BadRow]]:
+    """Split off items whose label differs only in case from another label.
+
+    The most frequent spelling (the first seen on a tie) is taken as meant; the rows of
+    every other spelling are bad rows naming it, rather than a class of their own.
+    """
+    counts = Counter(it.label for it in items)
+    spellings: dict[str, list[str]] = {}
+    for label in counts:
+        spellings.setdefault(label.casefold(), []).append(label)
+    meant: dict[str, str] = {}
+    for group in spellings.values():
+        if len(group) > 1:
+            best = max(group, key=counts.__getitem__)  # max keeps the first of equals
+            meant.update({lab: best for lab in group if lab != best})
+    if not meant:
+        return items, []
+    keep, bad = [], []
+    for it in items:
+        if it.label in meant:
+            m = meant[it.label]
+            bad.append(BadRow(it.row, it.id, _display_path(it.path, root),
+                              f"label {it.label!r} differs only in case from {m!r} "
+                              f"({counts[m]} row{'s' if counts[m] != 1 else ''}); use one spelling"))
+        else:
+            keep.append(it)
+    return keep, bad
 
 
 def _resolve(root: Path, raw: str) -> Path:
@@ -272,6 +388,7 @@ class Manifest:
         bad: list[BadRow] = []
         extra: dict[str, dict[str, str]] = {}
         first_line: dict[str, int] = {}
+        stripped: list[tuple[int, str]] = []
         for line, cells in records:
             def get(name: str) -> str:
                 i = col.get(name)
@@ -281,14 +398,16 @@ class Manifest:
             if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
                 reasons.append(f"{len(cells)} fields but the header has {len(header)}")
             raw_path, label = get("path"), get("label")
+            raw_label = cells[col["label"]] if col["label"] < len(cells) else ""
             path = _resolve(root, raw_path) if raw_path else None
             item_id = get("id") or (_default_id(raw_path, root) if raw_path else None)
             if not raw_path:
                 reasons.append("empty path")
-            if not label:
-                reasons.append("empty label")
-            elif given is not None and label not in given:
-                reasons.append(_unknown_label(label, given))
+            label_problem = _label_problem(label, given)
+            if label_problem:
+                reasons.append(label_problem)
+            elif raw_label != label:
+                stripped.append((line, raw_label))
             if item_id is not None:
                 if item_id in first_line:
                     first = first_line[item_id]
@@ -322,6 +441,17 @@ class Manifest:
                 extra[item_id] = {
                     h: (cells[i] if i < len(cells) else "") for i, h in extra_cols
                 }
+        if stripped:
+            shown = ", ".join(f"line {n} {v!r}" for n, v in stripped[:5])
+            more = f" and {len(stripped) - 5} more" if len(stripped) > 5 else ""
+            warnings.warn(
+                f"manifest {src}: stripped surrounding whitespace from {len(stripped)} "
+                f"label{'s' if len(stripped) != 1 else ''} ({shown}{more})",
+                ManifestWarning, stacklevel=2,
+            )
+        if given is None:
+            items, case_bad = _drop_case_variants(items, root)
+            bad = sorted([*bad, *case_bad], key=lambda b: b.row)
         out_classes = given if given is not None else sorted({it.label for it in items})
         return cls(items, source=src, classes=out_classes, bad_rows=bad, extra=extra)
 
@@ -372,10 +502,14 @@ class Manifest:
         items: list[Item] = []
         bad: list[BadRow] = []
         for row, (rel, f, label, split) in enumerate(entries, start=1):
-            if given is not None and label not in given:
-                bad.append(BadRow(row, rel, rel, _unknown_label(label, given)))
+            problem = _label_problem(label, given)
+            if problem:
+                bad.append(BadRow(row, rel, rel, problem))
             else:
                 items.append(Item(id=rel, path=f, label=label, row=row, split=split))
+        if given is None:
+            items, case_bad = _drop_case_variants(items, root)
+            bad = sorted([*bad, *case_bad], key=lambda b: b.row)
         out_classes = given if given is not None else sorted({it.label for it in items})
         return cls(items, source=root, classes=out_classes, bad_rows=bad)
 
@@ -477,13 +611,64 @@ class Manifest:
                 bad,
                 message=f"no usable items left ({len(bad)} bad row{'s' if len(bad) != 1 else ''})",
             )
-        return Manifest(
+        out = Manifest(
             good,
             source=self._source,
             classes=self._classes,
             skipped=[*self._skipped, *bad],
             extra=self._extra,
         )
+        dups = out.duplicates()
+        if dups:
+            n_conf = sum(g.conflict for g in dups)
+            warnings.warn(
+                f"manifest {self._source}: {len(dups)} image{'s are' if len(dups) != 1 else ' is'} "
+                f"stored under more than one id (same SHA-256), {n_conf} with conflicting labels or "
+                "across train/test:\n" + "\n".join(f"  {g.describe()}" for g in dups[:10])
+                + (f"\n  ... and {len(dups) - 10} more (Manifest.duplicates())" if len(dups) > 10 else ""),
+                DuplicateImageWarning, stacklevel=2,
+            )
+        return out
+
+    def duplicates(self) -> list[DuplicateGroup]:
+        """Groups of items whose image files are byte-identical, in manifest order.
+
+        Grouped by the image's SHA-256 alone (boxes and masks are not compared): the
+        same bytes give the same whole-image features, whatever the ids say.
+
+        Raises
+        ------
+        ValueError
+            If the items have not been through :meth:`validate`.
+        """
+        if any(it.sha256 is None for it in self._items):
+            raise ValueError("duplicates() needs validated items: call validate() first")
+        by_hash: dict[str, list[Item]] = {}
+        for it in self._items:
+            by_hash.setdefault(it.sha256, []).append(it)  # type: ignore[arg-type]
+        return [
+            DuplicateGroup(h, tuple(i.id for i in g), tuple(i.label for i in g),
+                           tuple(i.split for i in g), tuple(i.row for i in g))
+            for h, g in by_hash.items() if len(g) > 1
+        ]
+
+    def drop_duplicates(self) -> tuple[Manifest, list[str]]:
+        """Remove duplicate copies; return the manifest left and the ids removed.
+
+        A group whose copies disagree on the label, or that lies partly in the test
+        split, is removed entirely (no copy can be trusted to be unbiased); any other
+        group keeps its first copy.
+        """
+        drop: list[str] = []
+        for g in self.duplicates():
+            drop.extend(g.ids if g.conflict else g.ids[1:])
+        if not drop:
+            return self, []
+        gone = set(drop)
+        kept = [i for i in self.ids if i not in gone]
+        if not kept:
+            raise ValueError(f"manifest {self._source}: dropping duplicates leaves no items")
+        return self.subset(kept), [i for i in self.ids if i in gone]
 
     # ---- access --------------------------------------------------------------------
 

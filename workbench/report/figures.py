@@ -268,7 +268,8 @@ def roc_axes(curves: Sequence[RocCurve], title: str | None = None) -> "Figure":
     Returns
     -------
     Figure
-        One axes; its lines carry ``gid`` ``"roc:<label>"`` (and ``"chance"``).
+        One axes; its lines carry ``gid`` ``"roc:<label>"`` (and ``"chance"``). The
+        legend lies below the axes and its labels, so it hides no curve.
     """
     import matplotlib
 
@@ -300,7 +301,16 @@ def roc_axes(curves: Sequence[RocCurve], title: str | None = None) -> "Figure":
         ax.set_ylabel("Sensitivity (true-positive rate)")
         if title:
             ax.set_title(title)
-        ax.legend(loc="lower right", frameon=True, framealpha=0.9, edgecolor="0.8", handlelength=3.2)
+        # The legend goes below the axes, under the x label: inside, any corner of a
+        # ROC plot can hold a curve (and long candidate names covered the y label).
+        # Its place is measured from the drawn tick labels and x label, so it never
+        # overlaps them; save_figure's bbox_inches="tight" widens the file to hold it.
+        renderer = fig.canvas.get_renderer()
+        below = ax.get_tightbbox(renderer).y0
+        gap = 4 / 72 * fig.dpi  # 4 points
+        y = ax.transAxes.inverted().transform((0, below - gap))[1]
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, y), bbox_transform=ax.transAxes, frameon=True,
+                  framealpha=1.0, edgecolor="0.8", handlelength=3.2, borderaxespad=0.0)
     return fig
 
 
@@ -340,9 +350,13 @@ def _metric_names(df: pd.DataFrame) -> list[str]:
 
 
 def _subset_code(codes: Any) -> str:
+    """``[AVR]`` or ``[L0a+L0b]``: the rule of the candidate labels and the tables."""
+    from workbench.search.candidates import subset_code  # light: no torch, no sklearn
+
     if isinstance(codes, str):
         return codes if codes.startswith("[") else f"[{codes}]"
-    return "[" + "".join(str(c) for c in codes) + "]"
+    cs = [str(c) for c in codes]
+    return subset_code(cs, {c: c for c in cs})
 
 
 def heatmap_table(records: Any, metric: str = "auc", columns: Sequence[str] | None = None) -> pd.DataFrame:
