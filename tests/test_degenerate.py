@@ -187,3 +187,43 @@ def test_comparison_without_degenerate_rows_is_unchanged():
     assert f"CNN lite0{DDAGGER}" in md and "No baseline row" not in md
     t = comparison_table(flagged)
     assert not any(c.below_baseline for r in t.rows for c in r)  # the only baseline is degenerate
+
+
+def test_baseline_threshold_comes_from_its_validation_split_not_the_test_balance(tmp_path):
+    """A baseline record with the test network's validation-split scores: the threshold
+    is the pooled fold quantile of *those*, so dropping most negatives from the test split
+    (a prevalence shift) leaves it where it was; records without them fall back, said."""
+    manifest, fs = make_task(n=72, test_every=3)
+    X = np.concatenate([np.asarray(fs[b]) for b in fs.names], axis=1)
+
+    def build(out, keep_test, with_val):
+        sweep(manifest, fs, out=out, heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3, progress=False,
+              ensembles=False)
+        task = build_task(manifest, cv=3, inner_cv=3, seed=0, scoring="auc", positive=None)
+        store = task.open_store(out)
+        rng = np.random.default_rng(0)
+        for fold, tr, ev in task.outer:
+            model = LogisticRegression(C=0.05, max_iter=3000).fit(X[tr], task.y[tr])
+            rec, preds = task.record(candidate_id="cnn", candidate="CNN net", kind="baseline", fold=fold,
+                                     proba=model.predict_proba(X[ev]), pred=model.predict(X[ev]), versions={},
+                                     fields={"head": "net", **FIELDS})
+            if fold == "test":
+                keep = keep_test(task.y[ev])
+                preds = {k: v[keep] for k, v in preds.items()}
+                if with_val:  # a validation split drawn from the training rows
+                    val = rng.choice(tr, size=len(tr) // 4, replace=False)
+                    preds.update(val_ids=np.array([task.ids[i] for i in val]), val_y=task.y[val],
+                                 val_proba=model.predict_proba(X[val]))
+            store.append(rec, preds)
+        res = search(out, "auc", top_k=1)
+        return res, res.comparison.set_index("candidate").loc["CNN net"]
+
+    everything = lambda y: np.ones(len(y), dtype=bool)  # noqa: E731
+    few_negatives = lambda y: (y == 1) | (np.cumsum(y == 0) <= 2)  # noqa: E731
+    _, full = build(tmp_path / "a", everything, True)
+    _, shifted = build(tmp_path / "b", few_negatives, True)
+    assert full["threshold"] == shifted["threshold"]  # the test split's balance does not move it
+    res_old, old_full = build(tmp_path / "c", everything, False)
+    _, old_shifted = build(tmp_path / "d", few_negatives, False)
+    assert old_full["threshold"] != old_shifted["threshold"]  # the fallback does move (and says so)
+    assert any("validation-split scores" in n for n in res_old.notes)

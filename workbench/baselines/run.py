@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from workbench.baselines.configs import BaselineSpec, get_baseline
@@ -22,7 +23,11 @@ from workbench.data.manifest import Manifest
 from workbench.records import package_versions
 from workbench.search.protocol import build_task, fold_ids, sha
 
-__all__ = ["run_baselines"]
+__all__ = ["run_baselines", "BASELINE_RECORD_VERSION"]
+
+#: Bumped when what a baseline record holds changes; part of the candidate id, so the
+#: next run re-scores the stored networks (no training) instead of reusing old records.
+BASELINE_RECORD_VERSION = 2
 
 
 def _spec(b: str | BaselineSpec, overrides: dict[str, Any]) -> BaselineSpec:
@@ -99,9 +104,13 @@ def run_baselines(
     def candidate_id(s: BaselineSpec) -> str:
         return sha({"kind": "baseline", "backbone": s.backbone, "weights": s.weights, "config": s.config.to_dict(),
                     "grid": s.grid if tune else {}, "tune_cv": tune_cv if tune else None,
-                    "val_fraction": val_fraction, "protocol": task.protocol_hash})[:16]
+                    "val_fraction": val_fraction, "protocol": task.protocol_hash,
+                    # 2: records carry the network's validation-split scores (threshold rule)
+                    "record": BASELINE_RECORD_VERSION})[:16]
 
     cids = {s.name: candidate_id(s) for s in specs}
+    row_of = {i: k for k, i in enumerate(task.ids)}
+    id_set = set(row_of)
     todo = [(s, f) for s in specs for f, _, _ in task.outer if f"{cids[s.name]}/{f}" not in done]
     total = len(specs) * len(task.outer)
     say(f"{len(specs)} baselines x {len(task.outer)} folds = {total} fine-tunes; "
@@ -122,10 +131,18 @@ def run_baselines(
             "baseline": s.name, "backbone": s.backbone, "base_weights": ft.meta.get("base_weights"),
             "weights_id": ft.weights_id, "best_params": est.best_params_, "best_epoch": ft.best_epoch,
             "epochs_run": len(ft.history), "config": s.config.to_dict(),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": round(time.perf_counter() - t0, 3), "record_version": BASELINE_RECORD_VERSION,
         }
-        store.append(*task.record(candidate_id=cids[s.name], candidate=f"CNN {s.name}", kind="baseline", fold=f,
-                                  proba=proba, pred=proba.argmax(axis=1), fields=fields, versions=versions))
+        rec, preds = task.record(candidate_id=cids[s.name], candidate=f"CNN {s.name}", kind="baseline", fold=f,
+                                 proba=proba, pred=proba.argmax(axis=1), fields=fields, versions=versions)
+        # The network's own validation split (held out from its training, drawn like the
+        # training split): the search sets this network's operating threshold on it, so
+        # the threshold does not depend on the test split's class balance.
+        val_ids = [i for i in ft.meta.get("val_ids", []) if i in id_set]
+        if val_ids:
+            preds.update(val_ids=np.array(val_ids), val_y=task.y[[row_of[i] for i in val_ids]],
+                         val_proba=est.predict_proba(val_ids))
+        store.append(rec, preds)
     frame = store.frame()
     if not len(frame):
         return frame

@@ -102,7 +102,7 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     """Grad-CAM grid of the best baseline's test-split network; ``(paths, note)``."""
     if best_baseline is None:
         return [], None
-    test = [r for r in store.records() if r["candidate"] == best_baseline and r["fold"] == "test"]
+    test = [r for r in store.current_records() if r["candidate"] == best_baseline and r["fold"] == "test"]
     inputs = _inputs(run)
     if not test or not test[-1].get("weights_id") or not inputs:
         return [], f"Grad-CAM grid skipped: no test network or manifest recorded for {best_baseline}"
@@ -136,6 +136,28 @@ def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_imag
     return rep.figure, note
 
 
+def _duplicate_notes(dup: dict[str, Any] | None, shown: int = 10) -> list[str]:
+    """The report's lines on byte-identical images under several ids (``inputs.json``)."""
+    if not dup or not dup.get("groups"):
+        return []
+    groups = dup["groups"]
+    policy, dropped = dup.get("policy", "warn"), dup.get("dropped") or []
+
+    def one(g: dict[str, Any]) -> str:
+        copies = " = ".join(f"{i} ({lab}, {sp or 'no split'})"
+                            for i, lab, sp in zip(g["ids"], g["labels"], g["splits"]))
+        why = [w for w, on in (("labels differ", g.get("conflicting_labels")),
+                               ("crosses train/test", g.get("crosses_test"))) if on]
+        return copies + (f": {', '.join(why)}" if why else "")
+
+    listed = "; ".join(one(g) for g in groups[:shown]) + (f"; ... ({len(groups) - shown} more)"
+                                                          if len(groups) > shown else "")
+    action = (f"dropped from the run: {', '.join(dropped)}" if policy == "drop" and dropped
+              else "kept as they are (duplicates = \"warn\"; \"drop\" removes the conflicting copies)")
+    return [f"duplicate images: {len(groups)} image(s) stored under more than one id with byte-identical "
+            f"content: {listed}; {action}"]
+
+
 def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *, binary: bool) -> str:
     """The report's paragraph on protocol, thresholds, intervals and tests, as they were applied."""
     from workbench.search.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
@@ -154,8 +176,10 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
         if has_base:
             text += (" End-to-end baselines have one network per fold, each calibrated its own way, so a cut-off "
                      "on their pooled scores fits none of them: each fold network's Youden threshold is taken as a "
-                     "quantile of its own out-of-fold scores, the quantiles are pooled (q), and the test network "
-                     "calls the top 1 − q of its test scores positive (no test label is read).")
+                     "quantile of its own out-of-fold scores, the quantiles are pooled (q), and the test network's "
+                     "threshold is the q-quantile of its scores on its own validation split (held out from its "
+                     "training, drawn like the training split), so it does not move with the test split's class "
+                     "balance; no test image is used to set it.")
     pct = f"{100 * (1 - alpha):.0f} %"
     if g.get("clustered"):
         text += (f" The test split holds {g['test_images']} images in {g['test_groups']} groups (up to "
@@ -195,6 +219,7 @@ def write_report(run: Path) -> Path:
     if left_out:
         result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
                             f"heads and baselines (an earlier config's); they are not shown")
+    result.notes += _duplicate_notes(_inputs(run).get("duplicates"))
     out = run / "report"
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)

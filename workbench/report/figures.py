@@ -217,7 +217,7 @@ def roc_curves_from_store(store: "ResultStore | str | os.PathLike", candidates: 
                              "pass positive_index")
         positive_index = list(classes).index(positive)
     by_candidate: dict[str, list[dict[str, Any]]] = {}
-    for rec in store.records():
+    for rec in store.current_records():
         by_candidate.setdefault(rec["candidate"], []).append(rec)
     curves = []
     for label in candidates:

@@ -628,8 +628,8 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
                     if "threshold" in df.columns else "") + ".")
     if quantile:
         notes.append("Baselines (one network per CV fold, each calibrated its own way): each fold network's Youden "
-                     "threshold as a quantile of its own out-of-fold scores; the test network calls its top "
-                     "1 − q of the test scores positive (q: the pooled quantile, shown beside the threshold).")
+                     "threshold as a quantile of its own out-of-fold scores; the test network's threshold is the q-quantile "
+                     "of its scores on its own validation split (q: the pooled quantile, shown beside the threshold).")
     if any(c in df.columns for c in ("p_auc", "p_accuracy")):
         if clustered:
             notes.append("p: paired test against the best non-degenerate baseline (by CV) on the same test images, "

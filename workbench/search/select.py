@@ -77,21 +77,22 @@ def _column(preds: list[dict[str, np.ndarray]], key: str, pos: int | None = None
     return np.concatenate(parts) if parts else np.array([])
 
 
-def _operating_point(kind: str, oof: list[dict[str, np.ndarray]], p_test: np.ndarray, pos: int
+def _operating_point(kind: str, oof: list[dict[str, np.ndarray]], p_apply: np.ndarray, pos: int
                      ) -> tuple[float, float, np.ndarray]:
     """``(threshold, quantile, out-of-fold calls)`` of a binary model.
 
     Classical candidates: Youden's index on their pooled out-of-fold predictions (one
     model per fold, all on the probability scale of one calibrated head). Baselines
     (one CNN per fold, each calibrated its own way): each fold's Youden cut-off as a
-    quantile of its own scores, applied as that quantile of the test network's scores
+    quantile of its own scores, applied as that quantile of ``p_apply``, the test
+    network's scores on its own validation split
     (:func:`workbench.search.stats.fold_quantile_threshold`); ``quantile`` is NaN for
     the pooled rule.
     """
     ys = [np.asarray(o["y_true"]) == pos for o in oof]
     ps = [np.asarray(o["proba"])[:, pos] for o in oof]
     if kind == "baseline":
-        thr, q = stats.fold_quantile_threshold(ys, ps, p_test)
+        thr, q = stats.fold_quantile_threshold(ys, ps, p_apply)
         calls = [stats.apply_threshold(p, stats.youden_threshold(y, p)) if len(np.unique(y)) == 2
                  else np.zeros(len(p), dtype=np.int64) for y, p in zip(ys, ps)]
         return thr, q, np.concatenate(calls) if calls else np.array([], dtype=np.int64)
@@ -120,7 +121,17 @@ def _decide(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate: 
     row["_ids"] = np.asarray(t["ids"]).astype(str)
     if pos is not None:
         yb, p_t = (np.asarray(t["y_true"]) == pos).astype(int), np.asarray(t["proba"])[:, pos]
-        thr, q, calls_o = _operating_point(kind, oof, p_t, pos)
+        # A baseline's test network is applied at the pooled fold quantile of its scores on
+        # its own validation split (drawn like the training split, never trained on), so
+        # the threshold does not move with the test split's class balance. Records made
+        # before they held those scores fall back to the test scores (labels unread).
+        p_apply = p_t
+        if kind == "baseline":
+            if "val_proba" in t and len(t["val_proba"]):
+                p_apply = np.asarray(t["val_proba"])[:, pos]
+            else:
+                row["_threshold_on_test_scores"] = True
+        thr, q, calls_o = _operating_point(kind, oof, p_apply, pos)
         bnames = [names[1 - pos], names[pos]]  # 0/1 = other/positive class
         row["_cv_reason"] = degenerate_reason(cv_auc=cv_auc, y=(y_o == pos).astype(int), pred=calls_o,
                                               where="out-of-fold", names=bnames)
@@ -254,17 +265,22 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     pos = classes.index(positive) if positive is not None and len(classes) == 2 else None
     ranking, base_rank = rank_candidates(records, metric)
     folds = sorted(f for f in records["fold"].unique() if f != "test")
-    by_key = {(r["candidate"], r["fold"]): r for r in store.records()}
+    by_key = {(r["candidate"], r["fold"]): r for r in store.current_records()}
     cv = pd.concat([ranking, base_rank]).set_index("candidate")
     cv_auc = {c: records_cv(records, c, "auc") for c in cv.index}
     # Thresholds, test calls and degeneracy of every candidate: the selection below reads
     # only the CV part of it ("_cv_reason").
     decided = {c: _decide(store, by_key, c, cv.loc[c, "kind"], folds, pos, cv_auc[c], classes) for c in cv.index}
     reason = {c: "; ".join(x for x in (d["_cv_reason"], d["_test_reason"]) if x) for c, d in decided.items()}
+    stale = sorted(c for c, d in decided.items() if d.get("_threshold_on_test_scores"))
     ranking["degenerate"] = [reason[c] for c in ranking["candidate"]]
     base_rank["degenerate"] = [reason[c] for c in base_rank["candidate"]]
 
     notes = []
+    if stale:
+        notes.append(f"{', '.join(stale)}: records made before baselines stored their validation-split scores; the "
+                     f"test network's threshold is the quantile of its test scores (labels unread), which moves with "
+                     f"the test split's class balance. Re-run the baselines to refresh them (no training)")
     pool = ranking
     if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
         pool = ranking[~ranking["optimistic_cv"]]

@@ -572,9 +572,10 @@ def fold_quantile_threshold(
     cut-off on pooled out-of-fold scores is then valid for none of them, and the test
     network's scores may all lie above it. A quantile is unchanged by any monotone
     re-calibration of a network, so it transfers from the fold networks to the test
-    network. ``p_apply`` are the applied network's scores on the images it classifies
-    (the test split): their labels are never read, but the rule assumes that split's
-    class balance is close to the training split's (stratified splits).
+    network. ``p_apply`` are the applied network's scores on a reference set drawn like
+    the CV folds: the search passes the test network's own validation split (held out
+    from its training), so the threshold does not move with the test split's class
+    balance; their labels are not read.
 
     Parameters
     ----------

@@ -278,14 +278,20 @@ class ResultStore:
             raise StoreCorruptError(f"{path} ({what}) is not a readable .npz ({type(e).__name__}: {e}); "
                                     f"{hint}") from None
 
+    def current_records(self) -> list[dict[str, Any]]:
+        """:meth:`records` less those superseded by a newer rule's record of the same
+        label (see :meth:`frame`): what the search, tables and figures read."""
+        return _drop_superseded(self.records())
+
     def frame(self) -> pd.DataFrame:
         """One row per record, metrics as columns, sorted by candidate and fold.
 
-        Records of an ensemble made under an older ensemble rule (``ensemble_rule``)
-        are left out where a newer rule's record of the same label exists: the old
+        Records of an ensemble made under an older ensemble rule (``ensemble_rule``),
+        or of a baseline under an older ``record_version``, are left out where a newer
+        rule's record of the same label exists: the old
         lines stay in the append-only file, the newer computation replaces them.
         """
-        recs = _drop_superseded(self.records())
+        recs = self.current_records()
         rows = []
         for r in recs:
             row = {k: v for k, v in r.items()
@@ -302,13 +308,19 @@ class ResultStore:
         return df.drop(columns="_order").reset_index(drop=True)
 
 
+def _rule(r: dict[str, Any]) -> int:
+    """Version of the rule a record was made under: ``ensemble_rule`` for ensembles,
+    ``record_version`` for baselines (absent: 1)."""
+    return int(r.get("ensemble_rule") or r.get("record_version") or 1)
+
+
 def _drop_superseded(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Leave out records whose label has records of a newer ``ensemble_rule`` (absent: 1)."""
+    """Leave out records whose label has records of a newer rule (:func:`_rule`)."""
     newest: dict[tuple[str, Any], int] = {}
     for r in records:
         k = (r["candidate"], r.get("kind"))
-        newest[k] = max(newest.get(k, 1), int(r.get("ensemble_rule", 1)))
-    return [r for r in records if int(r.get("ensemble_rule", 1)) >= newest[(r["candidate"], r.get("kind"))]]
+        newest[k] = max(newest.get(k, 1), _rule(r))
+    return [r for r in records if _rule(r) >= newest[(r["candidate"], r.get("kind"))]]
 
 
 def _json_default(o: Any) -> Any:
