@@ -284,3 +284,18 @@ def test_no_unsafe_load_in_the_package():
                 hits.append(f"workbench/{rel}:{line}: {rule}")
     assert not hits, ("loads that could run code from a stored file (make them data-only, or justify "
                       "an entry in ALLOWED):\n" + "\n".join(hits))
+
+
+def test_damaged_meta_json_is_named_not_a_json_traceback(tmp_path):
+    """A cut-off meta.json beside finished weights (a kill mid-write, before the write
+    became atomic) is an error naming the file and what to do."""
+    from workbench.backbones.finetuned import FineTunedCorruptError, read_meta
+
+    folder = tmp_path / "resnet18" / "ft-0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text('{"history": [1, 2], "best')
+    with pytest.raises(FineTunedCorruptError, match=r"meta\.json is damaged.*delete"):
+        read_meta(folder)
+    (folder / "meta.json").write_text("[1, 2]")
+    with pytest.raises(FineTunedCorruptError, match="not a fine-tune"):
+        read_meta(folder)

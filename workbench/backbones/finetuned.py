@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 __all__ = [
     "FT_PREFIX",
+    "FineTunedCorruptError",
     "NESTED_PREFIX",
     "find_nested",
     "is_nested_id",
@@ -45,6 +46,10 @@ ENV_ROOT = "WORKBENCH_FINETUNED"
 
 class FineTunedNotFoundError(FileNotFoundError):
     """A fine-tuned weights id with no finished weights in the store."""
+
+
+class FineTunedCorruptError(ValueError):
+    """A stored fine-tune whose metadata cannot be read."""
 
 
 def default_root() -> Path:
@@ -98,7 +103,15 @@ def finetuned_dir(backbone: str, weights_id: str, root: str | os.PathLike | None
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "meta.json").read_text())
+    """``meta.json`` of a stored fine-tune; a damaged one is an error naming it."""
+    path = folder / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FineTunedCorruptError(f"{path} is damaged ({e}); delete {folder} to fine-tune it again") from e
+    if not isinstance(meta, dict):
+        raise FineTunedCorruptError(f"{path} is not a fine-tune's metadata; delete {folder} to fine-tune it again")
+    return meta
 
 
 def find_finetuned(backbone: str, weights_id: str, root: str | os.PathLike | None = None) -> tuple[Path, dict]:

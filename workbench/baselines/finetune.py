@@ -45,7 +45,7 @@ from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.manifest import Item
 from workbench.features.preprocess import Geometry
-from workbench.records import environment
+from workbench.records import environment, write_json_atomic
 
 __all__ = [
     "FineTuneConfig",
@@ -444,6 +444,8 @@ def fine_tune(
         meta = read_meta(folder)
         model = build_finetuned(spec, folder / "weights.pth", len(classes))
         say(f"fine-tuned {spec.name}@{wid} found in {folder}; not training again")
+        # A kill between the final save and the checkpoint's removal leaves it behind.
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
         return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize,
                          meta["history"], meta["best_epoch"], meta, trained_now=False)
 
@@ -585,7 +587,9 @@ def fine_tune(
     }
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.tmp")
     os.replace(folder / "weights.tmp", folder / "weights.pth")
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    # Atomic: a kill mid-write must not leave a cut-off meta.json beside complete
+    # weights, which the store would list as finished and every re-run would trip on.
+    write_json_atomic(folder / "meta.json", meta)
     ckpt_path.unlink(missing_ok=True)  # the weights file supersedes it
     say(f"fine-tuned {spec.name}@{wid}: best epoch {best_epoch} of {len(history)}; saved in {folder}")
     return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize, history,
