@@ -407,6 +407,29 @@ def _os_error_text(e: OSError) -> str:
     return str(e)
 
 
+def _one_line_warnings(command: str) -> None:
+    """Show the workbench's own warnings as ``workbench CMD: warning: ...``, once each.
+
+    Python's default format adds the source line that raised the warning, which means
+    nothing to a user; and one check (duplicate images, say) can be reached from two
+    stages of a run, so a message already shown is not repeated.
+    """
+    import warnings
+
+    shown: set[str] = set()
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("workbench"):
+            return default(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"workbench {command}: warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
     args = _parser().parse_args(argv)
@@ -420,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.features.cache import CacheCorruptError
     from workbench.search.store import StoreCorruptError
 
+    _one_line_warnings(args.command)
     handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
                 "sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report, **args._baseline_handlers}
     try:
