@@ -26,3 +26,23 @@ def test_duplicates_dropped_are_listed_and_long_lists_are_cut():
 
 def test_no_duplicates_no_note():
     assert _duplicate_notes(None) == [] and _duplicate_notes({"policy": "warn", "groups": []}) == []
+
+
+def test_method_text_states_the_hard_vote_and_stacking_rules_only_when_present():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from workbench.report.build import _method_text
+
+    def text(kinds, binary=True):
+        result = SimpleNamespace(grouping={}, baselines=pd.DataFrame(), ranking=pd.DataFrame({"kind": kinds}),
+                                 best_baseline=None, degenerate={})
+        return _method_text(result, {"cv": 5}, "auc", 0.05, binary=binary)
+
+    both = text(["head", "vote-hard", "stack"])
+    assert "Hard votes: each member votes at its own Youden threshold" in both
+    assert "Stacks: a logistic regression" in both and "never on predictions of members" in both
+    plain = text(["head", "vote-soft"])
+    assert "Hard votes" not in plain and "Stacks" not in plain
+    assert "Hard votes" not in text(["vote-hard"], binary=False)  # several classes: argmax votes

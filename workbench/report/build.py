@@ -180,6 +180,15 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
                      "threshold is the q-quantile of its scores on its own validation split (held out from its "
                      "training, drawn like the training split), so it does not move with the test split's class "
                      "balance; no test image is used to set it.")
+    kinds = set(result.ranking["kind"]) if "kind" in result.ranking else set()
+    if binary and "vote-hard" in kinds:
+        text += (" Hard votes: each member votes at its own Youden threshold, chosen on its inner out-of-fold "
+                 "predictions within the CV fold's training rows (on its CV out-of-fold predictions for test); a "
+                 "tie goes to the side of the members' mean margin over their thresholds.")
+    if "stack" in kinds:
+        text += (" Stacks: a logistic regression over the members' probabilities, fitted on the members' inner "
+                 "out-of-fold predictions within the CV fold's training rows (on their CV out-of-fold predictions "
+                 "for test), never on predictions of members that trained on the rows it scores.")
     pct = f"{100 * (1 - alpha):.0f} %"
     if g.get("clustered"):
         text += (f" The test split holds {g['test_images']} images in {g['test_groups']} groups (up to "
