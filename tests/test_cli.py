@@ -188,3 +188,25 @@ def test_sweep_errors_exit_2_naming_the_problem(busi_slice, tmp_path):
            "--grid", "svm-rbf:C", "--out", str(tmp_path / "run"), ok=False)
     assert p.returncode == 2 and "HEAD:PARAM=V1,V2" in p.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_workbench_warnings_print_as_one_line_once():
+    """The CLI formats its own warnings as `workbench CMD: warning: ...`, without Python's
+    source line, and a message reached from two stages only once; others keep their format."""
+    import warnings
+
+    from workbench.cli import _one_line_warnings
+    from workbench.data.manifest import DuplicateImageWarning
+
+    default = warnings.formatwarning
+    try:
+        _one_line_warnings("extract")
+        fmt = warnings.formatwarning
+        first = fmt("two ids, one image", DuplicateImageWarning, "manifest.py", 10, "warnings.warn(...)")
+        again = fmt("two ids, one image", DuplicateImageWarning, "extraction.py", 20, "validate(...)")
+        other = fmt("something else", UserWarning, "x.py", 3, "warnings.warn(...)")
+    finally:
+        warnings.formatwarning = default
+    assert first == "workbench extract: warning: two ids, one image\n"
+    assert again == ""
+    assert "UserWarning: something else" in other and "x.py:3" in other  # not ours: Python's format

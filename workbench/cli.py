@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -408,31 +409,41 @@ def _os_error_text(e: OSError) -> str:
 
 
 def _one_line_warnings(command: str) -> None:
-    """Show the workbench's own warnings as ``workbench CMD: warning: ...``, once each.
+    """Print the workbench's own warnings as ``workbench CMD: warning: ...``, once each.
 
     Python's default format adds the source line that raised the warning, which means
     nothing to a user; and one check (duplicate images, say) can be reached from two
-    stages of a run, so a message already shown is not repeated.
+    stages of a run, so a message already shown is not repeated. Only the printed
+    format changes (``formatwarning``): code that records warnings still gets them all.
     """
-    import warnings
-
+    default = warnings.formatwarning
     shown: set[str] = set()
-    default = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def fmt(message, category, filename, lineno, line=None) -> str:
         if not category.__module__.startswith("workbench"):
-            return default(message, category, filename, lineno, file, line)
+            return default(message, category, filename, lineno, line)
         text = str(message)
-        if text not in shown:
-            shown.add(text)
-            print(f"workbench {command}: warning: {text}", file=file or sys.stderr)
+        if text in shown:
+            return ""
+        shown.add(text)
+        return f"workbench {command}: warning: {text}\n"
 
-    warnings.showwarning = show
+    warnings.formatwarning = fmt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script."""
     args = _parser().parse_args(argv)
+    default = warnings.formatwarning
+    try:  # the one-line format lasts as long as the command
+        _one_line_warnings(args.command)
+        return _dispatch(args)
+    finally:
+        warnings.formatwarning = default
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; the workbench's own errors become one line and exit 2."""
     from workbench.backbones import (
         CheckpointMismatchError,
         UnknownBackboneError,
@@ -443,7 +454,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from workbench.features.cache import CacheCorruptError
     from workbench.search.store import StoreCorruptError
 
-    _one_line_warnings(args.command)
     handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
                 "sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report, **args._baseline_handlers}
     try:

@@ -644,8 +644,9 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
         notes.append("Bold: the best of its column, the optimistic row aside"
                      + (" and the degenerate rows" if degenerate else "") + ".")
     if degenerate:
-        notes.append(DEGENERATE_NOTE + " " + "; ".join(f"{df['candidate'][i]}: {reason[i]}" for i in degenerate)
-                     + ".")
+        # A candidate can fill two rows (selected and best on test): name it once.
+        named = dict.fromkeys(f"{df['candidate'][i]}: {reason[i]}" for i in degenerate)
+        notes.append(DEGENERATE_NOTE + " " + "; ".join(named) + ".")
     if optimistic:
         notes.append(f"Below the rule (the last row{'s' if len(optimistic) > 1 else ''}): the candidate with the "
                      "best test value, picked by looking at the test split as the study did; its test figures "
