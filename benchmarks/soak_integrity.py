@@ -15,7 +15,7 @@ of work, plus a random fraction of one):
    cosine schedule, no early stopping, 6 epochs at 64 px) into a fresh store, killed
    between or inside epochs (mid-batch, mid checkpoint save, mid weights save); after
    each kill every file in the store must read back (JSON parses, every member of each
-   torch zip passes its CRC; ``*.tmp`` leftovers of an interrupted save are notes), and
+   torch zip passes its CRC; ``*.part`` leftovers of an interrupted save are notes), and
    the restart must log that it resumed from the checkpoint (or found the weights
    finished). The completed weights must equal an uninterrupted fine-tune's (max abs
    diff <= 1e-6; the same history), be listed by the store and load through the registry.
@@ -341,7 +341,7 @@ class Replacements:
 def store_check(root: Path) -> tuple[int, list[str]]:
     """Read every file of a fine-tuned store without torch: each ``*.json`` must parse and
     each ``*.pth``/``*.pt`` (torch's zip format) must pass a CRC check of every member.
-    Returns (problems, notes); ``*.tmp`` files (an interrupted save, overwritten by the
+    Returns (problems, notes); ``*.tmp`` / ``.*.part`` files (an interrupted save, overwritten by the
     next one) and weights without ``meta.json`` yet (the store does not list them) are
     notes, not problems."""
     problems, notes = 0, []
@@ -349,7 +349,7 @@ def store_check(root: Path) -> tuple[int, list[str]]:
         if not f.is_file():
             continue
         rel = f.relative_to(root)
-        if f.name.endswith(".tmp"):
+        if f.name.endswith((".tmp", ".part")):
             notes.append(f"leftover {rel}")
         elif f.suffix == ".json":
             try:

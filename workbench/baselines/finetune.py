@@ -45,7 +45,7 @@ from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.manifest import Item
 from workbench.features.preprocess import Geometry
-from workbench.records import environment, write_json_atomic
+from workbench.records import atomic_file, environment, write_json_atomic
 
 __all__ = [
     "FineTuneConfig",
@@ -309,9 +309,8 @@ def _score(row: dict[str, Any], monitor: str) -> list[float]:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -585,8 +584,7 @@ def fine_tune(
         "history": history, "best_epoch": best_epoch, "code_version": FINETUNE_CODE_VERSION,
         "environment": environment(),
     }
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.tmp")
-    os.replace(folder / "weights.tmp", folder / "weights.pth")
+    _atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.pth")
     # Atomic: a kill mid-write must not leave a cut-off meta.json beside complete
     # weights, which the store would list as finished and every re-run would trip on.
     write_json_atomic(folder / "meta.json", meta)

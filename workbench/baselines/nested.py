@@ -8,7 +8,6 @@ extracts every member's features, and the sweep feeds each fold its own network'
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir
 from workbench.baselines.estimator import validation_split
 from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune
 from workbench.data.manifest import Manifest
+from workbench.records import write_json_atomic
 from workbench.search.protocol import build_task, sha
 
 __all__ = ["NestedSet", "fine_tune_nested"]
@@ -76,9 +76,7 @@ def fine_tune_nested(
     info: dict[str, Any] = {"backbone": members["test"].backbone, "nested_id": nested_id, "members": ids,
                             "protocol": task.protocol, "protocol_hash": task.protocol_hash,
                             "classes": task.class_names, "config": config.to_dict(), "val_fraction": val_fraction}
-    tmp = folder / "nested.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, folder / "nested.json")
+    write_json_atomic(folder / "nested.json", info)
     say(f"nested set {backbone}@{nested_id}: {', '.join(f'{f}={i}' for f, i in ids.items())}")
     return NestedSet(members["test"].backbone, nested_id, members)
 

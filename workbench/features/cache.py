@@ -35,6 +35,8 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
+from workbench.records import atomic_file, atomic_write, os_error_naming
+
 __all__ = ["FeatureCache", "CacheEntry", "CacheCorruptError", "CacheProblem", "entry_key", "FORMAT"]
 
 FORMAT = "v1"
@@ -80,45 +82,13 @@ def entry_key(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(fields)).hexdigest()
 
 
-def _with_path(e: OSError, path: Path, *, rename: bool = False) -> OSError:
-    """``e`` with ``path`` as its filename, so the command line can name the culprit.
-
-    An error that names a file already is kept, unless ``rename`` (it names a
-    temporary file the user never asked for).
-    """
-    if e.filename is not None and e.errno is not None and not rename:
+def _with_path(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its filename, so the command line can name the culprit;
+    an error that names a file already is kept."""
+    if e.filename is not None and e.errno is not None:
         return e
-    code = e.errno
-    if code is None and "requested and" in str(e):
-        code = errno.ENOSPC  # numpy's short write: the only cause in practice is a full disk
-    return OSError(code, os.strerror(code) if code else str(e), str(path))
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path``, fsynced and renamed onto it on success.
-
-    On any failure (full disk, read-only file system) the temporary file is removed,
-    so nothing half-written is left, and the error carries the path.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise _with_path(e, path, rename=True) from e
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    with _atomic_file(path) as f:
-        f.write(data)
+    named = os_error_naming(e, path)
+    return named if named is not e else OSError(None, str(e), str(path))
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> str:
@@ -128,7 +98,7 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> str:
     np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(array))
     digest = hashlib.sha256(head.getvalue())
     digest.update(array.data)
-    with _atomic_file(path) as f:
+    with atomic_file(path) as f:
         # Plain writes, not ndarray.tofile: a full disk then raises ENOSPC, not numpy's
         # errno-less "2048 requested and 992 written".
         f.write(head.getvalue())
@@ -245,7 +215,7 @@ class CacheEntry:
             raise _with_path(e, self.dir) from e
         path = self.dir / "meta.json"
         if not path.exists():
-            _atomic_write_bytes(path, json.dumps(self.meta, indent=2, sort_keys=True).encode())
+            atomic_write(path, json.dumps(self.meta, indent=2, sort_keys=True).encode())
 
     # -- shards ---------------------------------------------------------------------------
     def _committed(self) -> list[str]:
@@ -361,7 +331,7 @@ class CacheEntry:
                 "writer": f"{socket.gethostname()}:{os.getpid()}",
             }
             # The commit record goes last: a shard without it does not exist for readers.
-            _atomic_write_bytes(placed[2], json.dumps(rec, indent=1).encode())
+            atomic_write(placed[2], json.dumps(rec, indent=1).encode())
         except Exception:
             # Uncommitted, so no reader can be using these files: leave nothing half-written.
             for p in placed[:2]:

@@ -29,6 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from workbench.records import atomic_write  # re-exported: run-state files go through it
+
 __all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write"]
 
 #: Fields every record line must hold (``predictions`` is added by :meth:`ResultStore.append`).
@@ -41,36 +43,6 @@ class RunMismatchError(ValueError):
 
 class StoreCorruptError(ValueError):
     """A records file that cannot be read (other than a torn last line)."""
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old file or the new one, never half.
-
-    A temporary file beside it is written and fsynced, then renamed into place; the
-    folder is fsynced too (where the platform allows) so the rename itself survives.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # Windows cannot open a folder
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: Path) -> Any:
