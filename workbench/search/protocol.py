@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from workbench.data.images import file_sha256
 from workbench.data.manifest import Manifest
 from workbench.search.metrics import classification_metrics, default_positive
 from workbench.search.splits import Splits
@@ -111,7 +111,7 @@ def _canonical_keys(items: Sequence) -> list[tuple[str, str]]:
         digest = it.sha256
         if digest is None:
             try:
-                digest = hashlib.sha256(Path(it.path).read_bytes()).hexdigest()
+                digest = file_sha256(it.path)  # the digest validation would record
             except OSError:  # synthetic tasks without files: order by id alone
                 return [("", item.id) for item in items]
         keys.append((digest, it.id))
