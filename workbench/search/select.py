@@ -8,8 +8,9 @@ within one standard error of the selected CV mean, a note says the selection is 
 near-tie. The operating threshold of each model is Youden's index on its out-of-fold
 predictions; for end-to-end baselines (one network per fold, each calibrated its own
 way) it is each fold's Youden cut-off as a quantile of that fold's scores, applied as
-the same quantile of the test network's scores
-(:func:`workbench.search.stats.fold_quantile_threshold`). Only then are the selected
+the same quantile of the test network's scores on its own validation split
+(:func:`workbench.search.stats.fold_quantile_threshold`), so it does not follow the
+test split's class balance. Only then are the selected
 candidates and every baseline evaluated on the test split, with 95 % intervals (Wilson
 for proportions, DeLong for AUC) and paired tests against the best non-degenerate
 baseline (by CV) on the same test images: DeLong for AUC, exact McNemar for accuracy,
