@@ -22,7 +22,7 @@ from workbench.data.augment import (
 )
 from workbench.data.images import ImageDecodeError
 from workbench.data.manifest import Item, Manifest
-from workbench.features.preprocess import Geometry
+from workbench.data.preprocess import Geometry
 
 CLASSES = ["benign", "malignant"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.baselines.finetune import FineTuneConfig
+from workbench.training.finetune import FineTuneConfig
 from workbench.cli import main
 from workbench.data.manifest import Manifest
 
@@ -38,7 +38,7 @@ def slice_csv(tmp_path_factory) -> Path:
 
 
 def test_nested_fine_tuning_gives_clean_cv_records(slice_csv, tmp_path, monkeypatch):
-    from workbench.baselines.nested import fine_tune_nested
+    from workbench.training.nested import fine_tune_nested
     from workbench.features.extraction import extract
     from workbench.search.sweep import sweep
 

@@ -360,7 +360,7 @@ def test_real_full_and_read_only_file_system(tiny_dataset, tmp_path, small_fs, c
 
 
 def test_records_started_in_the_same_second_do_not_overwrite(tiny_dataset, tmp_path, monkeypatch):
-    import workbench.records as R
+    import workbench.core.provenance as R
 
     root = tmp_path / "cache"
     assert main(cli_extract(tiny_dataset.csv, root)) == 0
@@ -374,7 +374,7 @@ def test_records_started_in_the_same_second_do_not_overwrite(tiny_dataset, tmp_p
 
 
 def test_record_write_failure_leaves_no_half_record(tmp_path, monkeypatch):
-    import workbench.records as R
+    import workbench.core.provenance as R
 
     target = tmp_path / "records" / "extract.json"
     monkeypatch.setattr(R.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from workbench.baselines.estimator import validation_split
+from workbench.training.finetune import validation_split
 from workbench.baselines.explain import explain
-from workbench.baselines.finetune import FineTuneConfig, fine_tune, predict_proba
+from workbench.training.finetune import FineTuneConfig, fine_tune, predict_proba
 from workbench.data.images import decode_image
 from workbench.data.manifest import Manifest
 

@@ -292,7 +292,7 @@ def test_finetune_keys_follow_finetune_config(tmp_path):
     """[finetune] and [baselines.set] take FineTuneConfig's fields, typed from its annotations."""
     import dataclasses
 
-    from workbench.baselines.finetune import FineTuneConfig
+    from workbench.training.finetune import FineTuneConfig
 
     fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
     assert _load(tmp_path, _set(GOOD, "finetune", "seed", "3")).finetune["seed"] == 3

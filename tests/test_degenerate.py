@@ -8,9 +8,9 @@ from sklearn.linear_model import LogisticRegression
 from _sweepdata import make_task
 from test_tables import make_comparison, make_records
 from workbench.report.tables import DDAGGER, backbone_table, comparison_table, to_latex, to_markdown
-from workbench.search import stats
-from workbench.search.degenerate import degenerate_reason
-from workbench.search.protocol import build_task
+from workbench.evaluation import stats
+from workbench.evaluation.degenerate import degenerate_reason
+from workbench.evaluation.protocol import Protocol, build_task
 from workbench.search.select import search
 from workbench.search.sweep import sweep
 
@@ -75,7 +75,7 @@ def run(tmp_path_factory):
     manifest, fs = make_task(n=72, test_every=3)
     sweep(manifest, fs, out=out, heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3, progress=False,
           ensembles=False)
-    task = build_task(manifest, cv=3, inner_cv=3, seed=0, scoring="auc", positive=None)
+    task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
     store = task.open_store(out)
     X = np.concatenate([np.asarray(fs[b]) for b in fs.names], axis=1)
     Xw = np.asarray(fs["resnet50:avgpool"])
@@ -130,7 +130,7 @@ def test_degenerate_baseline_is_flagged_and_not_the_yardstick(run):
 
 def _test_scores(run, candidate, what=1):
     """Test-split positive-class probabilities (``what="y_true"``: the labels)."""
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
 
     store = ResultStore(run)
     rec = next(r for r in store.records() if r["candidate"] == candidate and r["fold"] == "test")
@@ -199,7 +199,7 @@ def test_baseline_threshold_comes_from_its_validation_split_not_the_test_balance
     def build(out, keep_test, with_val):
         sweep(manifest, fs, out=out, heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3, progress=False,
               ensembles=False)
-        task = build_task(manifest, cv=3, inner_cv=3, seed=0, scoring="auc", positive=None)
+        task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
         store = task.open_store(out)
         rng = np.random.default_rng(0)
         for fold, tr, ev in task.outer:

@@ -18,7 +18,7 @@ from sklearn.exceptions import DataConversionWarning, NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from workbench.baselines.estimator import CNNClassifier
-from workbench.baselines.finetune import FineTuneConfig
+from workbench.training.finetune import FineTuneConfig
 from workbench.data.manifest import Manifest
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import list_heads

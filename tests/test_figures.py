@@ -32,7 +32,7 @@ def run(tmp_path_factory):
     """A sweep over single blocks and one pair; every 3rd image is test (both classes)."""
     from _sweepdata import FAST, make_task
 
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
     from workbench.search.sweep import sweep
 
     manifest, fs = make_task(test_every=3)

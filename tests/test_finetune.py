@@ -24,8 +24,9 @@ from workbench.backbones.loading import CheckpointMismatchError, build_model, lo
 from workbench.backbones.registry import get_backbone, state_dict_digest
 from workbench.backbones.weights import resolve_weights
 from workbench.baselines.configs import UnknownBaselineError, get_baseline
-from workbench.baselines.estimator import CNNClassifier, validation_split
-from workbench.baselines.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id, predict_proba
+from workbench.baselines.estimator import CNNClassifier
+from workbench.training.finetune import validation_split
+from workbench.training.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id, predict_proba
 from workbench.baselines.run import run_baselines
 from workbench.data.manifest import Manifest
 
@@ -57,7 +58,7 @@ def _train_val(m: Manifest):
 
 
 def _loss(model, items, m, size=96) -> float:
-    from workbench.features.preprocess import Geometry
+    from workbench.data.preprocess import Geometry
 
     spec = get_backbone(LITE)
     dc = spec.data_config()
@@ -97,7 +98,7 @@ torch.set_num_threads(int(sys.argv[2]))
 sys.path.insert(0, {tests!r})
 from test_finetune import FAST, LITE, CLASSES, _train_val
 from workbench.data.manifest import Manifest
-from workbench.baselines.finetune import fine_tune
+from workbench.training.finetune import fine_tune
 m = Manifest.load({csv!r}).select_classes(CLASSES).subset({ids!r}).validate(progress=False)
 train, val = _train_val(m)
 def kill(epoch, row):
@@ -160,7 +161,7 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
     assert fs2.record["computed_rows"] == {block: 0}
     np.testing.assert_array_equal(fs[block], fs2[block])
     # The cached features are the fine-tuned network's own pre-logits.
-    from workbench.features.preprocess import Geometry
+    from workbench.data.preprocess import Geometry
     from workbench.data.augment import TrainImageDataset
 
     ds = TrainImageDataset(list(busi_slice)[:4], CLASSES, ft.geometry, ft.data_config.mean, ft.data_config.std)
@@ -227,7 +228,7 @@ def test_grid_is_chosen_by_cv_on_the_training_ids_only(busi_slice, tmp_path):
 
 def test_baseline_records_rank_beside_a_classical_heads(busi_slice, tmp_path, monkeypatch):
     from workbench.features.extraction import extract
-    from workbench.search.summary import summarize
+    from workbench.evaluation.summary import summarize
     from workbench.search.sweep import sweep
 
     monkeypatch.setenv("WORKBENCH_FINETUNED", str(tmp_path / "ft"))
@@ -246,7 +247,7 @@ def test_baseline_records_rank_beside_a_classical_heads(busi_slice, tmp_path, mo
                           progress=False, **kw)
     assert again.equals(df)
     # Another protocol is refused.
-    from workbench.search.store import RunMismatchError
+    from workbench.evaluation.store import RunMismatchError
 
     with pytest.raises(RunMismatchError):
         run_baselines(busi_slice, ["lite0"], tmp_path / "run", cv=3, inner_cv=2, progress=False,

@@ -17,8 +17,8 @@ from PIL import Image
 
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import resolve_weights
-from workbench.baselines import finetune as ft_mod
-from workbench.baselines.finetune import (
+from workbench.training import finetune as ft_mod
+from workbench.training.finetune import (
     FineTuneConfig,
     SmallValidationWarning,
     _better,

@@ -20,7 +20,7 @@ from conftest import write_png
 from workbench.data.manifest import Manifest
 from workbench.features.featureset import FeatureSet
 from workbench.report import tables as T
-from workbench.search.protocol import build_task
+from workbench.evaluation.protocol import Protocol, build_task
 from workbench.search.select import search
 from workbench.search.sweep import sweep
 
@@ -65,7 +65,7 @@ def _variant(root: Path, rows: list[dict], name: str, *, classes: list[str], ord
 
 def _baseline(run: Path, manifest: Manifest, fs: FeatureSet) -> None:
     """A baseline with one model per fold, through the protocol's record layout."""
-    task = build_task(manifest, cv=3, inner_cv=2, seed=0, scoring="auc", positive=None)
+    task = build_task(manifest, Protocol(cv=3, inner_cv=2, seed=0, scoring="auc", positive=None))
     store = task.open_store(run)
     X = np.asarray(fs["resnet50:avgpool"])
     mal = task.class_names.index("malignant")
@@ -86,7 +86,7 @@ def _outcome(run: Path, manifest: Manifest, fs: FeatureSet, id_of: dict[str, str
     records = pd.DataFrame(res.ranking)
     folds = pd.read_csv(run / "splits.csv", dtype=str)
     comp = res.comparison.drop(columns=["kind"]).set_index(["role", "candidate"]).sort_index()
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
 
     recs = ResultStore(run).frame()
     tables = [T.to_markdown(t) for t in T.study_tables(recs, res.comparison, "auc", degenerate=res.degenerate)]
@@ -157,7 +157,7 @@ def test_folds_follow_the_images_not_the_listing(tmp_path):
 
     def folds(name, **kw):
         manifest, _, id_of = _variant(tmp_path, rows, name, **kw)
-        task = build_task(manifest, cv=3, inner_cv=2, seed=0, scoring="auc", positive=None)
+        task = build_task(manifest, Protocol(cv=3, inner_cv=2, seed=0, scoring="auc", positive=None))
         train_order = [id_of[task.ids[i]] for i in task.splits.train]
         inner = [[id_of[task.ids[task.splits.folds[0][0][j]]] for j in va] for _, va in task.inner_of["0"]]
         return (sorted((id_of[i], f) for i, f in zip(task.ids, task.splits.assignment())), train_order, inner,

@@ -18,7 +18,7 @@ from sklearn.svm import SVC
 
 from workbench.heads.kernels import BlockKernels, kernel_subset_scores
 from workbench.heads.tuned import TunedHead
-from workbench.search.splits import make_folds
+from workbench.evaluation.splits import make_folds
 
 INNER = 3
 SEED = 0

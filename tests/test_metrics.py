@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from workbench.search.metrics import (
+from workbench.evaluation.metrics import (
     METRICS,
     PER_CLASS_METRICS,
     classification_metrics,

@@ -10,7 +10,7 @@ from timm.data import ImageNetInfo
 
 from workbench.backbones import build_model, get_backbone, resolve_weights
 from workbench.data import decode_image
-from workbench.features.preprocess import Preprocess
+from workbench.data.preprocess import Preprocess
 
 PHOTOS = Path(__file__).parent / "data" / "photos"
 CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat, Siamese"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _sweepdata import make_task
 
-from workbench.search.store import ResultStore, StoreCorruptError, atomic_write
+from workbench.evaluation.store import ResultStore, StoreCorruptError, atomic_write
 from workbench.search.sweep import sweep
 
 QUICK = dict(heads=["logreg"], grids={"logreg": {"C": [1.0]}}, subsets="single", ensembles=False, cv=3,

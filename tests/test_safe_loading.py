@@ -21,7 +21,7 @@ from PIL import Image
 from workbench.backbones.loading import CheckpointMismatchError, UnsafeCheckpointError, load_backbone
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import resolve_weights
-from workbench.baselines.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id
+from workbench.training.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id
 from workbench.data.manifest import Item, Manifest
 
 TINY = "timm/test_efficientnet"

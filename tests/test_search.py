@@ -12,11 +12,11 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from _sweepdata import FAST, make_task
-from workbench.search import stats
-from workbench.search.metrics import classification_metrics
-from workbench.search.protocol import build_task
+from workbench.evaluation import stats
+from workbench.evaluation.metrics import classification_metrics
+from workbench.evaluation.protocol import Protocol, build_task
 from workbench.search.select import search
-from workbench.search.store import ResultStore
+from workbench.evaluation.store import ResultStore
 from workbench.search.sweep import sweep
 
 
@@ -31,7 +31,7 @@ def _rewrite_predictions(root, record: dict, arrays: dict) -> None:
 
 def add_baseline(run, manifest, fs, block: str, C: float = 0.05, name: str = "CNN stand-in"):
     """Baseline records from a real (if simple) model, through the protocol's record layout."""
-    task = build_task(manifest, cv=3, inner_cv=3, seed=0, scoring="auc", positive=None)
+    task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
     store = task.open_store(run)
     X = np.asarray(fs[block])
     for fold, tr, ev in task.outer:

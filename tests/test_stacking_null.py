@@ -19,10 +19,10 @@ from workbench.features.featureset import FeatureSet
 from workbench.heads.ensembles import stack
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import get_head
-from workbench.search.protocol import build_task
-from workbench.search.stats import youden_threshold
-from workbench.search.store import ResultStore
-from workbench.search.summary import summarize
+from workbench.evaluation.protocol import Protocol, build_task
+from workbench.evaluation.stats import youden_threshold
+from workbench.evaluation.store import ResultStore
+from workbench.evaluation.summary import summarize
 from workbench.search.sweep import sweep
 
 HEADS = dict(heads=["svm-rbf", "logreg"], grids={"svm-rbf": {"C": [1.0]}, "logreg": {"C": [1.0]}},
@@ -58,7 +58,7 @@ def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("null") / "run"
     manifest, fs = null_task(0, signal=0.6)
     df = sweep(manifest, fs, out=out, seed=0, **HEADS)
-    task = build_task(manifest, cv=3, inner_cv=3, seed=0, scoring="auc", positive=None)
+    task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
     return out, df, manifest, fs, task
 
 

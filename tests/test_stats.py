@@ -11,7 +11,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-from workbench.search.stats import (
+from workbench.evaluation.stats import (
     AUCInterval,
     Interval,
     PROPORTION_METRICS,
@@ -535,7 +535,7 @@ def _scored(n: int = 120, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def test_weighted_auc_equals_sklearn_on_the_resampled_images():
-    from workbench.search.stats import _weighted_auc, cluster_weights
+    from workbench.evaluation.stats import _weighted_auc, cluster_weights
 
     y, p, _ = _scored()
     groups = np.repeat(np.arange(40), 3)
@@ -548,7 +548,7 @@ def test_weighted_auc_equals_sklearn_on_the_resampled_images():
 
 
 def test_cluster_bootstrap_widens_with_duplicated_groups_and_matches_singletons():
-    from workbench.search.stats import cluster_bootstrap_auc, cluster_bootstrap_proportions
+    from workbench.evaluation.stats import cluster_bootstrap_auc, cluster_bootstrap_proportions
 
     y, p, pred = _scored()
     # Each image three times, as one group: three times the rows, no more information.
@@ -571,7 +571,7 @@ def test_cluster_bootstrap_widens_with_duplicated_groups_and_matches_singletons(
 
 
 def test_cluster_bootstrap_does_not_depend_on_group_names():
-    from workbench.search.stats import cluster_bootstrap_auc
+    from workbench.evaluation.stats import cluster_bootstrap_auc
 
     y, p, _ = _scored()
     g = np.repeat(np.arange(40), 3)
@@ -583,7 +583,7 @@ def test_cluster_bootstrap_does_not_depend_on_group_names():
 
 
 def test_cluster_bootstrap_paired_test():
-    from workbench.search.stats import cluster_bootstrap_test, clustered
+    from workbench.evaluation.stats import cluster_bootstrap_test, clustered
 
     y, p, pred = _scored()
     g = np.repeat(np.arange(40), 3)

@@ -17,8 +17,8 @@ from _sweepdata import FAST, make_task
 
 from workbench.data.manifest import Manifest
 from workbench.features.featureset import FeatureSet
-from workbench.search.splits import FoldError
-from workbench.search.store import ResultStore, RunMismatchError
+from workbench.evaluation.splits import FoldError
+from workbench.evaluation.store import ResultStore, RunMismatchError
 from workbench.search.sweep import SweepInputError, sweep
 
 METRIC_COLS = ["accuracy", "sensitivity", "specificity", "auc", "f1"]
@@ -165,7 +165,7 @@ def test_ensembles_equal_voting_classifier_over_the_same_members(reference):
     np.testing.assert_array_equal(stored_soft["pred"], soft.predict(X[test]))
     # Hard votes (two classes): each member votes at its own Youden threshold, chosen on
     # its outer CV out-of-fold predictions (for test), not at 0.5.
-    from workbench.search.stats import youden_threshold
+    from workbench.evaluation.stats import youden_threshold
 
     pos = manifest.classes.index("malignant")
     ts = []
@@ -291,7 +291,7 @@ def test_multiclass_sweep_reports_per_class_and_macro(tmp_path):
 def test_busi_benign_vs_malignant_lite_sweep(busi_dir, tmp_path_factory):
     """The issue's CI sweep: EfficientNet-Lite0/1/2 on BUSI benign vs malignant, 7 subsets
     x {svm-rbf, rf} + vote ensembles, 5-fold CV and the test split."""
-    from workbench.search.summary import summarize
+    from workbench.evaluation.summary import summarize
 
     root = tmp_path_factory.mktemp("busi-sweep")
     feats = ["tf_efficientnet_lite0:avgpool", "tf_efficientnet_lite1:avgpool", "tf_efficientnet_lite2:avgpool"]
@@ -355,7 +355,7 @@ QUICK = dict(heads=["logreg", "rf"], grids={"logreg": {"C": [1.0]}, "rf": {"n_es
 
 def test_another_grid_in_the_same_folder_gets_its_own_label(tmp_path):
     from workbench.search.select import search
-    from workbench.search.summary import summarize
+    from workbench.evaluation.summary import summarize
 
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
@@ -380,7 +380,7 @@ def test_another_grid_in_the_same_folder_gets_its_own_label(tmp_path):
 
 
 def test_two_candidates_sharing_a_label_are_refused_by_name(tmp_path):
-    from workbench.search.summary import DuplicateLabelError, summarize
+    from workbench.evaluation.summary import DuplicateLabelError, summarize
 
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"

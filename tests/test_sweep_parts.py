@@ -27,8 +27,8 @@ from workbench.heads.nested import _auc, grid_points, selection_score
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import ScaledGammaSVC, UnknownHeadError, get_head, list_heads
 from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix, subset_code
-from workbench.search.splits import FoldError, Splits, make_folds
-from workbench.search.store import ResultStore, RunMismatchError, StoreCorruptError
+from workbench.evaluation.splits import FoldError, Splits, make_folds
+from workbench.evaluation.store import ResultStore, RunMismatchError, StoreCorruptError
 
 SIX = ["alexnet:fc6", "vgg19:fc7", "resnet50:avgpool", "inception_v3:avgpool",
        "densenet121:avgpool", "mobilenet_v2:avgpool"]

@@ -221,7 +221,7 @@ def _cmd_extract(args) -> int:
         skip_bad=args.skip_bad, progress=not args.quiet,
     )
     rec = fs.record
-    from workbench.records import unique_record_name
+    from workbench.core.provenance import unique_record_name
 
     # Unique per run: extracts started in the same second must not overwrite each other's record.
     record = Path(args.record) if args.record else Path(args.cache) / "records" / unique_record_name("extract")
@@ -283,7 +283,7 @@ def _parse_subsets(text: str):
 
 
 def _cmd_sweep(args) -> int:
-    from workbench.search.summary import summarize
+    from workbench.evaluation.summary import summarize
     from workbench.search.sweep import sweep
 
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
@@ -452,7 +452,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from workbench.backbones.finetuned import FineTunedNotFoundError
     from workbench.data.manifest import ManifestError
     from workbench.features.cache import CacheCorruptError
-    from workbench.search.store import StoreCorruptError
+    from workbench.evaluation.store import StoreCorruptError
 
     handlers = {"backbones": _cmd_backbones, "extract": _cmd_extract, "cache": _cmd_cache, "demo": _cmd_demo,
                 "sweep": _cmd_sweep, "run": _cmd_run, "report": _cmd_report, **args._baseline_handlers}

@@ -180,8 +180,8 @@ def run_demo(
     seconds = time.perf_counter() - t0
     text = (report / "report.md").read_text()
     print_fn("\n" + text)
-    from workbench.search.store import ResultStore
-    from workbench.search.summary import summarize
+    from workbench.evaluation.store import ResultStore
+    from workbench.evaluation.summary import summarize
 
     records = ResultStore(out / "run").frame()
     summary = summarize(records, "auc")

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench import errors
+
 __all__ = ["ExperimentConfig", "ConfigError", "run_experiment", "build_report", "CONFIG_SCHEMA", "DUPLICATE_POLICIES"]
 
 #: What ``duplicates = ...`` may say: warn (default), drop the copies, or refuse the run.
@@ -48,8 +50,8 @@ DUPLICATE_POLICIES = ("warn", "drop", "error")
 _MISSING = object()
 
 
-class ConfigError(ValueError):
-    """A config value of the wrong type or outside what is allowed.
+class ConfigError(errors.ConfigError):
+    """A value in a config file of the wrong type or outside what is allowed.
 
     ``str(error)`` names the file, ``section.key``, the value as written and what is
     allowed, e.g. ``exp.toml: sweep.ensembles = "no": expected true or false``.
@@ -228,7 +230,7 @@ def _finetune_keys() -> dict[str, _Key]:
     import dataclasses
     import typing
 
-    from workbench.baselines.finetune import FineTuneConfig
+    from workbench.training.finetune import FineTuneConfig
 
     hints = typing.get_type_hints(FineTuneConfig)
     kinds = {int: "int", float: "float", str: "str", bool: "bool"}
@@ -286,7 +288,7 @@ def _checked_section(path: Path, raw: dict[str, Any], section: str, schema: dict
 
 def _metric_problem(metric: str, classes: list[str] | None) -> str | None:
     """Why the records of this task will not hold ``metric`` (None if they will)."""
-    from workbench.search.metrics import METRICS, PER_CLASS_METRICS
+    from workbench.evaluation.metrics import METRICS, PER_CLASS_METRICS
 
     if metric in METRICS:
         return None
@@ -405,7 +407,7 @@ class ExperimentConfig:
     def _check_names(self) -> None:
         from workbench.backbones.registry import get_backbone
         from workbench.baselines.configs import get_baseline
-        from workbench.baselines.finetune import FineTuneConfig
+        from workbench.training.finetune import FineTuneConfig
         from workbench.features.extraction import FeatureRequest
         from workbench.heads.zoo import get_head
 
@@ -461,7 +463,7 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
 
 
 def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
-    from workbench.baselines.finetune import FineTuneConfig
+    from workbench.training.finetune import FineTuneConfig
     from workbench.baselines.run import run_baselines
     from workbench.data.manifest import Manifest
     from workbench.features.extraction import extract
@@ -475,10 +477,10 @@ def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
     manifest = manifest.validate(progress=progress)  # warns of duplicate images
     manifest, duplicates = _apply_duplicates(cfg, manifest, say)
     # A run folder made under another protocol is refused before any work.
-    from workbench.search.protocol import build_task
+    from workbench.evaluation.protocol import Protocol, build_task
 
-    build_task(manifest, cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"], scoring=p["scoring"],
-               positive=cfg.positive).open_store(cfg.out)
+    build_task(manifest, Protocol(cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"], scoring=p["scoring"],
+                                  positive=cfg.positive)).open_store(cfg.out)
     (cfg.out / "experiment.toml").write_text(cfg.path.read_text())  # the config, verbatim
     ext = {k: cfg.features[k] for k in ("image_size", "resize", "input", "batch_size") if k in cfg.features}
 
@@ -489,7 +491,7 @@ def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
     for backbone in cfg.features["finetuned"]:
         say(f"[{cfg.name}] fine-tuning {backbone} for features")
         if cfg.features["nested"]:
-            from workbench.baselines.nested import fine_tune_nested
+            from workbench.training.nested import fine_tune_nested
 
             ns = fine_tune_nested(backbone, manifest, ft_config, cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"],
                                   scoring=p["scoring"], positive=cfg.positive, device=device, progress=progress,

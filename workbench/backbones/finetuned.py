@@ -21,6 +21,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from workbench.errors import WorkbenchError
 
 __all__ = [
     "FT_PREFIX",
@@ -44,11 +45,11 @@ NESTED_PREFIX = "ftn-"
 ENV_ROOT = "WORKBENCH_FINETUNED"
 
 
-class FineTunedNotFoundError(FileNotFoundError):
+class FineTunedNotFoundError(WorkbenchError, FileNotFoundError):
     """A fine-tuned weights id with no finished weights in the store."""
 
 
-class FineTunedCorruptError(ValueError):
+class FineTunedCorruptError(WorkbenchError, ValueError):
     """A stored fine-tune whose metadata cannot be read."""
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import RANDOM_SEED, ResolvedWeights, resolve_weights
+from workbench.errors import WorkbenchError
 
 __all__ = [
     "CheckpointMismatchError",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(WorkbenchError, ValueError):
     """A weights file that does not fit the architecture it was given to."""
 
 

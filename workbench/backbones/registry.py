@@ -14,6 +14,9 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from workbench.data.preprocess import DataConfig
+from workbench.errors import UnknownNameError
+
 __all__ = [
     "DataConfig",
     "TapSpec",
@@ -24,25 +27,6 @@ __all__ = [
     "get_backbone",
     "list_backbones",
 ]
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The input a set of weights expects, read from the weights' metadata.
-
-    ``resize_size / input_size`` is the eval-time crop ratio (``crop_pct``); it only
-    matters with ``resize="crop"``.
-    """
-
-    input_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-
-    @property
-    def crop_pct(self) -> float:
-        return self.input_size / self.resize_size
 
 
 @dataclass(frozen=True)
@@ -118,7 +102,7 @@ class BackboneSpec:
         return (spec or self.weights[self.default_weights]).data_config
 
 
-class UnknownBackboneError(KeyError):
+class UnknownBackboneError(UnknownNameError):
     """Raised for a backbone name that is neither registered nor a timm model."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes

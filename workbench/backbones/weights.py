@@ -17,6 +17,7 @@ import torch
 
 from workbench.backbones.registry import BackboneSpec
 from workbench.data.images import file_sha256
+from workbench.errors import WorkbenchError
 
 __all__ = ["RANDOM", "WeightsNotFoundError", "ResolvedWeights", "resolve_weights"]
 
@@ -28,7 +29,7 @@ RANDOM_SEED = 0
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(WorkbenchError, FileNotFoundError):
     """A weights file that should be on disk is not; the message says where to put it."""
 
 

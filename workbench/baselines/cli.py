@@ -169,7 +169,7 @@ def _manifest(args):
 
 def _cmd_finetune(args) -> int:
     from workbench.baselines.estimator import CNNClassifier
-    from workbench.baselines.finetune import FineTuneConfig
+    from workbench.training.finetune import FineTuneConfig
 
     _store(args)
     settings = _settings(args.set)
@@ -181,7 +181,7 @@ def _cmd_finetune(args) -> int:
 
     taps = ",".join(get_backbone(args.backbone).taps)
     if args.nested:
-        from workbench.baselines.nested import fine_tune_nested
+        from workbench.training.nested import fine_tune_nested
 
         if args.grid:
             raise ValueError("--grid is not supported with --nested; fix the settings with --set")
@@ -232,8 +232,8 @@ def _cmd_baselines(args) -> int:
                   device=args.device, progress=not args.quiet, log=print)
     from pathlib import Path
 
-    from workbench.search.store import ResultStore
-    from workbench.search.summary import summarize
+    from workbench.evaluation.store import ResultStore
+    from workbench.evaluation.summary import summarize
 
     frame = ResultStore(args.out).frame()
     summary = summarize(frame, args.metric)

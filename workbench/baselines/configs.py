@@ -11,12 +11,13 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.baselines.finetune import FineTuneConfig
+from workbench.training.finetune import FineTuneConfig
+from workbench.errors import UnknownNameError
 
 __all__ = ["BaselineSpec", "get_baseline", "list_baselines", "UnknownBaselineError"]
 
 
-class UnknownBaselineError(KeyError):
+class UnknownBaselineError(UnknownNameError):
     def __str__(self) -> str:
         return str(self.args[0])
 

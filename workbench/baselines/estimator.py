@@ -14,29 +14,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba
+from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba, validation_split
 from workbench.data.manifest import Item, Manifest
 from workbench.heads.nested import InnerSearch, grid_points, inner_search
 
-__all__ = ["CNNClassifier", "validation_split"]
-
-
-def validation_split(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Stratified ``(train, val)`` split of ``items``; every class keeps a training image."""
-    if fraction <= 0:
-        return list(items), []
-    rng = np.random.default_rng(seed)
-    val_ids: set[str] = set()
-    by_label: dict[str, list[Item]] = {}
-    for it in items:
-        by_label.setdefault(it.label, []).append(it)
-    for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda i: i.id)
-        k = int(round(len(group) * fraction))
-        k = min(k, len(group) - 1)
-        if k > 0:
-            val_ids.update(group[j].id for j in rng.choice(len(group), size=k, replace=False))
-    return [it for it in items if it.id not in val_ids], [it for it in items if it.id in val_ids]
+__all__ = ["CNNClassifier"]
 
 
 class CNNClassifier(ClassifierMixin, BaseEstimator):
@@ -147,7 +129,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _tune(self, items: list[Item], config: FineTuneConfig, context: dict) -> InnerSearch:
-        from workbench.search.splits import make_folds
+        from workbench.evaluation.splits import make_folds
 
         classes = list(self.classes_)
         y = np.array([classes.index(it.label) for it in items])

@@ -21,7 +21,7 @@ from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import resolve_weights
 from workbench.data.images import decode_image
 from workbench.data.manifest import Item
-from workbench.features.preprocess import Geometry
+from workbench.data.preprocess import Geometry
 
 __all__ = ["CamReport", "explain"]
 

@@ -20,8 +20,8 @@ import pandas as pd
 from workbench.baselines.configs import BaselineSpec, get_baseline
 from workbench.baselines.estimator import CNNClassifier
 from workbench.data.manifest import Manifest
-from workbench.records import package_versions
-from workbench.search.protocol import build_task, fold_ids, sha
+from workbench.core.provenance import package_versions
+from workbench.evaluation.protocol import Protocol, build_task, fold_ids, sha
 
 __all__ = ["run_baselines", "BASELINE_RECORD_VERSION"]
 
@@ -96,7 +96,7 @@ def run_baselines(
     # Fine-tuned ids hash the images' content, so every image is decoded and hashed first;
     # a bad image is named here, before any training.
     manifest = manifest.validate(progress=progress)
-    task = build_task(manifest, cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive)
+    task = build_task(manifest, Protocol(cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive))
     store = task.open_store(out)
     versions = package_versions(("grad-cam",))
     done = store.done()

@@ -33,9 +33,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from workbench.data.images import decode_image, image_size
 from workbench.data.manifest import Item
+from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:  # the import pulls in the backbone registry; done lazily at runtime
-    from workbench.features.preprocess import Geometry
+    from workbench.data.preprocess import Geometry
 
 __all__ = [
     "BOX_MODES",
@@ -60,7 +61,7 @@ BOX_MODES: tuple[str, ...] = ("tight", "square", "margin")
 # ---- Cut&Remain --------------------------------------------------------------------
 
 
-class BoxError(ValueError):
+class BoxError(WorkbenchError, ValueError):
     """A bounding box cannot be used on its image (empty, or not inside it).
 
     Attributes
@@ -520,7 +521,7 @@ class TrainImageDataset(Dataset):
         box_margin: float = 0.1,
         resize: str = "squash",
     ) -> None:
-        from workbench.features.preprocess import Geometry  # lazy: see TYPE_CHECKING
+        from workbench.data.preprocess import Geometry  # lazy: see TYPE_CHECKING
 
         self.items = list(items)
         self.classes = [str(c) for c in classes]

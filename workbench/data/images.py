@@ -15,6 +15,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
+from workbench.errors import WorkbenchError
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
@@ -39,7 +40,7 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 PathLike = str | os.PathLike[str]
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(WorkbenchError, ValueError):
     """An image file could not be read or decoded.
 
     Attributes

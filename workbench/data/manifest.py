@@ -37,6 +37,7 @@ from workbench.data.images import (
     _decode_array,
     _read_bytes,
 )
+from workbench.errors import WorkbenchError
 
 __all__ = [
     "Item", "BadRow", "ManifestError", "Manifest", "SPLITS", "BOX_COLUMNS",
@@ -155,7 +156,7 @@ class DuplicateGroup:
                 "conflicting_labels": self.conflicting_labels, "crosses_test": self.crosses_test}
 
 
-class ManifestError(ValueError):
+class ManifestError(WorkbenchError, ValueError):
     """A manifest cannot be used as it is.
 
     Either a whole-file problem (``message`` set, ``bad_rows`` usually empty) or a

@@ -35,7 +35,8 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from filelock import FileLock
 
-from workbench.records import atomic_file, atomic_write, os_error_naming
+from workbench.core.io import atomic_file, atomic_write, os_error_naming
+from workbench.errors import WorkbenchError
 
 __all__ = ["FeatureCache", "CacheEntry", "CacheCorruptError", "CacheProblem", "entry_key", "FORMAT"]
 
@@ -43,7 +44,7 @@ FORMAT = "v1"
 _KEY_BYTES = 64  # hex SHA-256
 
 
-class CacheCorruptError(RuntimeError):
+class CacheCorruptError(WorkbenchError, RuntimeError):
     """A cache entry that cannot be read as committed; the message names it."""
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,56 +28,15 @@ from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
-from workbench.features.preprocess import Geometry, Preprocess
-from workbench.records import environment
+from workbench.features.request import FeatureRequest, expand_requests
+from workbench.data.preprocess import Geometry, Preprocess
+from workbench.core.provenance import environment
 
 __all__ = ["FeatureRequest", "extract", "FEATURE_CODE_VERSION"]
 
 #: Part of every cache key. Bump it when a change here or in image decoding alters
 #: the numbers a feature would have, so stale entries are never reused.
 FEATURE_CODE_VERSION = "1"
-
-_SPEC_RE = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<weights>.+?))?(?::(?P<taps>[A-Za-z0-9_.,\s]+))?$")
-
-
-@dataclass(frozen=True)
-class FeatureRequest:
-    """``backbone[@weights][:tap,tap]`` as written on the command line.
-
-    Examples: ``alexnet:fc6,fc7``, ``resnet50@random:avgpool``,
-    ``tf_efficientnet_lite0`` (all taps, default weights),
-    ``vgg16@/data/vgg16-397923af.pth:fc7``, ``timm/convnext_tiny.fb_in1k``.
-    """
-
-    backbone: str
-    weights: str | None = None
-    taps: tuple[str, ...] | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "FeatureRequest":
-        m = _SPEC_RE.match(text.strip())
-        if not m:
-            raise ValueError(
-                f"cannot parse feature spec {text!r}; expected backbone[@weights][:tap,tap], "
-                f"e.g. alexnet:fc6,fc7 or resnet50@random:avgpool"
-            )
-        if m["weights"] is not None and not m["weights"].strip():
-            raise ValueError(f"feature spec {text!r}: empty weights after '@'")
-        taps = None
-        if m["taps"] is not None:
-            taps = tuple(t.strip() for t in m["taps"].split(",") if t.strip())
-            if not taps:  # "alexnet:," must not silently widen to every tap
-                raise ValueError(f"feature spec {text!r}: empty tap list after ':'")
-        return cls(m["name"].strip(), m["weights"].strip() if m["weights"] else None, taps)
-
-    @property
-    def label(self) -> str:
-        """``backbone[@weights]`` as requested."""
-        return f"{self.backbone}@{self.weights}" if self.weights else self.backbone
-
-    def block_name(self, tap: str) -> str:
-        return f"{self.label}:{tap}"
-
 
 @dataclass
 class _Job:
@@ -270,7 +228,6 @@ def extract(
     if any(is_nested_id(r.weights) for r in requests):
         # A nested fine-tuned set stands for one network per outer fold: extract every
         # member (each cached under its own weights), then give the sweep per-fold blocks.
-        from workbench.baselines.nested import expand_requests
 
         flat, plan = expand_requests(requests)
         fs = extract(manifest, flat, cache=cache, input=input, box_margin=box_margin, resize=resize,

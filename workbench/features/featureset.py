@@ -8,7 +8,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from workbench.records import write_json_atomic
+from workbench.core.io import write_json_atomic
 
 __all__ = ["BlockInfo", "FeatureSet"]
 

@@ -19,6 +19,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import ParameterGrid
 
+from workbench.evaluation.metrics import SCORINGS
+
 __all__ = [
     "InnerSearch",
     "PlattCalibrator",
@@ -32,7 +34,6 @@ __all__ = [
     "selection_score",
 ]
 
-SCORINGS = ("auc", "balanced_accuracy", "accuracy")
 
 #: ``score_fold(params, fold_index, train_positions, heldout_positions)`` returns the
 #: ``(n_heldout, C)`` scores of ``params`` fitted on the fold's training positions.

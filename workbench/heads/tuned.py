@@ -85,7 +85,7 @@ class TunedHead(ClassifierMixin, BaseEstimator):
             On non-finite, sparse or empty ``X``, a continuous or multi-output ``y``, one
             class only, or a class with fewer rows than ``inner_splits``.
         """
-        from workbench.search.splits import make_folds
+        from workbench.evaluation.splits import make_folds
 
         spec = self.spec_
         X, y = validate_data(self, X, y, dtype=_DTYPES)

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
+from workbench.errors import UnknownNameError
 
 __all__ = [
     "HeadSpec",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class UnknownHeadError(KeyError):
+class UnknownHeadError(UnknownNameError):
     """A head name that is not in the zoo."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the message

@@ -160,8 +160,8 @@ def _duplicate_notes(dup: dict[str, Any] | None, shown: int = 10) -> list[str]:
 
 def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *, binary: bool) -> str:
     """The report's paragraph on protocol, thresholds, intervals and tests, as they were applied."""
-    from workbench.search.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
-    from workbench.search.stats import N_BOOT
+    from workbench.evaluation.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
+    from workbench.evaluation.stats import N_BOOT
 
     g = result.grouping or {}
     has_base = len(result.baselines) > 0
@@ -215,7 +215,7 @@ def write_report(run: Path) -> Path:
     from workbench.report import figures as F
     from workbench.report import tables as T
     from workbench.search.select import search
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
 
     store = ResultStore(run)
     records = store.frame()

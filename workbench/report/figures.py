@@ -12,7 +12,7 @@ session (a notebook keeps its inline backend).
 
 Examples
 --------
->>> from workbench.search.store import ResultStore
+>>> from workbench.evaluation.store import ResultStore
 >>> store = ResultStore("runs/thyroid")                       # doctest: +SKIP
 >>> curves = roc_curves_from_store(store, ["[AVR] svm-rbf", "CNN resnet50"])  # doctest: +SKIP
 >>> roc_figure(curves, "paper/fig2_roc.pdf")                 # doctest: +SKIP
@@ -32,7 +32,7 @@ import pandas as pd
 if TYPE_CHECKING:  # matplotlib is imported where it is used, not on import of the package
     from matplotlib.figure import Figure
 
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
 
 __all__ = [
     "RocCurve",
@@ -175,7 +175,7 @@ class RocCurve:
 def _open_store(store: "ResultStore | str | os.PathLike") -> "ResultStore":
     if hasattr(store, "records") and hasattr(store, "predictions"):
         return store
-    from workbench.search.store import ResultStore
+    from workbench.evaluation.store import ResultStore
 
     return ResultStore(store)
 

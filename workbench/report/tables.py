@@ -13,14 +13,14 @@ from the search's comparison frame, and the renderers turn it into text:
 CV cells are ``mean ± sd`` over the outer CV folds; test cells are shown beside them
 but never decide an order or a mark of "best". Cells below the best baseline (by CV)
 are marked (``†`` in Markdown, underlined in LaTeX, as the study did), the best of
-each column is bold. Degenerate models (:mod:`workbench.search.degenerate`: one class
+each column is bold. Degenerate models (:mod:`workbench.evaluation.degenerate`: one class
 for nearly every image, or a CV AUC not above chance) carry ``‡``, are never bold and
 are never the baseline others are marked against. The same records always give
 byte-identical files.
 
 Examples
 --------
->>> from workbench.search.store import ResultStore  # doctest: +SKIP
+>>> from workbench.evaluation.store import ResultStore  # doctest: +SKIP
 >>> records = ResultStore("runs/busi-lite").frame()  # doctest: +SKIP
 >>> write_tables(study_tables(records), "runs/busi-lite/tables")  # doctest: +SKIP
 """
@@ -55,7 +55,7 @@ __all__ = [
 
 DASH = "–"  # en dash: a missing or undefined value
 DAGGER = "†"
-DDAGGER = "‡"  # a degenerate model (workbench.search.degenerate)
+DDAGGER = "‡"  # a degenerate model (workbench.evaluation.degenerate)
 DIGITS = 3
 
 METRIC_LABELS = {

@@ -9,12 +9,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Candidate": "candidates", "block_codes": "candidates", "enumerate_subsets": "candidates",
-    "METRICS": "metrics", "classification_metrics": "metrics", "default_positive": "metrics",
-    "FoldError": "splits", "Splits": "splits", "make_folds": "splits",
-    "ResultStore": "store", "RunMismatchError": "store", "StoreCorruptError": "store",
-    "summarize": "summary", "SweepInputError": "sweep", "sweep": "sweep", "search": "select",
-    "SearchResult": "select",
+    "Candidate": "search.candidates", "block_codes": "search.candidates",
+    "enumerate_subsets": "search.candidates", "SweepInputError": "search.sweep", "sweep": "search.sweep",
+    "search": "search.select", "SearchResult": "search.select",
+    # The evaluation layer's names, re-exported where users of the search look for them.
+    "METRICS": "evaluation.metrics", "classification_metrics": "evaluation.metrics",
+    "default_positive": "evaluation.metrics", "FoldError": "evaluation.splits", "Splits": "evaluation.splits",
+    "make_folds": "evaluation.splits", "ResultStore": "evaluation.store", "RunMismatchError": "evaluation.store",
+    "StoreCorruptError": "evaluation.store", "summarize": "evaluation.summary",
+    "DuplicateLabelError": "evaluation.summary",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -22,5 +25,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"workbench.search.{_EXPORTS[name]}"), name)
+        return getattr(importlib.import_module(f"workbench.{_EXPORTS[name]}"), name)
     raise AttributeError(f"module 'workbench.search' has no attribute {name!r}")

@@ -3,13 +3,13 @@
 Honest selection: candidates (classical heads, concatenations, ensembles) are ranked by
 the mean of the chosen metric over the outer CV folds of the training split; the top
 one (and a top-k) are chosen from that ranking alone, among the candidates that are not
-degenerate on the CV folds (:mod:`workbench.search.degenerate`); when runners-up lie
+degenerate on the CV folds (:mod:`workbench.evaluation.degenerate`); when runners-up lie
 within one standard error of the selected CV mean, a note says the selection is a
 near-tie. The operating threshold of each model is Youden's index on its out-of-fold
 predictions; for end-to-end baselines (one network per fold, each calibrated its own
 way) it is each fold's Youden cut-off as a quantile of that fold's scores, applied as
 the same quantile of the test network's scores on its own validation split
-(:func:`workbench.search.stats.fold_quantile_threshold`), so it does not follow the
+(:func:`workbench.evaluation.stats.fold_quantile_threshold`), so it does not follow the
 test split's class balance. Only then are the selected
 candidates and every baseline evaluated on the test split, with 95 % intervals (Wilson
 for proportions, DeLong for AUC) and paired tests against the best non-degenerate
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workbench.search import stats
-from workbench.search.degenerate import DEGENERATE_MARK, degenerate_reason
-from workbench.search.store import ResultStore
-from workbench.search.summary import summarize
+from workbench.evaluation import stats
+from workbench.evaluation.degenerate import DEGENERATE_MARK, degenerate_reason
+from workbench.evaluation.store import ResultStore
+from workbench.evaluation.summary import summarize
 
 __all__ = ["SearchResult", "search", "rank_candidates"]
 
@@ -87,7 +87,7 @@ def _operating_point(kind: str, oof: list[dict[str, np.ndarray]], p_apply: np.nd
     (one CNN per fold, each calibrated its own way): each fold's Youden cut-off as a
     quantile of its own scores, applied as that quantile of ``p_apply``, the test
     network's scores on its own validation split
-    (:func:`workbench.search.stats.fold_quantile_threshold`); ``quantile`` is NaN for
+    (:func:`workbench.evaluation.stats.fold_quantile_threshold`); ``quantile`` is NaN for
     the pooled rule.
     """
     ys = [np.asarray(o["y_true"]) == pos for o in oof]
@@ -250,7 +250,7 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
 
     Notes
     -----
-    Degenerate models (:mod:`workbench.search.degenerate`) found on the CV folds are
+    Degenerate models (:mod:`workbench.evaluation.degenerate`) found on the CV folds are
     not eligible for selection; those found on the test split stay where CV put them
     but are flagged (``degenerate`` column, :attr:`SearchResult.degenerate`), and a
     degenerate baseline is never the one the others are compared against.

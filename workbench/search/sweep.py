@@ -29,16 +29,17 @@ from workbench.features.featureset import FeatureSet
 from workbench.heads.ensembles import ENSEMBLE_RULES, VOTE_KINDS, stack, vote
 from workbench.heads.nested import SCORINGS
 from workbench.heads.zoo import get_head
-from workbench.records import package_versions
+from workbench.core.provenance import package_versions
 from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix
-from workbench.search.protocol import SWEEP_CODE_VERSION, RunTask, build_task, seen_by, sha
+from workbench.evaluation.protocol import SWEEP_CODE_VERSION, RunTask, Protocol, build_task, seen_by, sha
+from workbench.errors import WorkbenchError
 
 __all__ = ["SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
 
 BACKENDS = ("loky", "threading", "sequential", "dask")
 
 
-class SweepInputError(ValueError):
+class SweepInputError(WorkbenchError, ValueError):
     """Features or labels the sweep cannot use; raised before anything is written."""
 
 
@@ -381,7 +382,7 @@ def sweep(
         by_code = {c: n for n, c in code_of.items()}
         subsets = [[by_code.get(b, b) for b in ([s] if isinstance(s, str) else s)] for s in subsets]
     subset_list = enumerate_subsets(names, subsets)
-    task = build_task(manifest, cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive)
+    task = build_task(manifest, Protocol(cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive))
     positive, y, splits, outer, inner_of = task.positive, task.y, task.splits, task.outer, task.inner_of
 
     # -- the run folder -------------------------------------------------------------
@@ -532,7 +533,7 @@ def sweep(
                 # Youden on out-of-fold predictions the scored rows had no part in: inner
                 # ones for a CV fold, the member's outer CV ones for test.
                 if (m, f) not in thresholds:
-                    from workbench.search.stats import youden_threshold
+                    from workbench.evaluation.stats import youden_threshold
 
                     if f == "test":
                         p = np.concatenate([member_proba(m, g) for g in cv_folds])

@@ -29,7 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from workbench.records import atomic_write  # re-exported: run-state files go through it
+from workbench.core.io import atomic_write  # re-exported: run-state files go through it
+from workbench.errors import WorkbenchError
 
 __all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write"]
 
@@ -37,11 +38,11 @@ __all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write
 REQUIRED_FIELDS = ("key", "candidate_id", "candidate", "fold", "predictions")
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(WorkbenchError, ValueError):
     """The run folder holds records made under a different protocol."""
 
 
-class StoreCorruptError(ValueError):
+class StoreCorruptError(WorkbenchError, ValueError):
     """A records file that cannot be read (other than a torn last line)."""
 
 

@@ -8,28 +8,79 @@ together; a store made under another protocol is refused.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from workbench.core.hashing import stable_hash
 from workbench.data.images import file_sha256
 from workbench.data.manifest import Manifest
-from workbench.search.metrics import classification_metrics, default_positive
-from workbench.search.splits import Splits
-from workbench.search.store import ResultStore, atomic_write
+from workbench.evaluation.metrics import SCORINGS, classification_metrics, default_positive
+from workbench.evaluation.splits import Splits
+from workbench.evaluation.store import ResultStore, atomic_write
+from workbench.errors import ConfigError
 
-__all__ = ["RunTask", "build_task", "sha", "SWEEP_CODE_VERSION"]
+__all__ = ["Protocol", "RunTask", "SCORINGS", "build_task", "sha", "SWEEP_CODE_VERSION"]
 
 #: Bumped when a change to the sweep would change its numbers; part of the protocol.
 SWEEP_CODE_VERSION = "1"
 
 
 def sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    """The stable hash of run protocols and task fingerprints."""
+    return stable_hash(obj)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a run is evaluated; everything that makes two results comparable.
+
+    Parameters
+    ----------
+    cv
+        Outer folds on the training split (CV estimates; ranking and selection).
+    inner_cv
+        Inner folds within each outer training fold (hyper-parameter search).
+    seed
+        Fixes every split and every seeded model.
+    scoring
+        What the inner search maximizes: one of :data:`SCORINGS`.
+    positive
+        The positive class of a binary task (``None``: the second class listed, or
+        the malignant-sounding one; see :func:`default_positive`).
+    groups
+        Keep the images of one ``group`` (patient) in one fold when the manifest has
+        groups; ``False`` ignores the column.
+    """
+
+    cv: int = 5
+    inner_cv: int = 3
+    seed: int = 0
+    scoring: str = "auc"
+    positive: str | None = None
+    groups: bool = True
+
+    def __post_init__(self) -> None:
+        for name, low in (("cv", 2), ("inner_cv", 2), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"protocol {name} = {v!r}: expected an integer >= {low}")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"protocol scoring = {self.scoring!r}: choose from {', '.join(SCORINGS)}")
+        if self.positive is not None and (not isinstance(self.positive, str) or not self.positive):
+            raise ConfigError(f"protocol positive = {self.positive!r}: expected a class name")
+        if not isinstance(self.groups, bool):
+            raise ConfigError(f"protocol groups = {self.groups!r}: expected true or false")
+
+    def replace(self, **changes: Any) -> "Protocol":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -118,9 +169,10 @@ def _canonical_keys(items: Sequence) -> list[tuple[str, str]]:
     return keys
 
 
-def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring: str,
-               positive: str | None) -> RunTask:
+def build_task(manifest: Manifest, protocol: Protocol) -> RunTask:
     """Fix the folds and the protocol of ``manifest`` (classes already selected)."""
+    cv, inner_cv, seed, scoring = protocol.cv, protocol.inner_cv, protocol.seed, protocol.scoring
+    positive = protocol.positive
     class_names = list(manifest.classes)
     if positive is not None and positive not in class_names:
         raise ValueError(f"positive class {positive!r} is not one of {class_names}")
@@ -128,13 +180,13 @@ def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring
     ids = manifest.ids
     y = np.array([class_names.index(lab) for lab in manifest.labels])
     items = list(manifest)
-    groups = [it.group for it in items]
+    groups = [it.group for it in items] if protocol.groups else [None] * len(items)
     # Folds follow the images, not the listing: rows sorted by content hash (ties by id).
     splits = Splits.build(y, [it.split for it in items], n_splits=cv, inner_splits=inner_cv, seed=seed,
                           groups=groups, classes=class_names, order=_canonical_keys(items))
     outer = splits.outer()
     inner_of = {fold: splits.inner(tr, y, class_names) for fold, tr, _ in outer}
-    protocol = {
+    record = {
         "format": 1,
         "sweep_code_version": SWEEP_CODE_VERSION,
         # Sorted by id: the same images, labels and splits listed in another order are the same task.
@@ -148,8 +200,10 @@ def build_task(manifest: Manifest, *, cv: int, inner_cv: int, seed: int, scoring
         "scoring": scoring,
         "folds": sha(sorted(zip(ids, splits.assignment())))[:16],
     }
-    return RunTask(manifest, ids, class_names, y, positive, splits, outer, inner_of, seed, protocol,
-                   sha(protocol)[:16])
+    if not protocol.groups:  # only when set, so runs made before this switch keep their hash
+        record["groups"] = False
+    return RunTask(manifest, ids, class_names, y, positive, splits, outer, inner_of, seed, record,
+                   sha(record)[:16])
 
 
 def fold_ids(task: RunTask, fold: str) -> tuple[list[str], list[str]]:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import pandas as pd
+from workbench.errors import WorkbenchError
 
 __all__ = ["DuplicateLabelError", "summarize"]
 
 
-class DuplicateLabelError(ValueError):
+class DuplicateLabelError(WorkbenchError, ValueError):
     """Two different candidates (ids) carry the same label, so a table could not tell them apart."""
 
 

@@ -36,7 +36,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["METRICS", "PER_CLASS_METRICS", "classification_metrics", "default_positive"]
+__all__ = ["METRICS", "PER_CLASS_METRICS", "SCORINGS", "classification_metrics", "default_positive"]
+
+#: What nested CV may tune hyper-parameters for.
+SCORINGS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy")
 
 #: Names of the scalar metrics every result has, in table order.
 METRICS: tuple[str, ...] = (

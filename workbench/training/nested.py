@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir
-from workbench.baselines.estimator import validation_split
-from workbench.baselines.finetune import FineTuneConfig, FineTuned, fine_tune
+from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, validation_split
 from workbench.data.manifest import Manifest
-from workbench.records import write_json_atomic
-from workbench.search.protocol import build_task, sha
+from workbench.core.io import write_json_atomic
+from workbench.evaluation.protocol import Protocol, build_task, sha
 
 __all__ = ["NestedSet", "fine_tune_nested"]
 
@@ -61,7 +60,7 @@ def fine_tune_nested(
     """
     say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
     config = config or FineTuneConfig()
-    task = build_task(manifest, cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive)
+    task = build_task(manifest, Protocol(cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive))
     items = list(manifest)
     members: dict[str, FineTuned] = {}
     for fold, train_rows, _ in task.outer:
@@ -79,33 +78,3 @@ def fine_tune_nested(
     write_json_atomic(folder / "nested.json", info)
     say(f"nested set {backbone}@{nested_id}: {', '.join(f'{f}={i}' for f, i in ids.items())}")
     return NestedSet(members["test"].backbone, nested_id, members)
-
-
-def nested_members(backbone: str, nested_id: str, root=None) -> dict[str, str]:
-    """Fold -> fine-tuned weights id of a nested set."""
-    from workbench.backbones.finetuned import find_nested
-
-    return dict(find_nested(backbone, nested_id, root)["members"])
-
-
-def expand_requests(requests: Sequence) -> tuple[list, dict]:
-    """Replace nested requests by their members' requests.
-
-    Returns the flat request list and, per nested request, ``{fold: member request}``.
-    """
-    from workbench.backbones.finetuned import is_nested_id
-    from workbench.backbones.registry import get_backbone
-    from workbench.features.extraction import FeatureRequest
-
-    flat, plan = [], {}
-    for r in requests:
-        if not is_nested_id(r.weights):
-            flat.append(r)
-            continue
-        spec = get_backbone(r.backbone)
-        members = nested_members(spec.name, r.weights)
-        plan[r] = {f: FeatureRequest(r.backbone, wid, r.taps) for f, wid in members.items()}
-        for m in plan[r].values():
-            if m not in flat:
-                flat.append(m)
-    return flat, plan

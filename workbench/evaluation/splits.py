@@ -19,13 +19,14 @@ from typing import Any, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from workbench.errors import WorkbenchError
 
 __all__ = ["FoldError", "Splits", "make_folds"]
 
 Fold = tuple[np.ndarray, np.ndarray]
 
 
-class FoldError(ValueError):
+class FoldError(WorkbenchError, ValueError):
     """The data cannot be split as asked (too few images of a class, one class only)."""
 
 

@@ -13,9 +13,27 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms import InterpolationMode
 
-from workbench.backbones.registry import DataConfig
 
-__all__ = ["Geometry", "Preprocess", "RESIZE_MODES", "INPUT_MODES"]
+@dataclass(frozen=True)
+class DataConfig:
+    """The input a set of weights expects, read from the weights' metadata.
+
+    ``resize_size / input_size`` is the eval-time crop ratio (``crop_pct``); it only
+    matters with ``resize="crop"``.
+    """
+
+    input_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    @property
+    def crop_pct(self) -> float:
+        return self.input_size / self.resize_size
+
+
+__all__ = ["DataConfig", "Geometry", "Preprocess", "RESIZE_MODES", "INPUT_MODES"]
 
 RESIZE_MODES = ("squash", "crop", "letterbox")
 INPUT_MODES = ("whole", "box")

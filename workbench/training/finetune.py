@@ -44,8 +44,9 @@ from workbench.backbones.loading import (
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.manifest import Item
-from workbench.features.preprocess import Geometry
-from workbench.records import atomic_file, environment, write_json_atomic
+from workbench.data.preprocess import Geometry
+from workbench.core.io import atomic_file, write_json_atomic
+from workbench.core.provenance import environment
 
 __all__ = [
     "FineTuneConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "fine_tune",
     "finetune_id",
     "predict_proba",
+    "validation_split",
     "FINETUNE_CODE_VERSION",
 ]
 
@@ -592,3 +594,21 @@ def fine_tune(
     say(f"fine-tuned {spec.name}@{wid}: best epoch {best_epoch} of {len(history)}; saved in {folder}")
     return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize, history,
                      best_epoch, meta, trained_now=True)
+
+
+def validation_split(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Stratified ``(train, val)`` split of ``items``; every class keeps a training image."""
+    if fraction <= 0:
+        return list(items), []
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    by_label: dict[str, list[Item]] = {}
+    for it in items:
+        by_label.setdefault(it.label, []).append(it)
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda i: i.id)
+        k = int(round(len(group) * fraction))
+        k = min(k, len(group) - 1)
+        if k > 0:
+            val_ids.update(group[j].id for j in rng.choice(len(group), size=k, replace=False))
+    return [it for it in items if it.id not in val_ids], [it for it in items if it.id in val_ids]

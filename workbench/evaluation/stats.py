@@ -211,7 +211,7 @@ def proportion_metrics(
     the numerator is positive (e.g. +LR with specificity 1 and sensitivity > 0),
     ``nan`` for 0/0 or when sensitivity or specificity is itself undefined (no
     positives or no negatives in ``y``). This differs from
-    :func:`workbench.search.metrics.classification_metrics`, which follows
+    :func:`workbench.evaluation.metrics.classification_metrics`, which follows
     scikit-learn and reports ``nan`` instead of ``inf``.
     """
     y_arr, pred_arr = _check_pair(y, pred, "y", "pred")

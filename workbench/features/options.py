@@ -1,0 +1,93 @@
+"""How features are extracted: one typed, validated object instead of loose keywords."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from workbench.data.preprocess import INPUT_MODES, RESIZE_MODES
+from workbench.errors import ConfigError
+
+__all__ = ["ExtractOptions", "PRECISIONS", "DTYPES"]
+
+#: ``auto``: bf16 autocast on a GPU, fp32 on the CPU. Part of every cache key.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Storage dtypes of the feature cache.
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Settings of one extraction pass (the same for every backbone of the pass).
+
+    Parameters
+    ----------
+    input, box_margin
+        ``"whole"`` image or ``"box"`` crop widened by ``box_margin`` on each side.
+    resize
+        ``"squash"`` (default), ``"crop"`` or ``"letterbox"``; see :class:`Geometry`.
+    image_size
+        Override every backbone's input size (e.g. 160 for quick CPU runs).
+    batch_size, num_workers
+        Loader settings; ``num_workers=None`` picks one for the device.
+    device, precision
+        ``None`` / ``"auto"`` use the GPU when there is one, with bf16 autocast and
+        channels_last; fp32 on the CPU. Precision is part of the cache key.
+    dtype
+        Storage dtype in the cache: ``"float32"`` or ``"float16"``.
+    skip_bad
+        Skip bad rows (listed in the record) instead of failing before any work.
+    """
+
+    input: str = "whole"
+    box_margin: float = 0.1
+    resize: str = "squash"
+    image_size: int | None = None
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str | None = None
+    precision: str = "auto"
+    dtype: str = "float32"
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> ConfigError:
+            return ConfigError(f"extraction option {name} = {getattr(self, name)!r}: expected {expected}")
+
+        if self.input not in INPUT_MODES:
+            raise bad("input", " or ".join(INPUT_MODES))
+        if self.resize not in RESIZE_MODES:
+            raise bad("resize", ", ".join(RESIZE_MODES))
+        if self.precision not in PRECISIONS:
+            raise bad("precision", ", ".join(PRECISIONS))
+        if self.dtype not in DTYPES:
+            raise bad("dtype", " or ".join(DTYPES))
+        if isinstance(self.box_margin, bool) or not isinstance(self.box_margin, (int, float)) \
+                or not 0 <= self.box_margin < 10:
+            raise bad("box_margin", "a number in [0, 10)")
+        for name, allow_none in (("image_size", True), ("batch_size", False), ("num_workers", True)):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                continue
+            low = 0 if name == "num_workers" else (16 if name == "image_size" else 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise bad(name, f"an integer >= {low}" + (" or none" if allow_none else ""))
+        if self.device is not None and not isinstance(self.device, str):
+            object.__setattr__(self, "device", str(self.device))  # a torch.device names itself
+        if not isinstance(self.skip_bad, bool):
+            raise bad("skip_bad", "true or false")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExtractOptions":
+        """From a mapping of field names (an experiment's ``[features]``); unknown keys refused."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown extraction options {unknown}; valid: {sorted(names)}")
+        return cls(**dict(d))
+
+    def replace(self, **changes: Any) -> "ExtractOptions":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,1 @@
+"""Fine-tuning CNNs: the training loop, its config, and nested sets (one network per outer fold)."""
