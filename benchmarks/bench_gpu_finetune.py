@@ -44,7 +44,7 @@ def main() -> int:
     from sklearn.metrics import roc_auc_score
 
     from workbench.baselines.estimator import validation_split
-    from workbench.baselines.finetune import FineTuneConfig, fine_tune, predict_proba
+    from workbench.training.finetune import FineTuneConfig, fine_tune, predict_proba
     from workbench.data.manifest import Manifest
     from workbench.features.extraction import extract
 

@@ -57,7 +57,7 @@ from threadpoolctl import threadpool_limits
 from workbench.heads.kernels import BlockKernels, kernel_subset_scores
 from workbench.heads.nested import calibrated_proba
 from workbench.heads.tuned import TunedHead
-from workbench.search.splits import make_folds
+from workbench.evaluation.splits import make_folds
 
 HERE = Path(__file__).resolve().parent
 DIMS = (4096, 4096, 2048, 2048, 2048, 4096)
