@@ -30,7 +30,7 @@ from workbench.report.figures import (  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A sweep over single blocks and one pair; every 3rd image is test (both classes)."""
-    from _sweepdata import FAST, make_task
+    from _sweepdata import FAST, make_task, sweep_args
 
     from workbench.evaluation.store import ResultStore
     from workbench.search.sweep import sweep
@@ -41,7 +41,7 @@ def run(tmp_path_factory):
     subsets = [[b] for b in fs.blocks] + [pair]
     # No inner grid search and a small forest: the figures need records, not good models.
     fast = dict(FAST, subsets=subsets, grids={"svm-rbf": {}, "rf": {"n_estimators": [10]}})
-    sweep(manifest, fs, out=out, **fast)
+    sweep(manifest, fs, out=out, **sweep_args(**fast))
     return ResultStore(out)
 
 

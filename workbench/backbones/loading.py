@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from workbench.backbones.adapt import adapt_for_task
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import RANDOM_SEED, ResolvedWeights, resolve_weights
 from workbench.errors import WorkbenchError
@@ -132,36 +133,18 @@ def load_checkpoint_strict(model: nn.Module, path: str | Path, *, backbone: str)
 class TapModel(nn.Module):
     """A backbone cut after its last requested tap, returning ``{tap: (N, D) tensor}``.
 
-    torchvision models are cut with ``create_feature_extractor`` so layers after the
-    last tap (e.g. fc8 when only fc6 is asked) are never computed; timm models go
-    through ``forward_features`` and ``forward_head(pre_logits=True)``.
+    The spec's ``tapper`` decides how (torchvision: FX graph nodes, so layers after the
+    last tap, e.g. fc8 when only fc6 is asked, are never computed; timm:
+    ``forward_head(pre_logits=True)``).
     """
 
     def __init__(self, spec: BackboneSpec, model: nn.Module, taps: Sequence[str]):
         super().__init__()
         self.taps = list(taps)
-        tap_specs = [spec.tap(t) for t in self.taps]
-        self.family = spec.family
-        if spec.family == "torchvision":
-            import warnings
-
-            from torchvision.models.feature_extraction import create_feature_extractor
-
-            with warnings.catch_warnings():
-                # It warns that train- and eval-mode graphs may differ; we only run eval.
-                warnings.simplefilter("ignore", UserWarning)
-                self.body = create_feature_extractor(
-                    model.eval(), return_nodes={t.node: t.name for t in tap_specs}
-                )
-        else:
-            self.body = model
+        self.body = spec.tapper(model, [spec.tap(t) for t in self.taps])
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.family == "torchvision":
-            out = self.body(x)
-        else:
-            emb = self.body.forward_head(self.body.forward_features(x), pre_logits=True)
-            out = {t: emb for t in self.taps}
+        out = self.body(x)
         return {t: out[t].flatten(1) for t in self.taps}
 
 
@@ -181,8 +164,6 @@ def build_finetuned(spec: BackboneSpec, path: str | Path, num_classes: int) -> n
     The file is in the timm/torchvision key names it was saved with, not the base
     weights' own format, so the backbone's ``load_state`` is not used.
     """
-    from workbench.backbones.adapt import adapt_for_task
-
     model = adapt_for_task(spec.build(), num_classes)
     load_checkpoint_strict(model, path, backbone=f"{spec.name} ({num_classes} classes)")
     return model

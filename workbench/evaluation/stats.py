@@ -46,6 +46,10 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+# The proportions proportion_metrics reports with a Wilson interval, in order: the
+# metric table's.
+from workbench.evaluation.metrics import PROPORTION_METRICS
+
 __all__ = [
     "AUCInterval",
     "BootstrapTest",
@@ -74,8 +78,6 @@ __all__ = [
 
 _NAN = float("nan")
 
-#: The proportions :func:`proportion_metrics` reports with a Wilson interval, in order.
-PROPORTION_METRICS: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
 
 @dataclass(frozen=True)

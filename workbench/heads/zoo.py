@@ -11,26 +11,29 @@ from typing import Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from workbench.errors import UnknownNameError
+
+from workbench.core.registry import Registry
+from workbench.errors import ConfigError, UnknownNameError
 
 __all__ = [
+    "HEADS",
     "HeadSpec",
     "ScaledGammaSVC",
     "UnknownHeadError",
     "get_head",
     "list_heads",
     "rbf_gamma_scale",
+    "register_head",
 ]
 
 
 class UnknownHeadError(UnknownNameError):
     """A head name that is not in the zoo."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of the message
-        return str(self.args[0])
 
 
 def rbf_gamma_scale(n_features: int, var: float) -> float:
@@ -86,20 +89,16 @@ def _svm_linear(seed: int) -> Pipeline:
 
 
 def _logreg(seed: int) -> Pipeline:
-    from sklearn.linear_model import LogisticRegression
-
     return _scaled(LogisticRegression(max_iter=5000, random_state=seed))
 
 
 def _rf(seed: int) -> Pipeline:
-    from sklearn.ensemble import RandomForestClassifier
-
     # Trees need no scaling; n_jobs=1 because the sweep parallelises over candidates.
     return Pipeline([("clf", RandomForestClassifier(n_estimators=300, n_jobs=1, random_state=seed))])
 
 
 def _xgb(seed: int) -> Pipeline:
-    from xgboost import XGBClassifier
+    from xgboost import XGBClassifier  # optional dependency: only this head needs it
 
     return Pipeline([("clf", XGBClassifier(
         n_estimators=200, learning_rate=0.1, subsample=0.8, colsample_bytree=0.5,
@@ -116,7 +115,8 @@ class HeadSpec:
     name : str
         Zoo name, e.g. ``"svm-rbf"``.
     build : callable
-        ``build(seed) -> Pipeline`` with a final step named ``clf``.
+        ``build(seed) -> Pipeline`` with a final step named ``clf``, or ``build(seed) ->
+        estimator`` (a scikit-learn classifier, then wrapped as that one step).
     grid : dict
         Default grid over the final step's parameters (names without the ``clf__``
         prefix), searched by inner cross-validation.
@@ -140,28 +140,76 @@ class HeadSpec:
     def pipeline(self, seed: int = 0, **params: Any) -> Pipeline:
         """A fresh pipeline with final-step ``params`` set."""
         pipe = self.build(seed)
+        if not isinstance(pipe, Pipeline):  # a bare estimator of register_head
+            pipe = Pipeline([("clf", pipe)])
         if params:
             pipe.set_params(**{f"clf__{k}": v for k, v in params.items()})
         return pipe
 
 
-_HEADS: dict[str, HeadSpec] = {
-    h.name: h
-    for h in (
-        HeadSpec("svm-rbf", _svm_rbf, {"C": [0.1, 1.0, 10.0, 100.0], "gamma_factor": [0.3, 1.0, 3.0]},
-                 kernel="rbf", calibrate=True, code="SVM"),
-        HeadSpec("svm-linear", _svm_linear, {"C": [0.001, 0.01, 0.1, 1.0]},
-                 kernel="linear", calibrate=True, code="SVM-L"),
-        HeadSpec("rf", _rf, {"max_features": ["sqrt", 0.05]}, code="RF"),
-        HeadSpec("xgb", _xgb, {"max_depth": [2, 4]}, code="XGB"),
-        HeadSpec("logreg", _logreg, {"C": [0.001, 0.01, 0.1, 1.0]}, code="LR"),
-    )
-}
+HEADS: Registry[HeadSpec] = Registry("head", error=UnknownHeadError)
+for _spec in (
+    HeadSpec("svm-rbf", _svm_rbf, {"C": [0.1, 1.0, 10.0, 100.0], "gamma_factor": [0.3, 1.0, 3.0]},
+             kernel="rbf", calibrate=True, code="SVM"),
+    HeadSpec("svm-linear", _svm_linear, {"C": [0.001, 0.01, 0.1, 1.0]},
+             kernel="linear", calibrate=True, code="SVM-L"),
+    HeadSpec("rf", _rf, {"max_features": ["sqrt", 0.05]}, code="RF"),
+    HeadSpec("xgb", _xgb, {"max_depth": [2, 4]}, code="XGB"),
+    HeadSpec("logreg", _logreg, {"C": [0.001, 0.01, 0.1, 1.0]}, code="LR"),
+):
+    HEADS.register(_spec.name, _spec)
+del _spec
+
+
+def register_head(head: HeadSpec | str, build: Callable[[int], Any] | None = None,
+                  grid: dict[str, list[Any]] | None = None, *, calibrate: bool | None = None, code: str = "",
+                  replace: bool = False) -> HeadSpec:
+    """Add a head to the zoo, for user code: a :class:`HeadSpec`, or a name and a builder.
+
+    Parameters
+    ----------
+    head
+        A spec, or the new head's name.
+    build
+        With a name: ``build(seed) -> estimator`` (a scikit-learn classifier) or a
+        pipeline whose last step is ``clf``.
+    grid
+        Default grid over the estimator's parameters (no ``clf__`` prefix).
+    calibrate
+        Whether probabilities come from Platt scaling of ``decision_function``;
+        default: when the estimator has no ``predict_proba``.
+    code
+        Short name for tables.
+    replace
+        Replace a head of the same name instead of refusing it.
+
+    Raises
+    ------
+    ConfigError
+        For a name without a builder, or a grid naming a parameter the estimator lacks.
+    DuplicateNameError
+        For a taken name without ``replace``.
+    """
+    if isinstance(head, HeadSpec):
+        spec = head
+    else:
+        if build is None:
+            raise ConfigError(f"register_head({head!r}): give build(seed) -> estimator")
+        est = HeadSpec(head, build).pipeline().named_steps["clf"]
+        if calibrate is None:
+            calibrate = not hasattr(est, "predict_proba")
+        spec = HeadSpec(head, build, dict(grid or {}), calibrate=calibrate, code=code)
+    valid = spec.pipeline().named_steps["clf"].get_params(deep=False)
+    bad = sorted(set(spec.grid) - set(valid))
+    if bad:
+        raise ConfigError(f"head {spec.name!r}: grid names {bad}, not parameters of its estimator "
+                          f"({', '.join(sorted(valid))})")
+    return HEADS.register(spec.name, spec, replace=replace)
 
 
 def list_heads() -> list[str]:
     """Names of the heads in the zoo."""
-    return list(_HEADS)
+    return HEADS.names()
 
 
 def get_head(name: str | HeadSpec) -> HeadSpec:
@@ -170,11 +218,8 @@ def get_head(name: str | HeadSpec) -> HeadSpec:
     Raises
     ------
     UnknownHeadError
-        Naming the known heads.
+        Naming the known heads and close matches.
     """
     if isinstance(name, HeadSpec):
         return name
-    try:
-        return _HEADS[name]
-    except KeyError:
-        raise UnknownHeadError(f"unknown head {name!r}; known heads: {', '.join(_HEADS)}") from None
+    return HEADS.get(name)

@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from workbench.evaluation.metrics import metric_label
+from workbench.evaluation.store import ResultStore
+from workbench.report.tables import _subset_code as join_codes  # the tables' rule, one copy
 
 if TYPE_CHECKING:  # matplotlib is imported where it is used, not on import of the package
     from matplotlib.figure import Figure
-
-    from workbench.evaluation.store import ResultStore
 
 __all__ = [
     "RocCurve",
@@ -166,21 +169,17 @@ class RocCurve:
 
     def roc(self) -> tuple[np.ndarray, np.ndarray, float]:
         """False-positive rates, true-positive rates and the AUC (scikit-learn)."""
-        from sklearn.metrics import roc_auc_score, roc_curve
-
         fpr, tpr, _ = roc_curve(self.y_true, self.score)
         return fpr, tpr, float(roc_auc_score(self.y_true, self.score))
 
 
-def _open_store(store: "ResultStore | str | os.PathLike") -> "ResultStore":
+def _open_store(store: ResultStore | str | os.PathLike) -> ResultStore:
     if hasattr(store, "records") and hasattr(store, "predictions"):
         return store
-    from workbench.evaluation.store import ResultStore
-
     return ResultStore(store)
 
 
-def roc_curves_from_store(store: "ResultStore | str | os.PathLike", candidates: Sequence[str],
+def roc_curves_from_store(store: ResultStore | str | os.PathLike, candidates: Sequence[str],
                           positive_index: int | None = None, fold: str = "test") -> list[RocCurve]:
     """ROC curves of ``candidates`` from their stored predictions.
 
@@ -351,12 +350,9 @@ def _metric_names(df: pd.DataFrame) -> list[str]:
 
 def _subset_code(codes: Any) -> str:
     """``[AVR]`` or ``[L0a+L0b]``: the rule of the candidate labels and the tables."""
-    from workbench.search.candidates import subset_code  # light: no torch, no sklearn
-
     if isinstance(codes, str):
         return codes if codes.startswith("[") else f"[{codes}]"
-    cs = [str(c) for c in codes]
-    return subset_code(cs, {c: c for c in cs})
+    return join_codes([str(c) for c in codes])
 
 
 def heatmap_table(records: Any, metric: str = "auc", columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -452,11 +448,6 @@ def _text_colour(rgba: Sequence[float]) -> str:
     return "black" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "white"
 
 
-_METRIC_LABELS = {"auc": "AUC", "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy",
-                  "sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV",
-                  "f1": "F1", "lr_plus": "LR+", "lr_minus": "LR−"}
-
-
 def heatmap_axes(records: Any, metric: str = "auc", title: str | None = None, *,
                  columns: Sequence[str] | None = None, vmin: float | None = None, vmax: float | None = None,
                  cmap: str = "cividis") -> "Figure":
@@ -494,7 +485,7 @@ def heatmap_axes(records: Any, metric: str = "auc", title: str | None = None, *,
         lo, hi = lo - 0.5e-3, hi + 0.5e-3
     norm = Normalize(vmin=lo, vmax=hi)
     colormap = matplotlib.colormaps[cmap].with_extremes(bad="white")
-    metric_label = _METRIC_LABELS.get(metric, metric)
+    label = metric_label(metric, capital=True)
     with matplotlib.rc_context(_rc()):
         # About a quarter inch per row and an inch per column, plus room for labels.
         width = 1.6 + 0.95 * n_cols + 1.0
@@ -525,9 +516,9 @@ def heatmap_axes(records: Any, metric: str = "auc", title: str | None = None, *,
             spine.set_visible(False)
         ax.set_xlabel("Head / ensemble")
         ax.set_ylabel("Feature subset")
-        ax.set_title(title or f"{metric_label}, mean over CV folds")
+        ax.set_title(title or f"{label}, mean over CV folds")
         cbar = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.03)
-        cbar.set_label(f"{metric_label} (CV mean)")
+        cbar.set_label(f"{label} (CV mean)")
     return fig
 
 

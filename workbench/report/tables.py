@@ -38,6 +38,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.evaluation.metrics import PER_CLASS_METRICS as _PER_CLASS, PROPORTION_METRICS
+from workbench.evaluation.metrics import higher_is_better, metric_label
+
 __all__ = [
     "Cell",
     "Table",
@@ -58,16 +61,10 @@ DAGGER = "†"
 DDAGGER = "‡"  # a degenerate model (workbench.evaluation.degenerate)
 DIGITS = 3
 
-METRIC_LABELS = {
-    "auc": "AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
-    "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV",
-    "f1": "F1", "lr_plus": "LR+", "lr_minus": "LR−",
-}
-#: Metrics where a smaller value is better; "below the baseline" then means worse than it.
-LOWER_IS_BETTER = frozenset({"lr_minus"})
 ENSEMBLE_KINDS = ("vote-hard", "vote-soft", "stack")
-#: Test-split columns of the comparison frame, in the table's order.
-COMPARISON_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv")
+#: Test-split columns of the comparison frame, in the table's order: AUC with its DeLong
+#: interval, then the proportions with theirs (labels and directions: the metric table).
+COMPARISON_METRICS = ("auc", *PROPORTION_METRICS)
 ROLE_ORDER = {"selected": 0, "top-k": 1, "baseline": 2, "best on test (optimistic)": 4}
 OPTIMISTIC_ROLE = "best on test (optimistic)"
 #: LaTeX layout, in characters per row (the widest cell of each column, summed): above
@@ -214,10 +211,6 @@ def _mark(rows: list[list[Cell]], j: int, *, ref: float | None, higher: bool = T
                              best=top is not None and i not in skip and _shown(v) == top)
 
 
-def _metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
-
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "x"
 
@@ -311,7 +304,7 @@ def _best_baseline(stats: pd.DataFrame, metric: str) -> pd.Series | None:
     b = stats[(stats["kind"] == "baseline") & stats["mean"].notna() & (stats["degenerate"] == "")]
     if b.empty:
         return None
-    higher = metric not in LOWER_IS_BETTER
+    higher = higher_is_better(metric)
     b = b.assign(_label=b.index).sort_values(["mean", "_label"], ascending=[not higher, True], kind="stable")
     return b.iloc[0]
 
@@ -319,7 +312,7 @@ def _best_baseline(stats: pd.DataFrame, metric: str) -> pd.Series | None:
 def _baseline_text(best: pd.Series | None, metric: str) -> str:
     if best is None:
         return ""
-    return (f"below the best end-to-end baseline, {best.name} (CV {_metric_label(metric)} "
+    return (f"below the best end-to-end baseline, {best.name} (CV {metric_label(metric)} "
             f"{fmt_mean_sd(best['mean'], best['sd'])}; test {fmt(best['test'])})")
 
 
@@ -364,7 +357,7 @@ def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_la
         rows.append(cells)
     rule = len(rows) if extra_rows else None
     rows.extend([list(r) for r in extra_rows])
-    higher = metric not in LOWER_IS_BETTER
+    higher = higher_is_better(metric)
     width = 2 if test else 1
     skip = list(skip_best) + list(range(len(rows) - len(extra_rows), len(rows)))
     for c in range(len(col_keys)):
@@ -373,7 +366,7 @@ def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_la
         if test:  # test values are marked against that baseline's test value, never bold
             _mark(rows, j + 1, ref=None if best is None else best["test"], higher=higher, best=False)
     optimistic = any(r[j].text.endswith("*") for r in rows for j in range(len(label_columns), len(r)))
-    label = _metric_label(metric)
+    label = metric_label(metric)
     all_notes = [f"CV: {label} mean ± sd over the {n_folds} outer CV folds of the training split"
                  + (f"; test: the {label} on the test split, shown beside it and never used to rank "
                     "or select" if test else "") + "."]
@@ -461,7 +454,7 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
         cells += [Cell("")] * ((len(heads) - 1) * (2 if test else 1))
         extra.append(cells)
     finetuned = any(variants[k][1] > 0 for k in variants)
-    title = (f"{backbone}: {_metric_label(metric)} of each head on each tap's features"
+    title = (f"{backbone}: {metric_label(metric)} of each head on each tap's features"
              + (", pretrained and fine-tuned" if finetuned else "")
              + ("; the end-to-end fine-tuned CNN" if len(bases) else ""))
     notes = []
@@ -503,7 +496,7 @@ def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: boo
     return _grid_table(st, metric, row_keys=subsets, row_labels=[[code_of[b]] for b in subsets], col_keys=heads,
                        col_names=heads, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
                        test=test, best=_best_baseline(st, metric),
-                       title=f"{_metric_label(metric)} of the heads on concatenated features",
+                       title=f"{metric_label(metric)} of the heads on concatenated features",
                        key=key or f"concatenation-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
 
 
@@ -543,7 +536,7 @@ def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = T
     return _grid_table(st, metric, row_keys=subsets, row_labels=[[code_of[b]] for b in subsets], col_keys=cols,
                        col_names=names, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
                        test=test, best=_best_baseline(st, metric),
-                       title=f"{_metric_label(metric)} of the ensembles of each subset's per-block heads",
+                       title=f"{metric_label(metric)} of the ensembles of each subset's per-block heads",
                        key=key or f"ensembles-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
 
 
@@ -567,45 +560,10 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
     it is worse than the best baseline row's value of that column; the optimistic row is
     never bold.
     """
-    if comparison is None or comparison.empty:
-        raise ValueError("empty comparison frame")
-    for c in ("candidate", "role"):
-        if c not in comparison.columns:
-            raise KeyError(f"comparison frame lacks {c!r}; expected SearchResult.comparison")
-    df = comparison.reset_index(drop=True)
-    # Role, then CV AUC (the column shown), then label: the input's row order does not matter.
-    cv_key = -df["cv_auc"].astype(float).fillna(-math.inf) if "cv_auc" in df.columns else 0.0
-    df = df.assign(_r=[ROLE_ORDER.get(r, 3) for r in df["role"]], _cv=cv_key, _c=df["candidate"].astype(str))
-    df = df.sort_values(["_r", "_cv", "_c"], kind="stable").reset_index(drop=True)
-    get = lambda r, c: r[c] if c in df.columns else float("nan")  # noqa: E731
+    df = _comparison_order(comparison)
     reason = [str(v) if isinstance(v, str) else "" for v in (df["degenerate"] if "degenerate" in df.columns
                                                                 else [""] * len(df))]
-    quantile = "threshold_quantile" in df.columns and df["threshold_quantile"].notna().any()
-
-    def threshold_cell(r) -> Cell:
-        q = get(r, "threshold_quantile")
-        text = fmt(r["threshold"]) if _nan(q) or _nan(r["threshold"]) else f"{fmt(r['threshold'])} (q {fmt(q)})"
-        return Cell(text, _num(r["threshold"]))
-
-    # (header, cell maker, marked?) per column
-    specs: list[tuple[str, Any, bool]] = [
-        ("Model", lambda r: Cell(str(r["candidate"]), degenerate=bool(reason[r.name])), False),
-        ("Role", lambda r: Cell(str(r["role"])), False),
-    ]
-    if "cv_auc" in df.columns:
-        specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd(r["cv_auc"], get(r, "cv_auc_sd")), _num(r["cv_auc"])),
-                      True))
-    metrics = [m for m in COMPARISON_METRICS if m in df.columns]
-    for m in metrics:
-        specs.append((_metric_label(m)[:1].upper() + _metric_label(m)[1:],
-                      lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),
-                      True))
-    if "threshold" in df.columns:
-        specs.append(("Threshold", threshold_cell, False))
-    for p, head in (("p_auc", "p AUC"), ("p_auc_holm", "p AUC (Holm)"), ("p_accuracy", "p accuracy"),
-                    ("p_accuracy_holm", "p accuracy (Holm)")):
-        if p in df.columns:
-            specs.append((head, lambda r, p=p: Cell(fmt_p(r[p]), _num(r[p])), False))
+    specs = _comparison_columns(df, reason)
     rows = [[make(r) for _, make, _ in specs] for _, r in df.iterrows()]
     is_base = [r == "baseline" for r in df["role"]]
     optimistic = [i for i, r in enumerate(df["role"]) if r == OPTIMISTIC_ROLE]
@@ -617,6 +575,59 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
             continue
         base_vals = [rows[i][j].value for i in ref_rows if not _nan(rows[i][j].value)]
         _mark(rows, j, ref=max(base_vals) if base_vals else None, skip=optimistic + degenerate)
+    notes = _comparison_notes(df, rows, reason, is_base, optimistic, degenerate)
+    return Table("Selected models and end-to-end baselines on the test split", [h for h, _, _ in specs], rows,
+                 notes, key, baseline="below the best baseline row of its column" if any(is_base) else "",
+                 rules=(optimistic[0],) if optimistic else ())
+
+
+def _comparison_order(comparison: pd.DataFrame) -> pd.DataFrame:
+    """The frame checked and in table order: role, then CV AUC (the column shown), then
+    label, so the input's row order does not matter."""
+    if comparison is None or comparison.empty:
+        raise ValueError("empty comparison frame")
+    for c in ("candidate", "role"):
+        if c not in comparison.columns:
+            raise KeyError(f"comparison frame lacks {c!r}; expected SearchResult.comparison")
+    df = comparison.reset_index(drop=True)
+    cv_key = -df["cv_auc"].astype(float).fillna(-math.inf) if "cv_auc" in df.columns else 0.0
+    df = df.assign(_r=[ROLE_ORDER.get(r, 3) for r in df["role"]], _cv=cv_key, _c=df["candidate"].astype(str))
+    return df.sort_values(["_r", "_cv", "_c"], kind="stable").reset_index(drop=True)
+
+
+def _comparison_columns(df: pd.DataFrame, reason: list[str]) -> list[tuple[str, Any, bool]]:
+    """``(header, cell maker, marked?)`` per column the frame has data for."""
+    get = lambda r, c: r[c] if c in df.columns else float("nan")  # noqa: E731
+
+    def threshold_cell(r) -> Cell:
+        q = get(r, "threshold_quantile")
+        text = fmt(r["threshold"]) if _nan(q) or _nan(r["threshold"]) else f"{fmt(r['threshold'])} (q {fmt(q)})"
+        return Cell(text, _num(r["threshold"]))
+
+    specs: list[tuple[str, Any, bool]] = [
+        ("Model", lambda r: Cell(str(r["candidate"]), degenerate=bool(reason[r.name])), False),
+        ("Role", lambda r: Cell(str(r["role"])), False),
+    ]
+    if "cv_auc" in df.columns:
+        specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd(r["cv_auc"], get(r, "cv_auc_sd")), _num(r["cv_auc"])),
+                      True))
+    for m in [m for m in COMPARISON_METRICS if m in df.columns]:
+        specs.append((metric_label(m, capital=True),
+                      lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),
+                      True))
+    if "threshold" in df.columns:
+        specs.append(("Threshold", threshold_cell, False))
+    for p, head in (("p_auc", "p AUC"), ("p_auc_holm", "p AUC (Holm)"), ("p_accuracy", "p accuracy"),
+                    ("p_accuracy_holm", "p accuracy (Holm)")):
+        if p in df.columns:
+            specs.append((head, lambda r, p=p: Cell(fmt_p(r[p]), _num(r[p])), False))
+    return specs
+
+
+def _comparison_notes(df: pd.DataFrame, rows: list[list[Cell]], reason: list[str], is_base: list[bool],
+                      optimistic: list[int], degenerate: list[int]) -> list[str]:
+    """What the comparison's columns, marks and rows mean, for the rows it has."""
+    quantile = "threshold_quantile" in df.columns and df["threshold_quantile"].notna().any()
     notes = []
     if "cv_auc" in df.columns:
         notes.append("CV AUC: mean ± sd over the outer CV folds of the training split, the selection criterion.")
@@ -653,12 +664,12 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
                      "are optimistic and it is not a selection.")
     if not any(is_base):
         notes.append("No baseline row: nothing is marked below baseline.")
-    return Table("Selected models and end-to-end baselines on the test split", [h for h, _, _ in specs], rows,
-                 notes, key, baseline="below the best baseline row of its column" if any(is_base) else "",
-                 rules=(optimistic[0],) if optimistic else ())
+    return notes
 
 
-PER_CLASS_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "auc")
+#: Columns of the per-class table: the per-class metrics but the likelihood ratios
+#: (unbounded, and undefined on most small test classes).
+PER_CLASS_METRICS = tuple(m for m in _PER_CLASS if m not in ("lr_plus", "lr_minus"))
 
 
 def per_class_table(records: pd.DataFrame, candidates: Sequence[str], classes: Sequence[str], *,
@@ -669,7 +680,7 @@ def per_class_table(records: pd.DataFrame, candidates: Sequence[str], classes: S
     given): a row per class, then ``macro``. Values come from the models' test records.
     """
     test = records[records["fold"] == "test"].set_index("candidate")
-    columns = ["Model", "Class", *[_metric_label(m) for m in PER_CLASS_METRICS]]
+    columns = ["Model", "Class", *[metric_label(m) for m in PER_CLASS_METRICS]]
     rows: list[list[Cell]] = []
     rules = []
     for i, cand in enumerate(candidates):

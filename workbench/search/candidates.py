@@ -1,62 +1,49 @@
 """What a sweep evaluates: feature subsets crossed with heads, and vote ensembles.
 
 Blocks get short codes for tables, the way the study wrote ``[AVR]`` for
-AlexNet + VGG + ResNet; a legend maps every code back to ``backbone:tap``.
+AlexNet + VGG + ResNet (each backbone's ``code`` in its spec); a legend maps every
+code back to ``backbone:tap``.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass
-import json
 from typing import Any, Iterable, Sequence
+
+from workbench.backbones.registry import backbone_code
+from workbench.errors import ConfigError
 
 __all__ = ["Candidate", "block_codes", "enumerate_subsets", "grid_suffix", "subset_code"]
 
-# Longest prefix first: "vgg" must not swallow nothing, "resnet" before "res".
-_CODE_PREFIXES = (
-    ("tf_efficientnet_lite", "L"),
-    ("efficientnet", "E"),
-    ("inception", "I"),
-    ("alexnet", "A"),
-    ("overfeat", "O"),
-    ("densenet", "D"),
-    ("mobilenet", "M"),
-    ("shufflenet", "S"),
-    ("resnet", "R"),
-    ("vgg", "V"),
-    ("convnext", "C"),
-    ("vit", "T"),
-)
-
 
 def _base_code(name: str) -> str:
-    backbone = name.split(":")[0].split("@")[0].removeprefix("timm/").lower()
-    for prefix, code in _CODE_PREFIXES:
-        if backbone.startswith(prefix):
-            return code
-    return backbone[:1].upper() or "X"
+    """The table code of a block's backbone (``resnet50@ft-1a2b:avgpool`` -> ``R``): its
+    spec's code, or the family rule for a backbone that is not registered."""
+    return backbone_code(name.split(":")[0].split("@")[0])
 
 
 def block_codes(names: Sequence[str], given: dict[str, str] | None = None) -> dict[str, str]:
     """Short, unique codes for block names.
 
-    One letter per backbone family (A, V, R, I, L for EfficientNet-Lite ...); where two
+    The backbone's table code (A, V, R, I, L for EfficientNet-Lite ...: the spec's
+    ``code``, :func:`workbench.backbones.registry.backbone_code`); where two
     blocks share a letter they get the backbone's trailing digits, then the tap's
     (``L0``, ``L1``; ``A6``, ``A7`` for AlexNet fc6/fc7), then a running number. Codes in
     ``given`` win.
 
     Raises
     ------
-    ValueError
+    ConfigError
         If ``given`` names a block that is not in ``names`` or repeats a code.
     """
     given = dict(given or {})
     unknown = sorted(set(given) - set(names))
     if unknown:
-        raise ValueError(f"codes given for unknown blocks {unknown}; blocks: {list(names)}")
+        raise ConfigError(f"codes given for unknown blocks {unknown}; blocks: {list(names)}")
     if len(set(given.values())) != len(given):
-        raise ValueError(f"repeated codes in {given}")
+        raise ConfigError(f"repeated codes in {given}")
     codes = {n: _base_code(n) for n in names if n not in given}
     for _ in range(3):
         by_code: dict[str, list[str]] = {}
@@ -114,24 +101,24 @@ def enumerate_subsets(
 
     Raises
     ------
-    ValueError
+    ConfigError
         For an unknown block, an empty or duplicate subset, or sizes out of range.
     """
     names = list(names)
     if not names:
-        raise ValueError("no feature blocks to combine")
+        raise ConfigError("no feature blocks to combine")
     if isinstance(subsets, str):
         if subsets == "all":
             k1, k2 = 1, len(names)
         elif subsets == "single":
             k1 = k2 = 1
         else:
-            raise ValueError(f"subsets must be 'all', 'single', (k1, k2) or a list, not {subsets!r}")
+            raise ConfigError(f"subsets must be 'all', 'single', (k1, k2) or a list, not {subsets!r}")
         subsets = (k1, k2)
     if isinstance(subsets, tuple) and len(subsets) == 2 and all(isinstance(k, int) for k in subsets):
         k1, k2 = subsets
         if not 1 <= k1 <= k2 <= len(names):
-            raise ValueError(f"subset sizes {k1}..{k2} out of range 1..{len(names)}")
+            raise ConfigError(f"subset sizes {k1}..{k2} out of range 1..{len(names)}")
         return [c for k in range(k1, k2 + 1) for c in itertools.combinations(names, k)]
     out: list[tuple[str, ...]] = []
     order = {n: i for i, n in enumerate(names)}
@@ -141,12 +128,12 @@ def enumerate_subsets(
         s = list(s)
         unknown = [b for b in s if b not in order]
         if unknown:
-            raise ValueError(f"subset {s} names unknown blocks {unknown}; blocks: {names}")
+            raise ConfigError(f"subset {s} names unknown blocks {unknown}; blocks: {names}")
         if not s or len(set(s)) != len(s):
-            raise ValueError(f"subset {s} is empty or repeats a block")
+            raise ConfigError(f"subset {s} is empty or repeats a block")
         t = tuple(sorted(s, key=order.__getitem__))
         if t in out:
-            raise ValueError(f"subset {list(t)} is listed twice")
+            raise ConfigError(f"subset {list(t)} is listed twice")
         out.append(t)
     return out
 
