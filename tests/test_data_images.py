@@ -441,3 +441,44 @@ def test_busi_image_decodes_as_gray():
     check_tensor(t, h, w)
     check_gray(t)
     assert float(t.max()) > 0.5  # a real frame, not black
+
+
+# ---- Box: the one box type -------------------------------------------------------------
+
+
+def test_box_behaves_like_the_plain_tuple_it_replaces():
+    import json
+    import pickle
+
+    from workbench.data.boxes import Box
+
+    b = Box(1, 2, 5, 9)
+    assert b == (1, 2, 5, 9) and hash(b) == hash((1, 2, 5, 9)) and tuple(b) == (1, 2, 5, 9)
+    assert str(b) == f"{b}" == "(1, 2, 5, 9)" and str(tuple(b)) == "(1, 2, 5, 9)"
+    assert json.dumps(b) == "[1, 2, 5, 9]" and pickle.loads(pickle.dumps(b)) == b
+    assert (b.width, b.height) == (4, 7) and b.contains(1, 2) and not b.contains(5, 2)
+
+
+def test_box_parsing_checking_widening_clipping():
+    from workbench.data.boxes import Box, BoxError, BoxValueError
+    from workbench.errors import ConfigError, WorkbenchError
+
+    cells = dict(zip(("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"), ("1.0", "2", "3", "4")))
+    assert Box.from_cells(cells) == (1, 2, 3, 4)
+    assert Box.from_cells({}) is None
+    with pytest.raises(BoxValueError, match=r"empty bounding box \(3, 2, 3, 4\)"):
+        Box.from_cells({**cells, "bbox_x0": "3"})
+    assert Box.inside((0, 0, 10, 10), 10, 10) == (0, 0, 10, 10)
+    with pytest.raises(BoxError, match="partly outside") as info:
+        Box.inside((0, 0, 11, 10), 10, 10)
+    assert isinstance(info.value, WorkbenchError) and isinstance(info.value, ValueError)
+    # Widening rounds outwards (0.15 * 20 is 3.0000000000000004: still 3 px) and clips.
+    assert Box(10, 10, 30, 30).widen(0.15, 40, 40) == (7, 7, 33, 33)
+    assert Box(0, 0, 10, 10).widen(0.5, 12, 12) == (0, 0, 12, 12)
+    assert Box(5, 7, 19, 30).squared(40, 40) == (1, 7, 24, 30)
+    assert Box(-3, 2, 50, 9).clip(40, 30) == (0, 2, 40, 9)
+    assert Box(50, 50, 60, 60).clip(40, 40).is_empty
+    with pytest.raises(ConfigError, match="margin"):
+        Box(1, 1, 5, 5).widen(float("nan"), 10, 10)
+    with pytest.raises(BoxValueError, match=r"empty box \(5, 5, 5, 9\)"):
+        Box.of((5, 5, 5, 9))

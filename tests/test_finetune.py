@@ -8,6 +8,7 @@ per fine-tune on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,9 @@ from workbench.training.finetune import validation_split
 from workbench.training.finetune import CHECKPOINT_FORMAT, FineTuneConfig, fine_tune, finetune_id, predict_proba
 from workbench.baselines.run import run_baselines
 from workbench.data.manifest import Manifest
+from workbench.evaluation.protocol import Protocol
+from workbench.features.options import ExtractOptions
+from workbench.search.options import SweepOptions
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +112,7 @@ fine_tune(LITE, train, val, CLASSES, FAST, root=sys.argv[1], progress=False, on_
 """
 
 
-def test_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path):
+def test_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path, caplog):
     train, val = _train_val(busi_slice)
     whole = fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path / "whole", progress=False)
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), csv=str(BUSI / "labels.csv"),
@@ -118,8 +122,9 @@ def test_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path):
     assert proc.returncode == -9, proc.stderr[-2000:]
     folder = tmp_path / "killed" / LITE / whole.weights_id
     assert (folder / "checkpoint.pt").is_file() and not (folder / "weights.pth").exists()
-    logs: list[str] = []
-    resumed = fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path / "killed", progress=False, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="workbench"):
+        resumed = fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path / "killed", progress=False)
+    logs = [r.getMessage() for r in caplog.records]
     assert any("resuming" in s and "after epoch 2" in s for s in logs), logs
     def numbers(history):  # everything but the timings
         return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
@@ -155,9 +160,11 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
     ft = fine_tune(LITE, train, val, CLASSES, FAST.replace(epochs=1), progress=False)
     assert list_finetuned(LITE) == [ft.weights_id]
     block = f"{LITE}@{ft.weights_id}:avgpool"
-    fs = extract(busi_slice, [block], cache=tmp_path / "cache", image_size=96, progress=False)
+    fs = extract(busi_slice, [block], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
+                 progress=False)
     assert fs.record["computed_rows"] == {block: len(busi_slice)}
-    fs2 = extract(busi_slice, [block], cache=tmp_path / "cache", image_size=96, progress=False)
+    fs2 = extract(busi_slice, [block], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
+                 progress=False)
     assert fs2.record["computed_rows"] == {block: 0}
     np.testing.assert_array_equal(fs[block], fs2[block])
     # The cached features are the fine-tuned network's own pre-logits.
@@ -170,13 +177,14 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
         emb = ft.model.forward_head(ft.model.forward_features(x), pre_logits=True).numpy()
     np.testing.assert_allclose(fs[block][:4], emb, rtol=1e-4, atol=1e-4)
     # Base features differ: the id reaches the cache key.
-    base = extract(busi_slice, [f"{LITE}:avgpool"], cache=tmp_path / "cache", image_size=96, progress=False)
+    base = extract(busi_slice, [f"{LITE}:avgpool"], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
+                 progress=False)
     assert not np.allclose(base[f"{LITE}:avgpool"], fs[block])
 
     # Sweep: CV records on features of a network fine-tuned on the whole training split are
     # optimistic; its test records are not.
-    df = sweep(busi_slice, fs, out=tmp_path / "run", heads=["logreg"], cv=2, inner_cv=2,
-               grids={"logreg": {}}, ensembles=False, progress=False)
+    df = sweep(busi_slice, fs, out=tmp_path / "run", protocol=Protocol(cv=2, inner_cv=2),
+               options=SweepOptions(heads=("logreg",), grids={"logreg": {}}, ensembles=False), progress=False)
     cv = df[df.fold != "test"]
     assert len(cv) == 2 and cv["optimistic"].eq(True).all()
     assert df.loc[df.fold == "test", "optimistic"].isna().all()
@@ -187,9 +195,11 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
     test_items = [it for it in busi_slice if it.split == "test"]
     leaky = fine_tune(LITE, train + test_items[:2], val, CLASSES, FAST.replace(epochs=1), progress=False)
     lblock = f"{LITE}@{leaky.weights_id}:avgpool"
-    fsl = extract(busi_slice, [lblock], cache=tmp_path / "cache", image_size=96, progress=False)
+    fsl = extract(busi_slice, [lblock], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
+                 progress=False)
     with pytest.raises(SweepInputError, match="test images"):
-        sweep(busi_slice, fsl, out=tmp_path / "leaky", heads=["logreg"], cv=2, inner_cv=2, progress=False)
+        sweep(busi_slice, fsl, out=tmp_path / "leaky", protocol=Protocol(cv=2, inner_cv=2),
+              options=SweepOptions(heads=("logreg",)), progress=False)
     assert not (tmp_path / "leaky" / "records.jsonl").exists()
 
     with pytest.raises(FineTunedNotFoundError, match=ft.weights_id):
@@ -228,19 +238,21 @@ def test_grid_is_chosen_by_cv_on_the_training_ids_only(busi_slice, tmp_path):
 
 def test_baseline_records_rank_beside_a_classical_heads(busi_slice, tmp_path, monkeypatch):
     from workbench.features.extraction import extract
+    from workbench.evaluation.store import ResultStore
     from workbench.evaluation.summary import summarize
     from workbench.search.sweep import sweep
 
     monkeypatch.setenv("WORKBENCH_FINETUNED", str(tmp_path / "ft"))
-    kw = dict(cv=2, inner_cv=2, seed=0)
-    fs = extract(busi_slice, [f"{LITE}:avgpool"], cache=tmp_path / "cache", image_size=96, progress=False)
-    sweep(busi_slice, fs, out=tmp_path / "run", heads=["logreg"], grids={"logreg": {}}, ensembles=False,
-          progress=False, **kw)
+    kw = dict(protocol=Protocol(cv=2, inner_cv=2, seed=0))
+    fs = extract(busi_slice, [f"{LITE}:avgpool"], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
+                 progress=False)
+    sweep(busi_slice, fs, out=tmp_path / "run", options=SweepOptions(heads=("logreg",), grids={"logreg": {}},
+                                                                     ensembles=False), progress=False, **kw)
     df = run_baselines(busi_slice, ["lite0"], tmp_path / "run", overrides={"epochs": 1, "image_size": 64},
                        progress=False, **kw)
     assert sorted(df.fold) == ["0", "1", "test"] and (df.kind == "baseline").all()
     assert df.weights_id.str.startswith("ft-").all() and df.weights_id.nunique() == 3
-    ranked = summarize(__import__("workbench").search.store.ResultStore(tmp_path / "run").frame(), "auc")
+    ranked = summarize(ResultStore(tmp_path / "run").frame(), "auc")
     assert set(ranked.kind) == {"head", "baseline"} and "CNN lite0" in set(ranked.candidate)
     # Rerun: nothing is trained again.
     again = run_baselines(busi_slice, ["lite0"], tmp_path / "run", overrides={"epochs": 1, "image_size": 64},
@@ -250,11 +262,11 @@ def test_baseline_records_rank_beside_a_classical_heads(busi_slice, tmp_path, mo
     from workbench.evaluation.store import RunMismatchError
 
     with pytest.raises(RunMismatchError):
-        run_baselines(busi_slice, ["lite0"], tmp_path / "run", cv=3, inner_cv=2, progress=False,
-                      overrides={"epochs": 1})
+        run_baselines(busi_slice, ["lite0"], tmp_path / "run", protocol=Protocol(cv=3, inner_cv=2),
+                      progress=False, overrides={"epochs": 1})
 
 
-def test_cut_remain_adds_masked_copies_and_counts_boxless_images(busi_slice, tmp_path):
+def test_cut_remain_adds_masked_copies_and_counts_boxless_images(busi_slice, tmp_path, caplog):
     m = Manifest.load(BUSI / "labels.csv")  # three classes: normal images have no box
     train = [it for it in m if it.split == "train"]
     keep = [it.id for c in m.classes for it in [t for t in train if t.label == c][:8]]
@@ -262,9 +274,10 @@ def test_cut_remain_adds_masked_copies_and_counts_boxless_images(busi_slice, tmp
     classes = m.classes
     n_box = sum(it.box is not None for it in m3)
     assert 0 < n_box < len(m3)
-    logs: list[str] = []
-    ft = fine_tune(LITE, list(m3), [], classes, FAST.replace(epochs=1, image_size=64, cut_remain=True),
-                   root=tmp_path, progress=False, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="workbench"):
+        ft = fine_tune(LITE, list(m3), [], classes, FAST.replace(epochs=1, image_size=64, cut_remain=True),
+                       root=tmp_path, progress=False)
+    logs = [r.getMessage() for r in caplog.records]
     assert ft.history[0]["rows"] == len(m3) + n_box
     assert ft.history[0]["masked_rows"] == n_box
     assert any(f"{len(m3) - n_box} of {len(m3)} training images have no box" in s for s in logs), logs

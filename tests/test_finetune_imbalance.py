@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -52,6 +53,31 @@ def imbalanced(tmp_path_factory) -> tuple[list[Item], list[Item]]:
     val = [it for it in items if it.label == "benign"][:3] + [it for it in items if it.label == "malignant"][:10]
     ids = {it.id for it in val}
     return [it for it in items if it.id not in ids], val
+
+
+def test_config_imports_no_torch_and_matches_the_freeze_modes():
+    """The CLI parser reads FineTuneConfig's defaults: its module must not pull in torch."""
+    import subprocess
+    import sys
+
+    from workbench.backbones.adapt import FREEZE_MODES
+    from workbench.training import config
+
+    assert config.FREEZE_MODES == FREEZE_MODES
+    assert ft_mod.FineTuneConfig is config.FineTuneConfig
+    code = ("import sys, workbench.training.config; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bad_settings_are_config_errors_naming_the_value():
+    from workbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown fine-tune settings.*lerning_rate"):
+        FineTuneConfig.from_dict({"lerning_rate": 0.1})
+    with pytest.raises(ConfigError, match="freeze must be"):
+        FineTuneConfig(freeze="all")
 
 
 def test_class_weight_setting_defaults_to_balanced_and_reads_old_spellings():
@@ -106,13 +132,15 @@ def test_balanced_data_needs_no_weights():
     np.testing.assert_allclose(ft_mod._class_weights(np.array([0, 1, 1, 1]), CLASSES, "balanced"), [2.0, 2 / 3])
 
 
-def test_small_validation_split_is_warned_about_with_its_counts(imbalanced, tmp_path):
+def test_small_validation_split_is_warned_about_with_its_counts(imbalanced, tmp_path, caplog):
     train, val = imbalanced
-    logs: list[str] = []
-    with pytest.warns(SmallValidationWarning, match=r"fewer than 5 images of 'benign' \(3\)") as rec:
+    with caplog.at_level(logging.INFO, logger="workbench"), \
+            pytest.warns(SmallValidationWarning, match=r"fewer than 5 images of 'benign' \(3\)") as rec:
         fine_tune(TINY, train, val, CLASSES, CFG.replace(epochs=1), weights="random", root=tmp_path,
-                  progress=False, device="cpu", log=logs.append)
+                  progress=False, device="cpu")
     assert "'malignant': 10" in str(rec[0].message)
+    assert rec[0].filename == __file__  # reported at the caller of fine_tune
+    logs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("warning" in s and "'benign' (3)" in s for s in logs), logs
     # Enough of each class: no warning.
     benign_train = [it for it in train if it.label == "benign"]

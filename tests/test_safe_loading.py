@@ -10,6 +10,7 @@ import ast
 import csv
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -122,7 +123,7 @@ class _Stop(Exception):
     pass
 
 
-def test_resume_is_exact_with_data_only_checkpoints(items, tmp_path):
+def test_resume_is_exact_with_data_only_checkpoints(items, tmp_path, caplog):
     train, val = items
     config = CFG.replace(augment=True)  # draws from the random states the checkpoint must restore
     whole = _fine_tune(train, val, tmp_path / "whole", config)
@@ -147,8 +148,9 @@ def test_resume_is_exact_with_data_only_checkpoints(items, tmp_path):
     import random
 
     random.seed(12345)
-    logs: list[str] = []
-    resumed = _fine_tune(train, val, tmp_path / "killed", config, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="workbench"):
+        resumed = _fine_tune(train, val, tmp_path / "killed", config)
+    logs = [r.getMessage() for r in caplog.records]
     assert any("resuming" in s and "after epoch 2" in s for s in logs), logs
 
     def numbers(history):

@@ -14,9 +14,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba, validation_split
 from workbench.data.manifest import Item, Manifest
+from workbench.errors import ConfigError
+from workbench.evaluation.protocol import Protocol
+from workbench.evaluation.splits import make_folds
 from workbench.heads.nested import InnerSearch, grid_points, inner_search
+from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, predict_proba, validation_split
 
 __all__ = ["CNNClassifier"]
 
@@ -75,7 +78,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def _items(self, X) -> list[Item]:
         if self.manifest is None:
-            raise ValueError("CNNClassifier needs the manifest that holds the images (manifest=...)")
+            raise ConfigError("CNNClassifier needs the manifest that holds the images (manifest=...)")
         ids = self._ids(X)
         return list(self.manifest.subset(ids))
 
@@ -86,16 +89,15 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if arr.ndim == 2 and arr.shape[1] == 1:
             arr = arr[:, 0]
         if arr.ndim != 1:
-            raise ValueError(f"CNNClassifier: X holds image ids of the manifest (a 1-D array or one "
+            raise ConfigError(f"CNNClassifier: X holds image ids of the manifest (a 1-D array or one "
                              f"column of them), got an array of shape {arr.shape}")
         if len(arr) == 0:
-            raise ValueError("CNNClassifier: X holds 0 sample(s) (image ids); a minimum of 1 is required")
+            raise ConfigError("CNNClassifier: X holds 0 sample(s) (image ids); a minimum of 1 is required")
         return [str(i) for i in arr]
 
     def _fine_tune(self, train, val, config, context) -> FineTuned:
         return fine_tune(self.backbone, train, val, self.classes_, config, weights=self.weights, root=self.root,
-                         device=self.device, context=context, progress=self.progress,
-                         log=None if self.progress else (lambda s: None))
+                         device=self.device, context=context, progress=self.progress)
 
     # -- estimator contract ----------------------------------------------------------
     def fit(self, X, y=None) -> "CNNClassifier":
@@ -105,14 +107,14 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             y = column_or_1d(y, warn=True)  # a column vector warns; 2-D targets raise
             check_classification_targets(y)  # continuous targets raise
             if len(y) != len(items):
-                raise ValueError(f"CNNClassifier: {len(items)} ids in X but {len(y)} labels in y")
+                raise ConfigError(f"CNNClassifier: {len(items)} ids in X but {len(y)} labels in y")
             y = [str(v) for v in y]
             bad = [(it.id, it.label, v) for it, v in zip(items, y) if it.label != v]
             if bad:
-                raise ValueError(f"labels disagree with the manifest, e.g. (id, manifest, given) {bad[:3]}")
+                raise ConfigError(f"labels disagree with the manifest, e.g. (id, manifest, given) {bad[:3]}")
         present = {it.label for it in items}
         if len(present) < 2:
-            raise ValueError(f"the training ids hold a single class {sorted(present)}")
+            raise ConfigError(f"the training ids hold a single class {sorted(present)}")
         self.classes_ = np.array(self.manifest.classes)
         self.n_features_in_ = 1  # one column: the image id
         config = self._config()
@@ -129,11 +131,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _tune(self, items: list[Item], config: FineTuneConfig, context: dict) -> InnerSearch:
-        from workbench.evaluation.splits import make_folds
-
+        # The grid search's own protocol: tune_cv folds of the training ids, seeded by the
+        # fine-tuning seed, scored by AUC (checked here: tune_cv must be an integer >= 2).
+        protocol = Protocol(cv=self.tune_cv, seed=config.seed, scoring="auc")
         classes = list(self.classes_)
         y = np.array([classes.index(it.label) for it in items])
-        folds = make_folds(y, self.tune_cv, config.seed)
+        folds = make_folds(y, protocol.cv, protocol.seed)
 
         def score_fold(params, i, tr, va):
             cfg = config.replace(**params, patience=0)
@@ -141,7 +144,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             return predict_proba(ft.model, [items[j] for j in va], classes, ft.geometry, ft.data_config,
                                  device=self.device)
 
-        return inner_search(score_fold, self.grid, y, folds, len(classes), scoring="auc")
+        return inner_search(score_fold, self.grid, y, folds, len(classes), scoring=protocol.scoring)
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax probabilities, columns in ``classes_`` order."""

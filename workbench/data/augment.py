@@ -24,19 +24,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import Literal, TypedDict
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from workbench.data.boxes import Box, BoxError
 from workbench.data.images import decode_image, image_size
 from workbench.data.manifest import Item
-from workbench.errors import WorkbenchError
-
-if TYPE_CHECKING:  # the import pulls in the backbone registry; done lazily at runtime
-    from workbench.data.preprocess import Geometry
+from workbench.data.preprocess import Geometry
+from workbench.errors import ConfigError
 
 __all__ = [
     "BOX_MODES",
@@ -51,7 +50,6 @@ __all__ = [
     "remain_box",
 ]
 
-Box = tuple[int, int, int, int]
 BoxMode = Literal["tight", "square", "margin"]
 
 #: How :func:`remain_box` turns an annotated box into the region kept by Cut&Remain.
@@ -59,94 +57,6 @@ BOX_MODES: tuple[str, ...] = ("tight", "square", "margin")
 
 
 # ---- Cut&Remain --------------------------------------------------------------------
-
-
-class BoxError(WorkbenchError, ValueError):
-    """A bounding box cannot be used on its image (empty, or not inside it).
-
-    Attributes
-    ----------
-    box : tuple
-        The box as given, (x0, y0, x1, y1), x1/y1 exclusive.
-    width, height : int
-        The image size the box was checked against.
-    reason : str
-        What is wrong, e.g. ``"lies partly outside the image"``.
-    item_id : str or None
-        The manifest item, when the box came from one (set by the dataset).
-    others : tuple of BoxError
-        Further bad boxes found in the same check (``other_ids`` names their items),
-        so a data set is fixed in one pass; each has a line in ``str(error)``.
-    """
-
-    def __init__(
-        self,
-        box: Sequence[float],
-        width: int,
-        height: int,
-        reason: str,
-        *,
-        item_id: str | None = None,
-        others: Sequence[BoxError] = (),
-    ) -> None:
-        self.box = tuple(box)
-        self.width, self.height = int(width), int(height)
-        self.reason = reason
-        self.item_id = item_id
-        self.others = tuple(others)
-        super().__init__(self._format())
-
-    @property
-    def other_ids(self) -> tuple[str | None, ...]:
-        return tuple(o.item_id for o in self.others)
-
-    def _describe(self) -> str:
-        where = f"item {self.item_id}: " if self.item_id is not None else ""
-        return f"{where}box {self.box} {self.reason} ({self.width}x{self.height} image)"
-
-    def _format(self) -> str:
-        lines = [self._describe()]
-        if self.others:
-            lines.append(f"{len(self.others)} more item(s) with a bad box:")
-            lines += [f"  {o._describe()}" for o in self.others]
-        return "\n".join(lines)
-
-    def with_item(self, item_id: str | None, others: Sequence[BoxError] = ()) -> BoxError:
-        """The same error, naming the manifest item it came from (and further ones)."""
-        return BoxError(self.box, self.width, self.height, self.reason, item_id=item_id, others=others)
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return (_rebuild_box_error, (self.box, self.width, self.height, self.reason, self.item_id, self.others))
-
-
-def _rebuild_box_error(box, width, height, reason, item_id, others):
-    return BoxError(box, width, height, reason, item_id=item_id, others=others)
-
-
-def _check_box(box: Sequence[float], width: int, height: int) -> Box:
-    """Integer box wholly inside a width x height image, or :class:`BoxError`."""
-    try:
-        values = tuple(box)
-    except TypeError:
-        raise BoxError((box,), width, height, "is not a sequence of 4 numbers") from None
-    if len(values) != 4:
-        raise BoxError(values, width, height, "must have 4 values (x0, y0, x1, y1)")
-    try:
-        floats = [float(v) for v in values]  # also numpy / torch scalars
-    except (TypeError, ValueError):
-        floats = [math.nan]
-    if not all(math.isfinite(v) and v == int(v) for v in floats):
-        raise BoxError(values, width, height, "must hold integer pixel coordinates")
-    x0, y0, x1, y1 = (int(v) for v in floats)
-    if x1 <= x0 or y1 <= y0:
-        raise BoxError(values, width, height, "is empty: need x1 > x0 and y1 > y0")
-    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise BoxError(values, width, height, "lies wholly outside the image")
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        # Not clipped silently: a box that overhangs its image means the annotation
-        # belongs to another file or another resolution, which clipping would hide.
-        raise BoxError(values, width, height, "lies partly outside the image")
-    return x0, y0, x1, y1
 
 
 def remain_box(
@@ -191,31 +101,17 @@ def remain_box(
     ------
     BoxError
         If the box is empty or not wholly inside the image (naming box and size).
-    ValueError
+    ConfigError
         For an unknown ``mode`` or a negative / non-finite ``margin``.
     """
     if mode not in BOX_MODES:
-        raise ValueError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
-    x0, y0, x1, y1 = _check_box(box, width, height)
+        raise ConfigError(f"box mode must be one of {BOX_MODES}, got {mode!r}")
+    checked = Box.inside(box, width, height)
     if mode == "tight":
-        return x0, y0, x1, y1
+        return checked
     if mode == "square":
-        bw, bh = x1 - x0, y1 - y0
-        side = max(bw, bh)
-        ex, ey = side - bw, side - bh
-        x0, x1 = x0 - ex // 2, x1 + (ex - ex // 2)
-        y0, y1 = y0 - ey // 2, y1 + (ey - ey // 2)
-        return max(0, x0), max(0, y0), min(width, x1), min(height, y1)
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    eps = 1e-6  # so that 0.15 * 20 = 3.0000000000000004 does not round out a pixel
-    return (
-        max(0, math.floor(x0 - mx + eps)),
-        max(0, math.floor(y0 - my + eps)),
-        min(width, math.ceil(x1 + mx - eps)),
-        min(height, math.ceil(y1 + my - eps)),
-    )
+        return checked.squared(width, height)
+    return checked.widen(margin, width, height)
 
 
 def cut_and_remain(
@@ -332,15 +228,15 @@ class StudyAugment(torch.nn.Module):
     ) -> None:
         super().__init__()
         if not (math.isfinite(degrees) and degrees >= 0):
-            raise ValueError(f"degrees must be a finite number >= 0, got {degrees}")
+            raise ConfigError(f"degrees must be a finite number >= 0, got {degrees}")
         if not 0.0 <= flip_p <= 1.0:
-            raise ValueError(f"flip_p must be within [0, 1], got {flip_p}")
+            raise ConfigError(f"flip_p must be within [0, 1], got {flip_p}")
         lo, hi = (float(s) for s in scale)
         if not (0 < lo <= hi and math.isfinite(hi)):
-            raise ValueError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
+            raise ConfigError(f"scale must be (low, high) with 0 < low <= high, got {scale}")
         tx, ty = (float(t) for t in translate)
         if not (0 <= tx <= 1 and 0 <= ty <= 1):
-            raise ValueError(f"translate fractions must be within [0, 1], got {translate}")
+            raise ConfigError(f"translate fractions must be within [0, 1], got {translate}")
         self.degrees = float(degrees)
         self.flip_p = float(flip_p)
         self.scale = (lo, hi)
@@ -500,7 +396,7 @@ class TrainImageDataset(Dataset):
     BoxError
         Under ``cut_remain``, if any box is empty or not inside its image; names the
         first item, and lists the others.
-    ValueError
+    ConfigError
         For a label not in ``classes``, bad mean/std, or an unknown ``box_mode``.
     ImageDecodeError
         If an image needed for the box check has no readable header (and later, from
@@ -521,17 +417,15 @@ class TrainImageDataset(Dataset):
         box_margin: float = 0.1,
         resize: str = "squash",
     ) -> None:
-        from workbench.data.preprocess import Geometry  # lazy: see TYPE_CHECKING
-
         self.items = list(items)
         self.classes = [str(c) for c in classes]
         self.class_to_index = {c: i for i, c in enumerate(self.classes)}
         if len(self.class_to_index) != len(self.classes):
-            raise ValueError(f"duplicate class names in {self.classes!r}")
+            raise ConfigError(f"duplicate class names in {self.classes!r}")
         unknown = [(it.id, it.label) for it in self.items if it.label not in self.class_to_index]
         if unknown:
             shown = ", ".join(f"{i} ({lab!r})" for i, lab in unknown[:5])
-            raise ValueError(
+            raise ConfigError(
                 f"{len(unknown)} item(s) with a label not in classes {self.classes}: {shown}"
                 + (" ..." if len(unknown) > 5 else "")
             )
@@ -539,13 +433,13 @@ class TrainImageDataset(Dataset):
         self.mean = self._channel_stats(mean, "mean")
         self.std = self._channel_stats(std, "std")
         if (self.std <= 0).any():
-            raise ValueError(f"std must be > 0, got {list(std)}")
+            raise ConfigError(f"std must be > 0, got {list(std)}")
         self.augment = augment
         self.cut_remain = bool(cut_remain)
         if box_mode not in BOX_MODES:
-            raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
+            raise ConfigError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
         if not (math.isfinite(box_margin) and box_margin >= 0):
-            raise ValueError(f"box_margin must be a finite number >= 0, got {box_margin}")
+            raise ConfigError(f"box_margin must be a finite number >= 0, got {box_margin}")
         self.box_mode = box_mode
         self.box_margin = float(box_margin)
         self.labels = [self.class_to_index[it.label] for it in self.items]
@@ -559,7 +453,7 @@ class TrainImageDataset(Dataset):
     def _channel_stats(values: Sequence[float], name: str) -> torch.Tensor:
         t = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
         if t.shape != (3,) or not torch.isfinite(t).all():
-            raise ValueError(f"{name} must be 3 finite numbers, got {list(values)}")
+            raise ConfigError(f"{name} must be 3 finite numbers, got {list(values)}")
         return t.view(3, 1, 1)
 
     def _check_boxes(self) -> None:

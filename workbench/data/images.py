@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from workbench.data.boxes import Box, BoxValueError, check_margin
 from workbench.errors import WorkbenchError
 
 __all__ = [
@@ -348,41 +350,39 @@ def image_size(path: PathLike) -> tuple[int, int]:
         raise ImageDecodeError(p, "truncated or corrupt image data") from e
 
 
-def crop_to_box(
-    img: torch.Tensor, box: tuple[int, int, int, int], margin: float = 0.0
-) -> torch.Tensor:
+def crop_to_box(img: torch.Tensor, box: Sequence[float], margin: float = 0.0) -> torch.Tensor:
     """Crop a (C, H, W) tensor to a box widened by a relative margin.
 
     Parameters
     ----------
     img : torch.Tensor
         Image of shape (C, H, W).
-    box : tuple of int
+    box : Box or sequence of 4 int
         (x0, y0, x1, y1) in pixels; x1 and y1 exclusive.
     margin : float
         Fraction of the box width (resp. height) added on each side; the widened
-        box is rounded outwards and clipped to the image.
+        box is rounded outwards and clipped to the image (:meth:`Box.widen`).
 
     Returns
     -------
     torch.Tensor
         The (C, h, w) crop, a view of ``img``.
+
+    Raises
+    ------
+    BoxValueError
+        For an empty box, or one that lies outside the image.
+    ConfigError
+        For a negative or non-finite ``margin``.
     """
     if img.ndim != 3:
         raise ValueError(f"expected a (C, H, W) tensor, got shape {tuple(img.shape)}")
-    if margin < 0 or not math.isfinite(margin):
-        raise ValueError(f"margin must be a finite number >= 0, got {margin}")
-    x0, y0, x1, y1 = (int(v) for v in box)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"empty box {box}: need x1 > x0 and y1 > y0")
+    check_margin(margin)
     _, h, w = img.shape
-    mx, my = margin * (x1 - x0), margin * (y1 - y0)
-    eps = 1e-6  # so that e.g. 0.15 * 20 = 3.0000000000000004 does not round out a pixel
-    cx0, cy0 = max(0, math.floor(x0 - mx + eps)), max(0, math.floor(y0 - my + eps))
-    cx1, cy1 = min(w, math.ceil(x1 + mx - eps)), min(h, math.ceil(y1 + my - eps))
-    if cx1 <= cx0 or cy1 <= cy0:
-        raise ValueError(f"box {box} lies outside the {w}x{h} image")
-    return img[:, cy0:cy1, cx0:cx1]
+    crop = Box.of(box).widen(margin, w, h)
+    if crop.is_empty:
+        raise BoxValueError(f"box {tuple(box)} lies outside the {w}x{h} image")
+    return img[:, crop.y0:crop.y1, crop.x0:crop.x1]
 
 
 def file_sha256(path: PathLike, chunk: int = 1 << 20) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 import warnings
 from collections import Counter
@@ -30,14 +29,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
+from workbench.data.boxes import BOX_COLUMNS, Box, BoxValueError
 from workbench.data.images import (
     SUPPORTED_SUFFIXES,
     ImageDecodeError,
     _decode_array,
     _read_bytes,
 )
-from workbench.errors import WorkbenchError
+from workbench.errors import ConfigError, UnknownNameError, WorkbenchError
 
 __all__ = [
     "Item", "BadRow", "ManifestError", "Manifest", "SPLITS", "BOX_COLUMNS",
@@ -45,7 +46,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
 _KNOWN_COLUMNS = ("id", "path", "label", "split", "group", *BOX_COLUMNS, "mask_path")
 
 _FRAME_COLUMNS = (
@@ -60,7 +60,6 @@ NULL_LABELS = frozenset({
 })
 
 PathLike = str | os.PathLike[str]
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -202,9 +201,9 @@ def _check_classes(classes: Sequence[str] | None) -> list[str] | None:
         raise TypeError("classes must be a sequence of class names, not a single string")
     out = [str(c).strip() for c in classes]
     if not out or any(not c for c in out):
-        raise ValueError(f"classes must be non-empty names, got {list(classes)!r}")
+        raise ConfigError(f"classes must be non-empty names, got {list(classes)!r}")
     if len(set(out)) != len(out):
-        raise ValueError(f"duplicate class names in {out!r}")
+        raise ConfigError(f"duplicate class names in {out!r}")
     return out
 
 
@@ -275,30 +274,6 @@ def _default_id(raw: str, root: Path) -> str:
     if p.is_absolute():
         return _display_path(Path(os.path.normpath(p)), root)
     return Path(os.path.normpath(p)).as_posix()
-
-
-def _parse_box(cells: Mapping[str, str]) -> tuple[Box | None, str | None]:
-    """Box cells -> (box, None) or (None, reason); all cells empty means no box."""
-    missing = [k for k in BOX_COLUMNS if not cells.get(k)]
-    if len(missing) == len(BOX_COLUMNS):
-        return None, None
-    if missing:
-        return None, f"incomplete bounding box ({', '.join(missing)} empty)"
-    values = []
-    for k in BOX_COLUMNS:
-        try:
-            v = float(cells[k])
-        except ValueError:
-            return None, f"non-numeric bounding box value {k}={cells[k]!r}"
-        if not math.isfinite(v) or v != int(v):
-            return None, f"bounding box value {k}={cells[k]!r} is not an integer"
-        values.append(int(v))
-    x0, y0, x1, y1 = values
-    if min(values) < 0:
-        return None, f"negative bounding box coordinate in ({x0}, {y0}, {x1}, {y1})"
-    if x1 <= x0 or y1 <= y0:
-        return None, f"empty bounding box ({x0}, {y0}, {x1}, {y1}): need x1 > x0 and y1 > y0"
-    return (x0, y0, x1, y1), None
 
 
 class Manifest:
@@ -376,85 +351,16 @@ class Manifest:
         if not src.is_file():
             raise ManifestError(src, message="not a file")
         header, records = _read_csv(src)
-        col = _column_index(src, header)
-        root = src.parent
-        # Other columns ride along into to_frame(), unless they would shadow its own.
-        extra_cols = [
-            (i, h.strip())
-            for i, h in enumerate(header)
-            if h.strip() and h.strip().lower() not in (*col, *_FRAME_COLUMNS)
-        ]
-
-        items: list[Item] = []
-        bad: list[BadRow] = []
-        extra: dict[str, dict[str, str]] = {}
-        first_line: dict[str, int] = {}
-        stripped: list[tuple[int, str]] = []
+        rows = _CsvRows(src, header, given)
         for line, cells in records:
-            def get(name: str) -> str:
-                i = col.get(name)
-                return cells[i].strip() if i is not None and i < len(cells) else ""
-
-            reasons: list[str] = []
-            if len(cells) > len(header) and any(c.strip() for c in cells[len(header):]):
-                reasons.append(f"{len(cells)} fields but the header has {len(header)}")
-            raw_path, label = get("path"), get("label")
-            raw_label = cells[col["label"]] if col["label"] < len(cells) else ""
-            path = _resolve(root, raw_path) if raw_path else None
-            item_id = get("id") or (_default_id(raw_path, root) if raw_path else None)
-            if not raw_path:
-                reasons.append("empty path")
-            label_problem = _label_problem(label, given)
-            if label_problem:
-                reasons.append(label_problem)
-            elif raw_label != label:
-                stripped.append((line, raw_label))
-            if item_id is not None:
-                if item_id in first_line:
-                    first = first_line[item_id]
-                    reasons.append(f"duplicate id {item_id!r} (first on line {first})")
-                else:
-                    first_line[item_id] = line
-            split = get("split").lower() or None
-            if split is not None and split not in SPLITS:
-                reasons.append(f"invalid split {get('split')!r} (expected train, val or test)")
-            box, box_problem = _parse_box({k: get(k) for k in BOX_COLUMNS})
-            if box_problem:
-                reasons.append(box_problem)
-            if reasons:
-                bad.append(BadRow(line, item_id, raw_path or None, "; ".join(reasons)))
-                continue
-            assert path is not None and item_id is not None
-            mask = get("mask_path")
-            items.append(
-                Item(
-                    id=item_id,
-                    path=path,
-                    label=label,
-                    row=line,
-                    split=split,
-                    group=get("group") or None,
-                    box=box,
-                    mask_path=_resolve(root, mask) if mask else None,
-                )
-            )
-            if extra_cols:
-                extra[item_id] = {
-                    h: (cells[i] if i < len(cells) else "") for i, h in extra_cols
-                }
-        if stripped:
-            shown = ", ".join(f"line {n} {v!r}" for n, v in stripped[:5])
-            more = f" and {len(stripped) - 5} more" if len(stripped) > 5 else ""
-            warnings.warn(
-                f"manifest {src}: stripped surrounding whitespace from {len(stripped)} "
-                f"label{'s' if len(stripped) != 1 else ''} ({shown}{more})",
-                ManifestWarning, stacklevel=2,
-            )
+            rows.add(line, cells)
+        rows.warn_stripped()
+        items, bad = rows.items, rows.bad
         if given is None:
-            items, case_bad = _drop_case_variants(items, root)
+            items, case_bad = _drop_case_variants(items, rows.root)
             bad = sorted([*bad, *case_bad], key=lambda b: b.row)
         out_classes = given if given is not None else sorted({it.label for it in items})
-        return cls(items, source=src, classes=out_classes, bad_rows=bad, extra=extra)
+        return cls(items, source=src, classes=out_classes, bad_rows=bad, extra=rows.extra)
 
     @classmethod
     def from_folder(cls, path: PathLike, *, classes: Sequence[str] | None = None) -> Manifest:
@@ -561,74 +467,24 @@ class Manifest:
             no items.
         """
         workers = n_jobs if n_jobs > 0 else (os.cpu_count() or 1)
-        root = self._root
-        results: list[tuple[Item, list[str]]] = [None] * len(self._items)  # type: ignore[list-item]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(self._items), desc="checking images", unit="img")
-        try:
-            # Images whose bytes are in the memo need no decode: check them here, in
-            # one thread (a read and a hash each; a pool's overhead would dominate).
-            todo = [] if known else list(range(len(self._items)))
-            for i, it in enumerate(self._items if known else ()):
-                try:
-                    results[i] = _check_item(it, root, require_box, known, decode=False)
-                except _NeedsDecode:
-                    todo.append(i)
-                    continue
-                if bar is not None:
-                    bar.update(1)
-            if todo:
-                with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-                    futures = {
-                        pool.submit(_check_item, self._items[i], root, require_box, known): i
-                        for i in todo
-                    }
-                    for fut in as_completed(futures):
-                        results[futures[fut]] = fut.result()
-                        if bar is not None:
-                            bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-
+        results = _check_items(self._items, self._root, require_box=require_box, known=known,
+                               workers=workers, progress=progress)
         bad = list(self._bad_rows)
         good: list[Item] = []
         for item, reasons in results:
             if reasons:
-                bad.append(
-                    BadRow(item.row, item.id, _display_path(item.path, root), "; ".join(reasons))
-                )
+                bad.append(BadRow(item.row, item.id, _display_path(item.path, self._root), "; ".join(reasons)))
             else:
                 good.append(item)
         bad.sort(key=lambda b: b.row)
         if bad and not skip_bad:
             raise ManifestError(self._source, bad)
         if not good:
-            raise ManifestError(
-                self._source,
-                bad,
-                message=f"no usable items left ({len(bad)} bad row{'s' if len(bad) != 1 else ''})",
-            )
-        out = Manifest(
-            good,
-            source=self._source,
-            classes=self._classes,
-            skipped=[*self._skipped, *bad],
-            extra=self._extra,
-        )
-        dups = out.duplicates()
-        if dups:
-            n_conf = sum(g.conflict for g in dups)
-            warnings.warn(
-                f"manifest {self._source}: {len(dups)} image{'s are' if len(dups) != 1 else ' is'} "
-                f"stored under more than one id (same SHA-256), {n_conf} with conflicting labels or "
-                "across train/test:\n" + "\n".join(f"  {g.describe()}" for g in dups[:10])
-                + (f"\n  ... and {len(dups) - 10} more (Manifest.duplicates())" if len(dups) > 10 else ""),
-                DuplicateImageWarning, stacklevel=2,
-            )
+            n = len(bad)
+            raise ManifestError(self._source, bad, message=f"no usable items left ({n} bad row{'s' if n != 1 else ''})")
+        out = Manifest(good, source=self._source, classes=self._classes, skipped=[*self._skipped, *bad],
+                       extra=self._extra)
+        _warn_duplicates(self._source, out.duplicates())
         return out
 
     def duplicates(self) -> list[DuplicateGroup]:
@@ -668,7 +524,7 @@ class Manifest:
         gone = set(drop)
         kept = [i for i in self.ids if i not in gone]
         if not kept:
-            raise ValueError(f"manifest {self._source}: dropping duplicates leaves no items")
+            raise ConfigError(f"manifest {self._source}: dropping duplicates leaves no items")
         return self.subset(kept), [i for i in self.ids if i in gone]
 
     # ---- access --------------------------------------------------------------------
@@ -732,9 +588,9 @@ class Manifest:
         missing = [i for i in ids if i not in self._index]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise KeyError(f"{len(missing)} id(s) not in the manifest: {shown}")
+            raise UnknownNameError(f"{len(missing)} id(s) not in the manifest: {shown}")
         if len(set(ids)) != len(ids):
-            raise ValueError("subset ids contain duplicates")
+            raise ConfigError("subset ids contain duplicates")
         return Manifest(
             [self._items[self._index[i]] for i in ids],
             source=self._source,
@@ -758,10 +614,10 @@ class Manifest:
         chosen = _check_classes(classes)
         unknown = [c for c in chosen if c not in self._classes]
         if unknown:
-            raise ValueError(f"classes {unknown} are not in the manifest; its classes: {self._classes}")
+            raise ConfigError(f"classes {unknown} are not in the manifest; its classes: {self._classes}")
         keep = [it for it in self._items if it.label in set(chosen)]
         if not keep:
-            raise ValueError(f"no items of classes {chosen} in the manifest")
+            raise ConfigError(f"no items of classes {chosen} in the manifest")
         return Manifest(keep, source=self._source, classes=chosen, bad_rows=self._bad_rows,
                         skipped=self._skipped, extra=self._extra)
 
@@ -926,8 +782,8 @@ def _check_item(
     else:
         size = (w, h)
         item = replace(item, sha256=digest, width=w, height=h)
-        if item.box is not None and (item.box[2] > w or item.box[3] > h):
-            reasons.append(f"bounding box {item.box} outside the image ({w}x{h})")
+        if item.box is not None and not Box._make(item.box).fits(w, h):
+            reasons.append(f"bounding box {tuple(item.box)} outside the image ({w}x{h})")
     if item.mask_path is not None:
         shown = _display_path(item.mask_path, root)
         try:
@@ -941,3 +797,162 @@ def _check_item(
     if require_box and item.box is None:
         reasons.append("no bounding box (needed for --input box)")
     return item, reasons
+
+
+# ---- parsing CSV rows ----------------------------------------------------------------
+
+
+class _CsvRows:
+    """The items, bad rows and extra cells of a CSV manifest, collected row by row.
+
+    Every problem of a row becomes one :class:`BadRow` (reasons joined by ``"; "``), so
+    a data set is fixed in one pass; labels stripped of whitespace are warned about
+    once, at the end (:meth:`warn_stripped`).
+    """
+
+    def __init__(self, src: Path, header: list[str], given: list[str] | None) -> None:
+        self.src, self.header, self.given = src, header, given
+        self.col = _column_index(src, header)
+        self.root = src.parent
+        # Other columns ride along into to_frame(), unless they would shadow its own.
+        self.extra_cols = [
+            (i, h.strip())
+            for i, h in enumerate(header)
+            if h.strip() and h.strip().lower() not in (*self.col, *_FRAME_COLUMNS)
+        ]
+        self.items: list[Item] = []
+        self.bad: list[BadRow] = []
+        self.extra: dict[str, dict[str, str]] = {}
+        self.first_line: dict[str, int] = {}
+        self.stripped: list[tuple[int, str]] = []
+
+    def add(self, line: int, cells: list[str]) -> None:
+        """Parse one record: an item, or a bad row naming every problem."""
+        def get(name: str) -> str:
+            i = self.col.get(name)
+            return cells[i].strip() if i is not None and i < len(cells) else ""
+
+        raw_path = get("path")
+        item_id = get("id") or (_default_id(raw_path, self.root) if raw_path else None)
+        reasons = self._problems(line, cells, get, item_id)
+        split = get("split").lower() or None
+        box: Box | None = None
+        try:
+            box = Box.from_cells({k: get(k) for k in BOX_COLUMNS})
+        except BoxValueError as e:
+            reasons.append(str(e))
+        if reasons:
+            self.bad.append(BadRow(line, item_id, raw_path or None, "; ".join(reasons)))
+            return
+        assert item_id is not None
+        mask = get("mask_path")
+        self.items.append(Item(
+            id=item_id, path=_resolve(self.root, raw_path), label=get("label"), row=line, split=split,
+            group=get("group") or None, box=box, mask_path=_resolve(self.root, mask) if mask else None,
+        ))
+        if self.extra_cols:
+            self.extra[item_id] = {h: (cells[i] if i < len(cells) else "") for i, h in self.extra_cols}
+
+    def _problems(self, line: int, cells: list[str], get, item_id: str | None) -> list[str]:
+        """Everything wrong with a record except its box: field count, path, label, id, split."""
+        reasons: list[str] = []
+        if len(cells) > len(self.header) and any(c.strip() for c in cells[len(self.header):]):
+            reasons.append(f"{len(cells)} fields but the header has {len(self.header)}")
+        if not get("path"):
+            reasons.append("empty path")
+        label = get("label")
+        raw_label = cells[self.col["label"]] if self.col["label"] < len(cells) else ""
+        label_problem = _label_problem(label, self.given)
+        if label_problem:
+            reasons.append(label_problem)
+        elif raw_label != label:
+            self.stripped.append((line, raw_label))
+        if item_id is not None:
+            if item_id in self.first_line:
+                reasons.append(f"duplicate id {item_id!r} (first on line {self.first_line[item_id]})")
+            else:
+                self.first_line[item_id] = line
+        split = get("split").lower() or None
+        if split is not None and split not in SPLITS:
+            reasons.append(f"invalid split {get('split')!r} (expected train, val or test)")
+        return reasons
+
+    def warn_stripped(self) -> None:
+        """One :class:`ManifestWarning` for all labels stripped of surrounding whitespace."""
+        if not self.stripped:
+            return
+        n = len(self.stripped)
+        shown = ", ".join(f"line {line} {v!r}" for line, v in self.stripped[:5])
+        more = f" and {n - 5} more" if n > 5 else ""
+        warnings.warn(
+            f"manifest {self.src}: stripped surrounding whitespace from {n} "
+            f"label{'s' if n != 1 else ''} ({shown}{more})",
+            ManifestWarning, stacklevel=3,  # the caller of Manifest.from_csv
+        )
+
+
+# ---- checking files ------------------------------------------------------------------
+
+
+def _check_items(
+    items: Sequence[Item],
+    root: Path,
+    *,
+    require_box: bool,
+    known: dict[str, tuple[int, int]] | None,
+    workers: int,
+    progress: bool,
+) -> list[tuple[Item, list[str]]]:
+    """:func:`_check_item` for every item, in item order: memo hits here, the rest in threads."""
+    results: list[tuple[Item, list[str]]] = [None] * len(items)  # type: ignore[list-item]
+    bar = tqdm(total=len(items), desc="checking images", unit="img") if progress else None
+    try:
+        # Images whose bytes are in the memo need no decode: check them here, in
+        # one thread (a read and a hash each; a pool's overhead would dominate).
+        todo = _check_known(items, root, require_box, known, results, bar) if known else list(range(len(items)))
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                futures = {pool.submit(_check_item, items[i], root, require_box, known): i for i in todo}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _check_known(
+    items: Sequence[Item],
+    root: Path,
+    require_box: bool,
+    known: dict[str, tuple[int, int]],
+    results: list[tuple[Item, list[str]]],
+    bar,
+) -> list[int]:
+    """Check the items whose bytes the memo knows into ``results``; the indices left to decode."""
+    todo = []
+    for i, it in enumerate(items):
+        try:
+            results[i] = _check_item(it, root, require_box, known, decode=False)
+        except _NeedsDecode:
+            todo.append(i)
+            continue
+        if bar is not None:
+            bar.update(1)
+    return todo
+
+
+def _warn_duplicates(source: Path, dups: list[DuplicateGroup]) -> None:
+    """One :class:`DuplicateImageWarning` naming up to ten groups of byte-identical images."""
+    if not dups:
+        return
+    n_conf = sum(g.conflict for g in dups)
+    warnings.warn(
+        f"manifest {source}: {len(dups)} image{'s are' if len(dups) != 1 else ' is'} "
+        f"stored under more than one id (same SHA-256), {n_conf} with conflicting labels or "
+        "across train/test:\n" + "\n".join(f"  {g.describe()}" for g in dups[:10])
+        + (f"\n  ... and {len(dups) - 10} more (Manifest.duplicates())" if len(dups) > 10 else ""),
+        DuplicateImageWarning, stacklevel=3,  # the caller of Manifest.validate
+    )

@@ -13,6 +13,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from torchvision.transforms import InterpolationMode
 
+from workbench.data.modes import INPUT_MODES, RESIZE_MODES
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -35,8 +37,6 @@ class DataConfig:
 
 __all__ = ["DataConfig", "Geometry", "Preprocess", "RESIZE_MODES", "INPUT_MODES"]
 
-RESIZE_MODES = ("squash", "crop", "letterbox")
-INPUT_MODES = ("whole", "box")
 
 
 @dataclass(frozen=True)

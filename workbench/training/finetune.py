@@ -15,12 +15,11 @@ lower loss), never accuracy, and a validation split with fewer than
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,11 +28,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from workbench.backbones.adapt import FREEZE_MODES, adapt_for_task, freeze_early
+from workbench.backbones.adapt import adapt_for_task, freeze_early
 from workbench.backbones.finetuned import FT_PREFIX, finetuned_dir, read_meta
 from workbench.backbones.loading import (
     CheckpointMismatchError,
@@ -41,12 +41,21 @@ from workbench.backbones.loading import (
     build_model,
     load_data_only,
 )
-from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
+from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
-from workbench.data.manifest import Item
-from workbench.data.preprocess import Geometry
 from workbench.core.io import atomic_file, write_json_atomic
 from workbench.core.provenance import environment
+from workbench.data.augment import StudyAugment, TrainImageDataset, collate
+from workbench.data.manifest import Item
+from workbench.data.preprocess import DataConfig, Geometry
+from workbench.errors import ConfigError
+from workbench.training.config import (
+    CLASS_WEIGHTS,
+    MONITORS,
+    OPTIMIZERS,
+    SCHEDULES,
+    FineTuneConfig,
+)
 
 __all__ = [
     "FineTuneConfig",
@@ -57,16 +66,18 @@ __all__ = [
     "predict_proba",
     "validation_split",
     "FINETUNE_CODE_VERSION",
+    "CLASS_WEIGHTS",
+    "MONITORS",
+    "OPTIMIZERS",
+    "SCHEDULES",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Part of every fine-tuned weights id; bump when a change alters the trained numbers.
 #: 2: balanced class weights by default, AUC ties broken by lower loss, data-only checkpoints.
 FINETUNE_CODE_VERSION = "2"
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "step", "none")
-MONITORS = ("auc", "loss")
-CLASS_WEIGHTS = ("balanced", "none")
 #: Fewer validation images of a class than this make early stopping a coin toss.
 MIN_VAL_PER_CLASS = 5
 #: Version of the checkpoint.pt layout (tensors, numbers, strings and lists only).
@@ -75,85 +86,6 @@ CHECKPOINT_FORMAT = 2
 
 class SmallValidationWarning(UserWarning):
     """The validation split holds too few images of some class to steer early stopping."""
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """How a network is fine-tuned. Every field goes into the weights id.
-
-    Defaults follow the study: SGD with momentum 0.9, its augmentation (rotation
-    +-10 deg, horizontal flip, zoom 95-105 %, shift up to 10 %), early stopping on a
-    validation fold of the training split.
-    """
-
-    epochs: int = 30
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"
-    step_size: int = 10  # "step" schedule: epochs per decay
-    gamma: float = 0.1  # "step" schedule: decay factor
-    # "balanced": cross-entropy weights n / (C * n_c) from the training rows, so a
-    # minority class counts as much as the majority; "none": plain cross-entropy.
-    class_weight: str = "balanced"
-    freeze: str | float = "none"  # "none", "features" (train the head only), or a fraction
-    image_size: int | None = None  # None: the weights' own input size
-    resize: str = "squash"
-    augment: bool = True
-    cut_remain: bool = False
-    box_mode: str = "tight"
-    patience: int = 5  # epochs without improvement before stopping; 0: never stop early
-    monitor: str = "auc"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        # `--set class_weight=none` parses to None, a TOML flag to a bool: one spelling
-        # each, so equal settings hash to one id.
-        if self.class_weight is None or isinstance(self.class_weight, bool):
-            object.__setattr__(self, "class_weight", "balanced" if self.class_weight else "none")
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
-            (self.class_weight in CLASS_WEIGHTS,
-             f"class_weight must be one of {CLASS_WEIGHTS}, got {self.class_weight!r}"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.freeze in FREEZE_MODES or (isinstance(self.freeze, (int, float))
-                                              and not isinstance(self.freeze, bool) and 0 <= self.freeze < 1),
-             "freeze must be 'none', 'features' or a fraction in [0, 1)"),
-            (self.image_size is None or self.image_size >= 16, "image_size must be >= 16"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"fine-tune config: {msg}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FineTuneConfig":
-        """Build from a mapping, naming unknown keys (a typo must not be ignored).
-
-        The key ``class_weights`` (a bool, before ``class_weight`` replaced it) is read
-        as ``"balanced"`` / ``"none"``, so older configs and ``meta.json`` files load.
-        """
-        d = dict(d)
-        if "class_weights" in d:
-            if "class_weight" in d:
-                raise ValueError("fine-tune settings: give class_weight only (class_weights is its old name)")
-            d["class_weight"] = d.pop("class_weights")  # a bool or None: __post_init__ maps it
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise ValueError(f"unknown fine-tune settings {bad}; known: {sorted(names)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "FineTuneConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -190,7 +122,7 @@ def _item_fingerprint(items: Sequence[Item]) -> list[list[str]]:
     out = []
     for it in sorted(items, key=lambda i: i.id):
         if it.sha256 is None:
-            raise ValueError(f"item {it.id} has no content hash; validate the manifest first")
+            raise ConfigError(f"item {it.id} has no content hash; validate the manifest first")
         out.append([it.id, it.sha256, it.label, str(tuple(it.box)) if it.box else ""])
     return out
 
@@ -213,8 +145,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig):
-    from workbench.data.augment import StudyAugment, TrainImageDataset
-
     return TrainImageDataset(
         items, classes, Geometry(size, resize, interpolation=dc.interpolation), dc.mean, dc.std,
         augment=StudyAugment() if (train and config.augment) else None,
@@ -223,8 +153,6 @@ def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, confi
 
 
 def _loader(ds, batch_size: int, *, shuffle: bool, device: torch.device, generator=None) -> DataLoader:
-    from workbench.data.augment import collate
-
     # Worker processes only pay off on a GPU; on the CPU they would compete with the
     # model for the same cores (and one process keeps CPU runs bit-reproducible).
     workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
@@ -237,8 +165,6 @@ def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str
                   data_config: DataConfig, *, device: str | torch.device | None = None,
                   batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Softmax probabilities of ``model`` on ``items`` (no augmentation), ``(n, C)``."""
-    from workbench.data.augment import TrainImageDataset
-
     dev = _resolve_device(device)
     ds = TrainImageDataset(list(items), list(classes), geometry, data_config.mean, data_config.std,
                            augment=None, cut_remain=False)
@@ -261,8 +187,6 @@ def _val_metrics(proba: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, 
     Only AUC and loss steer early stopping: accuracy is maximised by predicting the
     majority class, which on an imbalanced split looks like a good network.
     """
-    from sklearn.metrics import roc_auc_score
-
     p = np.clip(proba, 1e-7, 1.0)
     loss = float(-np.mean(np.log(p[np.arange(len(y)), y]))) if len(y) else float("nan")
     auc = float("nan")
@@ -290,7 +214,7 @@ def _class_weights(y_train: np.ndarray, classes: Sequence[str], mode: str) -> np
     return len(y_train) / (len(classes) * np.maximum(counts, 1))
 
 
-def _warn_small_validation(val_counts: dict[str, int], say: Callable[[str], None]) -> None:
+def _warn_small_validation(val_counts: dict[str, int]) -> None:
     small = {c: n for c, n in val_counts.items() if n < MIN_VAL_PER_CLASS}
     if not small:
         return
@@ -300,8 +224,9 @@ def _warn_small_validation(val_counts: dict[str, int], say: Callable[[str], None
            + ("; a class with none leaves AUC undefined, so validation loss is watched" if 0 in small.values()
               else "")
            + ". Use a larger validation share or more images of that class.")
-    warnings.warn(msg, SmallValidationWarning, stacklevel=3)
-    say(f"warning: {msg}")
+    # stacklevel: the caller of fine_tune (fine_tune -> _set_up -> here).
+    warnings.warn(msg, SmallValidationWarning, stacklevel=4)
+    logger.warning(f"warning: {msg}")
 
 
 def _score(row: dict[str, Any], monitor: str) -> list[float]:
@@ -371,6 +296,333 @@ def _better(score: Sequence[float], best: Sequence[float] | None) -> bool:
     return best is None or list(score) > list(best)
 
 
+# ---- stage 1: plan (check the inputs, fix the id) ------------------------------------
+
+
+@dataclass
+class _Plan:
+    """What one fine-tune is: its inputs, checked, and the id they hash to."""
+
+    spec: BackboneSpec
+    base: ResolvedWeights
+    config: FineTuneConfig
+    classes: list[str]
+    train: list[Item]
+    val: list[Item]
+    data_config: DataConfig
+    size: int
+    device: torch.device
+    precision: str
+    context: dict[str, Any]
+    weights_id: str
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec.name}@{self.weights_id}"
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.size, self.config.resize, interpolation=self.data_config.interpolation)
+
+    def finished(self, model: nn.Module, meta: dict[str, Any], *, trained_now: bool) -> FineTuned:
+        return FineTuned(self.spec.name, self.weights_id, self.folder, model.eval(), self.classes,
+                         self.data_config, self.size, self.config.resize, meta["history"], meta["best_epoch"],
+                         meta, trained_now=trained_now)
+
+
+def _check_lists(train: list[Item], val: list[Item], classes: list[str]) -> None:
+    if not train:
+        raise ConfigError("fine-tuning needs training images; got none")
+    unknown = sorted({it.label for it in train + val} - set(classes))
+    if unknown:
+        raise ConfigError(f"labels {unknown} are not among the classes {classes}")
+    overlap = sorted({it.id for it in train} & {it.id for it in val})
+    if overlap:
+        raise ConfigError(
+            f"{len(overlap)} images are in both the training and validation lists, e.g. {overlap[:3]}")
+
+
+def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Item], classes: Sequence[str],
+          config: FineTuneConfig, *, weights: str | None, root: str | os.PathLike | None,
+          device: str | torch.device | None, context: dict[str, Any] | None) -> _Plan:
+    """Check the inputs and fix the weights id and folder; nothing is built yet."""
+    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    classes, train, val = list(classes), list(train), list(val)
+    _check_lists(train, val, classes)
+    base = resolve_weights(spec, weights)
+    dc = spec.data_config(base.id)
+    dev = _resolve_device(device)
+    prec = _precision(dev)
+    context = dict(context or {})
+    wid = finetune_id(spec.name, base, train, val, classes, config, prec)
+    if context:  # folds and the like: same images but a different role must not collide
+        wid = FT_PREFIX + hashlib.sha256(f"{wid}|{json.dumps(context, sort_keys=True)}".encode()).hexdigest()[:12]
+    return _Plan(spec, base, config, classes, train, val, dc, config.image_size or dc.input_size, dev, prec,
+                 context, wid, finetuned_dir(spec.name, wid, root))
+
+
+def _load_finished(plan: _Plan) -> FineTuned | None:
+    """The stored network of a finished id, or None when it must be trained."""
+    folder = plan.folder
+    if not ((folder / "weights.pth").is_file() and (folder / "meta.json").is_file()):
+        return None
+    meta = read_meta(folder)
+    model = build_finetuned(plan.spec, folder / "weights.pth", len(plan.classes))
+    logger.info(f"fine-tuned {plan.label} found in {folder}; not training again")
+    # A kill between the final save and the checkpoint's removal leaves it behind.
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return plan.finished(model, meta, trained_now=False)
+
+
+# ---- stage 2: set up (model, optimiser, loss, data) ----------------------------------
+
+
+@dataclass
+class _Setup:
+    """The objects one training run works with."""
+
+    model: nn.Module
+    frozen: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    criterion: nn.Module
+    class_weights: np.ndarray | None
+    train_counts: dict[str, int]
+    val_counts: dict[str, int]
+    y_val: np.ndarray
+    loader: DataLoader
+    generator: torch.Generator
+
+
+def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
+    return {c: int(n) for c, n in zip(classes, np.bincount(y, minlength=len(classes)))}
+
+
+def _build_model(plan: _Plan) -> tuple[nn.Module, list]:
+    """The backbone with a new head, seeded first (the head's init draws from the seed)."""
+    config = plan.config
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    model = adapt_for_task(build_model(plan.spec, plan.base), len(plan.classes))
+    frozen = freeze_early(model, config.freeze)
+    model = model.to(plan.device)
+    if plan.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, frozen
+
+
+def _set_up(plan: _Plan) -> _Setup:
+    """Build model, optimiser, schedule, weighted loss and loaders, in the order that
+    fixes the random draws (an id's numbers depend on it)."""
+    config, classes, dev = plan.config, plan.classes, plan.device
+    model, frozen = _build_model(plan)
+    opt = _optimizer([p for p in model.parameters() if p.requires_grad], config)
+    sched = _scheduler(opt, config)
+    y_train = np.array([classes.index(it.label) for it in plan.train])
+    class_w = _class_weights(y_train, classes, config.class_weight)
+    weight = None if class_w is None else torch.tensor(class_w, dtype=torch.float32, device=dev)
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    train_ds = _dataset(plan.train, classes, plan.size, config.resize, plan.data_config, train=True, config=config)
+    if config.cut_remain and train_ds.missing_box_ids:
+        logger.info(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(plan.train)} training images have no "
+                    f"box; kept unmasked")
+    y_val = np.array([classes.index(it.label) for it in plan.val], dtype=np.int64)
+    val_counts = _counts(y_val, classes)
+    if plan.val:
+        _warn_small_validation(val_counts)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = _loader(train_ds, config.batch_size, shuffle=True, device=dev, generator=generator)
+    return _Setup(model, frozen, opt, sched, criterion, class_w, _counts(y_train, classes), val_counts, y_val,
+                  loader, generator)
+
+
+# ---- stage 3: train (resume, epochs, checkpoint selection) ---------------------------
+
+
+@dataclass
+class _Progress:
+    """Where training stands; all of it goes into the checkpoint."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: list[float] | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    start: int = 1
+
+
+def _read_checkpoint(plan: _Plan, path: Path) -> dict[str, Any]:
+    """The checkpoint's data, refused when it belongs to another run or format."""
+    # The folder may be shared or copied, and its id is predictable: data only, never code.
+    ck = load_data_only(path, what="fine-tuning checkpoint")
+    if not isinstance(ck, dict):
+        raise CheckpointMismatchError(f"checkpoint {path} holds a {type(ck).__name__}, not a dict")
+    if ck.get("weights_id") != plan.weights_id or ck.get("backbone") != plan.spec.name:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} belongs to {ck.get('backbone')}@{ck.get('weights_id')}, not {plan.label}")
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"cannot resume from {path}: checkpoint format {ck.get('format', 'none')}, this "
+            f"workbench writes {CHECKPOINT_FORMAT}. Move it away to start over.")
+    return ck
+
+
+def _resume(plan: _Plan, setup: _Setup) -> _Progress:
+    """Progress from the folder's checkpoint (restoring every state), or a fresh start."""
+    path = plan.folder / "checkpoint.pt"
+    if not path.is_file():
+        return _Progress()
+    try:
+        ck = _read_checkpoint(plan, path)
+        setup.model.load_state_dict(ck["model"])
+        setup.optimizer.load_state_dict(ck["optimizer"])
+        setup.scheduler.load_state_dict(ck["scheduler"])
+        _set_rng_state(ck["rng"], setup.generator)
+        prog = _Progress(ck["history"], ck["best_state"], ck["best_score"], ck["best_epoch"], ck["bad_epochs"],
+                         ck["epoch"] + 1)
+    except CheckpointMismatchError:  # UnsafeCheckpointError included
+        raise
+    except Exception as e:  # another architecture's tensors, a truncated file, ...
+        raise CheckpointMismatchError(
+            f"cannot resume from {path}: it does not fit {plan.spec.name} with {len(plan.classes)} classes "
+            f"({type(e).__name__}: {str(e)[:300]}). Move it away to start over.") from e
+    logger.info(f"resuming {plan.label} after epoch {ck['epoch']} from {path}")
+    return prog
+
+
+def _train_epoch(plan: _Plan, setup: _Setup, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training data, then a scheduler step; the epoch's history row."""
+    dev, model, opt = plan.device, setup.model, setup.optimizer
+    model.train()
+    _freeze_bn_of_frozen(model)
+    total, n_rows, n_masked = 0.0, 0, 0
+    bar = tqdm(setup.loader, disable=not progress, leave=False,
+               desc=f"{plan.spec.name} epoch {epoch}/{plan.config.epochs}")
+    for batch in bar:
+        x = batch["images"].to(dev, non_blocking=True)
+        yb = batch["labels"].to(dev, non_blocking=True)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(x)
+        loss = setup.criterion(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(yb)
+        n_rows += len(yb)
+        n_masked += int(batch["is_masked"].sum())
+        bar.set_postfix(loss=f"{total / n_rows:.4f}")
+    lr = opt.param_groups[0]["lr"]
+    setup.scheduler.step()
+    return {"epoch": epoch, "train_loss": total / max(n_rows, 1), "lr": lr, "rows": n_rows,
+            "masked_rows": n_masked}
+
+
+def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, list[float]]:
+    """Add the validation metrics to ``row``; the monitor used and the epoch's score."""
+    if not plan.val:
+        return "loss", [-row["train_loss"]]
+    proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
+                          device=plan.device, batch_size=max(plan.config.batch_size, 32))
+    row.update(_val_metrics(proba, setup.y_val, len(plan.classes)))
+    # AUC is undefined when the validation split lacks a class: watch the loss then.
+    monitor = plan.config.monitor
+    if monitor == "auc" and np.isnan(row["val_auc"]):
+        monitor = "loss"
+    return monitor, _score(row, monitor)
+
+
+def _select(plan: _Plan, setup: _Setup, prog: _Progress, epoch: int, score: list[float]) -> None:
+    """Keep this epoch's weights when they are the best so far (always, without validation)."""
+    if not plan.val or _better(score, prog.best_score):
+        prog.best_score, prog.best_epoch, prog.bad_epochs = score, epoch, 0
+        prog.best_state = {k: v.detach().cpu().clone() for k, v in setup.model.state_dict().items()}
+    else:
+        prog.bad_epochs += 1
+
+
+def _save_checkpoint(plan: _Plan, setup: _Setup, prog: _Progress, epoch: int) -> None:
+    # Tensors, numbers, strings and lists only: it is read back with weights_only=True.
+    _atomic_torch_save({
+        "format": CHECKPOINT_FORMAT,
+        "backbone": plan.spec.name, "weights_id": plan.weights_id, "epoch": epoch,
+        "model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict(), "history": prog.history,
+        "best_state": prog.best_state, "best_score": prog.best_score, "best_epoch": prog.best_epoch,
+        "bad_epochs": prog.bad_epochs, "rng": _rng_state(setup.generator),
+    }, plan.folder / "checkpoint.pt")
+
+
+def _patience_spent(plan: _Plan, prog: _Progress) -> bool:
+    return bool(plan.config.patience and plan.val and prog.bad_epochs >= plan.config.patience)
+
+
+def _train(plan: _Plan, setup: _Setup, prog: _Progress, *, progress: bool,
+           on_epoch: Callable[[int, dict[str, Any]], None] | None) -> None:
+    """Run the remaining epochs, checkpointing each, until done or out of patience."""
+    if _patience_spent(plan, prog):  # a resumed run that had already stopped early
+        return
+    for epoch in range(prog.start, plan.config.epochs + 1):
+        t0 = time.perf_counter()
+        row = _train_epoch(plan, setup, epoch, progress)
+        monitor, score = _validate(plan, setup, row)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        prog.history.append(row)
+        _select(plan, setup, prog, epoch, score)
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+        logger.info(f"{plan.label} epoch {epoch}: {shown}")
+        _save_checkpoint(plan, setup, prog, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+        if _patience_spent(plan, prog):
+            logger.info(f"early stop after epoch {epoch}: no better validation {monitor} for "
+                        f"{prog.bad_epochs} epochs")
+            break
+
+
+# ---- stage 4: record (best weights, meta.json) ---------------------------------------
+
+
+def _meta(plan: _Plan, setup: _Setup, prog: _Progress) -> dict[str, Any]:
+    """Everything ``meta.json`` says about the run (the key order is the file's)."""
+    config, classes, class_w = plan.config, plan.classes, setup.class_weights
+    return {
+        "backbone": plan.spec.name, "weights_id": plan.weights_id, "base_weights": plan.base.id,
+        "base_digest": plan.base.digest, "classes": classes, "config": config.to_dict(),
+        "precision": plan.precision, "device": str(plan.device), "image_size": plan.size, "resize": config.resize,
+        "n_train": len(plan.train), "n_val": len(plan.val),
+        # The ids it saw: the sweep marks CV results on its features optimistic from these.
+        "train_ids": sorted(it.id for it in plan.train), "val_ids": sorted(it.id for it in plan.val),
+        "context": plan.context, "frozen_parameters": len(setup.frozen),
+        "class_weight": {"mode": config.class_weight, "train_counts": setup.train_counts,
+                         "weights": None if class_w is None else dict(zip(classes, map(float, class_w)))},
+        "val_counts": setup.val_counts, "monitor": config.monitor,
+        "history": prog.history, "best_epoch": prog.best_epoch, "code_version": FINETUNE_CODE_VERSION,
+        "environment": environment(),
+    }
+
+
+def _record(plan: _Plan, setup: _Setup, prog: _Progress) -> FineTuned:
+    """Load the best epoch, store weights and ``meta.json``, drop the checkpoint."""
+    model = setup.model
+    model.load_state_dict(prog.best_state)
+    meta = _meta(plan, setup, prog)
+    _atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, plan.folder / "weights.pth")
+    # Atomic: a kill mid-write must not leave a cut-off meta.json beside complete
+    # weights, which the store would list as finished and every re-run would trip on.
+    write_json_atomic(plan.folder / "meta.json", meta)
+    (plan.folder / "checkpoint.pt").unlink(missing_ok=True)  # the weights file supersedes it
+    logger.info(f"fine-tuned {plan.label}: best epoch {prog.best_epoch} of {len(prog.history)}; "
+                f"saved in {plan.folder}")
+    return plan.finished(model, meta, trained_now=True)
+
+
+# ---- the public entry point ----------------------------------------------------------
+
+
 def fine_tune(
     backbone: str | BackboneSpec,
     train: Sequence[Item],
@@ -383,7 +635,6 @@ def fine_tune(
     device: str | torch.device | None = None,
     context: dict[str, Any] | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> FineTuned:
     """Fine-tune ``backbone`` on ``train``, early-stopping on ``val``; resume or reuse.
@@ -409,6 +660,8 @@ def fine_tune(
     context
         Extra facts stored in ``meta.json`` (e.g. ``{"trained_on": "train"}`` or the
         outer fold of a nested run); part of the id, since they describe the data.
+    progress
+        Show a bar per epoch. Status lines go to the ``workbench.training.finetune`` logger.
     on_epoch
         Called after each epoch's checkpoint is on disk, with ``(epoch, history row)``.
 
@@ -417,183 +670,16 @@ def fine_tune(
     FineTuned
         With the best epoch's weights loaded.
     """
-    config = config or FineTuneConfig()
-    say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
-    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
-    classes = list(classes)
-    train, val = list(train), list(val)
-    if not train:
-        raise ValueError("fine-tuning needs training images; got none")
-    unknown = sorted({it.label for it in train + val} - set(classes))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the classes {classes}")
-    overlap = sorted({it.id for it in train} & {it.id for it in val})
-    if overlap:
-        raise ValueError(f"{len(overlap)} images are in both the training and validation lists, e.g. {overlap[:3]}")
-    base = resolve_weights(spec, weights)
-    dc = spec.data_config(base.id)
-    size = config.image_size or dc.input_size
-    dev = _resolve_device(device)
-    prec = _precision(dev)
-    context = dict(context or {})
-    wid = finetune_id(spec.name, base, train, val, classes, config, prec)
-    if context:  # folds and the like: same images but a different role must not collide
-        wid = FT_PREFIX + hashlib.sha256(f"{wid}|{json.dumps(context, sort_keys=True)}".encode()).hexdigest()[:12]
-    folder = finetuned_dir(spec.name, wid, root)
-
-    if (folder / "weights.pth").is_file() and (folder / "meta.json").is_file():
-        meta = read_meta(folder)
-        model = build_finetuned(spec, folder / "weights.pth", len(classes))
-        say(f"fine-tuned {spec.name}@{wid} found in {folder}; not training again")
-        # A kill between the final save and the checkpoint's removal leaves it behind.
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
-        return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize,
-                         meta["history"], meta["best_epoch"], meta, trained_now=False)
-
-    # -- set up (seeded before the model is built: the new head's init draws from it) --
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    random.seed(config.seed)
-    model = adapt_for_task(build_model(spec, base), len(classes))
-    frozen = freeze_early(model, config.freeze)
-    model = model.to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = _optimizer(trainable, config)
-    sched = _scheduler(opt, config)
-    y_train = np.array([classes.index(it.label) for it in train])
-    train_counts = {c: int(n) for c, n in zip(classes, np.bincount(y_train, minlength=len(classes)))}
-    class_w = _class_weights(y_train, classes, config.class_weight)
-    weight = None if class_w is None else torch.tensor(class_w, dtype=torch.float32, device=dev)
-    criterion = nn.CrossEntropyLoss(weight=weight)
-    train_ds = _dataset(train, classes, size, config.resize, dc, train=True, config=config)
-    if config.cut_remain and train_ds.missing_box_ids:
-        say(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(train)} training images have no box; "
-            f"kept unmasked")
-    val_ds = _dataset(val, classes, size, config.resize, dc, train=False, config=config) if val else None
-    y_val = np.array([classes.index(it.label) for it in val], dtype=np.int64)
-    val_counts = {c: int(n) for c, n in zip(classes, np.bincount(y_val, minlength=len(classes)))}
-    if val:
-        _warn_small_validation(val_counts, say)
-    generator = torch.Generator().manual_seed(config.seed)
-    loader = _loader(train_ds, config.batch_size, shuffle=True, device=dev, generator=generator)
-
-    history: list[dict[str, Any]] = []
-    best_state, best_score, best_epoch, bad_epochs, start = None, None, 0, 0, 1
-    folder.mkdir(parents=True, exist_ok=True)
-    ckpt_path = folder / "checkpoint.pt"
-    if ckpt_path.is_file():
-        try:
-            # The folder may be shared or copied, and its id is predictable: data only, never code.
-            ck = load_data_only(ckpt_path, what="fine-tuning checkpoint")
-            if not isinstance(ck, dict):
-                raise CheckpointMismatchError(f"checkpoint {ckpt_path} holds a {type(ck).__name__}, not a dict")
-            if ck.get("weights_id") != wid or ck.get("backbone") != spec.name:
-                raise CheckpointMismatchError(
-                    f"checkpoint {ckpt_path} belongs to {ck.get('backbone')}@{ck.get('weights_id')}, "
-                    f"not {spec.name}@{wid}")
-            if ck.get("format") != CHECKPOINT_FORMAT:
-                raise CheckpointMismatchError(
-                    f"cannot resume from {ckpt_path}: checkpoint format {ck.get('format', 'none')}, this "
-                    f"workbench writes {CHECKPOINT_FORMAT}. Move it away to start over.")
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            _set_rng_state(ck["rng"], generator)
-            history, best_state, best_score = ck["history"], ck["best_state"], ck["best_score"]
-            best_epoch, bad_epochs, start = ck["best_epoch"], ck["bad_epochs"], ck["epoch"] + 1
-        except CheckpointMismatchError:  # UnsafeCheckpointError included
-            raise
-        except Exception as e:  # another architecture's tensors, a truncated file, ...
-            raise CheckpointMismatchError(
-                f"cannot resume from {ckpt_path}: it does not fit {spec.name} with {len(classes)} classes "
-                f"({type(e).__name__}: {str(e)[:300]}). Move it away to start over.") from e
-        say(f"resuming {spec.name}@{wid} after epoch {ck['epoch']} from {ckpt_path}")
-
-    stop = start > config.epochs or (config.patience and bad_epochs >= config.patience and val)
-    epoch = start - 1
-    for epoch in range(start, config.epochs + 1):
-        if stop:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        _freeze_bn_of_frozen(model)
-        total, n_rows, n_masked = 0.0, 0, 0
-        bar = tqdm(loader, disable=not progress, leave=False, desc=f"{spec.name} epoch {epoch}/{config.epochs}")
-        for batch in bar:
-            x = batch["images"].to(dev, non_blocking=True)
-            yb = batch["labels"].to(dev, non_blocking=True)
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                logits = model(x)
-            loss = criterion(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(yb)
-            n_rows += len(yb)
-            n_masked += int(batch["is_masked"].sum())
-            bar.set_postfix(loss=f"{total / n_rows:.4f}")
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": total / max(n_rows, 1), "lr": lr,
-                               "rows": n_rows, "masked_rows": n_masked}
-        if val_ds is not None:
-            proba = predict_proba(model, val, classes, Geometry(size, config.resize, interpolation=dc.interpolation),
-                                  dc, device=dev, batch_size=max(config.batch_size, 32))
-            row.update(_val_metrics(proba, y_val, len(classes)))
-            # AUC is undefined when the validation split lacks a class: watch the loss then.
-            monitor = config.monitor if not (config.monitor == "auc" and np.isnan(row["val_auc"])) else "loss"
-            score = _score(row, monitor)
-        else:
-            monitor, score = "loss", [-row["train_loss"]]
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(row)
-        if val_ds is None or _better(score, best_score):
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-        say(f"{spec.name}@{wid} epoch {epoch}: {shown}")
-        # Tensors, numbers, strings and lists only: it is read back with weights_only=True.
-        _atomic_torch_save({
-            "format": CHECKPOINT_FORMAT,
-            "backbone": spec.name, "weights_id": wid, "epoch": epoch, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history,
-            "best_state": best_state, "best_score": best_score, "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs, "rng": _rng_state(generator),
-        }, ckpt_path)
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-        if config.patience and val_ds is not None and bad_epochs >= config.patience:
-            say(f"early stop after epoch {epoch}: no better validation {monitor} for {bad_epochs} epochs")
-            stop = True
-
-    model.load_state_dict(best_state)
-    meta = {
-        "backbone": spec.name, "weights_id": wid, "base_weights": base.id, "base_digest": base.digest,
-        "classes": classes, "config": config.to_dict(), "precision": prec, "device": str(dev),
-        "image_size": size, "resize": config.resize,
-        "n_train": len(train), "n_val": len(val),
-        # The ids it saw: the sweep marks CV results on its features optimistic from these.
-        "train_ids": sorted(it.id for it in train), "val_ids": sorted(it.id for it in val), "context": context, "frozen_parameters": len(frozen),
-        "class_weight": {"mode": config.class_weight, "train_counts": train_counts,
-                         "weights": None if class_w is None else dict(zip(classes, map(float, class_w)))},
-        "val_counts": val_counts, "monitor": config.monitor,
-        "history": history, "best_epoch": best_epoch, "code_version": FINETUNE_CODE_VERSION,
-        "environment": environment(),
-    }
-    _atomic_torch_save({k: v.cpu() for k, v in model.state_dict().items()}, folder / "weights.pth")
-    # Atomic: a kill mid-write must not leave a cut-off meta.json beside complete
-    # weights, which the store would list as finished and every re-run would trip on.
-    write_json_atomic(folder / "meta.json", meta)
-    ckpt_path.unlink(missing_ok=True)  # the weights file supersedes it
-    say(f"fine-tuned {spec.name}@{wid}: best epoch {best_epoch} of {len(history)}; saved in {folder}")
-    return FineTuned(spec.name, wid, folder, model.eval(), classes, dc, size, config.resize, history,
-                     best_epoch, meta, trained_now=True)
+    plan = _plan(backbone, train, val, classes, config or FineTuneConfig(), weights=weights, root=root,
+                 device=device, context=context)
+    done = _load_finished(plan)
+    if done is not None:
+        return done
+    setup = _set_up(plan)
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    prog = _resume(plan, setup)
+    _train(plan, setup, prog, progress=progress, on_epoch=on_epoch)
+    return _record(plan, setup, prog)
 
 
 def validation_split(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:

@@ -8,18 +8,20 @@ extracts every member's features, and the sweep feeds each fold its own network'
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir
-from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, validation_split
-from workbench.data.manifest import Manifest
 from workbench.core.io import write_json_atomic
+from workbench.data.manifest import Manifest
 from workbench.evaluation.protocol import Protocol, build_task, sha
+from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, validation_split
 
 __all__ = ["NestedSet", "fine_tune_nested"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,41 +42,38 @@ def fine_tune_nested(
     manifest: Manifest,
     config: FineTuneConfig | None = None,
     *,
-    cv: int = 5,
-    inner_cv: int = 3,
-    seed: int = 0,
-    scoring: str = "auc",
-    positive: str | None = None,
+    protocol: Protocol,
     weights: str | None = None,
     val_fraction: float = 0.15,
     root: str | os.PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
-    log=None,
 ) -> NestedSet:
-    """Fine-tune ``backbone`` once per outer fold of the sweep protocol ``(cv, inner_cv, seed, ...)``.
+    """Fine-tune ``backbone`` once per outer fold of the sweep's ``protocol``.
 
-    ``manifest`` must be the sweep's (classes selected, validated); the folds are the
-    sweep's own, so use the same ``cv``, ``inner_cv``, ``seed``, ``scoring`` and
-    ``positive``. Members are ordinary fine-tuned weights (reused when they exist).
+    ``manifest`` must be the sweep's (classes selected, validated) and ``protocol`` the
+    sweep's own, so the folds are the same. Members are ordinary fine-tuned weights
+    (reused when they exist); ``val_fraction`` of each fold's training images is held
+    out for early stopping.
     """
-    say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
     config = config or FineTuneConfig()
-    task = build_task(manifest, Protocol(cv=cv, inner_cv=inner_cv, seed=seed, scoring=scoring, positive=positive))
+    task = build_task(manifest, protocol)
     items = list(manifest)
     members: dict[str, FineTuned] = {}
     for fold, train_rows, _ in task.outer:
         train, val = validation_split([items[i] for i in train_rows], val_fraction, config.seed)
-        say(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, {len(val)} validation images)")
+        logger.info(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, "
+                    f"{len(val)} validation images)")
         members[fold] = fine_tune(backbone, train, val, task.class_names, config, weights=weights, root=root,
-                                  device=device, progress=progress, log=log)
+                                  device=device, progress=progress)
     ids = {f: m.weights_id for f, m in members.items()}
     nested_id = NESTED_PREFIX + sha({"members": ids, "protocol": task.protocol_hash})[:12]
-    folder = finetuned_dir(members["test"].backbone, nested_id, root)
+    name = members["test"].backbone
+    folder = finetuned_dir(name, nested_id, root)
     folder.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {"backbone": members["test"].backbone, "nested_id": nested_id, "members": ids,
+    info: dict[str, Any] = {"backbone": name, "nested_id": nested_id, "members": ids,
                             "protocol": task.protocol, "protocol_hash": task.protocol_hash,
                             "classes": task.class_names, "config": config.to_dict(), "val_fraction": val_fraction}
     write_json_atomic(folder / "nested.json", info)
-    say(f"nested set {backbone}@{nested_id}: {', '.join(f'{f}={i}' for f, i in ids.items())}")
-    return NestedSet(members["test"].backbone, nested_id, members)
+    logger.info(f"nested set {backbone}@{nested_id}: {', '.join(f'{f}={i}' for f, i in ids.items())}")
+    return NestedSet(name, nested_id, members)

@@ -1,0 +1,107 @@
+"""How a network is fine-tuned: :class:`FineTuneConfig`, its choices and defaults.
+
+Kept apart from the training loop and free of torch, torchvision, timm and
+scikit-learn, so the command-line parser can show the defaults without loading any of
+them. :mod:`workbench.training.finetune` re-exports everything here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.errors import ConfigError
+
+__all__ = ["FineTuneConfig", "OPTIMIZERS", "SCHEDULES", "MONITORS", "CLASS_WEIGHTS", "FREEZE_MODES"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "step", "none")
+MONITORS = ("auc", "loss")
+CLASS_WEIGHTS = ("balanced", "none")
+#: The named freeze modes of :func:`workbench.backbones.adapt.freeze_early` (which
+#: imports torch, so the names are repeated here; a test keeps the two equal).
+FREEZE_MODES = ("none", "features")
+
+
+def _is_fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """How a network is fine-tuned. Every field goes into the weights id.
+
+    Defaults follow the study: SGD with momentum 0.9, its augmentation (rotation
+    +-10 deg, horizontal flip, zoom 95-105 %, shift up to 10 %), early stopping on a
+    validation fold of the training split.
+    """
+
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    step_size: int = 10  # "step" schedule: epochs per decay
+    gamma: float = 0.1  # "step" schedule: decay factor
+    # "balanced": cross-entropy weights n / (C * n_c) from the training rows, so a
+    # minority class counts as much as the majority; "none": plain cross-entropy.
+    class_weight: str = "balanced"
+    freeze: str | float = "none"  # "none", "features" (train the head only), or a fraction
+    image_size: int | None = None  # None: the weights' own input size
+    resize: str = "squash"
+    augment: bool = True
+    cut_remain: bool = False
+    box_mode: str = "tight"
+    patience: int = 5  # epochs without improvement before stopping; 0: never stop early
+    monitor: str = "auc"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # `--set class_weight=none` parses to None, a TOML flag to a bool: one spelling
+        # each, so equal settings hash to one id.
+        if self.class_weight is None or isinstance(self.class_weight, bool):
+            object.__setattr__(self, "class_weight", "balanced" if self.class_weight else "none")
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.monitor in MONITORS, f"monitor must be one of {MONITORS}"),
+            (self.class_weight in CLASS_WEIGHTS,
+             f"class_weight must be one of {CLASS_WEIGHTS}, got {self.class_weight!r}"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.freeze in FREEZE_MODES or _is_fraction(self.freeze),
+             "freeze must be 'none', 'features' or a fraction in [0, 1)"),
+            (self.image_size is None or self.image_size >= 16, "image_size must be >= 16"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"fine-tune config: {msg}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FineTuneConfig:
+        """Build from a mapping, naming unknown keys (a typo must not be ignored).
+
+        The key ``class_weights`` (a bool, before ``class_weight`` replaced it) is read
+        as ``"balanced"`` / ``"none"``, so older configs and ``meta.json`` files load.
+        """
+        d = dict(d)
+        if "class_weights" in d:
+            if "class_weight" in d:
+                raise ConfigError("fine-tune settings: give class_weight only (class_weights is its old name)")
+            d["class_weight"] = d.pop("class_weights")  # a bool or None: __post_init__ maps it
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ConfigError(f"unknown fine-tune settings {bad}; known: {sorted(names)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field by name: the form hashed into the weights id and stored in meta.json."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> FineTuneConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
