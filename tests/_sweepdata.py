@@ -4,18 +4,40 @@ Importable by tests and by the subprocesses they start (resume after a kill).
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from workbench.data.manifest import Item, Manifest
+from workbench.evaluation.protocol import Protocol
 from workbench.features.featureset import FeatureSet
+from workbench.features.options import ExtractOptions
+from workbench.search.options import Execution, SweepOptions
 
 BLOCKS = {"alexnet:fc6": 24, "vgg16:fc7": 16, "resnet50:avgpool": 12}
-#: Fast settings: small grids, a small forest.
+#: Fast settings: small grids, a small forest (flat keywords; see :func:`sweep_args`).
 FAST = dict(heads=["svm-rbf", "rf"], cv=3, inner_cv=3, progress=False,
             grids={"svm-rbf": {"C": [1.0, 10.0], "gamma_factor": [1.0]},
                    "rf": {"n_estimators": [40], "max_features": ["sqrt"]}})
+
+_GROUPS = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (Protocol, SweepOptions, Execution)}
+
+
+def sweep_args(**kw: Any) -> dict[str, Any]:
+    """Flat test settings as :func:`sweep`'s keywords: the fields of :class:`Protocol`,
+    :class:`SweepOptions` and :class:`Execution` become those objects (each built only
+    when one of its fields is given); ``extract_options`` (a dict) an :class:`ExtractOptions`;
+    everything else (``classes``, ``cache``, ``progress``) passes through."""
+    out: dict[str, Any] = {}
+    for cls, key in ((Protocol, "protocol"), (SweepOptions, "options"), (Execution, "execution")):
+        given = {k: kw.pop(k) for k in list(kw) if k in _GROUPS[cls]}
+        if given:
+            out[key] = cls(**given)
+    if isinstance(kw.get("extract_options"), dict):
+        kw["extract_options"] = ExtractOptions(**kw["extract_options"])
+    return {**out, **kw}
 
 
 def make_task(n: int = 72, seed: int = 0, classes=("benign", "malignant"), groups: bool = False,

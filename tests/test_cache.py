@@ -421,7 +421,7 @@ _WRITER = r"""
 import os, signal, sys, time
 from pathlib import Path
 import workbench.features.cache as C
-from workbench.features import extract
+from workbench.features import ExtractOptions, extract
 
 csv, cache, mode, feature = sys.argv[1:5]
 if mode == "after_commit":
@@ -449,8 +449,8 @@ elif mode == "concurrent":
     deadline = time.time() + 120
     while not Path(cache + ".go").exists() and time.time() < deadline:
         time.sleep(0.01)
-fs = extract(csv, [feature], cache=cache, image_size=32, batch_size=2, num_workers=0,
-             device="cpu", progress=False)
+fs = extract(csv, [feature], cache=cache, progress=False,
+             options=ExtractOptions(image_size=32, batch_size=2, num_workers=0, device="cpu"))
 print("DONE", fs.record["computed_rows"][feature])
 """
 

@@ -374,7 +374,7 @@ def test_records_started_in_the_same_second_do_not_overwrite(tiny_dataset, tmp_p
 
 
 def test_record_write_failure_leaves_no_half_record(tmp_path, monkeypatch):
-    import workbench.core.provenance as R
+    import workbench.core.io as R  # the atomic JSON writer of run records
 
     target = tmp_path / "records" / "extract.json"
     monkeypatch.setattr(R.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device")))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from _sweepdata import make_task
+from _sweepdata import make_task, sweep_args
 from test_tables import make_comparison, make_records
 from workbench.report.tables import DDAGGER, backbone_table, comparison_table, to_latex, to_markdown
 from workbench.evaluation import stats
@@ -73,8 +73,8 @@ def _baseline(store, task, name, proba_of, kind="baseline"):
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("degenerate") / "run"
     manifest, fs = make_task(n=72, test_every=3)
-    sweep(manifest, fs, out=out, heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3, progress=False,
-          ensembles=False)
+    sweep(manifest, fs, out=out, **sweep_args(heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3,
+                                             progress=False, ensembles=False))
     task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
     store = task.open_store(out)
     X = np.concatenate([np.asarray(fs[b]) for b in fs.names], axis=1)
@@ -197,8 +197,8 @@ def test_baseline_threshold_comes_from_its_validation_split_not_the_test_balance
     X = np.concatenate([np.asarray(fs[b]) for b in fs.names], axis=1)
 
     def build(out, keep_test, with_val):
-        sweep(manifest, fs, out=out, heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3, progress=False,
-              ensembles=False)
+        sweep(manifest, fs, out=out, **sweep_args(heads=["logreg"], grids={"logreg": {}}, cv=3, inner_cv=3,
+                                                 progress=False, ensembles=False))
         task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
         store = task.open_store(out)
         rng = np.random.default_rng(0)

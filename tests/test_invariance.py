@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from _sweepdata import sweep_args
 from conftest import write_png
 from workbench.data.manifest import Manifest
 from workbench.features.featureset import FeatureSet
@@ -80,7 +81,7 @@ def _baseline(run: Path, manifest: Manifest, fs: FeatureSet) -> None:
 
 
 def _outcome(run: Path, manifest: Manifest, fs: FeatureSet, id_of: dict[str, str]) -> dict:
-    sweep(manifest, fs, out=run, **SWEEP)
+    sweep(manifest, fs, out=run, **sweep_args(**SWEEP))
     _baseline(run, manifest, fs)
     res = search(run, "auc", top_k=2)
     records = pd.DataFrame(res.ranking)

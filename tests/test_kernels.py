@@ -309,6 +309,7 @@ def busi_lite0(tmp_path_factory):
 
     from workbench import extract
     from workbench.data.manifest import Manifest
+    from workbench.features.options import ExtractOptions
 
     busi_dir = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"  # as conftest's busi_dir
     if not (busi_dir / "labels.csv").is_file():
@@ -318,8 +319,8 @@ def busi_lite0(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BUSI holds one duplicate image; not this test's subject
         fs = extract(manifest.subset(keep), ["tf_efficientnet_lite0:avgpool"],
-                     cache=tmp_path_factory.mktemp("lite0-cache"), image_size=128, device="cpu",
-                     num_workers=0, progress=False)
+                     cache=tmp_path_factory.mktemp("lite0-cache"), progress=False,
+                     options=ExtractOptions(image_size=128, device="cpu", num_workers=0))
     y = np.array([lab == "malignant" for lab in fs.labels], dtype=int)
     return fs["tf_efficientnet_lite0:avgpool"], y
 

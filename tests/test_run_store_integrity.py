@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from _sweepdata import make_task
+from _sweepdata import make_task, sweep_args
 
 from workbench.evaluation.store import ResultStore, StoreCorruptError, atomic_write
 from workbench.search.sweep import sweep
@@ -108,14 +108,14 @@ def test_old_records_without_a_digest_are_checked_by_opening_them(tmp_path):
 def test_rerun_recomputes_damaged_predictions_and_nothing_else(tmp_path):
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
-    df = sweep(manifest, fs, out=out, **QUICK)
+    df = sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     store = ResultStore(out)
     recs = store.records()
     n_lines = len(store.records_path.read_text().splitlines())
     bad = [store.root / recs[0]["predictions"], store.root / recs[5]["predictions"]]
     bad[0].write_bytes(b"garbage")
     bad[1].write_bytes(bad[1].read_bytes()[:100])
-    again = sweep(manifest, fs, out=out, **QUICK)
+    again = sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     assert len(store.records_path.read_text().splitlines()) == n_lines + 2
     assert store.done() == {r["key"] for r in recs}
     cols = ["candidate", "fold", "auc", "accuracy"]
@@ -130,7 +130,7 @@ def test_search_on_a_damaged_predictions_file_names_it(tmp_path):
 
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
-    sweep(manifest, fs, out=out, **QUICK)
+    sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     store = ResultStore(out)
     for rec in store.records():  # damage every test-split file: the search must read one
         if rec["fold"] == "test":
@@ -176,7 +176,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 def test_run_state_files_are_written_whole(tmp_path):
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
-    sweep(manifest, fs, out=out, **QUICK)
+    sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     names = {p.name for p in out.iterdir()}
     assert {"run.json", "splits.csv", "labels.json", "records.jsonl"} <= names
     assert not [n for n in names if n.endswith(".tmp")]

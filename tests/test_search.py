@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from _sweepdata import FAST, make_task
+from _sweepdata import FAST, make_task, sweep_args
 from workbench.evaluation import stats
 from workbench.evaluation.metrics import classification_metrics
 from workbench.evaluation.protocol import Protocol, build_task
@@ -47,7 +47,7 @@ def add_baseline(run, manifest, fs, block: str, C: float = 0.05, name: str = "CN
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
     manifest, fs = make_task(n=96, test_every=3)
-    sweep(manifest, fs, out=root / "run", **FAST)
+    sweep(manifest, fs, out=root / "run", **sweep_args(**FAST))
     add_baseline(root / "run", manifest, fs, "resnet50:avgpool")
     return root / "run"
 
@@ -114,7 +114,7 @@ def test_three_class_report_has_per_class_and_macro_tables(tmp_path):
     from workbench.report.build import write_report
 
     manifest, fs = make_task(n=120, classes=("benign", "malignant", "normal"), test_every=4)
-    sweep(manifest, fs, out=tmp_path / "run", **{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}})
+    sweep(manifest, fs, out=tmp_path / "run", **sweep_args(**{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}}))
     out = write_report(tmp_path / "run")
     table = (out / "tables" / "per-class.md").read_text()
     for c in ("benign", "malignant", "normal", "macro"):
@@ -156,7 +156,7 @@ def test_without_groups_the_statistics_are_unchanged(run):
 def grouped_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("grouped")
     manifest, fs = make_task(n=96, test_every=3, groups=True)  # patients of two images
-    sweep(manifest, fs, out=root / "run", **{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}})
+    sweep(manifest, fs, out=root / "run", **sweep_args(**{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}}))
     add_baseline(root / "run", manifest, fs, "resnet50:avgpool")
     return root / "run", manifest
 

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from sklearn.model_selection import cross_val_predict
 
+from _sweepdata import sweep_args
+
 from workbench.data.manifest import Item, Manifest
 from workbench.features.featureset import FeatureSet
 from workbench.heads.ensembles import stack
@@ -57,7 +59,7 @@ def _inner_oof(X, y, head: str, params: dict, seed: int, folds) -> np.ndarray:
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("null") / "run"
     manifest, fs = null_task(0, signal=0.6)
-    df = sweep(manifest, fs, out=out, seed=0, **HEADS)
+    df = sweep(manifest, fs, out=out, **sweep_args(seed=0, **HEADS))
     task = build_task(manifest, Protocol(cv=3, inner_cv=3, seed=0, scoring="auc", positive=None))
     return out, df, manifest, fs, task
 
@@ -95,7 +97,7 @@ def test_hard_vote_thresholds_on_a_cv_fold_come_from_inner_out_of_fold_predictio
 
 def test_hard_vote_thresholds_are_on_the_tasks_positive_class_not_index_1(tmp_path):
     manifest, fs = null_task(2, n_blocks=1, signal=0.6)
-    df = sweep(manifest, fs, out=tmp_path / "run", seed=0, positive="benign", **HEADS)  # class index 0
+    df = sweep(manifest, fs, out=tmp_path / "run", **sweep_args(seed=0, positive="benign", **HEADS))  # class index 0
     store = ResultStore(tmp_path / "run")
     recs = {(r["candidate"], r["fold"]): r for r in store.records()}
     rec = recs[("[R] vote-hard(svm-rbf+logreg)", "test")]
@@ -115,7 +117,7 @@ def test_hard_vote_thresholds_are_on_the_tasks_positive_class_not_index_1(tmp_pa
 def test_inner_refits_run_once_and_a_rerun_computes_nothing(small_run):
     out, df, manifest, fs, _ = small_run
     before = (out / "records.jsonl").read_bytes()
-    again = sweep(manifest, fs, out=out, seed=0, **HEADS)
+    again = sweep(manifest, fs, out=out, **sweep_args(seed=0, **HEADS))
     assert (out / "records.jsonl").read_bytes() == before
     assert len(again) == len(df)
 
@@ -123,15 +125,15 @@ def test_inner_refits_run_once_and_a_rerun_computes_nothing(small_run):
 def test_records_of_the_old_stacking_rule_are_recomputed_others_reused(tmp_path, monkeypatch):
     """A folder written before the rule changed: its stacks and hard votes are recomputed
     (new ids), heads and soft votes keep their ids, and the old lines no longer show."""
-    import workbench.search.sweep as sweep_mod
+    import workbench.search.plan as plan_mod
 
     manifest, fs = null_task(1)
     out = tmp_path / "run"
-    monkeypatch.setattr(sweep_mod, "ENSEMBLE_RULES", {})  # ids as the first release made them
-    old = sweep(manifest, fs, out=out, seed=0, **HEADS)
+    monkeypatch.setattr(plan_mod, "ENSEMBLE_RULES", {})  # ids as the first release made them
+    old = sweep(manifest, fs, out=out, **sweep_args(seed=0, **HEADS))
     monkeypatch.undo()
     n_old = len(ResultStore(out).records())
-    new = sweep(manifest, fs, out=out, seed=0, **HEADS)
+    new = sweep(manifest, fs, out=out, **sweep_args(seed=0, **HEADS))
     ids_old = dict(zip(old["candidate"], old["candidate_id"]))
     ids_new = dict(zip(new["candidate"], new["candidate_id"]))
     assert set(ids_old) == set(ids_new)
@@ -154,7 +156,7 @@ def test_stacks_on_permuted_labels_score_like_everything_else():
     for seed in range(5):
         manifest, fs = null_task(seed, n=150, n_blocks=4)
         with tempfile.TemporaryDirectory() as d:
-            df = sweep(manifest, fs, out=d, seed=seed, **HEADS)
+            df = sweep(manifest, fs, out=d, **sweep_args(seed=seed, **HEADS))
         cv = df[df["fold"] != "test"].groupby("kind")["auc"].mean()
         per_seed.append((cv["stack"], cv[["head", "vote-hard", "vote-soft"]].mean()))
     stacks, others = np.array(per_seed).T

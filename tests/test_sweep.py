@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from _sweepdata import FAST, make_task
+from _sweepdata import FAST, make_task, sweep_args
 
 from workbench.data.manifest import Manifest
+from workbench.evaluation.protocol import Protocol
 from workbench.features.featureset import FeatureSet
 from workbench.evaluation.splits import FoldError
 from workbench.evaluation.store import ResultStore, RunMismatchError
+from workbench.search.options import SweepOptions
 from workbench.search.sweep import SweepInputError, sweep
 
 METRIC_COLS = ["accuracy", "sensitivity", "specificity", "auc", "f1"]
@@ -34,7 +36,7 @@ def reference(tmp_path_factory):
     """One uninterrupted sweep of the synthetic task, run in this process."""
     out = tmp_path_factory.mktemp("ref") / "run"
     manifest, fs = make_task()
-    df = sweep(manifest, fs, out=out, stacking=True, **FAST)
+    df = sweep(manifest, fs, out=out, **sweep_args(stacking=True, **FAST))
     return out, df
 
 
@@ -57,7 +59,7 @@ def test_rerun_computes_nothing_and_gives_the_same_table(reference):
     out, df = reference
     manifest, fs = make_task()
     before = (out / "records.jsonl").read_bytes()
-    again = sweep(manifest, fs, out=out, stacking=True, **FAST)
+    again = sweep(manifest, fs, out=out, **sweep_args(stacking=True, **FAST))
     assert (out / "records.jsonl").read_bytes() == before
     pd.testing.assert_frame_equal(table(again), table(df))
 
@@ -71,17 +73,17 @@ def test_new_heads_extend_a_run_without_recomputing(reference, tmp_path):
     n_before = len(ResultStore(copy).records())
     manifest, fs = make_task()
     opts = dict(FAST, heads=["svm-rbf", "rf", "logreg"], grids=dict(FAST["grids"], logreg={"C": [0.1]}))
-    df = sweep(manifest, fs, out=copy, ensembles=False, **opts)
+    df = sweep(manifest, fs, out=copy, **sweep_args(ensembles=False, **opts))
     assert len(ResultStore(copy).records()) == n_before + 7 * 4
     assert set(df["head"].dropna()) == {"svm-rbf", "rf", "logreg"}
 
 
 _KILLED_RUN = """
 import sys
-from _sweepdata import FAST, make_task
+from _sweepdata import FAST, make_task, sweep_args
 from workbench.search.sweep import sweep
 manifest, fs = make_task()
-sweep(manifest, fs, out=sys.argv[1], stacking=True, backend="sequential", **FAST)
+sweep(manifest, fs, out=sys.argv[1], **sweep_args(stacking=True, backend="sequential", **FAST))
 """
 
 
@@ -107,7 +109,7 @@ def test_resume_after_kill_equals_uninterrupted_run(reference, tmp_path):
         f.write(b'{"key": "torn')
     manifest, fs = make_task()
     with pytest.warns(UserWarning, match="torn last line"):
-        resumed = sweep(manifest, fs, out=out, stacking=True, **FAST)
+        resumed = sweep(manifest, fs, out=out, **sweep_args(stacking=True, **FAST))
     pd.testing.assert_frame_equal(table(resumed), table(ref), check_exact=False, atol=1e-12)
     assert len(ResultStore(out).records()) == len(ref)
 
@@ -116,15 +118,15 @@ def test_resume_after_kill_equals_uninterrupted_run(reference, tmp_path):
 def test_dask_local_cluster_equals_local_run(reference, tmp_path):
     _, ref = reference
     manifest, fs = make_task()
-    df = sweep(manifest, fs, out=tmp_path / "dask", stacking=True, backend="dask", scheduler="local",
-               n_jobs=2, **FAST)
+    df = sweep(manifest, fs, out=tmp_path / "dask",
+               **sweep_args(stacking=True, backend="dask", scheduler="local", n_jobs=2, **FAST))
     pd.testing.assert_frame_equal(table(df), table(ref), check_exact=False, atol=1e-9)
 
 
 def test_loky_workers_equal_in_process_run(reference, tmp_path):
     _, ref = reference
     manifest, fs = make_task()
-    df = sweep(manifest, fs, out=tmp_path / "loky", stacking=True, n_jobs=2, **FAST)
+    df = sweep(manifest, fs, out=tmp_path / "loky", **sweep_args(stacking=True, n_jobs=2, **FAST))
     pd.testing.assert_frame_equal(table(df), table(ref), check_exact=False, atol=1e-9)
 
 
@@ -199,14 +201,14 @@ def test_features_missing_ids_fail_before_writing(tmp_path):
     manifest, fs = make_task()
     short = FeatureSet(fs.ids[5:], fs.labels[5:], {n: fs[n][5:] for n in fs.names}, {})
     with pytest.raises(SweepInputError, match=r"no rows for 5 of the manifest's 72 images: 'img000'"):
-        sweep(manifest, short, out=tmp_path / "run", **FAST)
+        sweep(manifest, short, out=tmp_path / "run", **sweep_args(**FAST))
     assert _nothing_written(tmp_path / "run")
 
 
 def test_features_may_hold_more_images_than_the_manifest(tmp_path):
     manifest, fs = make_task()
     sub = manifest.subset(manifest.ids[::-1][:60])  # other order, fewer images
-    df = sweep(sub, fs, out=tmp_path / "run", ensembles=False, subsets="single", **FAST)
+    df = sweep(sub, fs, out=tmp_path / "run", **sweep_args(ensembles=False, subsets="single", **FAST))
     assert df.loc[df.fold == "test", "n_eval"].iloc[0] == sum(it.split == "test" for it in sub)
 
 
@@ -216,7 +218,7 @@ def test_non_finite_features_fail_before_writing(tmp_path, bad):
     blocks = {n: fs[n].copy() for n in fs.names}
     blocks["vgg16:fc7"][7, 3] = bad
     with pytest.raises(SweepInputError, match=r"vgg16:fc7 has NaN or infinite values in 1 row\(s\): 'img007'"):
-        sweep(manifest, FeatureSet(fs.ids, fs.labels, blocks, {}), out=tmp_path / "run", **FAST)
+        sweep(manifest, FeatureSet(fs.ids, fs.labels, blocks, {}), out=tmp_path / "run", **sweep_args(**FAST))
     assert _nothing_written(tmp_path / "run")
 
 
@@ -226,7 +228,7 @@ def test_class_too_small_for_the_folds_fails_before_writing(tmp_path):
     mal_train = [it.id for it in manifest if it.label == "malignant" and it.split != "test"]
     keep = [i for i in manifest.ids if i not in set(mal_train[2:])]
     with pytest.raises(FoldError, match=r"'malignant' has 2 images"):
-        sweep(manifest.subset(keep), fs, out=tmp_path / "run", **FAST)
+        sweep(manifest.subset(keep), fs, out=tmp_path / "run", **sweep_args(**FAST))
     assert _nothing_written(tmp_path / "run")
 
 
@@ -234,18 +236,18 @@ def test_single_class_training_set_fails_before_writing(tmp_path):
     manifest, fs = make_task()
     keep = [it.id for it in manifest if it.label == "benign" or it.split == "test"]
     with pytest.raises(FoldError, match=r"single class \('benign'\)"):
-        sweep(manifest.subset(keep), fs, out=tmp_path / "run", **FAST)
+        sweep(manifest.subset(keep), fs, out=tmp_path / "run", **sweep_args(**FAST))
     assert _nothing_written(tmp_path / "run")
 
 
 def test_unknown_head_block_or_positive_fail_before_writing(tmp_path):
     manifest, fs = make_task()
     with pytest.raises(KeyError, match="unknown head 'svm'; known heads: svm-rbf"):
-        sweep(manifest, fs, out=tmp_path / "run", heads=["svm"])
+        sweep(manifest, fs, out=tmp_path / "run", options=SweepOptions(heads=("svm",)))
     with pytest.raises(ValueError, match="unknown blocks"):
-        sweep(manifest, fs, out=tmp_path / "run", subsets=[["alexnet:fc8"]], **FAST)
+        sweep(manifest, fs, out=tmp_path / "run", **sweep_args(subsets=[["alexnet:fc8"]], **FAST))
     with pytest.raises(ValueError, match="positive class 'cancer'"):
-        sweep(manifest, fs, out=tmp_path / "run", positive="cancer", **FAST)
+        sweep(manifest, fs, out=tmp_path / "run", **sweep_args(positive="cancer", **FAST))
     assert _nothing_written(tmp_path / "run")
 
 
@@ -254,12 +256,12 @@ def test_run_folder_of_another_protocol_is_refused(reference):
     manifest, fs = make_task()
     opts = dict(FAST, cv=4)
     with pytest.raises(RunMismatchError, match=r"cv: 3 there, 4 now"):
-        sweep(manifest, fs, out=out, **opts)
+        sweep(manifest, fs, out=out, **sweep_args(**opts))
 
 
 def test_grouped_manifest_keeps_each_patient_in_one_fold(tmp_path):
     manifest, fs = make_task(groups=True)
-    sweep(manifest, fs, out=tmp_path / "run", subsets="single", ensembles=False, **FAST)
+    sweep(manifest, fs, out=tmp_path / "run", **sweep_args(subsets="single", ensembles=False, **FAST))
     folds = pd.read_csv(tmp_path / "run" / "splits.csv").merge(
         pd.DataFrame({"id": manifest.ids, "group": [it.group for it in manifest]}))
     assert (folds.groupby("group")["fold"].nunique() == 1).all()
@@ -274,12 +276,12 @@ def test_groups_straddling_the_manifest_split_are_warned_about(tmp_path):
     leaky = Manifest(items, source=manifest.source, classes=manifest.classes)
     with pytest.warns(UserWarning, match=r"1 group\(s\) have images in both the training and the test split: "
                                          r"'patient000'"):
-        sweep(leaky, fs, out=tmp_path / "run", subsets="single", ensembles=False, **FAST)
+        sweep(leaky, fs, out=tmp_path / "run", **sweep_args(subsets="single", ensembles=False, **FAST))
 
 
 def test_multiclass_sweep_reports_per_class_and_macro(tmp_path):
     manifest, fs = make_task(n=90, classes=("benign", "malignant", "normal"))
-    df = sweep(manifest, fs, out=tmp_path / "run", subsets="single", **FAST)
+    df = sweep(manifest, fs, out=tmp_path / "run", **sweep_args(subsets="single", **FAST))
     for col in ("auc", "sensitivity", "sensitivity[normal]", "auc[malignant]", "balanced_accuracy"):
         assert col in df.columns and df[col].notna().all()
 
@@ -299,7 +301,7 @@ def test_busi_benign_vs_malignant_lite_sweep(busi_dir, tmp_path_factory):
               cv=5, n_jobs=2, cache=root / "cache", progress=False,
               extract_options=dict(batch_size=32, device="cpu"))
     t0 = time.perf_counter()
-    df = sweep(busi_dir / "labels.csv", feats, out=root / "run", **kw)
+    df = sweep(busi_dir / "labels.csv", feats, out=root / "run", **sweep_args(**kw))
     seconds = time.perf_counter() - t0
     assert df["candidate"].nunique() == 7 * 2 + 7 * 2
     assert len(df) == 28 * 6
@@ -315,7 +317,7 @@ def test_busi_benign_vs_malignant_lite_sweep(busi_dir, tmp_path_factory):
     assert summary[summary.kind == "head"]["cv_auc"].max() > 0.85
     # A second run reads the cache and the records: nothing is recomputed.
     before = (root / "run" / "records.jsonl").read_bytes()
-    again = sweep(busi_dir / "labels.csv", feats, out=root / "run", **kw)
+    again = sweep(busi_dir / "labels.csv", feats, out=root / "run", **sweep_args(**kw))
     assert (root / "run" / "records.jsonl").read_bytes() == before
     pd.testing.assert_frame_equal(table(again), table(df))
 
@@ -324,8 +326,9 @@ def test_grids_the_fast_path_cannot_honour_run_plain(tmp_path):
     # A class_weight grid must be searched, not dropped by the precomputed-kernel path.
     manifest, fs = make_task()
     grids = {"svm-rbf": {"C": [1.0], "class_weight": [None, "balanced"]}}
-    df = sweep(manifest, fs, out=tmp_path / "run", heads=["svm-rbf"], grids=grids, cv=3, inner_cv=3,
-               ensembles=False, subsets="single", progress=False)
+    df = sweep(manifest, fs, out=tmp_path / "run", protocol=Protocol(cv=3, inner_cv=3),
+               options=SweepOptions(heads=("svm-rbf",), grids=grids, ensembles=False, subsets="single"),
+               progress=False)
     assert df.candidate_id.nunique() == 3 and len(df) == 3 * 4  # 3 CV folds + test
     recs = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
     assert len(recs) == 12
@@ -335,15 +338,15 @@ def test_grids_the_fast_path_cannot_honour_run_plain(tmp_path):
 def test_unknown_grid_parameter_fails_before_writing(tmp_path):
     manifest, fs = make_task()
     with pytest.raises(ValueError, match="gama_factor"):
-        sweep(manifest, fs, out=tmp_path / "run", heads=["svm-rbf"],
-              grids={"svm-rbf": {"gama_factor": [1.0]}}, progress=False)
+        sweep(manifest, fs, out=tmp_path / "run",
+              options=SweepOptions(heads=("svm-rbf",), grids={"svm-rbf": {"gama_factor": [1.0]}}), progress=False)
     assert _nothing_written(tmp_path / "run")
 
 
 def test_class_only_in_the_test_split_fails_before_writing(tmp_path):
     manifest, fs = make_task(n=90, classes=("benign", "malignant", "normal"), test_every=3)  # class 0 only in test
     with pytest.raises(FoldError, match="benign.*only in the test split"):
-        sweep(manifest, fs, out=tmp_path / "run", **FAST)
+        sweep(manifest, fs, out=tmp_path / "run", **sweep_args(**FAST))
     assert _nothing_written(tmp_path / "run")
 
 
@@ -359,10 +362,11 @@ def test_another_grid_in_the_same_folder_gets_its_own_label(tmp_path):
 
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
-    first = sweep(manifest, fs, out=out, **QUICK)
+    first = sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     assert "[A] logreg" in set(first["candidate"])  # the folder's first grid: plain labels
     assert "[A] vote-soft(logreg+rf)" in set(first["candidate"])
-    second = sweep(manifest, fs, out=out, **dict(QUICK, grids=dict(QUICK["grids"], logreg={"C": [0.1, 1]})))
+    second = sweep(manifest, fs, out=out,
+                   **sweep_args(**dict(QUICK, grids=dict(QUICK["grids"], logreg={"C": [0.1, 1]}))))
     labels = set(second["candidate"])
     assert "[A] logreg{C=0.1,1}" in labels and "[A] rf" in labels
     assert "[A] vote-soft(logreg{C=0.1,1}+rf)" in labels
@@ -374,7 +378,7 @@ def test_another_grid_in_the_same_folder_gets_its_own_label(tmp_path):
     result = search(out, "auc")
     assert result.selected
     # The folder's first grid keeps the plain label on every later run.
-    third = sweep(manifest, fs, out=out, **QUICK)
+    third = sweep(manifest, fs, out=out, **sweep_args(**QUICK))
     assert set(third["candidate"]) == set(first["candidate"])
     assert json.loads((out / "labels.json").read_text())["plain_grids"]["logreg"] == {"C": [1.0]}
 
@@ -384,10 +388,10 @@ def test_two_candidates_sharing_a_label_are_refused_by_name(tmp_path):
 
     manifest, fs = make_task(n=48)
     out = tmp_path / "run"
-    sweep(manifest, fs, out=out, **dict(QUICK, ensembles=False))
+    sweep(manifest, fs, out=out, **sweep_args(**dict(QUICK, ensembles=False)))
     # The same block names with other values: other candidate ids under the same labels.
     changed = FeatureSet(fs.ids, fs.labels, {n: fs[n] + 1.0 for n in fs.names}, {})
-    df = sweep(manifest, changed, out=out, **dict(QUICK, ensembles=False))
+    df = sweep(manifest, changed, out=out, **sweep_args(**dict(QUICK, ensembles=False)))
     records = ResultStore(out).frame()
     ids = sorted(records.loc[records["candidate"] == "[A] logreg", "candidate_id"].unique())
     assert len(ids) == 2

@@ -20,7 +20,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from workbench.cli import _parse_grids, _parse_subsets, _parse_value
+from workbench.cli.values import parse_head_grids as _parse_grids
+from workbench.cli.values import parse_subsets as _parse_subsets
+from workbench.cli.values import parse_value as _parse_value
 from workbench.data.manifest import Item, Manifest
 from workbench.heads.ensembles import VOTE_KINDS, stack, vote
 from workbench.heads.nested import _auc, grid_points, selection_score

@@ -8,7 +8,6 @@ together; a store made under another protocol is refused.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,7 +17,8 @@ import pandas as pd
 from workbench.core.hashing import stable_hash
 from workbench.data.images import file_sha256
 from workbench.data.manifest import Manifest
-from workbench.evaluation.metrics import SCORINGS, classification_metrics, default_positive
+from workbench.evaluation.metrics import classification_metrics, default_positive
+from workbench.evaluation.settings import SCORINGS, Protocol
 from workbench.evaluation.splits import Splits
 from workbench.evaluation.store import ResultStore, atomic_write
 from workbench.errors import ConfigError
@@ -32,55 +32,6 @@ SWEEP_CODE_VERSION = "1"
 def sha(obj: Any) -> str:
     """The stable hash of run protocols and task fingerprints."""
     return stable_hash(obj)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How a run is evaluated; everything that makes two results comparable.
-
-    Parameters
-    ----------
-    cv
-        Outer folds on the training split (CV estimates; ranking and selection).
-    inner_cv
-        Inner folds within each outer training fold (hyper-parameter search).
-    seed
-        Fixes every split and every seeded model.
-    scoring
-        What the inner search maximizes: one of :data:`SCORINGS`.
-    positive
-        The positive class of a binary task (``None``: the second class listed, or
-        the malignant-sounding one; see :func:`default_positive`).
-    groups
-        Keep the images of one ``group`` (patient) in one fold when the manifest has
-        groups; ``False`` ignores the column.
-    """
-
-    cv: int = 5
-    inner_cv: int = 3
-    seed: int = 0
-    scoring: str = "auc"
-    positive: str | None = None
-    groups: bool = True
-
-    def __post_init__(self) -> None:
-        for name, low in (("cv", 2), ("inner_cv", 2), ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"protocol {name} = {v!r}: expected an integer >= {low}")
-        if self.scoring not in SCORINGS:
-            raise ConfigError(f"protocol scoring = {self.scoring!r}: choose from {', '.join(SCORINGS)}")
-        if self.positive is not None and (not isinstance(self.positive, str) or not self.positive):
-            raise ConfigError(f"protocol positive = {self.positive!r}: expected a class name")
-        if not isinstance(self.groups, bool):
-            raise ConfigError(f"protocol groups = {self.groups!r}: expected true or false")
-
-    def replace(self, **changes: Any) -> "Protocol":
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -175,7 +126,7 @@ def build_task(manifest: Manifest, protocol: Protocol) -> RunTask:
     positive = protocol.positive
     class_names = list(manifest.classes)
     if positive is not None and positive not in class_names:
-        raise ValueError(f"positive class {positive!r} is not one of {class_names}")
+        raise ConfigError(f"positive class {positive!r} is not one of {class_names}")
     positive = positive or default_positive(class_names)
     ids = manifest.ids
     y = np.array([class_names.index(lab) for lab in manifest.labels])

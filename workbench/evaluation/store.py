@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.core.io import atomic_write  # re-exported: run-state files go through it
-from workbench.errors import WorkbenchError
+from workbench.errors import MissingFileError, WorkbenchError
 
 __all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write"]
 
@@ -97,7 +97,7 @@ class ResultStore:
 
     def protocol(self) -> dict[str, Any]:
         if not self.run_path.exists():
-            raise FileNotFoundError(f"{self.root} is not a run folder (no run.json)")
+            raise MissingFileError(f"{self.root} is not a run folder (no run.json)")
         proto = _read_json(self.run_path)
         if not isinstance(proto, dict):
             raise StoreCorruptError(f"{self.run_path} holds {type(proto).__name__}, not a protocol object")

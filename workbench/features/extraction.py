@@ -8,9 +8,10 @@ where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
+from workbench.backbones.finetuned import is_nested_id
 from workbench.backbones.loading import TapModel, build_model
 from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
@@ -28,15 +30,20 @@ from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
+from workbench.features.options import ExtractOptions
 from workbench.features.request import FeatureRequest, expand_requests
 from workbench.data.preprocess import Geometry, Preprocess
 from workbench.core.provenance import environment
+from workbench.errors import ConfigError
 
-__all__ = ["FeatureRequest", "extract", "FEATURE_CODE_VERSION"]
+__all__ = ["ExtractOptions", "FeatureRequest", "extract", "FEATURE_CODE_VERSION"]
+
+logger = logging.getLogger(__name__)
 
 #: Part of every cache key. Bump it when a change here or in image decoding alters
 #: the numbers a feature would have, so stale entries are never reused.
 FEATURE_CODE_VERSION = "1"
+
 
 @dataclass
 class _Job:
@@ -95,8 +102,6 @@ def _collate(batch: list):
 
 def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict) -> FeatureSet:
     """Blocks as requested; a nested block holds the test network's rows plus fold variants."""
-    import dataclasses
-
     blocks, info, fold_blocks, fold_info = {}, {}, {}, {}
     for r in requests:
         for t in r.taps:
@@ -129,12 +134,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 (fp16 without bf16 support) on a GPU, fp32 on the CPU."""
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     return precision
 
 
@@ -149,19 +153,9 @@ def extract(
     features: Sequence[str | FeatureRequest],
     *,
     cache: FeatureCache | str | os.PathLike = "features_cache",
-    input: str = "whole",
-    box_margin: float = 0.1,
-    resize: str = "squash",
-    image_size: int | None = None,
-    batch_size: int = 32,
-    num_workers: int | None = None,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    dtype: str = "float32",
+    options: ExtractOptions | None = None,
     classes: Sequence[str] | None = None,
-    skip_bad: bool = False,
     progress: bool = True,
-    log=None,
 ) -> FeatureSet:
     """Extract (or read from the cache) features for every image of ``manifest``.
 
@@ -170,30 +164,17 @@ def extract(
     manifest
         A :class:`Manifest` or the path of a CSV manifest / class-folder tree.
     features
-        Requests such as ``"alexnet:fc6,fc7"``, ``"resnet50@random:avgpool"``.
+        Requests such as ``"alexnet:fc6,fc7"``, ``"resnet50@random:avgpool"``; a nested
+        fine-tuned set (one network per outer fold) gives per-fold blocks.
     cache
         Cache folder or :class:`FeatureCache`.
-    input, box_margin
-        ``"whole"`` image or ``"box"`` crop widened by ``box_margin`` on each side.
-    resize
-        ``"squash"`` (default), ``"crop"`` or ``"letterbox"``; see :class:`Geometry`.
-    image_size
-        Override every backbone's input size (e.g. 160 for quick CPU runs).
-    batch_size, num_workers
-        Loader settings; ``num_workers=None`` picks one for the device.
-    device, precision
-        ``None``/``"auto"`` uses the GPU when there is one, with bf16 autocast and
-        channels_last; fp32 on the CPU. Precision is part of the cache key.
-    dtype
-        Storage dtype in the cache: ``"float32"`` or ``"float16"``.
+    options
+        Input, resizing, loader, device, precision and storage settings (default
+        :class:`ExtractOptions`); precision and dtype are part of the cache key.
     classes
         Allowed labels; others are bad rows.
-    skip_bad
-        Skip bad rows (listed in the record) instead of failing before any work.
     progress
-        Show progress bars.
-    log
-        Callable for status lines (``print`` by default when progress is on).
+        Show progress bars (status lines go to the ``workbench`` logger).
 
     Returns
     -------
@@ -201,123 +182,148 @@ def extract(
         Blocks named as requested (``backbone[@weights]:tap``), rows in manifest order.
     """
     t0 = time.perf_counter()
-    say = log or ((lambda s: print(s, file=sys.stderr)) if progress else (lambda s: None))
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
-    requests = [f if isinstance(f, FeatureRequest) else FeatureRequest.parse(f) for f in features]
-    if not requests:
-        raise ValueError("no features requested (e.g. --features tf_efficientnet_lite0:avgpool)")
+    options = options if options is not None else ExtractOptions()
+    requests = _parse_requests(features)
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     cache.check()
-    dev = _resolve_device(device)
-    prec = _resolve_precision(precision, dev)
+    dev = _resolve_device(options.device)
+    prec = _resolve_precision(options.precision, dev)
+    requests, specs = _check_requests(requests)
+    if any(is_nested_id(r.weights) for r in requests):
+        # A nested fine-tuned set stands for one network per outer fold: extract every
+        # member (each cached under its own weights), then give the sweep per-fold blocks.
+        flat, members = expand_requests(requests)
+        fs = extract(manifest, flat, cache=cache, options=options, classes=classes, progress=progress)
+        return _assemble_nested(fs, requests, members)
+    plan = _plan(manifest, requests, specs, cache, options, classes, prec, progress)
+    forwarded: dict[str, int] = {j.request.label: 0 for j in plan.jobs}
+    todo = [j for j in plan.jobs if j.needed]
+    pass_seconds = 0.0
+    if todo:
+        pass_seconds = _run_pass(todo, plan, options, dev, prec, progress, forwarded)
+    return _result(plan, cache, options, dev, prec, forwarded, pass_seconds, time.perf_counter() - t0)
 
-    # 1. Everything that can be wrong with the request is found before any work.
+
+# ---- planning ----------------------------------------------------------------------
+
+
+def _parse_requests(features: Sequence[str | FeatureRequest]) -> list[FeatureRequest]:
+    requests = [f if isinstance(f, FeatureRequest) else FeatureRequest.parse(f) for f in features]
+    if not requests:
+        raise ConfigError("no features requested (e.g. --features tf_efficientnet_lite0:avgpool)")
+    return requests
+
+
+def _check_requests(requests: list[FeatureRequest]) -> tuple[list[FeatureRequest], list[BackboneSpec]]:
+    """Requests with every tap named (none means all) and their backbones; an unknown
+    backbone or tap, or a block requested twice, is found before any work."""
     specs = [get_backbone(r.backbone) for r in requests]
     for r, s in zip(requests, specs):
         for t in r.taps or ():
             s.tap(t)
-    # No taps means all of them; expand before looking for duplicates.
     requests = [FeatureRequest(r.backbone, r.weights, r.taps or tuple(s.taps)) for r, s in zip(requests, specs)]
     names = [r.block_name(t) for r in requests for t in r.taps]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"feature requested twice: {', '.join(dupes)}")
-    from workbench.backbones.finetuned import is_nested_id
+        raise ConfigError(f"feature requested twice: {', '.join(dupes)}")
+    return requests, specs
 
-    if any(is_nested_id(r.weights) for r in requests):
-        # A nested fine-tuned set stands for one network per outer fold: extract every
-        # member (each cached under its own weights), then give the sweep per-fold blocks.
 
-        flat, plan = expand_requests(requests)
-        fs = extract(manifest, flat, cache=cache, input=input, box_margin=box_margin, resize=resize,
-                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, device=device,
-                     precision=precision, dtype=dtype, classes=classes, skip_bad=skip_bad, progress=progress,
-                     log=log)
-        return _assemble_nested(fs, requests, plan)
-    resolved = [resolve_weights(s, r.weights) for r, s in zip(requests, specs)]
+@dataclass(frozen=True)
+class _Plan:
+    """What a pass must do: the validated manifest, its rows' keys and one job per backbone."""
+
+    manifest: Manifest
+    items: list[Item]
+    keys: list[str]
+    jobs: list[_Job]
+
+
+def _validated(manifest: Manifest | str | os.PathLike, cache: FeatureCache, options: ExtractOptions,
+               classes: Sequence[str] | None, progress: bool) -> Manifest:
+    """The manifest with every row checked (content hashes taken); what decoded cleanly
+    is remembered by the cache even when other rows were bad: nothing done is lost."""
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest, classes=classes)
     known = cache.known_images()
     n_known = len(known)  # validate() only appends to `known`, so what follows is new
     try:
-        manifest = manifest.validate(require_box=(input == "box"), skip_bad=skip_bad, progress=progress, known=known)
+        return manifest.validate(require_box=(options.input == "box"), skip_bad=options.skip_bad,
+                                 progress=progress, known=known)
     finally:
-        # Remember what decoded cleanly even when other rows were bad: nothing done is lost.
         cache.remember_images(dict(list(known.items())[n_known:]))
+
+
+def _job(r: FeatureRequest, s: BackboneSpec, w: ResolvedWeights, cache: FeatureCache, keys: list[str],
+         options: ExtractOptions, prec: str) -> _Job:
+    """One backbone's cache entries (one per tap) and the rows each still lacks."""
+    pre = Preprocess.from_data_config(s.data_config(w.id), resize=options.resize, input=options.input,
+                                      box_margin=options.box_margin, size=options.image_size)
+    entries, missing = {}, {}
+    for t in r.taps:
+        fields = {
+            "backbone": s.name,
+            "family": s.family,
+            # A file's name does not matter, its bytes (the digest) do.
+            "weights_id": "file" if w.path is not None and w.id == str(w.path) else w.id,
+            "weights_digest": w.digest,
+            "weights_random": w.is_random,
+            "tap": t,
+            "dim": s.tap(t).dim,
+            "preprocess": pre.key_fields(),
+            "precision": prec,
+            "dtype": options.dtype,
+            "code_version": FEATURE_CODE_VERSION,
+        }
+        entries[t] = cache.entry(fields)
+        missing[t] = set(entries[t].missing(keys))
+    return _Job(r, s, w, pre, entries, missing)
+
+
+def _plan(manifest: Manifest | str | os.PathLike, requests: list[FeatureRequest], specs: list[BackboneSpec],
+          cache: FeatureCache, options: ExtractOptions, classes: Sequence[str] | None, prec: str,
+          progress: bool) -> _Plan:
+    """Resolve weights, validate the manifest and find which rows each (backbone, tap) lacks."""
+    resolved = [resolve_weights(s, r.weights) for r, s in zip(requests, specs)]
+    manifest = _validated(manifest, cache, options, classes, progress)
     items = list(manifest)
-    keys = [row_key(it, input) for it in items]
-
-    # 2. Which rows each (backbone, tap) still lacks.
-    jobs: list[_Job] = []
-    for r, s, w in zip(requests, specs, resolved):
-        pre = Preprocess.from_data_config(
-            s.data_config(w.id), resize=resize, input=input, box_margin=box_margin, size=image_size
-        )
-        taps = list(r.taps)
-        entries, missing = {}, {}
-        for t in taps:
-            fields = {
-                "backbone": s.name,
-                "family": s.family,
-                # A file's name does not matter, its bytes (the digest) do.
-                "weights_id": "file" if w.path is not None and w.id == str(w.path) else w.id,
-                "weights_digest": w.digest,
-                "weights_random": w.is_random,
-                "tap": t,
-                "dim": s.tap(t).dim,
-                "preprocess": pre.key_fields(),
-                "precision": prec,
-                "dtype": dtype,
-                "code_version": FEATURE_CODE_VERSION,
-            }
-            e = cache.entry(fields)
-            entries[t] = e
-            missing[t] = set(e.missing(keys))
-        jobs.append(_Job(r, s, w, pre, entries, missing))
-
-    todo = [j for j in jobs if j.needed]
+    keys = [row_key(it, options.input) for it in items]
+    jobs = [_job(r, s, w, cache, keys, options, prec) for r, s, w in zip(requests, specs, resolved)]
     n_uniq = len(set(keys))
     for j in jobs:
         for t in j.entries:
             n_miss = len(j.missing[t])
-            say(f"{j.request.block_name(t)}: {n_uniq - n_miss} cached, {n_miss} to compute")
+            logger.info(f"{j.request.block_name(t)}: {n_uniq - n_miss} cached, {n_miss} to compute")
+    return _Plan(manifest, items, keys, jobs)
 
-    forwarded: dict[str, int] = {j.request.label: 0 for j in jobs}
-    pass_seconds = 0.0
-    if todo:
-        pass_seconds = _run_pass(todo, items, keys, input, box_margin, batch_size, num_workers, dev, prec, progress, forwarded)
 
-    # 3. Read every block back from the cache, aligned to the manifest.
+# ---- recording ---------------------------------------------------------------------
+
+
+def _result(plan: _Plan, cache: FeatureCache, options: ExtractOptions, dev: torch.device, prec: str,
+            forwarded: dict[str, int], pass_seconds: float, elapsed: float) -> FeatureSet:
+    """Every block read back from the cache, aligned to the manifest, and the run record."""
     blocks, info = {}, {}
-    for j in jobs:
+    for j in plan.jobs:
         for t, e in j.entries.items():
             name = j.request.block_name(t)
-            blocks[name] = e.read(keys)
-            info[name] = BlockInfo(
-                name=name,
-                backbone=j.spec.name,
-                weights_id=j.weights.id,
-                weights_digest=j.weights.digest,
-                weights_random=j.weights.is_random,
-                tap=t,
-                dim=e.dim,
-                entry_key=e.key,
-                preprocess=j.pre.key_fields(),
-            )
-    elapsed = time.perf_counter() - t0
+            blocks[name] = e.read(plan.keys)
+            info[name] = BlockInfo(name=name, backbone=j.spec.name, weights_id=j.weights.id,
+                                   weights_digest=j.weights.digest, weights_random=j.weights.is_random, tap=t,
+                                   dim=e.dim, entry_key=e.key, preprocess=j.pre.key_fields())
+    manifest, jobs = plan.manifest, plan.jobs
     record = {
         "kind": "extract",
         "manifest": str(manifest.source),
         "manifest_digest": manifest.digest(),
-        "n_images": len(items),
+        "n_images": len(plan.items),
         "skipped": [asdict(b) for b in manifest.skipped],
         "features": [r.block_name(t) for r in (j.request for j in jobs) for t in r.taps],
         "settings": {
-            "input": input, "box_margin": box_margin, "resize": resize, "image_size": image_size,
-            "batch_size": batch_size, "num_workers": num_workers, "device": str(dev),
-            "precision": prec, "dtype": dtype, "cache": str(cache.root.resolve()),
-            "code_version": FEATURE_CODE_VERSION,
+            "input": options.input, "box_margin": options.box_margin, "resize": options.resize,
+            "image_size": options.image_size, "batch_size": options.batch_size,
+            "num_workers": options.num_workers, "device": str(dev), "precision": prec, "dtype": options.dtype,
+            "cache": str(cache.root.resolve()), "code_version": FEATURE_CODE_VERSION,
         },
         "computed_rows": {j.request.block_name(t): len(j.missing[t]) for j in jobs for t in j.entries},
         "forward_images": forwarded,
@@ -329,30 +335,23 @@ def extract(
     return FeatureSet(manifest.ids, manifest.labels, blocks, info, record)
 
 
-def _run_pass(
-    jobs: list[_Job],
-    items: list[Item],
-    keys: list[str],
-    input_mode: str,
-    box_margin: float,
-    batch_size: int,
-    num_workers: int | None,
-    dev: torch.device,
-    prec: str,
-    progress: bool,
-    forwarded: dict[str, int],
-) -> float:
-    """Run the decode-and-forward pass; return the loop's wall time (model building excluded)."""
-    # Decode only images some backbone still needs, each distinct image once.
+# ---- running -----------------------------------------------------------------------
+
+
+def _pass_rows(jobs: list[_Job], keys: list[str]) -> list[int]:
+    """Rows to decode: images some backbone still needs, each distinct image once."""
     needed = set().union(*(j.needed for j in jobs))
     order, seen = [], set()
     for i, k in enumerate(keys):
         if k in needed and k not in seen:
             seen.add(k)
             order.append(i)
-    pass_items = [items[i] for i in order]
-    pass_keys = [keys[i] for i in order]
+    return order
 
+
+def _prepare_models(jobs: list[_Job], dev: torch.device) -> list[Geometry]:
+    """Build each job's tap model (only the taps it still lacks); the distinct input
+    geometries, each job pointing at its own, so an image is resized once per geometry."""
     geometries: list[Geometry] = []
     for j in jobs:
         if j.pre.geometry not in geometries:
@@ -363,11 +362,14 @@ def _run_pass(
         j.model = TapModel(j.spec, model, taps).eval().to(dev)
         if dev.type == "cuda":
             j.model = j.model.to(memory_format=torch.channels_last)
+    return geometries
 
-    workers = _default_workers(dev) if num_workers is None else num_workers
-    loader = DataLoader(
-        _DecodeDataset(pass_items, input_mode, box_margin, geometries),
-        batch_size=batch_size,
+
+def _loader(items: list[Item], geometries: list[Geometry], options: ExtractOptions, dev: torch.device) -> DataLoader:
+    workers = _default_workers(dev) if options.num_workers is None else options.num_workers
+    return DataLoader(
+        _DecodeDataset(items, options.input, options.box_margin, geometries),
+        batch_size=options.batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=dev.type == "cuda",
@@ -375,6 +377,31 @@ def _run_pass(
         prefetch_factor=4 if workers else None,
         collate_fn=_collate,
     )
+
+
+def _forward(j: _Job, x: torch.Tensor, batch_keys: list[str], dev: torch.device, autocast) -> None:
+    """One job's forward pass on a batch; the rows its taps lack are committed to the cache."""
+    x = x.to(dev, non_blocking=True)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = j.pre.normalize(x)
+    with autocast:
+        out = j.model(x)
+    for t, feats in out.items():
+        rows = [n for n, k in enumerate(batch_keys) if k in j.missing[t]]
+        if rows:
+            arr = feats[rows].float().cpu().numpy()
+            j.entries[t].write([batch_keys[n] for n in rows], arr)
+
+
+def _run_pass(jobs: list[_Job], plan: _Plan, options: ExtractOptions, dev: torch.device, prec: str,
+              progress: bool, forwarded: dict[str, int]) -> float:
+    """Run the decode-and-forward pass; return the loop's wall time (model building excluded)."""
+    order = _pass_rows(jobs, plan.keys)
+    pass_items = [plan.items[i] for i in order]
+    pass_keys = [plan.keys[i] for i in order]
+    geometries = _prepare_models(jobs, dev)
+    loader = _loader(pass_items, geometries, options, dev)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
     autocast = (
         torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -392,18 +419,8 @@ def _run_pass(
                 sel = np.flatnonzero(needed_mask[id(j)][idx])
                 if sel.size == 0:
                     continue
-                x = tensors[j.geometry_index][torch.from_numpy(sel)].to(dev, non_blocking=True)
-                if dev.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                x = j.pre.normalize(x)
-                with autocast:
-                    out = j.model(x)
+                _forward(j, tensors[j.geometry_index][torch.from_numpy(sel)], [pass_keys[idx[s]] for s in sel],
+                         dev, autocast)
                 forwarded[j.request.label] += int(sel.size)
-                batch_keys = [pass_keys[idx[s]] for s in sel]
-                for t, feats in out.items():
-                    rows = [n for n, k in enumerate(batch_keys) if k in j.missing[t]]
-                    if rows:
-                        arr = feats[rows].float().cpu().numpy()
-                        j.entries[t].write([batch_keys[n] for n in rows], arr)
             bar.update(len(idx))
     return time.perf_counter() - t0

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.core.io import write_json_atomic
+from workbench.errors import UnknownNameError
 
 __all__ = ["BlockInfo", "FeatureSet"]
 
@@ -71,7 +72,7 @@ class FeatureSet:
         try:
             return self.blocks[name]
         except KeyError:
-            raise KeyError(f"no feature block {name!r}; blocks: {', '.join(self.blocks)}") from None
+            raise UnknownNameError(f"no feature block {name!r}; blocks: {', '.join(self.blocks)}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self.blocks

@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from workbench.data.preprocess import INPUT_MODES, RESIZE_MODES
+from workbench.data.modes import INPUT_MODES, RESIZE_MODES
 from workbench.errors import ConfigError
 
 __all__ = ["ExtractOptions", "PRECISIONS", "DTYPES"]

@@ -8,6 +8,7 @@ from typing import Sequence
 
 from workbench.backbones.finetuned import find_nested, is_nested_id
 from workbench.backbones.registry import get_backbone
+from workbench.errors import ConfigError
 
 __all__ = ["FeatureRequest", "expand_requests", "nested_members"]
 
@@ -31,17 +32,17 @@ class FeatureRequest:
     def parse(cls, text: str) -> "FeatureRequest":
         m = _SPEC_RE.match(text.strip())
         if not m:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot parse feature spec {text!r}; expected backbone[@weights][:tap,tap], "
                 f"e.g. alexnet:fc6,fc7 or resnet50@random:avgpool"
             )
         if m["weights"] is not None and not m["weights"].strip():
-            raise ValueError(f"feature spec {text!r}: empty weights after '@'")
+            raise ConfigError(f"feature spec {text!r}: empty weights after '@'")
         taps = None
         if m["taps"] is not None:
             taps = tuple(t.strip() for t in m["taps"].split(",") if t.strip())
             if not taps:  # "alexnet:," must not silently widen to every tap
-                raise ValueError(f"feature spec {text!r}: empty tap list after ':'")
+                raise ConfigError(f"feature spec {text!r}: empty tap list after ':'")
         return cls(m["name"].strip(), m["weights"].strip() if m["weights"] else None, taps)
 
     @property

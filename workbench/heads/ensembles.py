@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 __all__ = ["ENSEMBLE_RULES", "VOTE_KINDS", "stack", "vote"]
 
@@ -100,8 +101,6 @@ def stack(
     It must be fitted on out-of-fold probabilities only (``train_probas``: each row
     predicted by members that did not train on it), then applied to ``eval_probas``.
     """
-    from sklearn.linear_model import LogisticRegression
-
     def design(probas):
         P = _stacked(probas)
         # Drop each member's last column: the columns of a member sum to one.

@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from workbench.evaluation.splits import make_folds
 from workbench.heads.nested import (
     calibrated_proba,
     fit_calibrator,
@@ -85,8 +86,6 @@ class TunedHead(ClassifierMixin, BaseEstimator):
             On non-finite, sparse or empty ``X``, a continuous or multi-output ``y``, one
             class only, or a class with fewer rows than ``inner_splits``.
         """
-        from workbench.evaluation.splits import make_folds
-
         spec = self.spec_
         X, y = validate_data(self, X, y, dtype=_DTYPES)
         check_classification_targets(y)

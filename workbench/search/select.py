@@ -29,12 +29,19 @@ import pandas as pd
 
 from workbench.evaluation import stats
 from workbench.evaluation.degenerate import DEGENERATE_MARK, degenerate_reason
+from workbench.evaluation.metrics import PROPORTION_METRICS, UnknownMetricError, higher_is_better
 from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
+from workbench.errors import WorkbenchError
 
-__all__ = ["SearchResult", "search", "rank_candidates"]
+__all__ = ["NoRecordsError", "SearchResult", "search", "run_search", "rank_candidates"]
 
-PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+class NoRecordsError(WorkbenchError, ValueError):
+    """A run folder (or record subset) with no records to search."""
+
+
+#: Role of the study's "best on test" row: shown apart, never a test we make.
+OPTIMISTIC_ROLE = "best on test (optimistic)"
 
 
 @dataclass
@@ -166,7 +173,7 @@ def _figures(row: dict[str, Any], pos: int | None, alpha: float, groups: np.ndar
                    else stats.delong_interval(yb, p_t, alpha=alpha))
         out.update(threshold=row["threshold"], auc=auc.estimate if auc else np.nan,
                    auc_low=auc.low if auc else np.nan, auc_high=auc.high if auc else np.nan)
-        for m in PROPORTIONS:
+        for m in PROPORTION_METRICS:
             iv = props[m]
             out.update({m: iv.estimate, f"{m}_low": iv.low, f"{m}_high": iv.high})
         half = stats.proportion_metrics(yb, stats.apply_threshold(p_t, 0.5), positive=1, alpha=alpha)
@@ -220,6 +227,24 @@ def _grouping(group_of: dict[str, str] | None, store: ResultStore, test_ids: np.
     return info
 
 
+@dataclass
+class _Context:
+    """What every step of one search reads: the records, the protocol and the decisions."""
+
+    store: ResultStore
+    records: pd.DataFrame
+    metric: str
+    classes: list[str]
+    pos: int | None  # index of the positive class of a binary run; None: several classes
+    alpha: float
+    cv: pd.DataFrame = field(default_factory=pd.DataFrame)  # CV summary of every candidate, by name
+    cv_auc: dict[str, float] = field(default_factory=dict)
+    decided: dict[str, dict[str, Any]] = field(default_factory=dict)  # see _decide
+    reason: dict[str, str] = field(default_factory=dict)  # why degenerate ("": not)
+    group_of: dict[str, str] | None = None
+    clustered: bool = False
+
+
 def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05,
            allow_optimistic: bool = False, records: pd.DataFrame | None = None,
            groups: dict[str, str] | None = None) -> SearchResult:
@@ -255,82 +280,128 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     but are flagged (``degenerate`` column, :attr:`SearchResult.degenerate`), and a
     degenerate baseline is never the one the others are compared against.
     """
+    ctx = _context(run, metric, alpha, records)
+    ranking, base_rank = rank_candidates(ctx.records, metric)
+    notes = _decide_all(ctx, ranking, base_rank)
+    pool = _eligible(ctx, ranking, allow_optimistic, notes)
+    selected = list(pool["candidate"].head(top_k))
+    near = _near_ties(pool, metric)
+    if near:
+        notes.append(near[1])
+    best_baseline = _best_baseline(base_rank, notes)
+    ctx.group_of = _test_groups(ctx.store, groups)
+    test_ids = next((d["_ids"] for d in ctx.decided.values() if "_ids" in d), None)
+    grouping = _grouping(ctx.group_of, ctx.store, test_ids)
+    ctx.clustered = bool(grouping and grouping.get("clustered"))
+    rows = _report_rows(ctx, selected, base_rank, ranking)
+    _paired_tests(ctx, rows, best_baseline, notes)
+    if not len(base_rank):
+        notes.append("no end-to-end baseline in the records: nothing to compare against")
+    _degenerate_note(ctx.reason, rows, notes)
+    return SearchResult(metric, ranking, base_rank, selected, best_baseline, _comparison_frame(ctx, rows), notes,
+                        degenerate={c: v for c, v in ctx.reason.items() if v}, near_ties=near[0] if near else [],
+                        grouping=grouping)
+
+
+def _context(run: str | ResultStore, metric: str, alpha: float, records: pd.DataFrame | None) -> _Context:
+    """The store, its records (checked for ``metric``) and the run's classes."""
     store = run if isinstance(run, ResultStore) else ResultStore(run)
     records = store.frame() if records is None else records
     if records.empty:
-        raise ValueError(f"no records in {store.root}")
+        raise NoRecordsError(f"no records in {store.root}")
     if metric not in records.columns:
-        raise KeyError(f"no metric {metric!r} in the records of {store.root}")
+        raise UnknownMetricError(f"no metric {metric!r} in the records of {store.root}")
     classes = list(store.protocol()["classes"])
     positive = store.protocol().get("positive")
     pos = classes.index(positive) if positive is not None and len(classes) == 2 else None
-    ranking, base_rank = rank_candidates(records, metric)
-    folds = sorted(f for f in records["fold"].unique() if f != "test")
-    by_key = {(r["candidate"], r["fold"]): r for r in store.current_records()}
-    cv = pd.concat([ranking, base_rank]).set_index("candidate")
-    cv_auc = {c: records_cv(records, c, "auc") for c in cv.index}
-    # Thresholds, test calls and degeneracy of every candidate: the selection below reads
-    # only the CV part of it ("_cv_reason").
-    decided = {c: _decide(store, by_key, c, cv.loc[c, "kind"], folds, pos, cv_auc[c], classes) for c in cv.index}
-    reason = {c: "; ".join(x for x in (d["_cv_reason"], d["_test_reason"]) if x) for c, d in decided.items()}
-    stale = sorted(c for c, d in decided.items() if d.get("_threshold_on_test_scores"))
-    ranking["degenerate"] = [reason[c] for c in ranking["candidate"]]
-    base_rank["degenerate"] = [reason[c] for c in base_rank["candidate"]]
+    return _Context(store, records, metric, classes, pos, alpha)
 
-    notes = []
-    if stale:
-        notes.append(f"{', '.join(stale)}: records made before baselines stored their validation-split scores; the "
-                     f"test network's threshold is the quantile of its test scores (labels unread), which moves with "
-                     f"the test split's class balance. Re-run the baselines to refresh them (no training)")
+
+def _decide_all(ctx: _Context, ranking: pd.DataFrame, base_rank: pd.DataFrame) -> list[str]:
+    """Thresholds, test calls and degeneracy of every candidate (into ``ctx``); the first notes.
+
+    The selection reads only the CV part of it (``"_cv_reason"``).
+    """
+    folds = sorted(f for f in ctx.records["fold"].unique() if f != "test")
+    by_key = {(r["candidate"], r["fold"]): r for r in ctx.store.current_records()}
+    ctx.cv = pd.concat([ranking, base_rank]).set_index("candidate")
+    ctx.cv_auc = {c: records_cv(ctx.records, c, "auc") for c in ctx.cv.index}
+    ctx.decided = {c: _decide(ctx.store, by_key, c, ctx.cv.loc[c, "kind"], folds, ctx.pos, ctx.cv_auc[c],
+                              ctx.classes) for c in ctx.cv.index}
+    ctx.reason = {c: "; ".join(x for x in (d["_cv_reason"], d["_test_reason"]) if x) for c, d in ctx.decided.items()}
+    ranking["degenerate"] = [ctx.reason[c] for c in ranking["candidate"]]
+    base_rank["degenerate"] = [ctx.reason[c] for c in base_rank["candidate"]]
+    stale = sorted(c for c, d in ctx.decided.items() if d.get("_threshold_on_test_scores"))
+    if not stale:
+        return []
+    return [f"{', '.join(stale)}: records made before baselines stored their validation-split scores; the "
+            f"test network's threshold is the quantile of its test scores (labels unread), which moves with "
+            f"the test split's class balance. Re-run the baselines to refresh them (no training)"]
+
+
+def _eligible(ctx: _Context, ranking: pd.DataFrame, allow_optimistic: bool, notes: list[str]) -> pd.DataFrame:
+    """The candidates the selection may take: clean CV estimates (unless allowed), not
+    degenerate on the CV folds; each exclusion says so in ``notes``."""
     pool = ranking
     if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
         pool = ranking[~ranking["optimistic_cv"]]
         notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates (features of "
                      f"networks fine-tuned on the CV folds) were not eligible for selection; fine-tune with "
                      f"nested = true to make them eligible")
-    cv_bad = pool["candidate"].map(lambda c: bool(decided[c]["_cv_reason"]))
+    cv_bad = pool["candidate"].map(lambda c: bool(ctx.decided[c]["_cv_reason"]))
     if cv_bad.any() and (~cv_bad).any():
         notes.append(f"{int(cv_bad.sum())} candidates degenerate on the CV folds (one class for nearly all "
                      f"out-of-fold images, or CV AUC not above chance) were not eligible for selection")
         pool = pool[~cv_bad]
-    selected = list(pool["candidate"].head(top_k))
-    near = _near_ties(pool, metric)
-    if near:
-        notes.append(near[1])
+    return pool
+
+
+def _best_baseline(base_rank: pd.DataFrame, notes: list[str]) -> str | None:
+    """The best non-degenerate baseline by CV (None without one), said in ``notes`` when
+    it is not simply the first."""
     fine = base_rank[base_rank["degenerate"] == ""]
-    best_baseline = fine["candidate"].iloc[0] if len(fine) else None
-    if len(base_rank) and best_baseline is None:
+    best = fine["candidate"].iloc[0] if len(fine) else None
+    if len(base_rank) and best is None:
         notes.append("every baseline is degenerate: no paired comparison is made")
-    elif len(base_rank) and best_baseline != base_rank["candidate"].iloc[0]:
+    elif len(base_rank) and best != base_rank["candidate"].iloc[0]:
         notes.append(f"the best baseline by CV, {base_rank['candidate'].iloc[0]}, is degenerate; comparisons are "
-                     f"against the best non-degenerate baseline, {best_baseline}")
+                     f"against the best non-degenerate baseline, {best}")
+    return best
 
-    group_of = _test_groups(store, groups)
-    test_ids = next((d["_ids"] for d in decided.values() if "_ids" in d), None)
-    grouping = _grouping(group_of, store, test_ids)
-    clustered = bool(grouping and grouping.get("clustered"))
 
-    def row(candidate: str, role: str) -> dict[str, Any]:
-        d = decided[candidate]
-        g = np.array([group_of.get(i, "") for i in d["_ids"]], dtype=object) if clustered and "_ids" in d else None
-        return {"candidate": candidate, **_figures(d, pos, alpha, g), "role": role,
-                "kind": cv.loc[candidate, "kind"], "cv_auc": cv_auc[candidate],
-                "cv_auc_sd": records_cv(records, candidate, "auc", sd=True),
-                f"cv_{metric}": cv.loc[candidate, f"cv_{metric}"],
-                **({"threshold_quantile": d.get("threshold_quantile", np.nan)} if pos is not None else {}),
-                "degenerate": reason[candidate], "interval_method": "cluster bootstrap" if g is not None
-                else ("Wilson / DeLong" if pos is not None else "Wilson"),
-                **{k: d[k] for k in ("_y", "_p", "_pred", "_ids") if k in d}, "_groups": g}
+def _report_row(ctx: _Context, candidate: str, role: str) -> dict[str, Any]:
+    """One row of the comparison: test figures with intervals, CV figures, role, and the
+    private ``_y``/``_p``/``_pred``/``_ids``/``_groups`` the paired tests read."""
+    d, pos, metric = ctx.decided[candidate], ctx.pos, ctx.metric
+    g = None
+    if ctx.clustered and "_ids" in d:
+        g = np.array([ctx.group_of.get(i, "") for i in d["_ids"]], dtype=object)
+    return {"candidate": candidate, **_figures(d, pos, ctx.alpha, g), "role": role,
+            "kind": ctx.cv.loc[candidate, "kind"], "cv_auc": ctx.cv_auc[candidate],
+            "cv_auc_sd": records_cv(ctx.records, candidate, "auc", sd=True),
+            f"cv_{metric}": ctx.cv.loc[candidate, f"cv_{metric}"],
+            **({"threshold_quantile": d.get("threshold_quantile", np.nan)} if pos is not None else {}),
+            "degenerate": ctx.reason[candidate], "interval_method": "cluster bootstrap" if g is not None
+            else ("Wilson / DeLong" if pos is not None else "Wilson"),
+            **{k: d[k] for k in ("_y", "_p", "_pred", "_ids") if k in d}, "_groups": g}
 
-    rows = [row(c, "selected" if i == 0 else "top-k") for i, c in enumerate(selected)]
-    rows += [row(b, "baseline") for b in base_rank["candidate"]]
+
+def _report_rows(ctx: _Context, selected: list[str], base_rank: pd.DataFrame, ranking: pd.DataFrame
+                 ) -> list[dict[str, Any]]:
+    """Rows of the selected candidates, the baselines and the study's optimistic pick."""
+    rows = [_report_row(ctx, c, "selected" if i == 0 else "top-k") for i, c in enumerate(selected)]
+    rows += [_report_row(ctx, b, "baseline") for b in base_rank["candidate"]]
     # The study's pick, shown apart: the candidate with the best *test* value. Optimistic.
-    test_col = f"test_{metric}"
+    test_col = f"test_{ctx.metric}"
     if len(ranking) and ranking[test_col].notna().any():
-        best_test = ranking.sort_values([test_col, "candidate"], ascending=[False, True]).iloc[0]["candidate"]
-        rows.append(row(best_test, "best on test (optimistic)"))
+        best_test = ranking.sort_values([test_col, "candidate"], ascending=[not higher_is_better(ctx.metric), True]
+                                        ).iloc[0]["candidate"]
+        rows.append(_report_row(ctx, best_test, OPTIMISTIC_ROLE))
+    return rows
 
-    # Paired comparisons with the best baseline, on the same test images.
+
+def _paired_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str | None, notes: list[str]) -> None:
+    """p values against the best baseline on the same test images, Holm-adjusted, into ``rows``."""
     base_row = next((r for r in rows if r["candidate"] == best_baseline and r["role"] == "baseline"), None)
     compared = []
     for r in rows:
@@ -341,12 +412,12 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
             notes.append(f"{r['candidate']}: test images differ from the baseline's; no paired test")
             continue
         g = r["_groups"]
-        if pos is not None and r["_p"] is not None:
+        if ctx.pos is not None and r["_p"] is not None:
             r["p_auc"] = (stats.cluster_bootstrap_test(r["_y"], g, p1=r["_p"], p2=base_row["_p"]).p_value
                           if g is not None else stats.delong_test(r["_y"], r["_p"], base_row["_p"]).p_value)
         r["p_accuracy"] = (stats.cluster_bootstrap_test(r["_y"], g, pred1=r["_pred"], pred2=base_row["_pred"]).p_value
                            if g is not None else stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value)
-        if r["role"] != "best on test (optimistic)":
+        if r["role"] != OPTIMISTIC_ROLE:
             compared.append(r)
     # Holm over the table's honest comparisons (the optimistic row is not a test we make).
     for key in ("p_auc", "p_accuracy"):
@@ -355,21 +426,27 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
             r[f"{key}_holm"] = a
         for r in rows:
             r.setdefault(f"{key}_holm", np.nan)
-    if not len(base_rank):
-        notes.append("no end-to-end baseline in the records: nothing to compare against")
-    bad = sorted((c for c in reason if reason[c]), key=lambda c: (c not in set(r["candidate"] for r in rows), c))
-    if bad:  # the models compared first, then the others
+
+
+def _degenerate_note(reason: dict[str, str], rows: list[dict[str, Any]], notes: list[str]) -> None:
+    """Name the degenerate models: those in the comparison first, then the others."""
+    shown = set(r["candidate"] for r in rows)
+    bad = sorted((c for c in reason if reason[c]), key=lambda c: (c not in shown, c))
+    if bad:
         notes.append(f"{len(bad)} degenerate model{'s' if len(bad) > 1 else ''}, marked {DEGENERATE_MARK} and never "
                      f"counted as best: " + "; ".join(f"{c} ({reason[c]})" for c in bad[:10])
                      + (f"; and {len(bad) - 10} more (ranking.csv)" if len(bad) > 10 else ""))
+
+
+def _comparison_frame(ctx: _Context, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The public comparison: rows without their private columns, and only the columns
+    that say something for this run."""
     comparison = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
-    if not clustered:  # the ungrouped comparison keeps its columns
+    if not ctx.clustered:  # the ungrouped comparison keeps its columns
         comparison = comparison.drop(columns=["interval_method"], errors="ignore")
-    if pos is None or not (comparison["kind"] == "baseline").any():
+    if ctx.pos is None or not (comparison["kind"] == "baseline").any():
         comparison = comparison.drop(columns=["threshold_quantile"], errors="ignore")
-    return SearchResult(metric, ranking, base_rank, selected, best_baseline, comparison, notes,
-                        degenerate={c: v for c, v in reason.items() if v}, near_ties=near[0] if near else [],
-                        grouping=grouping)
+    return comparison
 
 
 def _near_ties(pool: pd.DataFrame, metric: str) -> tuple[list[str], str] | None:
@@ -407,3 +484,8 @@ def records_cv(records: pd.DataFrame, candidate: str, metric: str, sd: bool = Fa
         return float("nan")
     v = records.loc[(records["candidate"] == candidate) & (records["fold"] != "test"), metric]
     return float(v.std(ddof=1) if sd else v.mean())
+
+
+#: ``workbench.run_search``: :func:`search` under a name the package namespace can hold
+#: (``workbench.search`` is the sub-package).
+run_search = search

@@ -1,0 +1,317 @@
+"""Planning a sweep: everything decided before the first head is fitted.
+
+:func:`check_heads` validates heads and grids against the head registry (before the run
+folder is touched); :func:`build_plan` aligns the feature blocks to the manifest, fixes
+the task and its folds, opens the run folder, names and identifies every candidate and
+lists the (candidate, fold) pairs that have no record yet. The result, a frozen
+:class:`SweepPlan`, is all that running and recording need.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
+from workbench.core.provenance import package_versions
+from workbench.data.manifest import Manifest
+from workbench.errors import ConfigError, WorkbenchError
+from workbench.evaluation.protocol import Protocol, RunTask, build_task, seen_by, sha
+from workbench.evaluation.store import ResultStore
+from workbench.features.featureset import FeatureSet
+from workbench.heads.ensembles import ENSEMBLE_RULES, VOTE_KINDS
+from workbench.heads.kernels import fast_path_grid
+from workbench.heads.zoo import get_head
+from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix
+from workbench.search.options import SweepOptions
+
+__all__ = ["SweepInputError", "SweepPlan", "build_plan", "candidate_id", "check_heads"]
+
+Grid = Mapping[str, Sequence[Any]]
+
+
+class SweepInputError(WorkbenchError, ValueError):
+    """Features or labels the sweep cannot use; raised before anything is written."""
+
+
+# ---- the heads and their grids ---------------------------------------------------
+
+
+def check_heads(options: SweepOptions) -> dict[str, Grid]:
+    """Each swept head's grid (the registry default unless ``options.grids`` gives one).
+
+    Raises
+    ------
+    UnknownHeadError
+        For a head the registry does not hold.
+    ConfigError
+        For a grid naming a parameter the head's classifier does not have (it would
+        otherwise fail mid-run, in a worker).
+    """
+    grids = {}
+    for spec in (get_head(h) for h in options.heads):
+        grid = options.grids[spec.name] if spec.name in options.grids else spec.grid
+        valid = spec.pipeline().named_steps["clf"].get_params(deep=False)
+        bad = sorted(set(grid) - set(valid))
+        if bad:
+            raise ConfigError(f"grid for head {spec.name} names unknown parameters {bad}; valid: {sorted(valid)}")
+        grids[spec.name] = grid
+    return grids
+
+
+# ---- the feature blocks ----------------------------------------------------------
+
+
+def _aligned(name: str, X: Any, order: np.ndarray | None, ids: list[str]) -> np.ndarray:
+    """One block in manifest order (``order=None``: already so), refused if not finite."""
+    X = np.asarray(X)
+    X = X if order is None else X[order]
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        shown = ", ".join(repr(ids[i]) for i in np.flatnonzero(bad)[:5])
+        raise SweepInputError(f"feature block {name} has NaN or infinite values in {int(bad.sum())} "
+                              f"row(s): {shown}")
+    return X
+
+
+def align_blocks(features: FeatureSet, ids: list[str]) -> tuple[dict[str, np.ndarray],
+                                                                 dict[str, dict[str, np.ndarray]]]:
+    """Blocks (and nested blocks' fold variants) in manifest order; features may hold
+    more ids, never fewer."""
+    pos = {i: k for k, i in enumerate(features.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        raise SweepInputError(f"the feature blocks have no rows for {len(missing)} of the manifest's "
+                              f"{len(ids)} images: {shown}. Extract features with this manifest.")
+    order = np.array([pos[i] for i in ids])
+    identity = len(order) == len(features.ids) and bool((order == np.arange(len(order))).all())
+    order = None if identity else order  # no copy of blocks already in manifest order
+    blocks = {name: _aligned(name, features[name], order, ids) for name in features.names}
+    variants = {name: {f: _aligned(f"{name} (fold {f})", X, order, ids) for f, X in v.items()}
+                for name, v in features.fold_blocks.items()}
+    return blocks, variants
+
+
+def block_identities(features: FeatureSet, blocks: dict[str, np.ndarray],
+                     variants: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    """Identity of each block: its cache key (when it came from the cache) and a digest of
+    the values actually swept (every fold variant included), so a changed block can never
+    reuse old records."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, X in blocks.items():
+        info = features.info.get(name)
+        h = hashlib.sha256(np.ascontiguousarray(X, dtype=np.float32).tobytes())
+        for f in sorted(variants.get(name, {})):
+            h.update(f.encode())
+            h.update(np.ascontiguousarray(variants[name][f], dtype=np.float32).tobytes())
+        out[name] = {"cache_key": info.entry_key if info is not None else None, "data": h.hexdigest()[:16]}
+        if name in features.fold_info:
+            out[name]["fold_cache_keys"] = {f: i.entry_key for f, i in sorted(features.fold_info[name].items())}
+    return out
+
+
+def _seen_ids(backbone: str, weights_id: str) -> list[str]:
+    """The images a fine-tuned network trained or early-stopped on."""
+    _, meta = find_finetuned(backbone, weights_id)
+    return list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
+
+
+def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> dict[str, set[str]]:
+    """For blocks from fine-tuned networks: the folds whose evaluation images the network saw.
+
+    A network fine-tuned on the whole training split has seen every CV fold, so CV
+    estimates on its features are optimistic (marked in the records); one that saw
+    test images would make the test result meaningless, which is refused.
+    """
+    out: dict[str, set[str]] = {}
+    for name in names:
+        info = features.info.get(name)
+        if info is None:
+            continue
+        if name in features.fold_info:  # nested: fold f is scored on its own network's features
+            members = features.fold_info[name]
+            folds = {f for f, _, _ in task.outer
+                     if seen_by(_seen_ids(info.backbone, members.get(f, info).weights_id), task, f)}
+        elif is_finetuned_id(info.weights_id):
+            trained = _seen_ids(info.backbone, info.weights_id)
+            folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
+        else:
+            continue
+        if "test" in folds:
+            raise SweepInputError(
+                f"block {name} comes from a network fine-tuned on test images of this task "
+                f"({info.backbone}@{info.weights_id}); its test results would be meaningless")
+        out[name] = folds
+    return out
+
+
+# ---- candidates ------------------------------------------------------------------
+
+
+def _is_sizes(subsets: Any) -> bool:
+    return isinstance(subsets, tuple) and len(subsets) == 2 and all(isinstance(k, int) for k in subsets)
+
+
+def subset_list(names: list[str], subsets: Any, code_of: dict[str, str]) -> list[tuple[str, ...]]:
+    """The subsets to sweep; explicit subsets may name blocks by their table codes as well."""
+    if not isinstance(subsets, str) and not _is_sizes(subsets):
+        by_code = {c: n for n, c in code_of.items()}
+        subsets = [[by_code.get(b, b) for b in ([s] if isinstance(s, str) else s)] for s in subsets]
+    return enumerate_subsets(names, subsets)
+
+
+def ensemble_rule(c: Candidate, binary: bool) -> int | None:
+    """The rule version an ensemble is computed by, where it is past the first (see
+    :data:`ENSEMBLE_RULES`). Hard votes of several classes still vote by argmax: their
+    rule (and ids) stay."""
+    rule = ENSEMBLE_RULES.get(c.kind) if c.kind == "stack" or (c.kind == "vote-hard" and binary) else None
+    return rule if rule is not None and rule > 1 else None
+
+
+def candidate_id(c: Candidate, *, block_ids: Mapping[str, Any], grids: Mapping[str, Grid], protocol_hash: str,
+                 binary: bool) -> str:
+    """A candidate's identity: its blocks' identities, head and grid (or members), protocol."""
+    spec: dict[str, Any] = {"kind": c.kind, "blocks": [block_ids[b] for b in c.blocks], "protocol": protocol_hash}
+    if c.kind == "head":
+        spec.update(head=c.head, grid=grids[c.head])
+    else:
+        spec.update(members=[candidate_id(m, block_ids=block_ids, grids=grids, protocol_hash=protocol_hash,
+                                          binary=binary) for m in c.members()])
+        rule = ensemble_rule(c, binary)
+        if rule is not None:  # absent for rule 1, so unchanged ensembles keep their ids
+            spec.update(rule=rule)
+    return sha(spec)[:16]
+
+
+def head_labels(store: ResultStore, grids: Mapping[str, Grid]) -> dict[str, str]:
+    """The folder's first grid per head keeps the plain name; another gets a suffix."""
+    plain = store.plain_label_grids(dict(grids))
+    return {h: h if json.loads(json.dumps(g, default=str)) == plain[h] else h + grid_suffix(g)
+            for h, g in grids.items()}
+
+
+def candidates(subsets: list[tuple[str, ...]], options: SweepOptions) -> tuple[list[Candidate], list[Candidate]]:
+    """Head candidates (every subset x head) and ensembles (subsets of 2+ members)."""
+    heads = list(options.heads)
+    ens_heads = list(options.ensemble_heads if options.ensemble_heads is not None else heads)
+    head_cands = [Candidate("head", s, h) for s in subsets for h in heads]
+    ens_cands: list[Candidate] = []
+    if options.ensembles and ens_heads:
+        kinds = list(VOTE_KINDS) + (["stack"] if options.stacking else [])
+        for s in subsets:
+            if len(s) * len(ens_heads) >= 2:
+                ens_cands += [Candidate(k, s, None, tuple(ens_heads)) for k in kinds]
+    return head_cands, ens_cands
+
+
+# ---- the plan --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep computes and how each result is named; built by :func:`build_plan`."""
+
+    task: RunTask
+    store: ResultStore
+    names: list[str]                             # block names, in the features' order
+    blocks: dict[str, np.ndarray]                # manifest order
+    variants: dict[str, dict[str, np.ndarray]]   # nested blocks: fold -> that fold's network's rows
+    codes: dict[str, str]                        # block -> table code
+    grids: dict[str, Grid]                       # head -> grid swept
+    head_labels: dict[str, str]                  # head -> name in labels (grid suffix if not the first)
+    block_ids: dict[str, dict[str, Any]]
+    head_candidates: list[Candidate]
+    ensemble_candidates: list[Candidate]
+    ids: dict[Candidate, str]                    # candidate -> candidate id
+    todo_heads: list[tuple[Candidate, str]]      # (candidate, fold) without a record
+    todo_ensembles: list[tuple[Candidate, str]]
+    optimistic: dict[str, set[str]]              # block -> folds its fine-tuned network saw
+    versions: dict[str, str]
+    protocol: Protocol
+
+    @property
+    def binary(self) -> bool:
+        return len(self.task.class_names) == 2
+
+    @property
+    def positive_index(self) -> int:
+        """Binary: the task's positive class (not necessarily index 1); else -1."""
+        return self.task.class_names.index(self.task.positive) if self.binary else -1
+
+    @property
+    def total(self) -> int:
+        return len(self.ids) * len(self.task.outer)
+
+    @property
+    def n_done(self) -> int:
+        return self.total - len(self.todo_heads) - len(self.todo_ensembles)
+
+    def label(self, c: Candidate) -> str:
+        return c.label(self.codes, self.head_labels)
+
+    def rule(self, c: Candidate) -> int | None:
+        return ensemble_rule(c, self.binary)
+
+    def candidate_id(self, c: Candidate) -> str:
+        """The id of ``c``, also for a member the plan does not sweep itself."""
+        return self.ids.get(c) or candidate_id(c, block_ids=self.block_ids, grids=self.grids,
+                                               protocol_hash=self.task.protocol_hash, binary=self.binary)
+
+    def blocks_of(self, fold: str) -> list[np.ndarray]:
+        """Every block's rows for ``fold``: a nested block gives that fold's network's features."""
+        return [self.variants.get(n, {}).get(fold, self.blocks[n]) for n in self.names]
+
+    def kernel_groups(self) -> tuple[dict[tuple[str, str], list[tuple[str, ...]]], list[tuple[Candidate, str]]]:
+        """To-do heads split into precomputed-kernel units (per head and fold: every
+        subset) and plain (candidate, fold) units."""
+        by_kernel: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+        plain: list[tuple[Candidate, str]] = []
+        for c, f in self.todo_heads:
+            if fast_path_grid(get_head(c.head), self.grids[c.head]):
+                by_kernel.setdefault((c.head, f), []).append(c.blocks)
+            else:
+                plain.append((c, f))
+        return by_kernel, plain
+
+
+def build_plan(manifest: Manifest, features: FeatureSet, *, out: str | os.PathLike, protocol: Protocol,
+               options: SweepOptions, grids: Mapping[str, Grid]) -> SweepPlan:
+    """Check the inputs, fix the task, open the run folder and list what is left to do.
+
+    Everything that can be wrong with the inputs (blocks, classes, folds, subsets) is
+    raised before the run folder is created.
+    """
+    class_names = list(manifest.classes)
+    if len(class_names) < 2:
+        raise SweepInputError(f"need at least two classes, the manifest has {class_names}")
+    if protocol.positive is not None and protocol.positive not in class_names:
+        raise ConfigError(f"positive class {protocol.positive!r} is not one of {class_names}")
+    blocks, variants = align_blocks(features, manifest.ids)
+    names = list(blocks)
+    codes = block_codes(names, dict(options.codes) if options.codes is not None else None)
+    subsets = subset_list(names, options.subsets, codes)
+    task = build_task(manifest, protocol)
+    store = task.open_store(out)
+    block_ids = block_identities(features, blocks, variants)
+    grids = {h: grids[h] for h in options.heads}
+    labels = head_labels(store, grids)
+    head_cands, ens_cands = candidates(subsets, options)
+    binary = len(class_names) == 2
+    ids = {c: candidate_id(c, block_ids=block_ids, grids=grids, protocol_hash=task.protocol_hash, binary=binary)
+           for c in head_cands + ens_cands}
+    optimistic = optimistic_folds(features, names, task)
+    done = store.done()
+    folds = [f for f, _, _ in task.outer]
+    return SweepPlan(
+        task=task, store=store, names=names, blocks=blocks, variants=variants, codes=codes, grids=grids,
+        head_labels=labels, block_ids=block_ids, head_candidates=head_cands,
+        ensemble_candidates=ens_cands, ids=ids,
+        todo_heads=[(c, f) for c in head_cands for f in folds if f"{ids[c]}/{f}" not in done],
+        todo_ensembles=[(c, f) for c in ens_cands for f in folds if f"{ids[c]}/{f}" not in done],
+        optimistic=optimistic, versions=package_versions(("xgboost", "joblib", "dask", "distributed")),
+        protocol=protocol)
