@@ -43,10 +43,11 @@ def main() -> int:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from workbench.baselines.estimator import validation_split
+    from workbench.training.finetune import validation_split
     from workbench.training.finetune import FineTuneConfig, fine_tune, predict_proba
     from workbench.data.manifest import Manifest
     from workbench.features.extraction import extract
+    from workbench.features.options import ExtractOptions
 
     res: dict = {"argv": sys.argv, "torch": torch.__version__,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -91,8 +92,8 @@ def main() -> int:
         for name in ("tf_efficientnet_lite0:avgpool", "resnet50@random:avgpool", "vgg16@random:fc7"):
             for run in ("cold", "warm"):
                 t0 = time.perf_counter()
-                fs = extract(full, [name], cache=out / "cache", batch_size=64, progress=False,
-                             image_size=64 if smoke else None)
+                fs = extract(full, [name], cache=out / "cache", progress=False,
+                             options=ExtractOptions(batch_size=64, image_size=64 if smoke else None))
                 dt = time.perf_counter() - t0
                 out_rows[f"{name} {run}"] = {"images": len(full), "seconds": round(dt, 2),
                                              "img_per_s": round(len(full) / dt, 1),
@@ -112,7 +113,7 @@ def main() -> int:
     def finetune(backbone, cut_remain, cfg_kw):
         cfg = FineTuneConfig(epochs=epochs, image_size=size, cut_remain=cut_remain, **cfg_kw)
         t0 = time.perf_counter()
-        ft = fine_tune(backbone, train, val, bm.classes, cfg, progress=False, log=lambda s: None)
+        ft = fine_tune(backbone, train, val, bm.classes, cfg, progress=False)
         wall = time.perf_counter() - t0
         p = predict_proba(ft.model, test, bm.classes, ft.geometry, ft.data_config)
         nets[(backbone, cut_remain)] = ft
@@ -130,12 +131,14 @@ def main() -> int:
 
     def cam():
         from workbench.baselines.explain import explain
+        from workbench.report.gradcam import CamSet, write_cam_folder
 
         ft = nets[("tf_efficientnet_lite0", True)]
         p = predict_proba(ft.model, test, bm.classes, ft.geometry, ft.data_config)
         mal = [it for it, row in zip(test, p) if it.label == "malignant" and row.argmax() == 1]
         t0 = time.perf_counter()
-        rep = explain(mal, ft.label, out / "cam", device="cuda" if torch.cuda.is_available() else None)
+        rep = CamSet.from_result(explain(mal, ft.label, device="cuda" if torch.cuda.is_available() else None))
+        write_cam_folder(rep, out / "cam")
         return {"correct_malignant": len(mal), "peak_in_box_share": rep.peak_share(),
                 "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -158,7 +161,7 @@ def main() -> int:
 
     def finetune_r(backbone, weights, cfg_kw):
         cfg = FineTuneConfig(epochs=2 if smoke else 5, image_size=size, **cfg_kw)
-        ft = fine_tune(backbone, train, val, bm.classes, cfg, weights=weights, progress=False, log=lambda s: None)
+        ft = fine_tune(backbone, train, val, bm.classes, cfg, weights=weights, progress=False)
         p = predict_proba(ft.model, test, bm.classes, ft.geometry, ft.data_config)
         secs = [h["seconds"] for h in ft.history]
         return {"epochs_run": len(secs), "sec_per_epoch_median": round(float(np.median(secs)), 2),

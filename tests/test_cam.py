@@ -1,4 +1,4 @@
-"""Grad-CAM for the end-to-end baselines: wiring, known answers, layers, figures."""
+"""Grad-CAM for the end-to-end baselines: wiring, known answers, layers, figures, saved maps."""
 from __future__ import annotations
 
 import matplotlib
@@ -14,18 +14,14 @@ from torch import nn
 
 from workbench.baselines.cam import (
     CamResult,
-    cam_grid,
-    cam_grid_figure,
     cam_maps,
     default_target_layer,
-    overlay,
     peak_in_box,
     peak_in_box_share,
     resolve_target_layer,
-    save_overlays,
-    tile_caption,
     upsample_to,
 )
+from workbench.report.gradcam import CamSet, cam_grid, cam_grid_figure, overlay, save_overlays, tile_caption
 
 S = 64
 RED_BOX = (8, 40, 20, 52)  # (x0, y0, x1, y1), exclusive: bottom-left square
@@ -285,3 +281,49 @@ def test_peak_in_box():
         peak_in_box(m, (3, 3, 3, 5))
     assert peak_in_box_share([m, m, m], [(7, 4, 8, 5), None, (0, 0, 1, 1)]) == 0.5
     assert np.isnan(peak_in_box_share([m], [None]))
+
+
+# ------------------------------------------------------------------ saved maps (run -> report)
+def test_cam_set_round_trips_and_lays_out_the_same_bytes(tmp_path):
+    """What `workbench run` saves, `workbench report` reads back and draws identically."""
+    rng = np.random.default_rng(0)
+    eight_bit = rng.integers(0, 256, (20, 30, 3)).astype(np.float32) / np.float32(255)  # stored as uint8
+    sixteen = rng.random((10, 12, 3)).astype(np.float32)  # not k / 255: stored as float32
+    cams = CamSet(network="tf_efficientnet_lite0@ft-0123456789ab", classes=["benign", "malignant"],
+                  ids=["a", "b"], labels=["malignant", "benign"], pred=np.array([1, 1]), targets=np.array([1, 1]),
+                  proba=np.array([[0.2, 0.8], [0.4, 0.6]], np.float32), boxes=[(2, 3, 10, 12), None],
+                  peak_in_box=[True, None], images=[eight_bit, sixteen],
+                  maps=[rng.random((20, 30)).astype(np.float32), rng.random((10, 12)).astype(np.float32)])
+    back = CamSet.load(cams.save(tmp_path / "cams.npz"))
+    for name in ("network", "classes", "ids", "labels", "boxes", "peak_in_box"):
+        assert getattr(back, name) == getattr(cams, name), name
+    for name in ("pred", "targets", "proba", "images", "maps"):
+        for x, y in zip(list(getattr(back, name)), list(getattr(cams, name))):
+            np.testing.assert_array_equal(x, y)
+            assert np.asarray(x).dtype == np.asarray(y).dtype
+    assert back.peak_share("malignant") == 1.0 and np.isnan(back.peak_share("benign"))
+
+    from workbench.report.gradcam import write_cam_folder
+
+    first = write_cam_folder(cams, tmp_path / "one")
+    again = write_cam_folder(back, tmp_path / "two")
+    assert [p.name for p in first] == ["cam_grid.png", "cam_grid.pdf"]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert [str(f) for f in files] == ["cam.csv", "cam_grid.pdf", "cam_grid.png", "overlays/a.png", "overlays/b.png"]
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+    assert [p.name for p in again] == ["cam_grid.png", "cam_grid.pdf"]
+    csv = (tmp_path / "one" / "cam.csv").read_text().splitlines()
+    assert csv[0] == "id,label,pred,p_benign,p_malignant,target,peak_in_box,overlay"
+    assert csv[1].endswith(",malignant,True,overlays/a.png") and csv[2].endswith(",malignant,,overlays/b.png")
+
+
+def test_the_report_side_imports_no_torch():
+    """`workbench report` reads files alone: the report package never loads torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, workbench.report.build, workbench.report.gradcam; "
+            "print(sorted(m for m in ('torch', 'pytorch_grad_cam', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,17 +9,15 @@ when it was written.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from workbench.training.finetune import validation_split
 from workbench.baselines.explain import explain
-from workbench.training.finetune import FineTuneConfig, fine_tune, predict_proba
 from workbench.data.images import decode_image
 from workbench.data.manifest import Manifest
+from workbench.report.gradcam import CamSet, write_cam_folder
+from workbench.training.finetune import FineTuneConfig, fine_tune, predict_proba, validation_split
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +37,13 @@ def test_gradcam_of_a_finetuned_lite0_peaks_in_the_lesion_box(busi_dir, tmp_path
     assert auc > 0.8, auc
     malignant = [it for it, row in zip(test, p) if it.label == "malignant" and row.argmax() == 1]
     assert len(malignant) >= 10
-    rep = explain(malignant, ft.label, tmp_path / "cam")
+    rep = CamSet.from_result(explain(malignant, ft.label))
     for it, cam in zip(malignant[:5], rep.maps):
         assert cam.shape == tuple(decode_image(it.path).shape[1:])  # the original image's size
         assert cam.max() > cam.min()
     share = rep.peak_share("malignant")
-    hits = int(rep.table["peak_in_box"].astype(bool).sum())
+    hits = int(rep.table()["peak_in_box"].astype(bool).sum())
     print(f"\nGrad-CAM peak inside the lesion box: {hits} of {len(malignant)} ({share:.0%}); test AUC {auc:.3f}")
-    assert share > 0.5, rep.table[["id", "peak_in_box"]]
+    assert share > 0.5, rep.table()[["id", "peak_in_box"]]
+    write_cam_folder(rep, tmp_path / "cam")
     assert (tmp_path / "cam" / "cam_grid.pdf").is_file()

@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workbench.experiment import CONFIG_SCHEMA, ConfigError, ExperimentConfig
+from workbench.evaluation.protocol import Protocol
+from workbench.experiment import CONFIG_SCHEMA, BaselinesConfig, ConfigError, ExperimentConfig
+from workbench.features.options import ExtractOptions
+from workbench.report.build import ReportSettings, Selection
+from workbench.search.options import Execution, SweepOptions
+from workbench.training.config import FineTuneConfig
 
 GOOD = """
 name = "t"
@@ -74,15 +79,30 @@ def test_the_committed_configs_load(tmp_path):
     root = Path(__file__).resolve().parents[1] / "experiments"
     for path in sorted(root.glob("*.toml")):
         cfg = ExperimentConfig.load(path)
-        assert cfg.duplicates == "warn" and cfg.protocol["metric"] == "auc"
+        assert cfg.duplicates == "warn" and cfg.selection.metric == "auc"
 
 
 def test_good_config_gets_its_defaults(tmp_path):
     cfg = _load(tmp_path, GOOD)
     assert cfg.duplicates == "warn"
-    assert cfg.sweep["stacking"] is False and cfg.sweep["n_jobs"] == 1
-    assert cfg.baselines["tune_cv"] == 6 and cfg.baselines["set"] == {}
-    assert cfg.finetune == {"epochs": 2} and "image_size" not in cfg.features
+    assert cfg.sweep.stacking is False and cfg.execution.n_jobs == 1
+    assert cfg.baselines.tune_cv == 6 and cfg.baselines.overrides == {}
+    assert cfg.finetune == FineTuneConfig(epochs=2) and cfg.features.extract.image_size is None
+    # One source of defaults: the typed objects' own.
+    assert cfg.protocol == Protocol(cv=5, inner_cv=3, seed=0, scoring="auc", positive="malignant")
+    assert cfg.sweep == SweepOptions(heads=("svm-rbf", "rf")) and cfg.execution == Execution()
+    assert cfg.features.extract == ExtractOptions() and cfg.report == ReportSettings(alpha=0.05)
+    assert cfg.selection == Selection(metric="auc", top_k=3)
+
+
+def test_typed_defaults_are_the_only_defaults(tmp_path):
+    """A config that gives only what is required gets exactly the types' defaults."""
+    minimal = 'name = "t"\nmanifest = "labels.csv"\n[features]\nspecs = ["tf_efficientnet_lite0:avgpool"]\n'
+    cfg = _load(tmp_path, minimal)
+    assert (cfg.protocol, cfg.selection, cfg.finetune) == (Protocol(), Selection(), FineTuneConfig())
+    assert (cfg.sweep, cfg.execution, cfg.report) == (SweepOptions(), Execution(), ReportSettings())
+    assert cfg.features.extract == ExtractOptions() and cfg.baselines == BaselinesConfig()
+    assert cfg.duplicates == "warn"
 
 
 # The examples of the issue, each with the key and the words that must be in the message.
@@ -203,7 +223,7 @@ def test_every_schema_key_is_covered_by_the_sweep():
 
 @pytest.mark.parametrize("section, key, value, expected", [
     ("sweep", "subsets", "[1, 2]", (1, 2)),
-    ("sweep", "subsets", '[["L0", "L1"], "L2"]', [["L0", "L1"], "L2"]),
+    ("sweep", "subsets", '[["L0", "L1"], "L2"]', (("L0", "L1"), ("L2",))),
     ("sweep", "subsets", '"single"', "single"),
     ("sweep", "grids", "{rf = {}, svm-rbf = {C = [1, 10]}}", {"rf": {}, "svm-rbf": {"C": [1, 10]}}),
     ("sweep", "n_jobs", "-1", -1),
@@ -214,19 +234,20 @@ def test_every_schema_key_is_covered_by_the_sweep():
 ])
 def test_good_values_are_kept(tmp_path, section, key, value, expected):
     cfg = _load(tmp_path, _set(GOOD, section, key, value))
-    got = getattr(cfg, key) if not section else getattr(cfg, section)[key]
+    typed = {("sweep", "n_jobs"): cfg.execution.n_jobs}
+    got = typed[section, key] if (section, key) in typed else getattr(getattr(cfg, section) if section else cfg, key)
     assert got == expected
 
 
 def test_metrics_depend_on_the_classes(tmp_path):
     three = _set(GOOD, "", "classes", '["benign", "malignant", "normal"]')
     for metric in ("auc", "auc_macro", "sensitivity[normal]", "f1_macro"):
-        assert _load(tmp_path, _set(three, "protocol", "metric", f'"{metric}"')).protocol["metric"] == metric
+        assert _load(tmp_path, _set(three, "protocol", "metric", f'"{metric}"')).selection.metric == metric
     with pytest.raises(ConfigError, match=r"protocol.metric = \"auc\[cancer\]\".*such as auc\[benign\]"):
         _load(tmp_path, _set(three, "protocol", "metric", '"auc[cancer]"'))
     # Without classes the per-class names cannot be checked yet; the metric names can.
     free = "\n".join(line for line in GOOD.splitlines() if not line.startswith(("classes", "positive")))
-    assert _load(tmp_path, _set(free, "protocol", "metric", '"auc[x]"')).protocol["metric"] == "auc[x]"
+    assert _load(tmp_path, _set(free, "protocol", "metric", '"auc[x]"')).selection.metric == "auc[x]"
     with pytest.raises(ConfigError, match="protocol.metric"):
         _load(tmp_path, _set(free, "protocol", "metric", '"aucc[x]"'))
 
@@ -262,42 +283,43 @@ def _manifest_with_copies(tmp_path: Path):
         return Manifest.load(tmp_path / "labels.csv").validate()
 
 
-def test_duplicates_policy_warn_drop_error(tmp_path):
+def test_duplicates_policy_warn_drop_error(tmp_path, caplog):
+    import logging
+
     from workbench.experiment import _apply_duplicates
 
+    caplog.set_level(logging.INFO, logger="workbench")
     manifest = _manifest_with_copies(tmp_path)
-    said = []
     warn = _load(tmp_path, GOOD)
-    kept, rec = _apply_duplicates(warn, manifest, said.append)
+    kept, rec = _apply_duplicates(warn, manifest)
     assert kept is manifest and rec["policy"] == "warn" and rec["dropped"] == []
     assert [g["ids"] for g in rec["groups"]] == [["a", "e"]]
     assert rec["groups"][0]["conflicting_labels"] and rec["groups"][0]["crosses_test"]
     json.dumps(rec)  # it goes into inputs.json and provenance.json
 
     drop = _load(tmp_path, _set(GOOD, "", "duplicates", '"drop"'))
-    kept, rec = _apply_duplicates(drop, manifest, said.append)
+    kept, rec = _apply_duplicates(drop, manifest)
     assert kept.ids == ["b", "c", "d"] and rec["dropped"] == ["a", "e"]
-    assert "left out 2 image(s): a, e" in said[-1]
+    assert "left out 2 image(s): a, e" in caplog.records[-1].getMessage()
 
     error = _load(tmp_path, _set(GOOD, "", "duplicates", '"error"'))
     with pytest.raises(ConfigError, match=r'duplicates = "error": the manifest holds 1 image\(s\) under more than '
                                           r"one id: a \(benign, test\) = e \(malignant, train\)"):
-        _apply_duplicates(error, manifest, said.append)
+        _apply_duplicates(error, manifest)
     # Nothing to do when there are no copies, whatever the policy.
     clean = manifest.subset(["b", "c", "d"])
-    assert _apply_duplicates(error, clean, said.append)[1]["groups"] == []
+    assert _apply_duplicates(error, clean)[1]["groups"] == []
 
 
 def test_finetune_keys_follow_finetune_config(tmp_path):
     """[finetune] and [baselines.set] take FineTuneConfig's fields, typed from its annotations."""
     import dataclasses
 
-    from workbench.training.finetune import FineTuneConfig
-
     fields = {f.name for f in dataclasses.fields(FineTuneConfig)}
-    assert _load(tmp_path, _set(GOOD, "finetune", "seed", "3")).finetune["seed"] == 3
+    assert _load(tmp_path, _set(GOOD, "finetune", "seed", "3")).finetune.seed == 3
     if "class_weight" in fields:  # a TOML flag is read as "balanced" / "none" by FineTuneConfig
-        assert _load(tmp_path, _set(GOOD, "finetune", "class_weight", "true")).finetune["class_weight"] is True
+        assert _load(tmp_path, _set(GOOD, "finetune", "class_weight", "true")).finetune.class_weight == "balanced"
+        assert _load(tmp_path, _set(GOOD, "finetune", "class_weight", "false")).finetune.class_weight == "none"
         with pytest.raises(ConfigError, match=r"finetune.class_weight = 3: expected a string or true or false"):
             _load(tmp_path, _set(GOOD, "finetune", "class_weight", "3"))
         with pytest.raises(ConfigError, match=r"finetune.class_weight = \"heavy\": class_weight must be one of"):

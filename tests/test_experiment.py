@@ -93,6 +93,16 @@ def test_run_twice_computes_nothing_and_writes_identical_tables(slice_csv, tmp_p
     # The report rebuilt from the records alone: identical too.
     assert main(["report", str(tmp_path / "run")]) == 0
     assert _files(report) == first
+    # Grad-CAM maps are the run's (saved under gradcam/), the report only lays them out:
+    # without them it says how to get them, and a run computes them again, to the same bytes.
+    (cam,) = (tmp_path / "run" / "gradcam").glob("*.npz")
+    cam.unlink()
+    assert main(["report", str(tmp_path / "run")]) == 0
+    text = (report / "report.md").read_text()
+    assert "Grad-CAM grid skipped: no saved maps of" in text and "rerun `workbench run`" in text
+    assert "cam_grid.png" not in text
+    assert main(["run", str(cfg), "--quiet"]) == 0
+    assert cam.is_file() and _files(report) == first
 
 
 @pytest.mark.parametrize("patch, message", [

@@ -17,6 +17,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from workbench.core.io import atomic_write
+from workbench.evaluation.store import ResultStore
+from workbench.evaluation.summary import summarize
+from workbench.experiment import ExperimentConfig, run_experiment
+from workbench.features.request import FeatureRequest
+
 __all__ = ["make_shapes_dataset", "run_demo", "demo_config", "DEMO_FEATURES", "DEMO_HEADS"]
 
 DEMO_FEATURES = ("tf_efficientnet_lite0:avgpool", "tf_efficientnet_lite1:avgpool", "tf_efficientnet_lite2:avgpool")
@@ -95,15 +101,13 @@ def make_shapes_dataset(root: str | Path, *, n_per_class: int = 40, size: int = 
         w.writeheader()
         w.writerows(rows)
     (root / "README.md").write_text(_README.format(n=len(rows), seed=seed, size=size))
-    stamp.write_text(json.dumps(params))
+    atomic_write(stamp, json.dumps(params).encode())  # last: marks the copy complete
     return manifest
 
 
 def demo_config(manifest: Path, out: Path, cache: Path, features: Sequence[str], *, image_size: int | None,
                 classes: Sequence[str] | None, n_jobs: int, finetune_size: int = 96, epochs: int = 3) -> str:
     """The demo's experiment TOML: the whole flow at a size 2 CPU cores finish in minutes."""
-    from workbench.features.extraction import FeatureRequest
-
     q = json.dumps
     backbones = list(dict.fromkeys(FeatureRequest.parse(f).backbone for f in features))
     tuned = [b for b in backbones if b.startswith("tf_efficientnet_lite")][:1]
@@ -160,8 +164,6 @@ def run_demo(
     :func:`workbench.experiment.run_experiment`; a second call computes nothing.
     Returns a summary (also written to ``out/demo-record.json``).
     """
-    from workbench.experiment import ExperimentConfig, run_experiment
-
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if data is None:
@@ -172,17 +174,14 @@ def run_demo(
         manifest = p / "labels.csv" if p.is_dir() and (p / "labels.csv").exists() else p
         print_fn(f"dataset: {manifest}")
     config = out / "demo.toml"
-    config.write_text(demo_config(Path(manifest).resolve(), out, Path(cache).resolve(), features,
-                                  image_size=image_size, classes=classes, n_jobs=n_jobs))
+    atomic_write(config, demo_config(Path(manifest).resolve(), out, Path(cache).resolve(), features,
+                                     image_size=image_size, classes=classes, n_jobs=n_jobs).encode())
     print_fn(f"experiment config: {config}")
     t0 = time.perf_counter()
     report = run_experiment(ExperimentConfig.load(config), progress=progress)
     seconds = time.perf_counter() - t0
     text = (report / "report.md").read_text()
     print_fn("\n" + text)
-    from workbench.evaluation.store import ResultStore
-    from workbench.evaluation.summary import summarize
-
     records = ResultStore(out / "run").frame()
     summary = summarize(records, "auc")
     print_fn(f"all {len(summary)} candidates ranked by mean 5-fold CV AUC: {report / 'ranking.csv'}")
@@ -190,5 +189,5 @@ def run_demo(
     rec = {"dataset": "synthetic shapes" if data is None else str(manifest), "config": str(config),
            "report": str(report), "seconds": round(seconds, 1), "n_records": int(len(records)),
            "top": summary.head(top).to_dict(orient="records")}
-    (out / "demo-record.json").write_text(json.dumps(rec, indent=1, default=str))
+    atomic_write(out / "demo-record.json", json.dumps(rec, indent=1, default=str).encode())
     return rec

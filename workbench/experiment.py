@@ -1,8 +1,8 @@
-"""One experiment from one TOML file: extract -> (fine-tune) -> sweep -> baselines -> search -> report.
+"""One experiment from one TOML file: validate -> fine-tune -> extract -> sweep -> baselines -> Grad-CAM -> report.
 
 ``workbench run experiments/NAME.toml`` runs every stage, each resuming what the cache,
 the fine-tuned store and the run folder already hold, so a second run computes nothing;
-``workbench report runs/NAME`` rebuilds the report from the records alone.
+``workbench report runs/NAME`` rebuilds the report from the run folder's files alone.
 
 Config (paths relative to the config file)::
 
@@ -23,27 +23,63 @@ Config (paths relative to the config file)::
     [sweep]      heads = ["svm-rbf", "rf"], subsets = "all", ensembles = true, stacking = false,
                  [sweep.grids] svm-rbf = {C = [1, 10]}
     [baselines]  names = ["lite0"], tune = false, [baselines.set] epochs = 5
+    [report]     alpha = 0.05, publish = "folder beside the config"
 
-Every value is checked on load (:data:`CONFIG_SCHEMA`: type, allowed values, default);
-a :class:`ConfigError` names ``section.key``, the value and what is allowed. A key that
-takes a list takes a TOML list only: ``classes = "benign"`` is refused (never split into
-characters, never wrapped), with the list to write instead.
+Each table becomes a typed, frozen object (:data:`SECTIONS`): [protocol] a
+:class:`~workbench.evaluation.protocol.Protocol` and a :class:`~workbench.report.build.Selection`,
+[features] a :class:`FeaturesConfig` holding :class:`~workbench.features.options.ExtractOptions`,
+[finetune] a :class:`~workbench.training.config.FineTuneConfig`, [sweep]
+:class:`~workbench.search.options.SweepOptions` and :class:`~workbench.search.options.Execution`,
+[baselines] a :class:`BaselinesConfig`, [report] :class:`~workbench.report.build.ReportSettings`.
+Their defaults are the only defaults. Every value is checked on load, before any work
+(:data:`CONFIG_SCHEMA`: type and allowed values per key); a :class:`ConfigError` names
+``section.key``, the value and what is allowed. A key that takes a list takes a TOML
+list only: ``classes = "benign"`` is refused (never split into characters, never
+wrapped), with the list to write instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
-import sys
+import shutil
 import tomllib
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench import errors
+from workbench.backbones.finetuned import FineTunedNotFoundError, default_root, using_root
+from workbench.backbones.registry import get_backbone
+from workbench.baselines.configs import get_baseline
+from workbench.baselines.estimator import CNNClassifier
+from workbench.baselines.explain import explain
+from workbench.baselines.run import run_baselines
+from workbench.core.io import atomic_write
+from workbench.data.manifest import Item, Manifest
+from workbench.evaluation.metrics import METRICS, PER_CLASS_METRICS
+from workbench.evaluation.protocol import Protocol, build_task
+from workbench.evaluation.store import ResultStore
+from workbench.features.extraction import extract
+from workbench.features.featureset import FeatureSet
+from workbench.features.options import ExtractOptions
+from workbench.features.request import FeatureRequest
+from workbench.heads.zoo import get_head
+from workbench.report.build import ReportSettings, Selection, write_report
+from workbench.report.gradcam import GRID_MAX, CamSet, cam_path
+from workbench.search.options import Execution, SweepOptions
+from workbench.search.sweep import sweep
+from workbench.training.config import FineTuneConfig
+from workbench.training.nested import fine_tune_nested
 
-__all__ = ["ExperimentConfig", "ConfigError", "run_experiment", "build_report", "CONFIG_SCHEMA", "DUPLICATE_POLICIES"]
+__all__ = ["ExperimentConfig", "FeaturesConfig", "BaselinesConfig", "ConfigError", "run_experiment", "build_report",
+           "CONFIG_SCHEMA", "SECTIONS", "DUPLICATE_POLICIES"]
+
+logger = logging.getLogger(__name__)
 
 #: What ``duplicates = ...`` may say: warn (default), drop the copies, or refuse the run.
 DUPLICATE_POLICIES = ("warn", "drop", "error")
@@ -87,16 +123,15 @@ def _show(value: Any) -> str:
 
 @dataclass(frozen=True)
 class _Key:
-    """One config key: its type, default and allowed values.
+    """One config key: its type and allowed values (its default is its typed object's).
 
     ``kind`` is ``str``, ``int``, ``float``, ``bool``, ``strs`` (a list of strings; a
     single string is refused, never split or wrapped), ``table`` or ``any`` (checked
     by ``check``). ``check`` returns what is allowed, in words, when a well-typed value
-    is not; ``default`` ``_MISSING`` leaves an optional key out of the section.
+    is not.
     """
 
     kind: str
-    default: Any = _MISSING
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     required: bool = False
@@ -172,75 +207,189 @@ def _grids(v: dict) -> str | None:
     return None
 
 
-#: The config's keys, per section ("" is the top level): type, default, allowed values.
-CONFIG_SCHEMA: dict[str, dict[str, _Key]] = {
-    "": {
-        "name": _Key("str", required=True, check=_non_empty),
-        "manifest": _Key("str", required=True, check=_non_empty),
-        "classes": _Key("strs", None, check=_names(2)),
-        "positive": _Key("str", None, check=_non_empty),
-        "out": _Key("str", check=_non_empty),
-        "cache": _Key("str", check=_non_empty),
-        "finetuned": _Key("str", check=_non_empty),
-        "duplicates": _Key("str", "warn", choices=DUPLICATE_POLICIES),
-    },
-    "protocol": {
-        "cv": _Key("int", 5, check=_at_least(2)),
-        "inner_cv": _Key("int", 3, check=_at_least(2)),
-        "seed": _Key("int", 0, check=_at_least(0)),
-        "scoring": _Key("str", "auc", choices=("auc", "balanced_accuracy", "accuracy")),
-        "metric": _Key("str", "auc"),  # checked against the classes in _check_values
-        "top_k": _Key("int", 3, check=_at_least(1)),
-    },
-    "features": {
-        "specs": _Key("strs", [], check=_names()),
-        "image_size": _Key("int", check=_at_least(16)),
-        "finetuned": _Key("strs", [], check=_names()),
-        "nested": _Key("bool", False),
-        "resize": _Key("str", choices=("squash", "crop", "letterbox")),
-        "input": _Key("str", choices=("whole", "box")),
-        "batch_size": _Key("int", check=_at_least(1)),
-    },
-    "finetune": {},  # FineTuneConfig's fields, typed from its annotations (_finetune_keys)
-    "sweep": {
-        "heads": _Key("strs", ["svm-rbf", "rf"], check=_names(1)),
-        "subsets": _Key("any", "all", check=_subsets),
-        "ensembles": _Key("bool", True),
-        "stacking": _Key("bool", False),
-        "grids": _Key("table", check=_grids),
-        "ensemble_heads": _Key("strs", check=_names(1)),
-        "n_jobs": _Key("int", 1, check=_n_jobs),
-    },
-    "baselines": {
-        "names": _Key("strs", [], check=_names()),
-        "tune": _Key("bool", False),
-        "tune_cv": _Key("int", 6, check=_at_least(2)),
-        "set": _Key("table", {}),  # FineTuneConfig's fields, like [finetune]
-        "val_fraction": _Key("float", 0.15, check=_open_unit),
-    },
-    "report": {
-        "alpha": _Key("float", 0.05, check=_open_unit),
-        "publish": _Key("str", check=_non_empty),
-    },
+_TOP_KEYS: dict[str, _Key] = {
+    "name": _Key("str", required=True, check=_non_empty),
+    "manifest": _Key("str", required=True, check=_non_empty),
+    "classes": _Key("strs", check=_names(2)),
+    "positive": _Key("str", check=_non_empty),
+    "out": _Key("str", check=_non_empty),
+    "cache": _Key("str", check=_non_empty),
+    "finetuned": _Key("str", check=_non_empty),
+    "duplicates": _Key("str", choices=DUPLICATE_POLICIES),
 }
 
 
-def _finetune_keys() -> dict[str, _Key]:
-    """FineTuneConfig's fields as schema keys, typed from its annotations."""
-    import dataclasses
-    import typing
+# ---------------------------------------------------------------- typed sections
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """[features]: the blocks to extract and how.
 
-    from workbench.training.finetune import FineTuneConfig
+    ``specs`` are feature specs (``backbone:taps``); ``finetuned`` backbones are fine-tuned
+    first and add ``BACKBONE@ft-...:taps`` blocks (``nested``: ``@ftn-...``, clean CV);
+    ``extract`` holds the extraction options the table sets.
+    """
 
-    hints = typing.get_type_hints(FineTuneConfig)
+    specs: tuple[str, ...] = ()
+    finetuned: tuple[str, ...] = ()
+    nested: bool = False
+    extract: ExtractOptions = field(default_factory=ExtractOptions)
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    """[baselines]: end-to-end CNN baselines on the sweep's folds.
+
+    ``overrides`` (the ``[baselines.set]`` table) are FineTuneConfig fields laid over
+    each baseline's own settings, so only the keys given are kept.
+    """
+
+    names: tuple[str, ...] = ()
+    tune: bool = False
+    tune_cv: int = 6
+    val_fraction: float = 0.15
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Section:
+    """One TOML table: its keys (checked on load) and how it becomes typed fields.
+
+    ``build(path, values, top)`` gets the table's checked values and the top level's, and
+    returns :class:`ExperimentConfig` fields. ``fields_of``: a dataclass whose fields are
+    further keys, typed from its annotations (``[finetune]`` takes FineTuneConfig's).
+    """
+
+    keys: dict[str, _Key]
+    build: Callable[[Path, dict[str, Any], dict[str, Any]], dict[str, Any]]
+    fields_of: type | None = None
+
+    def all_keys(self) -> dict[str, _Key]:
+        return {**self.keys, **(_dataclass_keys(self.fields_of) if self.fields_of else {})}
+
+
+def _constructed(path: Path, key: str, values: Any, make: Callable[[], Any]) -> Any:
+    """``make()``, its ConfigError re-raised naming the file and the table."""
+    try:
+        return make()
+    except errors.ConfigError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(path, key, values, str(e)) from None
+
+
+def _build_protocol(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    problem = _metric_problem(v.get("metric", Selection.metric), top.get("classes"))
+    if problem:
+        raise ConfigError(path, "protocol.metric", v["metric"], problem)
+    proto = {k: v[k] for k in ("cv", "inner_cv", "seed", "scoring") if k in v}
+    sel = {k: v[k] for k in ("metric", "top_k") if k in v}
+    return {"protocol": _constructed(path, "protocol", v, lambda: Protocol(**proto, positive=top.get("positive"))),
+            "selection": _constructed(path, "protocol", v, lambda: Selection(**sel))}
+
+
+def _build_features(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    if v.get("nested") and not v.get("finetuned"):
+        raise ConfigError(path, "features.nested", True,
+                          "nested fine-tuning needs backbones in features.finetuned, and it names none")
+    if not v.get("specs") and not v.get("finetuned"):
+        raise ConfigError(path, "features.specs", v.get("specs", []),
+                          "[features] names no specs and no fine-tuned backbones; give at least one")
+    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size") if k in v}
+    options = _constructed(path, "features", v, lambda: ExtractOptions(**ext))
+    lists = {k: tuple(v[k]) for k in ("specs", "finetuned") if k in v}
+    return {"features": FeaturesConfig(**lists, nested=v.get("nested", False), extract=options)}
+
+
+def _build_finetune(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    return {"finetune": _finetune_config(path, "finetune", v)}
+
+
+def _build_sweep(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    heads = v.get("heads", list(SweepOptions.heads))
+    extra = [h for h in v.get("ensemble_heads") or [] if h not in heads]
+    if extra:
+        raise ConfigError(path, "sweep.ensemble_heads", v["ensemble_heads"],
+                          f"expected heads among sweep.heads ({', '.join(heads)}); {', '.join(extra)} is not")
+    extra = [h for h in v.get("grids") or {} if h not in heads]
+    if extra:
+        raise ConfigError(path, "sweep.grids", v["grids"],
+                          f"expected grids for heads among sweep.heads ({', '.join(heads)}); "
+                          f"{', '.join(extra)} is not swept")
+    opts = {k: (tuple(x) if isinstance(x, list) and k != "subsets" else x) for k, x in v.items() if k != "n_jobs"}
+    exe = {"n_jobs": v["n_jobs"]} if "n_jobs" in v else {}
+    return {"sweep": _constructed(path, "sweep", v, lambda: SweepOptions(**opts)),
+            "execution": _constructed(path, "sweep", v, lambda: Execution(**exe))}
+
+
+def _build_baselines(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    overrides = v.get("set", {})
+    _finetune_config(path, "baselines.set", overrides)  # checked alone; laid over each baseline's own
+    given = {k: (tuple(x) if isinstance(x, list) else x) for k, x in v.items() if k != "set"}
+    return {"baselines": BaselinesConfig(**given, overrides=dict(overrides))}
+
+
+def _build_report(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    return {"report": _constructed(path, "report", v, lambda: ReportSettings(**v))}
+
+
+#: The config's tables: each one's keys (type, allowed values) and the typed objects it
+#: becomes. A new section is one entry here (and its fields on ExperimentConfig).
+SECTIONS: dict[str, _Section] = {
+    "protocol": _Section({
+        "cv": _Key("int", check=_at_least(2)),
+        "inner_cv": _Key("int", check=_at_least(2)),
+        "seed": _Key("int", check=_at_least(0)),
+        "scoring": _Key("str", choices=("auc", "balanced_accuracy", "accuracy")),
+        "metric": _Key("str"),  # checked against the classes in _build_protocol
+        "top_k": _Key("int", check=_at_least(1)),
+    }, _build_protocol),
+    "features": _Section({
+        "specs": _Key("strs", check=_names()),
+        "image_size": _Key("int", check=_at_least(16)),
+        "finetuned": _Key("strs", check=_names()),
+        "nested": _Key("bool"),
+        "resize": _Key("str", choices=("squash", "crop", "letterbox")),
+        "input": _Key("str", choices=("whole", "box")),
+        "batch_size": _Key("int", check=_at_least(1)),
+    }, _build_features),
+    "finetune": _Section({}, _build_finetune, fields_of=FineTuneConfig),
+    "sweep": _Section({
+        "heads": _Key("strs", check=_names(1)),
+        "subsets": _Key("any", check=_subsets),
+        "ensembles": _Key("bool"),
+        "stacking": _Key("bool"),
+        "grids": _Key("table", check=_grids),
+        "ensemble_heads": _Key("strs", check=_names(1)),
+        "n_jobs": _Key("int", check=_n_jobs),
+    }, _build_sweep),
+    "baselines": _Section({
+        "names": _Key("strs", check=_names()),
+        "tune": _Key("bool"),
+        "tune_cv": _Key("int", check=_at_least(2)),
+        "set": _Key("table"),  # FineTuneConfig's fields, like [finetune]
+        "val_fraction": _Key("float", check=_open_unit),
+    }, _build_baselines),
+    "report": _Section({
+        "alpha": _Key("float", check=_open_unit),
+        "publish": _Key("str", check=_non_empty),
+    }, _build_report),
+}
+
+#: The keys of the config, per table ("" is the top level). [finetune] and
+#: [baselines.set] also take FineTuneConfig's fields, typed from its annotations.
+CONFIG_SCHEMA: dict[str, dict[str, _Key]] = {"": _TOP_KEYS, **{s: sec.keys for s, sec in SECTIONS.items()}}
+
+
+def _dataclass_keys(cls: type) -> dict[str, _Key]:
+    """A dataclass's fields as schema keys, typed from its annotations."""
+    hints = typing.get_type_hints(cls)
     kinds = {int: "int", float: "float", str: "str", bool: "bool"}
     out = {}
-    for f in dataclasses.fields(FineTuneConfig):
+    for f in dataclasses.fields(cls):
         ts = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
         ks = [kinds[t] for t in ts if t in kinds]
-        out[f.name] = _Key(ks[0] if len(ks) == 1 else "any",
-                           check=None if len(ks) == 1 else _one_of_kinds(ks))
-    if "class_weight" in out:
+        out[f.name] = _Key(ks[0] if len(ks) == 1 else "any", check=None if len(ks) == 1 else _one_of_kinds(ks))
+    if cls is FineTuneConfig:
         # FineTuneConfig reads a TOML flag as "balanced"/"none", and the old name
         # class_weights (a bool) too: accept what it accepts, let it check the value.
         out["class_weight"] = _Key("any", check=_one_of_kinds(["str", "bool"]))
@@ -254,42 +403,51 @@ def _one_of_kinds(kinds: list[str]) -> Callable[[Any], str | None]:
     return check
 
 
+def _finetune_config(path: Path, key: str, settings: dict[str, Any]) -> FineTuneConfig:
+    """FineTuneConfig of checked ``settings``; its complaint names ``key.field``."""
+    try:
+        return FineTuneConfig.from_dict(settings)
+    except errors.ConfigError as e:
+        # "fine-tune config: epochs must be >= 1": name the key that says so.
+        msg = str(e).removeprefix("fine-tune config: ")
+        field_name = msg.split(" ", 1)[0]
+        if field_name in settings:
+            raise ConfigError(path, f"{key}.{field_name}", settings[field_name], msg) from None
+        raise ConfigError(path, key, settings, msg) from None
+
+
+def _checked_value(path: Path, where: str, key: str, spec: _Key, v: Any) -> None:
+    """Raise a ConfigError if ``v`` is not of the key's type or not allowed."""
+    if not _is(spec.kind, v):
+        if spec.kind == "strs" and isinstance(v, str):
+            # A single string is never split into characters nor silently wrapped.
+            raise ConfigError(path, where, v, f"expected a list of strings; write {key} = [{_show(v)}]")
+        raise ConfigError(path, where, v, f"expected {_TYPE_WORDS.get(spec.kind, 'another value')}")
+    if spec.choices is not None and v not in spec.choices:
+        raise ConfigError(path, where, v, f"expected one of {', '.join(_show(c) for c in spec.choices)}")
+    problem = spec.check(v) if spec.check is not None else None
+    if problem:
+        raise ConfigError(path, where, v, problem)
+
+
 def _checked_section(path: Path, raw: dict[str, Any], section: str, schema: dict[str, _Key]) -> dict[str, Any]:
-    """One section's values, type-checked, with its defaults filled in."""
+    """One table's values, each checked; keys it does not give stay out (their type's default applies)."""
     prefix = f"{section}." if section else ""
     for key in raw:
         if key not in schema:
             where = f" in [{section}]" if section else ""
             raise ConfigError(path, prefix + key, raw[key],
                               f"unknown key; known keys{where}: {', '.join(sorted(schema))}")
-    out: dict[str, Any] = {}
     for key, spec in schema.items():
-        where = prefix + key
-        if key not in raw:
-            if spec.required:
-                raise ConfigError(path, where)
-            if spec.default is not _MISSING:
-                out[key] = json.loads(json.dumps(spec.default))  # a fresh copy of lists
-            continue
-        v = raw[key]
-        if not _is(spec.kind, v):
-            if spec.kind == "strs" and isinstance(v, str):
-                # A single string is never split into characters nor silently wrapped.
-                raise ConfigError(path, where, v, f"expected a list of strings; write {key} = [{_show(v)}]")
-            raise ConfigError(path, where, v, f"expected {_TYPE_WORDS.get(spec.kind, 'another value')}")
-        if spec.choices is not None and v not in spec.choices:
-            raise ConfigError(path, where, v, f"expected one of {', '.join(_show(c) for c in spec.choices)}")
-        problem = spec.check(v) if spec.check is not None else None
-        if problem:
-            raise ConfigError(path, where, v, problem)
-        out[key] = v
-    return out
+        if key in raw:
+            _checked_value(path, prefix + key, key, spec, raw[key])
+        elif spec.required:
+            raise ConfigError(path, prefix + key)
+    return dict(raw)
 
 
 def _metric_problem(metric: str, classes: list[str] | None) -> str | None:
     """Why the records of this task will not hold ``metric`` (None if they will)."""
-    from workbench.evaluation.metrics import METRICS, PER_CLASS_METRICS
-
     if metric in METRICS:
         return None
     binary = classes is not None and len(classes) == 2
@@ -307,12 +465,22 @@ def _metric_problem(metric: str, classes: list[str] | None) -> str | None:
     return f"expected one of {allowed}, {', '.join(macro)}, or a per-class METRIC[CLASS] such as {example}"
 
 
-@dataclass
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise errors.MissingFileError(f"experiment config not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise errors.ConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+# ---------------------------------------------------------------------- the config
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A validated experiment config; ``raw`` is the TOML as read (recorded verbatim).
 
-    Every value is checked on load against :data:`CONFIG_SCHEMA` (type, allowed values)
-    and against the registries (backbones, taps, heads, baselines, fine-tune settings),
+    Every value is checked on load, for type and value (:data:`CONFIG_SCHEMA`, the typed
+    objects' own checks) and against the registries (backbones, taps, heads, baselines),
     so a bad config fails with a :class:`ConfigError` before any work.
     """
 
@@ -326,12 +494,14 @@ class ExperimentConfig:
     classes: list[str] | None
     positive: str | None
     duplicates: str = "warn"
-    protocol: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] = field(default_factory=dict)
-    sweep: dict[str, Any] = field(default_factory=dict)
-    baselines: dict[str, Any] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
+    protocol: Protocol = field(default_factory=Protocol)
+    selection: Selection = field(default_factory=Selection)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    sweep: SweepOptions = field(default_factory=SweepOptions)
+    execution: Execution = field(default_factory=Execution)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
@@ -349,68 +519,24 @@ class ExperimentConfig:
             The config does not exist.
         """
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"experiment config not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{path}: not valid TOML: {e}") from None
-        sections = [s for s in CONFIG_SCHEMA if s]
-        top_schema = {**CONFIG_SCHEMA[""], **{s: _Key("table") for s in sections}}
-        top = _checked_section(path, raw, "", top_schema)
-        sec = {s: _checked_section(path, top.get(s, {}), s, CONFIG_SCHEMA[s] if s != "finetune" else _finetune_keys())
-               for s in sections}
-        sec["baselines"]["set"] = _checked_section(path, sec["baselines"]["set"], "baselines.set", _finetune_keys())
-        base = path.resolve().parent
-        name = top["name"]
-        cfg = cls(
-            path=path, raw=raw, name=name, manifest=(base / top["manifest"]).resolve(),
-            out=(base / top.get("out", f"../runs/{name}")).resolve(),
-            cache=(base / top.get("cache", "../features_cache")).resolve(),
-            finetuned=(base / top["finetuned"]).resolve() if "finetuned" in top else None,
-            classes=top["classes"], positive=top["positive"], duplicates=top["duplicates"],
-            protocol=sec["protocol"], features=sec["features"], finetune=sec["finetune"], sweep=sec["sweep"],
-            baselines=sec["baselines"], report=sec["report"],
-        )
-        if isinstance(cfg.sweep["subsets"], list) and len(cfg.sweep["subsets"]) == 2 \
-                and all(isinstance(k, int) for k in cfg.sweep["subsets"]):
-            cfg.sweep["subsets"] = tuple(cfg.sweep["subsets"])  # sizes (k1, k2), as sweep() takes them
-        cfg._check_values()
+        raw = _read_toml(path)
+        top = _checked_section(path, raw, "", {**_TOP_KEYS, **{s: _Key("table") for s in SECTIONS}})
+        if top.get("positive") is not None and top.get("classes") is not None \
+                and top["positive"] not in top["classes"]:
+            raise ConfigError(path, "positive", top["positive"],
+                              f"expected one of the classes ({', '.join(top['classes'])})")
+        typed: dict[str, Any] = {}
+        for name, section in SECTIONS.items():
+            values = _checked_section(path, top.get(name, {}), name, section.all_keys())
+            if name == "baselines" and "set" in values:
+                _checked_section(path, values["set"], "baselines.set", _dataclass_keys(FineTuneConfig))
+            typed.update(section.build(path, values, top))
+        cfg = cls(path=path, raw=raw, **_top_fields(path, top), **typed)
         cfg._check_names()
         return cfg
 
-    def _check_values(self) -> None:
-        """Checks across keys (each key alone is checked by the schema)."""
-        p = self.path
-        if self.positive is not None and self.classes is not None and self.positive not in self.classes:
-            raise ConfigError(p, "positive", self.positive, f"expected one of the classes ({', '.join(self.classes)})")
-        problem = _metric_problem(self.protocol["metric"], self.classes)
-        if problem:
-            raise ConfigError(p, "protocol.metric", self.protocol["metric"], problem)
-        if self.features["nested"] and not self.features["finetuned"]:
-            raise ConfigError(p, "features.nested", True,
-                              "nested fine-tuning needs backbones in features.finetuned, and it names none")
-        if not self.features["specs"] and not self.features["finetuned"]:
-            raise ConfigError(p, "features.specs", self.features["specs"],
-                              "[features] names no specs and no fine-tuned backbones; give at least one")
-        heads = self.sweep["heads"]
-        extra = [h for h in self.sweep.get("ensemble_heads") or [] if h not in heads]
-        if extra:
-            raise ConfigError(p, "sweep.ensemble_heads", self.sweep["ensemble_heads"],
-                              f"expected heads among sweep.heads ({', '.join(heads)}); {', '.join(extra)} is not")
-        extra = [h for h in self.sweep.get("grids") or {} if h not in heads]
-        if extra:
-            raise ConfigError(p, "sweep.grids", self.sweep["grids"],
-                              f"expected grids for heads among sweep.heads ({', '.join(heads)}); "
-                              f"{', '.join(extra)} is not swept")
-
     def _check_names(self) -> None:
-        from workbench.backbones.registry import get_backbone
-        from workbench.baselines.configs import get_baseline
-        from workbench.training.finetune import FineTuneConfig
-        from workbench.features.extraction import FeatureRequest
-        from workbench.heads.zoo import get_head
-
+        """Every backbone, tap, head, grid parameter and baseline the config names exists."""
         def named(key: str, value: Any, fn: Callable[[], Any]) -> Any:
             try:
                 return fn()
@@ -418,136 +544,191 @@ class ExperimentConfig:
                 msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
                 raise ConfigError(self.path, key, value, msg) from None
 
-        for spec in self.features["specs"]:
+        for spec in self.features.specs:
             r = named("features.specs", spec, lambda: FeatureRequest.parse(spec))
             b = named("features.specs", spec, lambda: get_backbone(r.backbone))
             for t in r.taps or ():
                 named("features.specs", spec, lambda: b.tap(t))
-        for name in self.features["finetuned"]:
+        for name in self.features.finetuned:
             named("features.finetuned", name, lambda: get_backbone(name))
-        for h in self.sweep["heads"]:
+        for h in self.sweep.heads:
             named("sweep.heads", h, lambda: get_head(h))
-        for h, grid in (self.sweep.get("grids") or {}).items():
+        for h, grid in self.sweep.grids.items():
             valid = get_head(h).pipeline().named_steps["clf"].get_params(deep=False)
             bad = sorted(set(grid) - set(valid))
             if bad:
                 raise ConfigError(self.path, f"sweep.grids.{h}", grid,
                                   f"unknown parameters {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
-        for b in self.baselines["names"]:
+        for b in self.baselines.names:
             named("baselines.names", b, lambda: get_baseline(b))
-        for key, settings in (("finetune", self.finetune), ("baselines.set", self.baselines["set"])):
-            try:
-                FineTuneConfig.from_dict(settings)
-            except ValueError as e:
-                # "fine-tune config: epochs must be >= 1": name the key that says so.
-                msg = str(e).removeprefix("fine-tune config: ")
-                field_name = msg.split(" ", 1)[0]
-                if field_name in settings:
-                    raise ConfigError(self.path, f"{key}.{field_name}", settings[field_name], msg) from None
-                raise ConfigError(self.path, key, settings, msg) from None
 
 
-def _log(progress: bool):
-    return (lambda s: print(s, file=sys.stderr, flush=True)) if progress else (lambda s: None)
+def _top_fields(path: Path, top: dict[str, Any]) -> dict[str, Any]:
+    """The top level's fields, paths resolved against the config's folder."""
+    base = path.resolve().parent
+    name = top["name"]
+    return {"name": name, "manifest": (base / top["manifest"]).resolve(),
+            "out": (base / top.get("out", f"../runs/{name}")).resolve(),
+            "cache": (base / top.get("cache", "../features_cache")).resolve(),
+            "finetuned": (base / top["finetuned"]).resolve() if "finetuned" in top else None,
+            "classes": top.get("classes"), "positive": top.get("positive"),
+            **({"duplicates": top["duplicates"]} if "duplicates" in top else {})}
 
 
+# ------------------------------------------------------------------------- stages
 def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bool = True,
                    device: str | None = None) -> Path:
-    """Run (or resume) every stage of the experiment; return the report folder."""
-    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
-    from workbench.backbones.finetuned import using_root
+    """Run (or resume) every stage of the experiment; return the report folder.
 
+    Stages: validate inputs, fine-tune (features), extract, sweep, baselines, record the
+    inputs, Grad-CAM, report. Each resumes what the cache, the fine-tuned store and the
+    run folder hold.
+    """
+    cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
     # The fine-tuned store the config names, for this run only (weights ids resolve through it).
     with using_root(cfg.finetuned):
-        return _run(cfg, progress, device)
+        manifest, duplicates = validate_inputs(cfg, progress=progress)
+        finetuned = fine_tune_stage(cfg, manifest, device=device, progress=progress)
+        specs = list(cfg.features.specs) + [f"{label}:{','.join(get_backbone(b).taps)}"
+                                            for b, label in finetuned.items()]
+        fs = extract_stage(cfg, manifest, specs, progress=progress)
+        sweep_stage(cfg, manifest, fs, progress=progress)
+        baselines_stage(cfg, manifest, device=device, progress=progress)
+        record_inputs(cfg, manifest, finetuned, specs, fs, duplicates)
+        gradcam_stage(cfg)
+        return report_stage(cfg)
 
 
-def _run(cfg: "ExperimentConfig", progress: bool, device: str | None) -> Path:
-    from workbench.training.finetune import FineTuneConfig
-    from workbench.baselines.run import run_baselines
-    from workbench.data.manifest import Manifest
-    from workbench.features.extraction import extract
-    from workbench.search.sweep import sweep
+def validate_inputs(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest to run on (validated, duplicates policy applied) and the duplicates record.
 
-    say = _log(progress)
-    p = cfg.protocol
+    Opens the run folder: one made under another protocol is refused here, before any
+    work; the config goes into it verbatim (``experiment.toml``).
+    """
     manifest = Manifest.load(cfg.manifest)
     if cfg.classes:
         manifest = manifest.select_classes(cfg.classes)
     manifest = manifest.validate(progress=progress)  # warns of duplicate images
-    manifest, duplicates = _apply_duplicates(cfg, manifest, say)
-    # A run folder made under another protocol is refused before any work.
-    from workbench.evaluation.protocol import Protocol, build_task
+    manifest, duplicates = _apply_duplicates(cfg, manifest)
+    build_task(manifest, cfg.protocol).open_store(cfg.out)
+    atomic_write(cfg.out / "experiment.toml", cfg.path.read_text().encode())
+    return manifest, duplicates
 
-    build_task(manifest, Protocol(cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"], scoring=p["scoring"],
-                                  positive=cfg.positive)).open_store(cfg.out)
-    (cfg.out / "experiment.toml").write_text(cfg.path.read_text())  # the config, verbatim
-    ext = {k: cfg.features[k] for k in ("image_size", "resize", "input", "batch_size") if k in cfg.features}
 
-    # 1. fine-tuned features ("with fine-tuning")
-    specs = list(cfg.features["specs"])
-    ft_config = FineTuneConfig.from_dict(cfg.finetune)
-    finetuned_labels = {}
-    for backbone in cfg.features["finetuned"]:
-        say(f"[{cfg.name}] fine-tuning {backbone} for features")
-        if cfg.features["nested"]:
-            from workbench.training.nested import fine_tune_nested
+def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | None = None,
+                    progress: bool = True) -> dict[str, str]:
+    """Fine-tune each of [features] finetuned (on the training split, or nested per fold).
 
-            ns = fine_tune_nested(backbone, manifest, ft_config, cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"],
-                                  scoring=p["scoring"], positive=cfg.positive, device=device, progress=progress,
-                                  log=say)
-            label = ns.label
+    Returns backbone -> the fine-tuned label its feature blocks go under.
+    """
+    labels = {}
+    for backbone in cfg.features.finetuned:
+        logger.info(f"[{cfg.name}] fine-tuning {backbone} for features")
+        if cfg.features.nested:
+            labels[backbone] = fine_tune_nested(backbone, manifest, cfg.finetune, protocol=cfg.protocol,
+                                                device=device, progress=progress).label
         else:
-            from workbench.baselines.estimator import CNNClassifier
-
             train_ids = [it.id for it in manifest if it.split != "test"]
-            est = CNNClassifier(backbone, manifest, config=ft_config, device=device, progress=progress).fit(train_ids)
-            label = est.finetuned_.label
-        finetuned_labels[backbone] = label
-        from workbench.backbones.registry import get_backbone
+            est = CNNClassifier(backbone, manifest, config=cfg.finetune, device=device, progress=progress)
+            labels[backbone] = est.fit(train_ids).finetuned_.label
+    return labels
 
-        taps = ",".join(get_backbone(backbone).taps)
-        specs.append(f"{label}:{taps}")
 
-    # 2. extraction (cache), 3. sweep
-    say(f"[{cfg.name}] features: {', '.join(specs)}")
-    fs = extract(manifest, specs, cache=cfg.cache, progress=progress, log=say, **ext)
-    sw = cfg.sweep
-    sweep(manifest, fs, out=cfg.out, heads=sw["heads"], subsets=sw["subsets"], cv=p["cv"], inner_cv=p["inner_cv"],
-          seed=p["seed"], scoring=p["scoring"], grids=sw.get("grids"), ensembles=sw["ensembles"],
-          ensemble_heads=sw.get("ensemble_heads"), stacking=sw["stacking"], positive=cfg.positive,
-          n_jobs=sw.get("n_jobs", 1), progress=progress, log=say)
+def extract_stage(cfg: ExperimentConfig, manifest: Manifest, specs: list[str], *,
+                  progress: bool = True) -> FeatureSet:
+    """Every feature block of the run, from the cache where it holds them."""
+    logger.info(f"[{cfg.name}] features: {', '.join(specs)}")
+    return extract(manifest, specs, cache=cfg.cache, options=cfg.features.extract, progress=progress)
 
-    # 4. end-to-end baselines on the same folds
+
+def sweep_stage(cfg: ExperimentConfig, manifest: Manifest, fs: FeatureSet, *, progress: bool = True) -> None:
+    """Heads over the block subsets, and their ensembles, into the run folder's records."""
+    sweep(manifest, fs, out=cfg.out, protocol=cfg.protocol, options=cfg.sweep, execution=cfg.execution,
+          progress=progress)
+
+
+def baselines_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | None = None,
+                    progress: bool = True) -> None:
+    """End-to-end CNN baselines on the sweep's folds, into the same records."""
     bl = cfg.baselines
-    if bl["names"]:
-        run_baselines(manifest, bl["names"], cfg.out, cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"],
-                      scoring=p["scoring"], positive=cfg.positive, overrides=bl["set"], tune=bl["tune"],
-                      tune_cv=bl.get("tune_cv", 6), val_fraction=bl.get("val_fraction", 0.15), device=device,
-                      progress=progress, log=say)
-    (cfg.out / "finetuned.json").write_text(json.dumps(finetuned_labels, indent=1, sort_keys=True) + "\n")
-    from workbench.backbones.finetuned import default_root
+    if bl.names:
+        run_baselines(manifest, list(bl.names), cfg.out, protocol=cfg.protocol, overrides=dict(bl.overrides),
+                      tune=bl.tune, tune_cv=bl.tune_cv, val_fraction=bl.val_fraction, device=device,
+                      progress=progress)
 
+
+def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str, str], specs: list[str],
+                  fs: FeatureSet, duplicates: dict[str, Any]) -> None:
+    """``finetuned.json`` and ``inputs.json``: what the run ran on, for the report."""
+    atomic_write(cfg.out / "finetuned.json", (json.dumps(finetuned, indent=1, sort_keys=True) + "\n").encode())
     inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
-              "finetuned_root": str(default_root().resolve()), "manifest_digest": manifest.digest(), "classes": manifest.classes,
-              "n_images": len(manifest), "features": specs, "duplicates": duplicates,
+              "finetuned_root": str(default_root().resolve()), "manifest_digest": manifest.digest(),
+              "classes": manifest.classes, "n_images": len(manifest), "features": specs, "duplicates": duplicates,
               # What this config runs: the report shows these candidates only, so
               # records an earlier config left in the (append-only) folder stay out of it.
-              "scope": {"blocks": sorted(fs.blocks), "heads": list(sw["heads"]), "baselines": list(bl["names"])}}
-    (cfg.out / "inputs.json").write_text(json.dumps(inputs, indent=1, sort_keys=True) + "\n")
-    # 5. search and report, from the records alone
-    report = build_report(cfg.out)
-    publish = cfg.report.get("publish")
-    if publish:  # a copy beside the config, e.g. to commit with it
-        import shutil
+              "scope": {"blocks": sorted(fs.blocks), "heads": list(cfg.sweep.heads),
+                        "baselines": list(cfg.baselines.names)}}
+    atomic_write(cfg.out / "inputs.json", (json.dumps(inputs, indent=1, sort_keys=True) + "\n").encode())
 
-        dest = (cfg.path.resolve().parent / publish).resolve()
+
+def gradcam_stage(cfg: ExperimentConfig) -> list[Path]:
+    """Grad-CAM maps of each baseline's test-split network, saved for the report.
+
+    One ``gradcam/<network>.npz`` per network (:func:`workbench.report.gradcam.cam_path`),
+    on up to :data:`GRID_MAX` test images of the positive class (or as many of each class);
+    a network already saved is not computed again. Maps are computed on the CPU, as the
+    report always did, so the figures keep their bytes.
+    """
+    store = ResultStore(cfg.out)
+    proto = store.protocol()
+    networks = _baseline_networks(store, cfg.baselines.names)
+    todo = [n for n in networks if not cam_path(cfg.out, n).is_file()]
+    if not todo:
+        return [cam_path(cfg.out, n) for n in networks]
+    # The manifest as the config names it (no duplicates dropped), as the report always read it.
+    manifest = Manifest.load(cfg.manifest).select_classes(list(proto["classes"]))
+    items = _cam_items(manifest, list(proto["classes"]), proto.get("positive"))
+    items = list(manifest.subset([it.id for it in items]).validate(progress=False))
+    for network in todo:
+        logger.info(f"[{cfg.name}] Grad-CAM of {network}")
+        try:
+            CamSet.from_result(explain(items, network, target="pred")).save(cam_path(cfg.out, network))
+        except (FineTunedNotFoundError, FileNotFoundError) as e:
+            # The report says the grid is missing and how to get it.
+            logger.warning(f"[{cfg.name}] Grad-CAM of {network} skipped: {e}")
+    return [p for p in (cam_path(cfg.out, n) for n in networks) if p.is_file()]
+
+
+def _baseline_networks(store: ResultStore, names: tuple[str, ...]) -> list[str]:
+    """``backbone@ft-...`` of each in-scope baseline's latest test-split record."""
+    latest: dict[str, dict[str, Any]] = {}
+    for r in store.current_records():
+        if r.get("kind") == "baseline" and r.get("baseline") in names and r["fold"] == "test":
+            latest[r["candidate"]] = r
+    return [f"{r['backbone']}@{r['weights_id']}" for r in latest.values() if r.get("weights_id")]
+
+
+def _cam_items(manifest: Manifest, classes: list[str], positive: str | None,
+               max_images: int = GRID_MAX) -> list[Item]:
+    """The test images a Grad-CAM grid shows: the positive class's, else as many of each
+    class (first ids), so the grid is not all one class."""
+    shown = [positive] if positive is not None else classes
+    per_class = {c: sorted((it for it in manifest if it.split == "test" and it.label == c), key=lambda it: it.id)
+                 for c in shown}
+    return [it for c in shown for it in per_class[c][:max(1, max_images // len(shown))]][:max_images]
+
+
+def report_stage(cfg: ExperimentConfig) -> Path:
+    """The report, from the run folder's files alone; copied beside the config when [report] publish says so."""
+    report = build_report(cfg.out)
+    if cfg.report.publish:  # a copy beside the config, e.g. to commit with it
+        dest = (cfg.path.resolve().parent / cfg.report.publish).resolve()
         shutil.copytree(report, dest, dirs_exist_ok=True)
-        say(f"[{cfg.name}] report copied to {dest}")
+        logger.info(f"[{cfg.name}] report copied to {dest}")
     return report
 
 
-def _apply_duplicates(cfg: ExperimentConfig, manifest, say) -> tuple[Any, dict[str, Any]]:
+def _apply_duplicates(cfg: ExperimentConfig, manifest: Manifest) -> tuple[Manifest, dict[str, Any]]:
     """Apply the config's ``duplicates`` policy to a validated manifest.
 
     Returns the manifest to run on and the record for ``inputs.json`` (and so the
@@ -571,12 +752,10 @@ def _apply_duplicates(cfg: ExperimentConfig, manifest, say) -> tuple[Any, dict[s
     if cfg.duplicates == "drop":
         manifest, dropped = manifest.drop_duplicates()
         record["dropped"] = dropped
-        say(f"[{cfg.name}] duplicates = \"drop\": left out {len(dropped)} image(s): {', '.join(dropped)}")
+        logger.info(f"[{cfg.name}] duplicates = \"drop\": left out {len(dropped)} image(s): {', '.join(dropped)}")
     return manifest, record
 
 
 def build_report(run: str | os.PathLike) -> Path:
-    """Rebuild ``RUN/report/`` (tables, figures, provenance) from the run folder's records."""
-    from workbench.report.build import write_report
-
+    """Rebuild ``RUN/report/`` (tables, figures, provenance) from the run folder's files alone."""
     return write_report(Path(run))

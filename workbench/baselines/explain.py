@@ -1,59 +1,81 @@
-"""Grad-CAM of a fine-tuned network over manifest images: overlays, a grid figure, a table.
+"""Grad-CAM of a fine-tuned network over manifest images: the maps and what goes beside them.
 
 The network is found through the registry (``backbone@ft-<hash>``), fed exactly the
 tensors it was fine-tuned on (its size, resize and normalisation), and every map is
 brought back to the original image's size, so overlays and lesion boxes share pixels.
+Drawing (overlays, the grid figure, the table file) is the report's job:
+:mod:`workbench.report.gradcam` lays out what :func:`explain` returns.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from workbench.backbones.finetuned import is_finetuned_id
 from workbench.backbones.loading import build_model
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import resolve_weights
+from workbench.baselines.cam import cam_maps, peak_in_box, upsample_to
+from workbench.data.augment import TrainImageDataset
 from workbench.data.images import decode_image
 from workbench.data.manifest import Item
 from workbench.data.preprocess import Geometry
+from workbench.errors import ConfigError
 
 __all__ = ["CamReport", "explain"]
 
+Box = tuple[int, int, int, int]
 
-@dataclass
+
+@dataclass(frozen=True)
 class CamReport:
-    """What :func:`explain` wrote and measured."""
+    """The Grad-CAM maps of one network on some images.
 
-    table: pd.DataFrame  # id, label, pred, p_<class>..., target, peak_in_box, overlay
-    figure: list[Path]  # grid PNG and PDF
+    The fields of :class:`workbench.report.gradcam.CamSet`, which saves, loads, tables
+    and draws them (``CamSet.from_result(report)``).
+    """
+
+    network: str
+    classes: list[str]
+    ids: list[str]
+    labels: list[str]
+    pred: np.ndarray  # (N,) predicted class
+    targets: np.ndarray  # (N,) the class each map explains
+    proba: np.ndarray  # (N, n_classes) softmax
+    boxes: list[Box | None]
+    peak_in_box: list[bool | None]  # None: the image has no box
+    images: list[np.ndarray]  # originals, (H, W, 3) float32 in [0, 1]
     maps: list[np.ndarray]  # per image, original size
-    folder: Path
 
-    def peak_share(self, label: str | None = None, correct_only: bool = True) -> float:
-        """Share of images (with a box) whose map peaks inside it; NaN if none qualify."""
-        t = self.table[self.table["peak_in_box"].notna()]
-        if label is not None:
-            t = t[t["label"] == label]
-        if correct_only:
-            t = t[t["label"] == t["pred"]]
-        return float(t["peak_in_box"].astype(bool).mean()) if len(t) else float("nan")
+
+def _target_indices(target: str, items: Sequence[Item], classes: list[str]) -> list[int] | None:
+    """The class each map explains: None for the predicted one."""
+    if target == "true":
+        return [classes.index(it.label) for it in items]
+    if target != "pred":
+        return [classes.index(target)] * len(items)
+    return None
+
+
+def _checked(network: str, items: Sequence[Item], target: str, classes: list[str]) -> None:
+    if not items:
+        raise ConfigError("no images to explain")
+    bad = sorted({it.label for it in items} - set(classes))
+    if bad:
+        raise ConfigError(f"labels {bad} are not among the classes {classes} of {network}")
+    if target not in ("pred", "true") and target not in classes:
+        raise ConfigError(f"target must be 'pred', 'true' or one of {classes}, got {target!r}")
 
 
 def explain(
     items: Sequence[Item],
     network: str,
-    out: str | os.PathLike,
     *,
     target: str = "pred",
     layer: str | None = None,
-    grid_max: int = 16,
-    ncols: int = 4,
     batch_size: int = 16,
     device: str | None = None,
 ) -> CamReport:
@@ -63,65 +85,43 @@ def explain(
     ----------
     items
         Manifest items (labels must be among the network's classes).
-    out
-        Folder for ``overlays/<id>.png``, ``cam_grid.png/.pdf`` and ``cam.csv``.
     target
         ``"pred"`` (the predicted class), ``"true"`` (the label), or a class name.
     layer
         Target layer (dotted name); default: the backbone's last convolutional stage.
-    grid_max
-        Tiles in the grid figure (the first ones, in the order given).
-    """
-    from workbench.baselines.cam import cam_grid_figure, cam_maps, peak_in_box, save_overlays, upsample_to
-    from workbench.data.augment import TrainImageDataset
 
+    Returns
+    -------
+    CamReport
+        Maps at each original image's size; lay them out with
+        :func:`workbench.report.gradcam.write_cam_folder` (via ``CamSet.from_result``).
+    """
     backbone, sep, wid = network.partition("@")
     if not sep or not is_finetuned_id(wid):
-        raise ValueError(f"Grad-CAM needs a fine-tuned network BACKBONE@ft-<hash>, got {network!r} "
-                         f"(see `workbench finetune`)")
+        raise ConfigError(f"Grad-CAM needs a fine-tuned network BACKBONE@ft-<hash>, got {network!r} "
+                          f"(see `workbench finetune`)")
     spec = get_backbone(backbone)
     weights = resolve_weights(spec, wid)
     meta = weights.finetuned
     classes = list(meta["classes"])
     items = list(items)
-    if not items:
-        raise ValueError("no images to explain")
-    bad = sorted({it.label for it in items} - set(classes))
-    if bad:
-        raise ValueError(f"labels {bad} are not among the network's classes {classes}")
-    if target not in ("pred", "true") and target not in classes:
-        raise ValueError(f"target must be 'pred', 'true' or one of {classes}, got {target!r}")
+    _checked(network, items, target, classes)
     model = build_model(spec, weights)
     dc = spec.data_config(meta.get("base_weights"))
     geometry = Geometry(int(meta["image_size"]), meta.get("resize", "squash"), interpolation=dc.interpolation)
     ds = TrainImageDataset(items, classes, geometry, dc.mean, dc.std)
     x = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    targets = None
-    if target == "true":
-        targets = [classes.index(it.label) for it in items]
-    elif target != "pred":
-        targets = [classes.index(target)] * len(items)
     dev = torch.device(device) if device else torch.device("cpu")
-    res = cam_maps(model.to(dev), x.to(dev), targets=targets, target_layer=layer, batch_size=batch_size)
+    model = model.to(dev)
+    # The backbone's own Grad-CAM layer (its spec says which) unless the caller names one.
+    target_layer = layer if layer is not None else spec.cam_target(model)
+    res = cam_maps(model, x.to(dev), targets=_target_indices(target, items, classes), target_layer=target_layer,
+                   batch_size=batch_size)
     originals = [decode_image(it.path).permute(1, 2, 0).numpy() for it in items]
     maps = [upsample_to(m, img.shape[:2]) for m, img in zip(res.maps, originals)]
-    folder = Path(out)
-    paths = save_overlays(originals, maps, [it.id for it in items], folder / "overlays")
-    table = pd.DataFrame({
-        "id": [it.id for it in items],
-        "label": [it.label for it in items],
-        "pred": [classes[k] for k in res.pred],
-        **{f"p_{c}": res.proba[:, k] for k, c in enumerate(classes)},
-        "target": [classes[k] for k in res.targets],
-        "peak_in_box": [peak_in_box(m, it.box) if it.box is not None else None for m, it in zip(maps, items)],
-        "overlay": [p.relative_to(folder).as_posix() for p in paths],  # relative: the folder may move
-    })
-    table.to_csv(folder / "cam.csv", index=False)
-    k = min(grid_max, len(items))
-    figure = cam_grid_figure(
-        originals[:k], maps[:k], path=folder / "cam_grid", labels=[it.label for it in items[:k]],
-        proba=res.proba[:k], class_names=classes, classes=list(res.targets[:k]),
-        boxes=[it.box for it in items[:k]], ncols=ncols,
-        title=f"Grad-CAM: {network}",
+    return CamReport(
+        network=network, classes=classes, ids=[it.id for it in items], labels=[it.label for it in items],
+        pred=res.pred, targets=res.targets, proba=res.proba, boxes=[it.box for it in items],
+        peak_in_box=[peak_in_box(m, it.box) if it.box is not None else None for m, it in zip(maps, items)],
+        images=originals, maps=maps,
     )
-    return CamReport(table, figure, maps, folder)

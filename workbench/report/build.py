@@ -1,29 +1,74 @@
 """The report of a run folder: search, tables, figures and provenance, from the records alone.
 
 Everything here is a function of the run folder's files (records, predictions, run.json,
-experiment.toml, finetuned.json): no timestamps, no machine names, sorted keys, so the
-same records give the same bytes.
+experiment.toml, inputs.json, finetuned.json, the Grad-CAM maps ``workbench run`` saved
+under ``gradcam/``): no timestamps, no machine names, sorted keys, so the same records
+give the same bytes. Nothing here loads a network or imports torch.
 """
 from __future__ import annotations
 
 import json
-import os
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-__all__ = ["write_report"]
+from workbench.core.io import atomic_write
+from workbench.errors import ConfigError, WorkbenchError
+from workbench.evaluation.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
+from workbench.evaluation.stats import N_BOOT
+from workbench.evaluation.store import ResultStore
+from workbench.report import figures as F
+from workbench.report import tables as T
+from workbench.report.gradcam import GRID_MAX, CamSet, cam_path, write_cam_folder
+from workbench.search.select import search
+
+__all__ = ["ReportSettings", "Selection", "write_report"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How candidates are ranked and selected (``metric``, ``top_k`` of an experiment's [protocol])."""
+
+    metric: str = "auc"
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ConfigError(f"selection metric = {self.metric!r}: expected a metric name")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ConfigError(f"selection top_k = {self.top_k!r}: expected an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """An experiment's [report]: the tests' level ``alpha``; ``publish``, a folder (relative
+    to the config) the report is copied to."""
+
+    alpha: float = 0.05
+    publish: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
+            raise ConfigError(f"report alpha = {self.alpha!r}: expected a number between 0 and 1 (exclusive)")
+        if self.publish is not None and (not isinstance(self.publish, str) or not self.publish.strip()):
+            raise ConfigError(f"report publish = {self.publish!r}: expected a folder name")
 
 
 def _settings(run: Path) -> dict[str, Any]:
+    """What the report needs of ``run/experiment.toml``, the types' defaults where it says nothing."""
     path = run / "experiment.toml"
     raw = tomllib.loads(path.read_text()) if path.is_file() else {}
-    proto = {"metric": "auc", "top_k": 3, **raw.get("protocol", {})}
-    return {"raw": raw, "metric": proto["metric"], "top_k": int(proto["top_k"]),
-            "alpha": float(raw.get("report", {}).get("alpha", 0.05)), "name": raw.get("name", run.name)}
+    proto, report = raw.get("protocol", {}), raw.get("report", {})
+    return {"raw": raw, "metric": proto.get("metric", Selection.metric),
+            "top_k": int(proto.get("top_k", Selection.top_k)),
+            "alpha": float(report.get("alpha", ReportSettings.alpha)), "name": raw.get("name", run.name)}
+
+
+class RunFolderError(WorkbenchError, ValueError):
+    """A run folder's file is missing what the report needs, or unreadable."""
 
 
 def _inputs(run: Path) -> dict[str, Any]:
@@ -34,7 +79,7 @@ def _inputs(run: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); re-run the experiment to rewrite it") from e
+        raise RunFolderError(f"{path}: not valid JSON ({e}); re-run the experiment to rewrite it") from e
 
 
 def _in_scope(records: pd.DataFrame, run: Path) -> tuple[pd.DataFrame, int]:
@@ -98,42 +143,28 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
     }
 
 
-def _gradcam(run: Path, store, best_baseline: str | None, folder: Path, max_images: int = 16):
-    """Grad-CAM grid of the best baseline's test-split network; ``(paths, note)``."""
+def _gradcam(run: Path, store: ResultStore, best_baseline: str | None, folder: Path) -> tuple[list[Path], str | None]:
+    """Grad-CAM grid of the best baseline's test-split network, from the maps the run saved.
+
+    Returns the grid's paths and the note for the report (None: nothing to say).
+    """
     if best_baseline is None:
         return [], None
     test = [r for r in store.current_records() if r["candidate"] == best_baseline and r["fold"] == "test"]
-    inputs = _inputs(run)
-    if not test or not test[-1].get("weights_id") or not inputs:
+    if not test or not test[-1].get("weights_id") or not _inputs(run):
         return [], f"Grad-CAM grid skipped: no test network or manifest recorded for {best_baseline}"
-    from workbench.backbones.finetuned import FineTunedNotFoundError
-    from workbench.baselines.explain import explain
-    from workbench.data.manifest import Manifest
-
     rec = test[-1]
-    proto = store.protocol()
-    classes, positive = list(proto["classes"]), proto.get("positive")
-    manifest = Manifest.load(inputs["manifest_file"]).select_classes(classes)
-    shown = [positive] if positive is not None else classes
-    per_class = {c: sorted((it for it in manifest if it.split == "test" and it.label == c), key=lambda it: it.id)
-                 for c in shown}
-    # Several classes: the same number of each (first ids), so the grid is not all one class.
-    items = [it for c in shown for it in per_class[c][:max(1, max_images // len(shown))]][:max_images]
     network = f"{rec['backbone']}@{rec['weights_id']}"
-    from workbench.backbones.finetuned import ENV_ROOT, using_root
-
-    # `workbench report` alone: the store the run used, unless the caller chose one.
-    root = None if os.environ.get(ENV_ROOT) else inputs.get("finetuned_root")
-    try:
-        with using_root(root):
-            items = list(manifest.subset([it.id for it in items]).validate(progress=False))
-            rep = explain(items, network, folder, target="pred", grid_max=max_images)
-    except (FineTunedNotFoundError, FileNotFoundError) as e:
-        return [], f"Grad-CAM grid skipped: {e}"
-    share = rep.peak_share(positive)
+    path = cam_path(run, network)
+    if not path.is_file():
+        return [], (f"Grad-CAM grid skipped: no saved maps of {network} in this run folder "
+                    f"({path.relative_to(run).as_posix()}); rerun `workbench run` to compute them")
+    cams = CamSet.load(path)
+    figure = write_cam_folder(cams, folder, grid_max=GRID_MAX)
+    share = cams.peak_share(store.protocol().get("positive"))
     note = (f"Grad-CAM ({network}, the best baseline's test-split network): the map peaks inside the lesion "
             f"box for {share:.0%} of the correctly classified images shown that have a box") if share == share else None
-    return rep.figure, note
+    return figure, note
 
 
 def _duplicate_notes(dup: dict[str, Any] | None, shown: int = 10) -> list[str]:
@@ -160,9 +191,6 @@ def _duplicate_notes(dup: dict[str, Any] | None, shown: int = 10) -> list[str]:
 
 def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *, binary: bool) -> str:
     """The report's paragraph on protocol, thresholds, intervals and tests, as they were applied."""
-    from workbench.evaluation.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
-    from workbench.evaluation.stats import N_BOOT
-
     g = result.grouping or {}
     has_base = len(result.baselines) > 0
     text = (f"Ranking metric: **{metric}**, mean over {protocol['cv']} outer CV folds of the training split")
@@ -210,75 +238,59 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
     return text
 
 
-def write_report(run: Path) -> Path:
-    """Write ``run/report/``: ``report.md``, ``tables/``, ``figures/``, ``provenance.json``."""
-    from workbench.report import figures as F
-    from workbench.report import tables as T
-    from workbench.search.select import search
-    from workbench.evaluation.store import ResultStore
-
-    store = ResultStore(run)
-    records = store.frame()
-    if records.empty:
-        raise ValueError(f"no records in {run}: run the experiment (or a sweep) first")
-    records, left_out = _in_scope(records, run)
-    s = _settings(run)
-    metric = s["metric"]
-    result = search(store, metric, top_k=s["top_k"], alpha=s["alpha"], records=records)
-    if left_out:
-        result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
-                            f"heads and baselines (an earlier config's); they are not shown")
-    result.notes += _duplicate_notes(_inputs(run).get("duplicates"))
-    out = run / "report"
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-
+def _tables(records: pd.DataFrame, result, metric: str, classes: list[str], folder: Path) -> list:
+    """The paper tables (per backbone, concatenations, ensembles, per class, comparison), written."""
     bad = result.degenerate
     tables = [T.backbone_table(records, b, metric, degenerate=bad) for b in _backbones(records)]
     if (records["size"] >= 2).any():
         tables.append(T.concatenation_table(records, metric, degenerate=bad))
     if records["kind"].isin(["vote-hard", "vote-soft", "stack"]).any():
         tables.append(T.ensemble_table(records, metric, degenerate=bad))
-    comparison = T.comparison_table(result.comparison)
-    classes = list(store.protocol()["classes"])
     if len(classes) > 2:  # per-class (one-vs-rest) and macro figures of the models compared
         shown = list(dict.fromkeys(result.selected + list(result.baselines["candidate"])))
         tables.append(T.per_class_table(records, shown, classes))
-    tables.append(comparison)
-    T.write_tables(tables, out / "tables")
+    tables.append(T.comparison_table(result.comparison))
+    T.write_tables(tables, folder)
+    return tables
 
-    positive = store.protocol().get("positive")
+
+def _figures(run: Path, store: ResultStore, records: pd.DataFrame, result, metric: str, folder: Path) -> list[Path]:
+    """ROC curves (binary tasks), the CV heat map and the Grad-CAM grid; notes go to ``result.notes``."""
+    classes, positive = list(store.protocol()["classes"]), store.protocol().get("positive")
     figs: list[Path] = []
     if positive is not None and len(classes) == 2:
         shown = list(dict.fromkeys(result.selected + list(result.baselines["candidate"])))
         curves = F.roc_curves_from_store(store, shown, classes.index(positive), fold="test")
-        figs += F.roc_figure(curves, out / "figures" / "roc_test", title=f"ROC on the test split ({positive})")
-    figs += F.heatmap_figure(records, metric, out / "figures" / f"heatmap_cv_{metric}",
+        figs += F.roc_figure(curves, folder / "roc_test", title=f"ROC on the test split ({positive})")
+    figs += F.heatmap_figure(records, metric, folder / f"heatmap_cv_{metric}",
                              title=f"CV mean {metric} by subset and head")
-
     # Grad-CAM explains a network, degenerate or not: with no sound baseline to compare
     # against, the top baseline by CV is still shown, and the note says it is degenerate.
     cam_of = result.best_baseline
     if cam_of is None and len(result.baselines):
         cam_of = str(result.baselines["candidate"].iloc[0])
-    cam_paths, cam_note = _gradcam(run, store, cam_of, out / "figures" / "gradcam")
+    cam_paths, cam_note = _gradcam(run, store, cam_of, folder / "gradcam")
     if cam_note and cam_of != result.best_baseline:
         cam_note += f" ({cam_of} is degenerate: {result.degenerate.get(cam_of, 'see the comparison table')})"
-    figs += cam_paths
     if cam_note:
         result.notes.append(cam_note)
-    prov = _provenance(run, store, records, s)
-    (out / "provenance.json").write_text(json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n")
-    comparison_md = T.to_markdown(comparison)
+    return figs + cam_paths
+
+
+def _report_md(settings: dict[str, Any], result, protocol: dict[str, Any], tables: list, figs: list[Path],
+               out: Path) -> str:
+    """``report.md``: method, selection, comparison, notes and links."""
+    classes, positive = list(protocol["classes"]), protocol.get("positive")
+    binary = positive is not None and len(classes) == 2
     lines = [
-        f"# {s['name']}: report",
+        f"# {settings['name']}: report",
         "",
-        _method_text(result, store.protocol(), metric, s["alpha"], binary=positive is not None and len(classes) == 2),
+        _method_text(result, protocol, settings["metric"], settings["alpha"], binary=binary),
         "",
         f"Selected: **{result.selected[0] if result.selected else 'none'}**; top {len(result.selected)} by CV: "
         + ", ".join(result.selected),
         "",
-        comparison_md,
+        T.to_markdown(tables[-1]),  # the comparison
         "",
         *[f"- {n}" for n in result.notes],
         "",
@@ -289,6 +301,35 @@ def write_report(run: Path) -> Path:
         "Provenance (config, seeds, protocol, cache keys, weights ids, versions): [provenance.json](provenance.json)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
-    result.ranking.to_csv(out / "ranking.csv", index=False, float_format="%.6g")
+    return "\n".join(lines)
+
+
+def write_report(run: str | Path) -> Path:
+    """Write ``run/report/``: ``report.md``, ``tables/``, ``figures/``, ``provenance.json``, ``ranking.csv``.
+
+    Reads the run folder's files only (records, predictions, the config and inputs
+    ``workbench run`` recorded, the Grad-CAM maps it saved); the same files give the
+    same bytes.
+    """
+    run = Path(run)
+    store = ResultStore(run)
+    records = store.frame()
+    if records.empty:
+        raise RunFolderError(f"no records in {run}: run the experiment (or a sweep) first")
+    records, left_out = _in_scope(records, run)
+    s = _settings(run)
+    result = search(store, s["metric"], top_k=s["top_k"], alpha=s["alpha"], records=records)
+    if left_out:
+        result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
+                            f"heads and baselines (an earlier config's); they are not shown")
+    result.notes += _duplicate_notes(_inputs(run).get("duplicates"))
+    out = run / "report"
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    tables = _tables(records, result, s["metric"], list(store.protocol()["classes"]), out / "tables")
+    figs = _figures(run, store, records, result, s["metric"], out / "figures")
+    prov = _provenance(run, store, records, s)
+    atomic_write(out / "provenance.json", (json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n").encode())
+    atomic_write(out / "report.md", _report_md(s, result, store.protocol(), tables, figs, out).encode())
+    atomic_write(out / "ranking.csv", result.ranking.to_csv(index=False, float_format="%.6g").encode())
     return out
