@@ -28,7 +28,7 @@ import torch
 
 from workbench.backbones import load_backbone
 from workbench.data import Manifest, decode_image
-from workbench.features import Preprocess, extract
+from workbench.features import ExtractOptions, Preprocess, extract
 
 HERE = Path(__file__).resolve().parent
 BACKBONES = ["tf_efficientnet_lite0", "resnet18@random", "alexnet@random", "resnet50@random"]
@@ -51,7 +51,7 @@ def bare_rate(spec: str, items, batch: int) -> float:
 def pipeline_rate(spec: str, manifest: Manifest, batch: int) -> float:
     """extract() images/s over its decode+forward pass, into a fresh cache."""
     with tempfile.TemporaryDirectory() as tmp:
-        fs = extract(manifest, [spec], cache=tmp, batch_size=batch, progress=False)
+        fs = extract(manifest, [spec], cache=tmp, options=ExtractOptions(batch_size=batch), progress=False)
         assert sum(fs.record["forward_images"].values()) == len(manifest)
         return len(manifest) / fs.record["pass_seconds"]
 
@@ -60,12 +60,12 @@ def warm_cold(csv: Path, spec: str, batch: int) -> dict:
     tmp = Path(tempfile.mkdtemp())
     try:
         t0 = time.perf_counter()
-        cold = extract(csv, [spec], cache=tmp, batch_size=batch, progress=False)
+        cold = extract(csv, [spec], cache=tmp, options=ExtractOptions(batch_size=batch), progress=False)
         t_cold = time.perf_counter() - t0
         t_warm = float("inf")
         for _ in range(3):  # best of three warm runs
             t0 = time.perf_counter()
-            warm = extract(csv, [spec], cache=tmp, batch_size=batch, progress=False)
+            warm = extract(csv, [spec], cache=tmp, options=ExtractOptions(batch_size=batch), progress=False)
             t_warm = min(t_warm, time.perf_counter() - t0)
         name = warm.names[0]
         assert (warm[name] == cold[name]).all()

@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.training.finetune import FineTuneConfig
 from workbench.cli import main
 from workbench.data.manifest import Manifest
+from workbench.evaluation.protocol import Protocol
+from workbench.features.options import ExtractOptions
+from workbench.search.options import SweepOptions
+from workbench.training.config import FineTuneConfig
 
 pytestmark = pytest.mark.slow
 
@@ -44,30 +47,32 @@ def test_nested_fine_tuning_gives_clean_cv_records(slice_csv, tmp_path, monkeypa
 
     monkeypatch.setenv("WORKBENCH_FINETUNED", str(tmp_path / "ft"))
     m = Manifest.load(slice_csv).select_classes(CLASSES).validate(progress=False)
-    ns = fine_tune_nested(LITE, m, TINY, cv=2, inner_cv=2, seed=0, progress=False)
+    protocol = Protocol(cv=2, inner_cv=2, seed=0)
+    ns = fine_tune_nested(LITE, m, TINY, protocol=protocol, progress=False)
     assert sorted(ns.members) == ["0", "1", "test"] and len({x.weights_id for x in ns.members.values()}) == 3
     train_ids = {it.id for it in m if it.split == "train"}
     for fold, member in ns.members.items():  # each member saw only its fold's training images
         seen = set(member.meta["train_ids"]) | set(member.meta["val_ids"])
         assert seen <= train_ids
     block = f"{ns.label}:avgpool"
-    fs = extract(m, [block], cache=tmp_path / "cache", image_size=64, progress=False)
+    small = ExtractOptions(image_size=64)
+    fs = extract(m, [block], cache=tmp_path / "cache", options=small, progress=False)
     assert sorted(fs.fold_blocks[block]) == ["0", "1"]
     assert not np.allclose(fs.fold_blocks[block]["0"], fs[block])  # really another network
-    kw = dict(heads=["logreg"], grids={"logreg": {}}, cv=2, inner_cv=2, ensembles=False, progress=False)
-    df = sweep(m, fs, out=tmp_path / "nested", **kw)
+    kw = dict(options=SweepOptions(heads=("logreg",), grids={"logreg": {}}, ensembles=False), progress=False)
+    df = sweep(m, fs, out=tmp_path / "nested", protocol=protocol, **kw)
     assert "optimistic" not in df.columns or df["optimistic"].isna().all()
     # The same sweep on the whole-training-split network alone is marked optimistic.
     plain = f"{LITE}@{ns.members['test'].weights_id}:avgpool"
-    fs2 = extract(m, [plain], cache=tmp_path / "cache", image_size=64, progress=False)
+    fs2 = extract(m, [plain], cache=tmp_path / "cache", options=small, progress=False)
     np.testing.assert_array_equal(fs2[plain], fs[block])
-    df2 = sweep(m, fs2, out=tmp_path / "plain", **kw)
+    df2 = sweep(m, fs2, out=tmp_path / "plain", protocol=protocol, **kw)
     assert df2.loc[df2.fold != "test", "optimistic"].eq(True).all()
     # Same test network: the test records agree; the CV ones used other features.
     t1, t2 = (d.loc[d.fold == "test", "auc"].iloc[0] for d in (df, df2))
     assert t1 == pytest.approx(t2)
     # A sweep under another protocol than the nested set's is marked optimistic too.
-    df3 = sweep(m, fs, out=tmp_path / "other", **{**kw, "seed": 1})
+    df3 = sweep(m, fs, out=tmp_path / "other", protocol=protocol.replace(seed=1), **kw)
     assert df3.loc[df3.fold != "test", "optimistic"].eq(True).any()
 
 

@@ -168,16 +168,16 @@ def test_sweep_on_a_busi_slice_then_rerun(busi_sweep_slice, tmp_path):
             "--features", "timm/test_efficientnet@random:pre_logits", "--features", "resnet18@random:avgpool",
             "--image-size", "32", "--device", "cpu", "--workers", "0",
             "--heads", "svm-rbf,logreg", "--grid", "svm-rbf:C=1", "--grid", "logreg:C=0.1",
-            "--cv", "2", "--inner-cv", "2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-            "--quiet"]
-    out = wb(*args).stdout
-    # 3 subsets x 2 heads + 3 x 2 votes, over 2 folds and the test split
-    assert "6 head candidates and 6 ensembles x 3 folds = 36 records; 0 already" in out
-    assert "by mean CV auc" in out
+            "--cv", "2", "--inner-cv", "2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run")]
+    first = wb(*args)
+    # 3 subsets x 2 heads + 3 x 2 votes, over 2 folds and the test split; status lines go to stderr
+    assert "6 head candidates and 6 ensembles x 3 folds = 36 records; 0 already" in first.stderr
+    assert "by mean CV auc" in first.stdout
     summary = (tmp_path / "run" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("candidate,kind,size,cv_auc") and len(summary) == 13
-    again = wb(*args).stdout
-    assert "36 already in" in again
+    assert "36 already in" in wb(*args).stderr
+    quiet = wb(*args, "--quiet")  # --quiet: no status lines (and no progress bars)
+    assert "already in" not in quiet.stderr and "by mean CV auc" in quiet.stdout
 
 
 def test_sweep_errors_exit_2_naming_the_problem(busi_slice, tmp_path):
@@ -195,7 +195,7 @@ def test_workbench_warnings_print_as_one_line_once():
     source line, and a message reached from two stages only once; others keep their format."""
     import warnings
 
-    from workbench.cli import _one_line_warnings
+    from workbench.cli.app import _one_line_warnings
     from workbench.data.manifest import DuplicateImageWarning
 
     default = warnings.formatwarning
@@ -210,3 +210,125 @@ def test_workbench_warnings_print_as_one_line_once():
     assert first == "workbench extract: warning: two ids, one image\n"
     assert again == ""
     assert "UserWarning: something else" in other and "x.py:3" in other  # not ours: Python's format
+
+
+# ---- parsing, errors and logging, in process -----------------------------------------------------
+
+
+def test_cache_option_before_or_after_the_action():
+    from workbench.cli.app import parse_args
+
+    assert parse_args(["cache", "verify", "--cache", "a"]).cache == "a"
+    assert parse_args(["cache", "--cache", "b", "verify"]).cache == "b"
+    assert parse_args(["cache", "gc", "--cache", "c", "--remove-corrupt"]).cache == "c"
+    assert parse_args(["cache", "ls"]).cache == "features_cache"
+
+
+def test_options_build_the_typed_objects_with_their_defaults():
+    from workbench.cli.app import parse_args
+    from workbench.cli.objects import execution_of, extract_options_of, protocol_of, sweep_options_of
+    from workbench.evaluation.protocol import Protocol
+    from workbench.features.options import ExtractOptions
+    from workbench.search.options import Execution, SweepOptions
+
+    base = ["sweep", "--manifest", "m.csv", "--features", "resnet18", "--out", "r"]
+    args = parse_args(base)
+    assert protocol_of(args) == Protocol() and extract_options_of(args) == ExtractOptions()
+    assert sweep_options_of(args) == SweepOptions() and execution_of(args) == Execution()
+    args = parse_args([*base, "--cv", "4", "--inner-cv", "2", "--seed", "7", "--scoring", "accuracy",
+                       "--positive", "malignant", "--no-groups", "--heads", "rf, logreg", "--subsets", "1-2",
+                       "--grid", "rf:max_depth=2,none", "--no-ensembles", "--image-size", "96", "--workers", "0",
+                       "--skip-bad", "--n-jobs", "2", "--backend", "threading"])
+    assert protocol_of(args) == Protocol(cv=4, inner_cv=2, seed=7, scoring="accuracy", positive="malignant",
+                                         groups=False)
+    assert sweep_options_of(args) == SweepOptions(heads=("rf", "logreg"), subsets=(1, 2),
+                                                  grids={"rf": {"max_depth": [2, None]}}, ensembles=False)
+    assert extract_options_of(args) == ExtractOptions(image_size=96, num_workers=0, skip_bad=True)
+    assert execution_of(args) == Execution(n_jobs=2, backend="threading")
+    for cmd in (["baselines"], ["finetune", "--manifest", "m", "--backbone", "resnet18"]):
+        assert protocol_of(parse_args([*cmd, "--cv", "3", "--no-groups"])) == Protocol(cv=3, groups=False)
+
+
+def test_one_value_parser_and_one_grid_form_per_command():
+    from workbench.cli.values import parse_head_grids, parse_settings, parse_settings_grid, parse_value
+    from workbench.errors import ConfigError
+
+    assert [parse_value(v) for v in ("yes", "On", "TRUE", "no", "off", "null", "2", "0.5", " x ")] == [
+        True, True, True, False, False, None, 2, 0.5, "x"]
+    assert parse_settings(["epochs=5", "augment=off", "freeze = features"]) == {
+        "epochs": 5, "augment": False, "freeze": "features"}
+    assert parse_settings_grid(["lr=1e-4,1e-3"]) == {"lr": [1e-4, 1e-3]}
+    # The sweep's form in finetune, and the finetune's form in the sweep: refused, naming the form.
+    with pytest.raises(ConfigError, match=r"SETTING=V1,V2 \(fine-tuning settings, no HEAD: part\)"):
+        parse_settings_grid(["svm-rbf:C=1,10"])
+    with pytest.raises(ConfigError, match="HEAD:PARAM=V1,V2 or HEAD:none"):
+        parse_head_grids(["lr=1e-4,1e-3"])
+    for bad in (["lr=1e-4,"], ["lr="]):
+        with pytest.raises(ConfigError, match="empty value"):
+            parse_settings_grid(bad)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_settings(["epochs"])
+
+
+@pytest.fixture
+def command(monkeypatch):
+    """Replace every command's function by ``fn`` (set by the test); return a setter."""
+    import workbench.cli.app as app
+
+    def use(fn):
+        monkeypatch.setattr(app, "_command", lambda name: fn)
+
+    return use
+
+
+EXTRACT = ["extract", "--manifest", "m.csv", "--features", "resnet18"]
+
+
+def test_workbench_errors_are_one_line_exit_2(command, capsys):
+    from workbench.cli import main
+    from workbench.errors import ConfigError, UnknownNameError
+
+    for err, shown in ((ConfigError("batch_size = 0: expected an integer >= 1"),
+                        "batch_size = 0: expected an integer >= 1"),
+                       (UnknownNameError("unknown backbone 'resnet5'. Did you mean resnet50?"),
+                        "unknown backbone 'resnet5'. Did you mean resnet50?")):
+        command(lambda args, err=err: (_ for _ in ()).throw(err))
+        assert main(EXTRACT) == 2
+        assert capsys.readouterr().err == f"workbench extract: error: {shown}\n"
+
+
+def test_other_errors_are_bugs_and_keep_their_traceback(command):
+    from workbench.cli import main
+
+    for bug in (ValueError("a bug"), KeyError("a bug"), TypeError("a bug")):
+        command(lambda args, bug=bug: (_ for _ in ()).throw(bug))
+        with pytest.raises(type(bug)):
+            main(EXTRACT)
+
+
+def test_interrupt_is_one_line_exit_130(command, capsys):
+    from workbench.cli import main
+
+    command(lambda args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(EXTRACT) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted: finished work is in the cache")
+
+
+def test_status_lines_go_to_stderr_and_quiet_keeps_warnings_only(command, capsys):
+    import logging
+
+    from workbench.cli import main
+
+    def talk(args):
+        logging.getLogger("workbench.features.extraction").info("12 images to decode")
+        logging.getLogger("workbench.search").warning("a warning line")
+        return 0
+
+    command(talk)
+    log = logging.getLogger("workbench")
+    handlers, level = list(log.handlers), log.level
+    assert main(EXTRACT) == 0
+    assert capsys.readouterr().err == "12 images to decode\na warning line\n"
+    assert main([*EXTRACT, "--quiet"]) == 0
+    assert capsys.readouterr().err == "a warning line\n"
+    assert log.handlers == handlers and log.level == level  # main leaves the logger as it found it

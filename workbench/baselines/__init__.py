@@ -1,7 +1,21 @@
-"""End-to-end CNN baselines: fine-tuning, the estimator over image ids, ready configs, Grad-CAM."""
-from workbench.baselines.configs import BaselineSpec, get_baseline, list_baselines
-from workbench.baselines.estimator import CNNClassifier
-from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune
+"""End-to-end CNN baselines: the estimator over image ids, ready configs, Grad-CAM.
 
-__all__ = ["BaselineSpec", "CNNClassifier", "FineTuneConfig", "FineTuned", "fine_tune", "get_baseline",
-           "list_baselines"]
+Names are imported lazily: the ready configs (and the command line that lists them)
+need no torch; the estimator and fine-tuning do.
+"""
+from __future__ import annotations
+
+from workbench.core.lazy import lazy_exports
+
+_EXPORTS = {
+    "BASELINES": "baselines.configs", "BaselineSpec": "baselines.configs", "get_baseline": "baselines.configs",
+    "list_baselines": "baselines.configs", "register_baseline": "baselines.configs",
+    "UnknownBaselineError": "baselines.configs",
+    "CNNClassifier": "baselines.estimator",
+    "FineTuneConfig": "training.config", "FineTuned": "training.finetune", "fine_tune": "training.finetune",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, {n: f"workbench.{m}" for n, m in _EXPORTS.items()}, globals())
