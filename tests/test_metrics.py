@@ -315,3 +315,20 @@ def test_unknown_positive_raises_for_multiclass_too():
     y_true, proba = thyroid_case()
     with pytest.raises(ValueError, match="'malignant' is not one of the classes"):
         classification_metrics(y_true, proba, classes=THYROID, positive="malignant")
+
+
+def test_ranking_follows_each_metrics_direction():
+    """LR- is better low: summarize ranks it low-first, in every form of its name."""
+    import pandas as pd
+
+    from workbench.evaluation.metrics import higher_is_better
+    from workbench.evaluation.summary import summarize
+
+    assert higher_is_better("auc") and not higher_is_better("lr_minus")
+    assert not higher_is_better("lr_minus[benign]") and not higher_is_better("lr_minus_macro")
+    assert higher_is_better("sensitivity[benign]") and higher_is_better("auc_macro")
+    rows = [{"candidate": c, "candidate_id": c, "kind": "head", "size": 1, "fold": f, "lr_minus": v, "auc": 1 - v}
+            for c, v in (("a", 0.4), ("b", 0.1), ("c", 0.7)) for f in ("0", "1", "test")]
+    frame = pd.DataFrame(rows)
+    assert list(summarize(frame, "lr_minus")["candidate"]) == ["b", "a", "c"]
+    assert list(summarize(frame, "auc")["candidate"]) == ["b", "a", "c"]

@@ -9,7 +9,7 @@ that caught those still works. The CLI prints a ``WorkbenchError`` as one line a
 """
 from __future__ import annotations
 
-__all__ = ["WorkbenchError", "ConfigError", "UnknownNameError"]
+__all__ = ["WorkbenchError", "ConfigError", "MissingFileError", "UnknownNameError"]
 
 
 class WorkbenchError(Exception):
@@ -18,6 +18,10 @@ class WorkbenchError(Exception):
 
 class ConfigError(WorkbenchError, ValueError):
     """A configuration value (experiment file, option, argument) is missing or wrong."""
+
+
+class MissingFileError(WorkbenchError, FileNotFoundError):
+    """A file or folder the workbench needs (config, run folder, weights) is not there."""
 
 
 class UnknownNameError(WorkbenchError, KeyError):

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pandas as pd
-from workbench.errors import WorkbenchError
+from workbench.errors import UnknownNameError, WorkbenchError
+from workbench.evaluation.metrics import higher_is_better
 
 __all__ = ["DuplicateLabelError", "summarize"]
 
@@ -51,7 +52,7 @@ def summarize(records: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
     if records.empty:
         return pd.DataFrame()
     if metric not in records.columns:
-        raise KeyError(f"no metric {metric!r} in the records; metrics: "
+        raise UnknownNameError(f"no metric {metric!r} in the records; metrics: "
                        f"{', '.join(c for c in records.columns if records[c].dtype.kind == 'f')}")
     check_unique_labels(records)
     cv = records[records["fold"] != "test"]
@@ -65,6 +66,7 @@ def summarize(records: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
         "n_folds": g[metric].size(),
     })
     out[f"test_{metric}"] = test.reindex(out.index)
-    out = out.reset_index().sort_values([f"cv_{metric}", "candidate"], ascending=[False, True],
-                                        kind="stable")
+    # Best first in the metric's own direction (LR- ranks low values first).
+    out = out.reset_index().sort_values([f"cv_{metric}", "candidate"],
+                                        ascending=[not higher_is_better(metric), True], kind="stable")
     return out.reset_index(drop=True)
