@@ -2,7 +2,6 @@
 and `cam` commands, end to end on a BUSI slice with real EfficientNet-Lite0 weights."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.features import CacheCorruptError, FeatureCache, FeatureSet, extract
+from workbench.features import CacheCorruptError, FeatureCache
 from workbench.features.cache import FORMAT, CacheEntry, entry_key
 
 from _helpers import RESNET, TINY, run  # noqa: E402

@@ -17,7 +17,7 @@ from workbench.backbones import (
 )
 from workbench.data.images import decode_image
 from workbench.data.manifest import Manifest, ManifestError
-from workbench.features import FeatureRequest, FeatureSet, Preprocess, extract
+from workbench.features import FeatureRequest, Preprocess
 from workbench.features.cache import FORMAT
 
 extract_mod = importlib.import_module("workbench.features.extraction")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,7 +167,6 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
     assert fs2.record["computed_rows"] == {block: 0}
     np.testing.assert_array_equal(fs[block], fs2[block])
     # The cached features are the fine-tuned network's own pre-logits.
-    from workbench.data.preprocess import Geometry
     from workbench.data.augment import TrainImageDataset
 
     ds = TrainImageDataset(list(busi_slice)[:4], CLASSES, ft.geometry, ft.data_config.mean, ft.data_config.std)

@@ -37,6 +37,7 @@ from filelock import FileLock
 
 from workbench.core.io import atomic_file, atomic_write, os_error_naming
 from workbench.errors import WorkbenchError
+from workbench.core.hashing import stable_hash
 
 __all__ = ["FeatureCache", "CacheEntry", "CacheCorruptError", "CacheProblem", "entry_key", "FORMAT"]
 
@@ -74,13 +75,9 @@ class CacheProblem:
         return f"{self.severity.upper()}: entry {self.entry[:16]} ({self.name}) {self.file}: {self.problem}"
 
 
-def _canonical(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 def entry_key(fields: Mapping[str, Any]) -> str:
     """The cache key of an entry: SHA-256 of its canonical JSON fields."""
-    return hashlib.sha256(_canonical(fields)).hexdigest()
+    return stable_hash(fields, compact=True)  # compact canonical JSON: the keys on disk
 
 
 def _with_path(e: OSError, path: Path) -> OSError:

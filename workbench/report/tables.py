@@ -40,6 +40,7 @@ import pandas as pd
 
 from workbench.evaluation.metrics import PER_CLASS_METRICS as _PER_CLASS, PROPORTION_METRICS
 from workbench.evaluation.metrics import higher_is_better, metric_label
+from workbench.core.io import atomic_write
 
 __all__ = [
     "Cell",
@@ -907,9 +908,9 @@ def write_tables(tables: Sequence[Table], folder: str | os.PathLike) -> list[Pat
         mds.append(md)
         for ext, text in (("md", md), ("tex", to_latex(t)), ("csv", to_csv(t))):
             p = folder / f"{t.key}.{ext}"
-            p.write_text(text, encoding="utf-8", newline="\n")
+            atomic_write(p, text.encode("utf-8"))
             paths.append(p)
     p = folder / "tables.md"
-    p.write_text("\n".join(mds), encoding="utf-8", newline="\n")
+    atomic_write(p, "\n".join(mds).encode("utf-8"))
     paths.append(p)
     return paths

@@ -16,7 +16,6 @@ lower loss), never accuracy, and a validation split with fewer than
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -56,6 +55,7 @@ from workbench.training.config import (
     SCHEDULES,
     FineTuneConfig,
 )
+from workbench.core.hashing import canonical_json, stable_hash
 
 __all__ = [
     "FineTuneConfig",
@@ -135,7 +135,7 @@ def finetune_id(backbone: str, base: ResolvedWeights, train: Sequence[Item], val
         "classes": list(classes), "train": _item_fingerprint(train), "val": _item_fingerprint(val),
         "config": config.to_dict(), "precision": precision, "code": FINETUNE_CODE_VERSION,
     }
-    return FT_PREFIX + hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return FT_PREFIX + stable_hash(key, length=12)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -357,7 +357,7 @@ def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Ite
     context = dict(context or {})
     wid = finetune_id(spec.name, base, train, val, classes, config, prec)
     if context:  # folds and the like: same images but a different role must not collide
-        wid = FT_PREFIX + hashlib.sha256(f"{wid}|{json.dumps(context, sort_keys=True)}".encode()).hexdigest()[:12]
+        wid = FT_PREFIX + hashlib.sha256(f"{wid}|".encode() + canonical_json(context)).hexdigest()[:12]
     return _Plan(spec, base, config, classes, train, val, dc, config.image_size or dc.input_size, dev, prec,
                  context, wid, finetuned_dir(spec.name, wid, root))
 
