@@ -61,8 +61,10 @@ from workbench.baselines.explain import explain
 from workbench.baselines.run import run_baselines
 from workbench.core.io import atomic_write
 from workbench.data.manifest import Item, Manifest
-from workbench.evaluation.metrics import METRICS, PER_CLASS_METRICS
+from workbench.data.modes import INPUT_MODES, RESIZE_MODES
+from workbench.evaluation.metrics import PER_CLASS_METRICS, list_metrics
 from workbench.evaluation.protocol import Protocol, build_task
+from workbench.evaluation.settings import SCORINGS
 from workbench.evaluation.store import ResultStore
 from workbench.features.extraction import extract
 from workbench.features.featureset import FeatureSet
@@ -339,7 +341,7 @@ SECTIONS: dict[str, _Section] = {
         "cv": _Key("int", check=_at_least(2)),
         "inner_cv": _Key("int", check=_at_least(2)),
         "seed": _Key("int", check=_at_least(0)),
-        "scoring": _Key("str", choices=("auc", "balanced_accuracy", "accuracy")),
+        "scoring": _Key("str", choices=SCORINGS),
         "metric": _Key("str"),  # checked against the classes in _build_protocol
         "top_k": _Key("int", check=_at_least(1)),
     }, _build_protocol),
@@ -348,8 +350,8 @@ SECTIONS: dict[str, _Section] = {
         "image_size": _Key("int", check=_at_least(16)),
         "finetuned": _Key("strs", check=_names()),
         "nested": _Key("bool"),
-        "resize": _Key("str", choices=("squash", "crop", "letterbox")),
-        "input": _Key("str", choices=("whole", "box")),
+        "resize": _Key("str", choices=RESIZE_MODES),
+        "input": _Key("str", choices=INPUT_MODES),
         "batch_size": _Key("int", check=_at_least(1)),
     }, _build_features),
     "finetune": _Section({}, _build_finetune, fields_of=FineTuneConfig),
@@ -448,7 +450,7 @@ def _checked_section(path: Path, raw: dict[str, Any], section: str, schema: dict
 
 def _metric_problem(metric: str, classes: list[str] | None) -> str | None:
     """Why the records of this task will not hold ``metric`` (None if they will)."""
-    if metric in METRICS:
+    if metric in list_metrics():  # the metric table, metrics registered by user code included
         return None
     binary = classes is not None and len(classes) == 2
     macro = [f"{m}_macro" for m in PER_CLASS_METRICS]
@@ -458,7 +460,7 @@ def _metric_problem(metric: str, classes: list[str] | None) -> str | None:
         name, _, rest = metric.partition("[")
         if name in PER_CLASS_METRICS and rest.endswith("]") and (classes is None or rest[:-1] in classes):
             return None
-    allowed = ", ".join(METRICS)
+    allowed = ", ".join(list_metrics())
     if binary:
         return f"expected one of {allowed} (a binary task)"
     example = f"auc[{classes[0]}]" if classes else "auc[benign]"
