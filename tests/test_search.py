@@ -210,3 +210,19 @@ def test_near_tie_note_in_the_search(run):
     close = list(r.candidate[1:][(r.cv_auc[0] - r.cv_auc[1:]) < np.fmax(se[0], se[1:])])
     assert res.near_ties == close
     assert any(n.startswith("near-tie") for n in res.notes) == bool(close)
+
+
+def test_a_rebuilt_report_keeps_no_file_of_the_earlier_one(tmp_path):
+    """The report folder is replaced whole: a figure the new report does not make is gone."""
+    from workbench.report.build import write_report
+
+    manifest, fs = make_task(n=120, classes=("benign", "malignant", "normal"), test_every=4)
+    sweep(manifest, fs, out=tmp_path / "run", **sweep_args(**{**FAST, "heads": ["logreg"], "grids": {"logreg": {}}}))
+    out = write_report(tmp_path / "run")
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    stale = out / "figures" / "gradcam" / "overlays" / "gone.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an overlay of an image the report no longer shows")
+    assert write_report(tmp_path / "run") == out
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".report")] == []

@@ -725,6 +725,10 @@ def report_stage(cfg: ExperimentConfig) -> Path:
     report = build_report(cfg.out)
     if cfg.report.publish:  # a copy beside the config, e.g. to commit with it
         dest = (cfg.path.resolve().parent / cfg.report.publish).resolve()
+        # The report's own folders are replaced, not merged, so no stale figure or table
+        # stays in a published copy; other files there (e.g. the manifest) are kept.
+        for owned in ("figures", "tables"):
+            shutil.rmtree(dest / owned, ignore_errors=True)
         shutil.copytree(report, dest, dirs_exist_ok=True)
         logger.info(f"[{cfg.name}] report copied to {dest}")
     return report

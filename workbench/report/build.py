@@ -8,7 +8,10 @@ give the same bytes. Nothing here loads a network or imports torch.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tomllib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,12 +327,31 @@ def write_report(run: str | Path) -> Path:
                             f"heads and baselines (an earlier config's); they are not shown")
     result.notes += _duplicate_notes(_inputs(run).get("duplicates"))
     out = run / "report"
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    tables = _tables(records, result, s["metric"], list(store.protocol()["classes"]), out / "tables")
-    figs = _figures(run, store, records, result, s["metric"], out / "figures")
-    prov = _provenance(run, store, records, s)
-    atomic_write(out / "provenance.json", (json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n").encode())
-    atomic_write(out / "report.md", _report_md(s, result, store.protocol(), tables, figs, out).encode())
-    atomic_write(out / "ranking.csv", result.ranking.to_csv(index=False, float_format="%.6g").encode())
+    # Built beside the old report and swapped in whole: no file of an earlier report (an
+    # overlay of an image no longer shown) survives, and a crash leaves the old one.
+    tmp = run / f".report-{uuid.uuid4().hex}.part"
+    (tmp / "tables").mkdir(parents=True)
+    (tmp / "figures").mkdir(parents=True)
+    try:
+        tables = _tables(records, result, s["metric"], list(store.protocol()["classes"]), tmp / "tables")
+        figs = _figures(run, store, records, result, s["metric"], tmp / "figures")
+        prov = _provenance(run, store, records, s)
+        atomic_write(tmp / "provenance.json",
+                     (json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n").encode())
+        # (its links are relative to the report folder, so they hold after the swap)
+        atomic_write(tmp / "report.md", _report_md(s, result, store.protocol(), tables, figs, tmp).encode())
+        atomic_write(tmp / "ranking.csv", result.ranking.to_csv(index=False, float_format="%.6g").encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _replace_folder(tmp, out)
     return out
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Put folder ``new`` in place of ``dest`` (two renames; the old one removed after)."""
+    old = dest.with_name(f".{dest.name}-{uuid.uuid4().hex}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)

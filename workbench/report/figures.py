@@ -383,6 +383,16 @@ def heatmap_table(records: Any, metric: str = "auc", columns: Sequence[str] | No
     KeyError
         ``metric`` is not a metric of the records (the message lists those that are).
     """
+    cv = _cv_subset_records(records, metric)
+    table = cv.groupby(["_row", "_col"], sort=False)[metric].mean().unstack("_col")
+    table = table.loc[_heatmap_rows(table, cv), _heatmap_columns(table, cv, columns)]
+    table.index.name, table.columns.name = "subset", None
+    return table
+
+
+def _cv_subset_records(records: Any, metric: str) -> pd.DataFrame:
+    """The CV records of feature subsets (test and baselines dropped), each with its
+    heat-map row (``_row``: subset code), size and column (``_col``)."""
     df = _records_frame(records)
     if not len(df):
         raise ValueError("no records to draw: the run is empty")
@@ -410,10 +420,11 @@ def heatmap_table(records: Any, metric: str = "auc", columns: Sequence[str] | No
     for kind, grp in cv[~heads].groupby("kind", sort=False):
         many = grp["_suffix"].nunique() > 1
         col[grp.index] = grp["_suffix"] if many else kind
-    cv = cv.assign(_col=col)
-    means = cv.groupby(["_row", "_col"], sort=False)[metric].mean()
-    table = means.unstack("_col")
+    return cv.assign(_col=col)
 
+
+def _heatmap_columns(table: pd.DataFrame, cv: pd.DataFrame, columns: Sequence[str] | None) -> list[str]:
+    """Heads by name, then ensembles in ENSEMBLE_KINDS order; or ``columns`` as given."""
     rank = {k: i for i, k in enumerate(ENSEMBLE_KINDS)}
     kind_of = dict(zip(cv["_col"], cv["kind"]))
 
@@ -429,11 +440,13 @@ def heatmap_table(records: Any, metric: str = "auc", columns: Sequence[str] | No
         if unknown:
             raise KeyError(f"columns {unknown} are not in the records; they hold: {', '.join(cols)}")
         cols = list(columns)
+    return cols
+
+
+def _heatmap_rows(table: pd.DataFrame, cv: pd.DataFrame) -> list[str]:
+    """Subsets by size, then code."""
     sizes = cv.groupby("_row")["_size"].first()
-    rows = sorted(table.index, key=lambda r: (sizes[r], r))
-    table = table.loc[rows, cols]
-    table.index.name, table.columns.name = "subset", None
-    return table
+    return sorted(table.index, key=lambda r: (sizes[r], r))
 
 
 def _luminance(rgba: Sequence[float]) -> float:

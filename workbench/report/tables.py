@@ -429,9 +429,27 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
         raise ValueError(f"no single-block heads or baselines of {backbone!r} in the records; "
                          f"backbones: {', '.join(known) or 'none'}")
     heads = sorted({h for h in singles["head"] if h} or {"CNN"})
+    order, labels, by_cell, finetuned = _tap_rows(singles)
+    best = _best_baseline(st, metric)
+    extra = [_end_to_end_row(cand, s, len(heads), test) for cand, s in bases.sort_index().iterrows()]
+    title = (f"{backbone}: {metric_label(metric)} of each head on each tap's features"
+             + (", pretrained and fine-tuned" if finetuned else "")
+             + ("; the end-to-end fine-tuned CNN" if len(bases) else ""))
+    notes = []
+    if len(bases):
+        notes.append(f"End-to-end rows: the fine-tuned CNN itself, in the first column ({heads[0]} is not involved).")
+    return _grid_table(st, metric, row_keys=order, row_labels=labels, col_keys=heads, col_names=heads,
+                       label_columns=["Tap", "Weights"], cell_of=lambda r, c: by_cell.get((r, c)), test=test,
+                       best=best, title=title, key=key or f"backbone-{_slug(backbone)}-{_slug(metric)}",
+                       notes=notes, n_folds=_n_folds(records), extra_rows=extra)
+
+
+def _tap_rows(singles: pd.DataFrame) -> tuple[list, list[list[str]], dict, bool]:
+    """Rows of a backbone table: (tap, weights) keys in table order, their labels, the
+    candidate of each (row, head) cell, and whether any row is fine-tuned."""
     by_cell: dict[tuple[tuple[str, str], str], pd.Series] = {}
     variants: dict[tuple[str, str], tuple] = {}
-    for cand, s in singles.iterrows():
+    for _, s in singles.iterrows():
         _, weights, tap = _split_block(s["blocks"][0])
         rank, label = _weights_label(weights)
         variants[(tap, weights)] = (_natural(tap), rank, weights, label)
@@ -446,25 +464,15 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
         if seen[(tap, lab)] > 1 and weights:  # two fine-tuned networks of one backbone: name them
             lab = f"{lab} {weights}"
         labels.append([tap, lab])
-    best = _best_baseline(st, metric)
-    extra = []
-    for cand, s in bases.sort_index().iterrows():
-        cells = [Cell(f"end-to-end ({cand})"), Cell("fine-tuned"), _cv_cell(s)]
-        if test:
-            cells.append(_test_cell(s))
-        cells += [Cell("")] * ((len(heads) - 1) * (2 if test else 1))
-        extra.append(cells)
-    finetuned = any(variants[k][1] > 0 for k in variants)
-    title = (f"{backbone}: {metric_label(metric)} of each head on each tap's features"
-             + (", pretrained and fine-tuned" if finetuned else "")
-             + ("; the end-to-end fine-tuned CNN" if len(bases) else ""))
-    notes = []
-    if len(bases):
-        notes.append(f"End-to-end rows: the fine-tuned CNN itself, in the first column ({heads[0]} is not involved).")
-    return _grid_table(st, metric, row_keys=order, row_labels=labels, col_keys=heads, col_names=heads,
-                       label_columns=["Tap", "Weights"], cell_of=lambda r, c: by_cell.get((r, c)), test=test,
-                       best=best, title=title, key=key or f"backbone-{_slug(backbone)}-{_slug(metric)}",
-                       notes=notes, n_folds=_n_folds(records), extra_rows=extra)
+    return order, labels, by_cell, any(variants[k][1] > 0 for k in variants)
+
+
+def _end_to_end_row(cand: str, s: pd.Series, n_heads: int, test: bool) -> list[Cell]:
+    """A baseline's row of a backbone table: its value in the first head column."""
+    cells = [Cell(f"end-to-end ({cand})"), Cell("fine-tuned"), _cv_cell(s)]
+    if test:
+        cells.append(_test_cell(s))
+    return cells + [Cell("")] * ((n_heads - 1) * (2 if test else 1))
 
 
 def _subset_rows(cands: pd.DataFrame) -> tuple[list[tuple[str, ...]], dict[tuple[str, ...], str]]:
