@@ -556,11 +556,10 @@ class ExperimentConfig:
         for h in self.sweep.heads:
             named("sweep.heads", h, lambda: get_head(h))
         for h, grid in self.sweep.grids.items():
-            valid = get_head(h).pipeline().named_steps["clf"].get_params(deep=False)
-            bad = sorted(set(grid) - set(valid))
+            bad = get_head(h).unknown_params(grid)
             if bad:
-                raise ConfigError(self.path, f"sweep.grids.{h}", grid,
-                                  f"unknown parameters {', '.join(bad)}; valid: {', '.join(sorted(valid))}")
+                raise ConfigError(self.path, f"sweep.grids.{h}", grid, f"unknown parameters {', '.join(bad)}; "
+                                  f"valid: {', '.join(get_head(h).param_names())}")
         for b in self.baselines.names:
             named("baselines.names", b, lambda: get_baseline(b))
 

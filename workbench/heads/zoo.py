@@ -7,7 +7,7 @@ pipeline it is fitted on the training rows of each fit only, never on held-out r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -146,6 +146,14 @@ class HeadSpec:
             pipe.set_params(**{f"clf__{k}": v for k, v in params.items()})
         return pipe
 
+    def param_names(self) -> list[str]:
+        """The classifier's parameters, sorted: what a grid of this head may name."""
+        return sorted(self.pipeline().named_steps["clf"].get_params(deep=False))
+
+    def unknown_params(self, grid: Mapping[str, Any]) -> list[str]:
+        """The keys of ``grid`` that are not parameters of the classifier, sorted."""
+        return sorted(set(grid) - set(self.param_names()))
+
 
 HEADS: Registry[HeadSpec] = Registry("head", error=UnknownHeadError)
 for _spec in (
@@ -199,11 +207,10 @@ def register_head(head: HeadSpec | str, build: Callable[[int], Any] | None = Non
         if calibrate is None:
             calibrate = not hasattr(est, "predict_proba")
         spec = HeadSpec(head, build, dict(grid or {}), calibrate=calibrate, code=code)
-    valid = spec.pipeline().named_steps["clf"].get_params(deep=False)
-    bad = sorted(set(spec.grid) - set(valid))
+    bad = spec.unknown_params(spec.grid)
     if bad:
         raise ConfigError(f"head {spec.name!r}: grid names {bad}, not parameters of its estimator "
-                          f"({', '.join(sorted(valid))})")
+                          f"({', '.join(spec.param_names())})")
     return HEADS.register(spec.name, spec, replace=replace)
 
 

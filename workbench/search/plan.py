@@ -55,10 +55,10 @@ def check_heads(options: SweepOptions) -> dict[str, Grid]:
     grids = {}
     for spec in (get_head(h) for h in options.heads):
         grid = options.grids[spec.name] if spec.name in options.grids else spec.grid
-        valid = spec.pipeline().named_steps["clf"].get_params(deep=False)
-        bad = sorted(set(grid) - set(valid))
+        bad = spec.unknown_params(grid)
         if bad:
-            raise ConfigError(f"grid for head {spec.name} names unknown parameters {bad}; valid: {sorted(valid)}")
+            raise ConfigError(f"grid for head {spec.name} names unknown parameters {bad}; "
+                              f"valid: {spec.param_names()}")
         grids[spec.name] = grid
     return grids
 
