@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from typing import Any
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ __all__ = [
     "ImageDecodeError",
     "ImageChangedError",
     "decode_image",
+    "decode_image_bytes",
+    "as_image_tensor",
     "image_size",
     "crop_to_box",
     "file_sha256",
@@ -314,6 +317,51 @@ def decode_image(path: PathLike, *, keep_gray: bool = False, expect_sha256: str 
         if actual != expect_sha256:
             raise ImageChangedError(p, expect_sha256, actual)
     return _to_tensor(_decode_array(p, data), keep_gray=keep_gray)
+
+
+def decode_image_bytes(data: bytes, name: str = "<upload>", *, keep_gray: bool = False) -> torch.Tensor:
+    """Decode an image held in memory (an upload) exactly as :func:`decode_image` decodes a file.
+
+    ``name`` stands for the path in errors and decides TIFF handling by its suffix; the
+    bytes are never written to disk.
+
+    Raises
+    ------
+    ImageDecodeError
+        Empty data, not an image, truncated or corrupt data, a decompression bomb, a
+        multi-page TIFF; the reason says which.
+    """
+    p = Path(name)
+    if not data:
+        raise ImageDecodeError(p, "empty file (0 bytes)")
+    return _to_tensor(_decode_array(p, bytes(data)), keep_gray=keep_gray)
+
+
+def as_image_tensor(image: Any, *, keep_gray: bool = False) -> torch.Tensor:
+    """A path, PIL image, ``(H, W[, C])`` array or decoded tensor as :func:`decode_image` gives it.
+
+    Arrays follow the file rules: uint8 means 0..255, other dtypes are min-max rescaled;
+    a float tensor ``(C, H, W)`` in [0, 1] is taken as decoded already.
+    """
+    if isinstance(image, torch.Tensor):
+        t = image.float()
+        if t.ndim != 3 or t.shape[0] not in (1, 3):
+            raise ValueError(f"an image tensor must be (1|3, H, W), got {tuple(t.shape)}")
+        return t if keep_gray or t.shape[0] == 3 else t.expand(3, -1, -1)
+    if isinstance(image, (str, os.PathLike)):
+        return decode_image(image, keep_gray=keep_gray)
+    if isinstance(image, Image.Image):
+        arr = _pil_to_array(image)
+        if arr is None:
+            raise ValueError(f"unsupported PIL image mode {image.mode!r}")
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = arr[:, :, None]
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise ValueError(f"an image array must be (H, W), (H, W, 1|3|4), got {arr.shape}")
+        arr = arr[:, :, :3]
+    return _to_tensor(arr, keep_gray=keep_gray)
 
 
 def image_size(path: PathLike) -> tuple[int, int]:

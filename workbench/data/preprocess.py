@@ -61,6 +61,11 @@ class Geometry:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        # Bicubic overshoots; keep the [0, 1] range the normalisation assumes.
+        return self.unclamped(img).clamp_(0.0, 1.0)
+
+    def unclamped(self, img: torch.Tensor) -> torch.Tensor:
+        """The geometry without the final clamp: differentiable, for gradients through it."""
         interp = InterpolationMode(self.interpolation)
         s = self.size
         _, h, w = img.shape
@@ -76,8 +81,7 @@ class Geometry:
             out = img.new_zeros((img.shape[0], s, s))
             top, left = (s - nh) // 2, (s - nw) // 2
             out[:, top:top + nh, left:left + nw] = small
-        # Bicubic overshoots; keep the [0, 1] range the normalisation assumes.
-        return out.clamp_(0.0, 1.0)
+        return out
 
 
 @dataclass(frozen=True)

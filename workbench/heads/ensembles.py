@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-__all__ = ["ENSEMBLE_RULES", "VOTE_KINDS", "stack", "vote"]
+__all__ = ["ENSEMBLE_RULES", "VOTE_KINDS", "fit_stack", "stack", "stack_proba", "vote"]
 
 VOTE_KINDS = ("vote-hard", "vote-soft")
 
@@ -90,6 +90,26 @@ def vote(probas: Sequence[np.ndarray], kind: str = "vote-soft", *,
     return pred, votes / n_members
 
 
+def _design(probas: Sequence[np.ndarray]) -> np.ndarray:
+    """Members' probabilities side by side, each member's last column dropped (its
+    columns sum to one)."""
+    P = _stacked(probas)
+    return P[:, :, :-1].transpose(1, 0, 2).reshape(P.shape[1], -1)
+
+
+def fit_stack(train_probas: Sequence[np.ndarray], y_train: np.ndarray, seed: int = 0) -> LogisticRegression:
+    """The meta-learner of a stack, fitted on out-of-fold member probabilities only."""
+    return LogisticRegression(max_iter=5000, random_state=seed).fit(_design(train_probas), np.asarray(y_train))
+
+
+def stack_proba(meta: LogisticRegression, eval_probas: Sequence[np.ndarray]) -> np.ndarray:
+    """A fitted meta-learner's class probabilities over all classes (absent ones 0)."""
+    Xe = _design(eval_probas)
+    proba = np.zeros((len(Xe), _stacked(eval_probas).shape[2]))
+    proba[:, meta.classes_] = meta.predict_proba(Xe)
+    return proba
+
+
 def stack(
     train_probas: Sequence[np.ndarray],
     y_train: np.ndarray,
@@ -101,15 +121,5 @@ def stack(
     It must be fitted on out-of-fold probabilities only (``train_probas``: each row
     predicted by members that did not train on it), then applied to ``eval_probas``.
     """
-    def design(probas):
-        P = _stacked(probas)
-        # Drop each member's last column: the columns of a member sum to one.
-        return P[:, :, :-1].transpose(1, 0, 2).reshape(P.shape[1], -1)
-
-    Xt, Xe = design(train_probas), design(eval_probas)
-    y_train = np.asarray(y_train)
-    n_classes = _stacked(eval_probas).shape[2]
-    meta = LogisticRegression(max_iter=5000, random_state=seed).fit(Xt, y_train)
-    proba = np.zeros((len(Xe), n_classes))
-    proba[:, meta.classes_] = meta.predict_proba(Xe)
+    proba = stack_proba(fit_stack(train_probas, y_train, seed), eval_probas)
     return proba.argmax(axis=1), proba

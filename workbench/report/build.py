@@ -28,7 +28,7 @@ from workbench.report import tables as T
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path, write_cam_folder
 from workbench.search.select import search
 
-__all__ = ["ReportSettings", "Selection", "write_report"]
+__all__ = ["ReportSettings", "Selection", "reported_search", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _provenance(run: Path, store, records: pd.DataFrame, settings: dict[str, Any
     return {
         # The manifest as the config names it (relative), not where it lay on this machine.
         "inputs": {k: v for k, v in _inputs(run).items()
-                   if k not in ("manifest_file", "finetuned_root")},
+                   if k not in ("manifest_file", "finetuned_root", "cache_root")},
         "experiment": settings["name"],
         "config": settings["raw"],
         "protocol": store.protocol(),
@@ -307,6 +307,29 @@ def _report_md(settings: dict[str, Any], result, protocol: dict[str, Any], table
     return "\n".join(lines)
 
 
+def _reported_search(run: Path, store: ResultStore, include: tuple[str, ...] = ()
+                     ) -> tuple[Any, pd.DataFrame, dict[str, Any], int]:
+    """The search as the report runs it: the config's records in scope, its metric, top-k, alpha."""
+    records = store.frame()
+    if records.empty:
+        raise RunFolderError(f"no records in {run}: run the experiment (or a sweep) first")
+    records, left_out = _in_scope(records, run)
+    s = _settings(run)
+    result = search(store, s["metric"], top_k=s["top_k"], alpha=s["alpha"], records=records, include=include)
+    return result, records, s, left_out
+
+
+def reported_search(run: str | Path, include: tuple[str, ...] = ()) -> tuple[Any, dict[str, Any]]:
+    """``(SearchResult, settings)`` of ``run`` exactly as its report computes them.
+
+    ``include`` adds candidates to the comparison (see :func:`~workbench.search.select.search`);
+    ``settings`` holds the report's ``metric``, ``top_k``, ``alpha`` and ``name``.
+    """
+    run = Path(run)
+    result, _, s, _ = _reported_search(run, ResultStore(run), include)
+    return result, {k: v for k, v in s.items() if k != "raw"}
+
+
 def write_report(run: str | Path) -> Path:
     """Write ``run/report/``: ``report.md``, ``tables/``, ``figures/``, ``provenance.json``, ``ranking.csv``.
 
@@ -316,12 +339,7 @@ def write_report(run: str | Path) -> Path:
     """
     run = Path(run)
     store = ResultStore(run)
-    records = store.frame()
-    if records.empty:
-        raise RunFolderError(f"no records in {run}: run the experiment (or a sweep) first")
-    records, left_out = _in_scope(records, run)
-    s = _settings(run)
-    result = search(store, s["metric"], top_k=s["top_k"], alpha=s["alpha"], records=records)
+    result, records, s, left_out = _reported_search(run, store)
     if left_out:
         result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
                             f"heads and baselines (an earlier config's); they are not shown")

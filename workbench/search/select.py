@@ -34,7 +34,7 @@ from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
 from workbench.errors import WorkbenchError
 
-__all__ = ["NoRecordsError", "SearchResult", "search", "run_search", "rank_candidates"]
+__all__ = ["NoRecordsError", "REQUESTED_ROLE", "SearchResult", "UnknownCandidateError", "search", "run_search", "rank_candidates"]
 
 class NoRecordsError(WorkbenchError, ValueError):
     """A run folder (or record subset) with no records to search."""
@@ -42,6 +42,23 @@ class NoRecordsError(WorkbenchError, ValueError):
 
 #: Role of the study's "best on test" row: shown apart, never a test we make.
 OPTIMISTIC_ROLE = "best on test (optimistic)"
+#: Role of a candidate added on request (``search(include=...)``): outside the Holm family.
+REQUESTED_ROLE = "requested"
+
+
+class UnknownCandidateError(WorkbenchError, KeyError):
+    """A candidate name that no record of the run holds; the message lists close names."""
+
+    def __init__(self, name: str, known: list[str]):
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        self.name = name
+        super().__init__(f"no candidate {name!r} in the run's records ({len(known)} candidates){hint}")
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return self.args[0]
 
 
 @dataclass
@@ -247,7 +264,7 @@ class _Context:
 
 def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha: float = 0.05,
            allow_optimistic: bool = False, records: pd.DataFrame | None = None,
-           groups: dict[str, str] | None = None) -> SearchResult:
+           groups: dict[str, str] | None = None, include: tuple[str, ...] = ()) -> SearchResult:
     """Rank, select on CV, evaluate on test, compare with the best baseline (by CV).
 
     Parameters
@@ -272,6 +289,11 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         ``splits.csv``. When a group holds two test images or more, test intervals and
         paired tests come from a cluster bootstrap over groups (2000 resamples, seed 0)
         instead of Wilson / DeLong / McNemar.
+    include
+        Candidates to add to the comparison (role ``"requested"``) when the selection
+        does not show them, e.g. the one a model bundle exports; like the optimistic
+        row, they are tested against the baseline but kept out of the Holm adjustment,
+        so the table's other p values do not change.
 
     Notes
     -----
@@ -294,6 +316,12 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     grouping = _grouping(ctx.group_of, ctx.store, test_ids)
     ctx.clustered = bool(grouping and grouping.get("clustered"))
     rows = _report_rows(ctx, selected, base_rank, ranking)
+    shown = {r["candidate"] for r in rows if r["role"] != OPTIMISTIC_ROLE}
+    for c in include:
+        if c not in ctx.cv.index:
+            raise UnknownCandidateError(c, list(ctx.cv.index))
+        if c not in shown:
+            rows.append(_report_row(ctx, c, REQUESTED_ROLE))
     _paired_tests(ctx, rows, best_baseline, notes)
     if not len(base_rank):
         notes.append("no end-to-end baseline in the records: nothing to compare against")
@@ -417,7 +445,7 @@ def _paired_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str 
                           if g is not None else stats.delong_test(r["_y"], r["_p"], base_row["_p"]).p_value)
         r["p_accuracy"] = (stats.cluster_bootstrap_test(r["_y"], g, pred1=r["_pred"], pred2=base_row["_pred"]).p_value
                            if g is not None else stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value)
-        if r["role"] != OPTIMISTIC_ROLE:
+        if r["role"] not in (OPTIMISTIC_ROLE, REQUESTED_ROLE):
             compared.append(r)
     # Holm over the table's honest comparisons (the optimistic row is not a test we make).
     for key in ("p_auc", "p_accuracy"):
