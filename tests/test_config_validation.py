@@ -51,6 +51,9 @@ names = []
 
 [report]
 alpha = 0.05
+
+[export]
+out = "../models/t"
 """
 
 
@@ -198,6 +201,10 @@ BAD_VALUES = [
     ("report", "alpha", "0", "between 0 and 1"),
     ("report", "alpha", '"0.05"', "expected a number"),
     ("report", "publish", "true", "expected a string"),
+    ("export", "out", '""', "non-empty"),
+    ("export", "candidate", "3", "expected a string"),
+    ("export", "above", "[]", "expected a string"),
+    ("export", "below", '""', "non-empty"),
 ]
 
 
@@ -324,3 +331,16 @@ def test_finetune_keys_follow_finetune_config(tmp_path):
             _load(tmp_path, _set(GOOD, "finetune", "class_weight", "3"))
         with pytest.raises(ConfigError, match=r"finetune.class_weight = \"heavy\": class_weight must be one of"):
             _load(tmp_path, _set(GOOD, "finetune", "class_weight", '"heavy"'))
+
+
+def test_the_export_section(tmp_path):
+    """[export] turns on the model bundle of `workbench run`; it needs `out`, and every value is checked."""
+    plain = GOOD.split("[export]")[0]
+    assert _load(tmp_path, plain).export.out is None  # no section: no bundle
+    cfg = _load(tmp_path, plain + '\n[export]\nout = "../models/t"\ncandidate = "top-2"\nabove = "FNA recommended"\n')
+    assert (cfg.export.out, cfg.export.candidate, cfg.export.above, cfg.export.below) == \
+        ("../models/t", "top-2", "FNA recommended", None)
+    with pytest.raises(ConfigError, match="missing 'export.out'"):
+        _load(tmp_path, plain + '\n[export]\ncandidate = "selected"\n')
+    with pytest.raises(ConfigError, match="export"):
+        _load(tmp_path, plain + '\n[export]\nout = "m"\nthreshold = 0.3\n')

@@ -253,6 +253,20 @@ class BaselinesConfig:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """[export]: the model bundle ``workbench run`` writes after the report.
+
+    ``out`` (relative to the config) turns it on; ``candidate`` is ``selected``, ``top-K``
+    or a name; ``above`` / ``below`` are the recommendation texts (binary tasks).
+    """
+
+    out: str | None = None
+    candidate: str = "selected"
+    above: str | None = None
+    below: str | None = None
+
+
+@dataclass(frozen=True)
 class _Section:
     """One TOML table: its keys (checked on load) and how it becomes typed fields.
 
@@ -334,6 +348,12 @@ def _build_report(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[st
     return {"report": _constructed(path, "report", v, lambda: ReportSettings(**v))}
 
 
+def _build_export(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    if v and "out" not in v:
+        raise ConfigError(path, "export.out", expected="a folder for the model bundle (the section needs it)")
+    return {"export": ExportSettings(**v)}
+
+
 #: The config's tables: each one's keys (type, allowed values) and the typed objects it
 #: becomes. A new section is one entry here (and its fields on ExperimentConfig).
 SECTIONS: dict[str, _Section] = {
@@ -375,6 +395,12 @@ SECTIONS: dict[str, _Section] = {
         "alpha": _Key("float", check=_open_unit),
         "publish": _Key("str", check=_non_empty),
     }, _build_report),
+    "export": _Section({
+        "out": _Key("str", check=_non_empty),
+        "candidate": _Key("str", check=_non_empty),
+        "above": _Key("str", check=_non_empty),
+        "below": _Key("str", check=_non_empty),
+    }, _build_export),
 }
 
 #: The keys of the config, per table ("" is the top level). [finetune] and
@@ -504,6 +530,7 @@ class ExperimentConfig:
     execution: Execution = field(default_factory=Execution)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     report: ReportSettings = field(default_factory=ReportSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
@@ -597,7 +624,9 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
         baselines_stage(cfg, manifest, device=device, progress=progress)
         record_inputs(cfg, manifest, finetuned, specs, fs, duplicates)
         gradcam_stage(cfg)
-        return report_stage(cfg)
+        report = report_stage(cfg)
+        export_stage(cfg, progress=progress)
+        return report
 
 
 def validate_inputs(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[Manifest, dict[str, Any]]:
@@ -663,7 +692,8 @@ def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str
     """``finetuned.json`` and ``inputs.json``: what the run ran on, for the report."""
     atomic_write(cfg.out / "finetuned.json", (json.dumps(finetuned, indent=1, sort_keys=True) + "\n").encode())
     inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
-              "finetuned_root": str(default_root().resolve()), "manifest_digest": manifest.digest(),
+              "finetuned_root": str(default_root().resolve()), "cache_root": str(Path(cfg.cache).resolve()),
+              "manifest_digest": manifest.digest(),
               "classes": manifest.classes, "n_images": len(manifest), "features": specs, "duplicates": duplicates,
               # What this config runs: the report shows these candidates only, so
               # records an earlier config left in the (append-only) folder stay out of it.
@@ -731,6 +761,22 @@ def report_stage(cfg: ExperimentConfig) -> Path:
         shutil.copytree(report, dest, dirs_exist_ok=True)
         logger.info(f"[{cfg.name}] report copied to {dest}")
     return report
+
+
+def export_stage(cfg: ExperimentConfig, *, progress: bool = True) -> Path | None:
+    """The model bundle [export] asks for (replaced on every run: the run may have changed)."""
+    if not cfg.export.out:
+        return None
+    from workbench.bundle.export import Recommendation, export_model
+
+    e = cfg.export
+    base = Recommendation()
+    rec = Recommendation(above=e.above or base.above, below=e.below or base.below)
+    out = (cfg.path.resolve().parent / e.out).resolve()
+    export_model(cfg.out, out, candidate=e.candidate, cache=cfg.cache, recommendation=rec, overwrite=True,
+                 progress=progress)
+    logger.info(f"[{cfg.name}] model bundle of {e.candidate} written to {out}")
+    return out
 
 
 def _apply_duplicates(cfg: ExperimentConfig, manifest: Manifest) -> tuple[Manifest, dict[str, Any]]:
