@@ -144,3 +144,11 @@ def busi_dir() -> Path:
     if not (path / "labels.csv").is_file():
         pytest.skip(f"BUSI data not found at {path} (expected {path / 'labels.csv'})")
     return path
+
+
+@pytest.fixture(scope="session")
+def bundle_run(tmp_path_factory):
+    """A small real BUSI run and one exported bundle of every kind (``tests/_bundles.py``)."""
+    from _bundles import build_bundle_run
+
+    return build_bundle_run(tmp_path_factory.mktemp("bundle_run"))

@@ -74,6 +74,10 @@ _EXPORTS = {
     "write_report": "workbench.report.build",
     "run_search": "workbench.search.select",
     "run_experiment": "workbench.experiment",
+    # model bundles: export a run's candidate, load it, predict and explain
+    "export_model": "workbench.bundle.export",
+    "load_model": "workbench.bundle.model",
+    "BundleModel": "workbench.bundle.model",
 }
 
 __all__ = ["__version__", *_EXPORTS]

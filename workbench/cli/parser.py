@@ -35,6 +35,9 @@ COMMANDS = {
     "finetune": "workbench.cli.cnn_commands:cmd_finetune",
     "baselines": "workbench.cli.cnn_commands:cmd_baselines",
     "cam": "workbench.cli.cnn_commands:cmd_cam",
+    "export": "workbench.cli.model_commands:cmd_export",
+    "predict": "workbench.cli.model_commands:cmd_predict",
+    "serve": "workbench.cli.model_commands:cmd_serve",
 }
 
 _DESCRIPTION = ("Image-classification research workbench: CNN features into a content-addressed cache, "
@@ -369,8 +372,67 @@ def _add_backbones(sub) -> None:
     b.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+_EPILOG_MODEL = """\
+from a run to a page:
+  workbench run experiments/busi_benign_malignant.toml
+  workbench export runs/busi_benign_malignant --candidate selected --out models/busi
+  workbench predict --model models/busi image1.png image2.png --out preds.csv
+  workbench serve --model models/busi            # http://127.0.0.1:8000
+"""
+
+
+def _add_model_commands(sub) -> None:
+    e = sub.add_parser("export", help="write a run's candidate as a model bundle (heads refitted, no pickle)",
+                       description="Export one candidate of a run folder as a self-contained model bundle: "
+                                   "heads refitted on the whole training split with the hyper-parameters the "
+                                   "run chose (skops files, no pickle), fine-tuned networks copied in, the "
+                                   "operating threshold and a model card with the report's CV and test figures. "
+                                   "Every file is listed with its SHA-256 in bundle.json.",
+                       epilog=_EPILOG_MODEL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("run", help="run folder (workbench run's out, or a sweep's --out)")
+    e.add_argument("--out", required=True, help="bundle folder to create")
+    e.add_argument("--candidate", default="selected",
+                   help='selected (the report\'s pick), top-K, or a name: "[L0+L1] vote-soft(svm-rbf+rf)", '
+                        '"CNN lite0" [selected]')
+    e.add_argument("--manifest", default=None, help="the run's manifest [the one `workbench run` recorded]")
+    e.add_argument("--cache", default=None, help="the run's feature cache [the one it recorded, else ./features_cache]")
+    e.add_argument("--finetuned", default=None, help="the run's fine-tuned store [the one it recorded]")
+    e.add_argument("--above", default=None, metavar="TEXT",
+                   help="recommendation at or above the threshold, e.g. 'FNA recommended' ({positive}, {p}, "
+                        "{threshold} are filled in)")
+    e.add_argument("--below", default=None, metavar="TEXT", help="recommendation below the threshold")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    _add_quiet(e)
+    p = sub.add_parser("predict", help="apply a model bundle to images (paths or a manifest)",
+                       description="One row per image: id, path, the probability of each class, the class at the "
+                                   "bundle's threshold and its recommendation. Bad images are listed with their "
+                                   "reasons; the others are still predicted.",
+                       epilog=_EPILOG_MODEL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="bundle folder (workbench export)")
+    p.add_argument("images", nargs="*", help="image files (PNG, JPEG, BMP, TIFF)")
+    p.add_argument("--manifest", default=None, help="CSV manifest or class folders instead of IMAGE... (its boxes "
+                                                    "feed a box-input model)")
+    p.add_argument("--out", default=None, help="CSV to write [print to stdout]")
+    p.add_argument("--cache", default=None, help="feature cache to read rows from and store new rows in")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass [32]")
+    p.add_argument("--device", default="cpu", help="cpu, cuda ... [cpu]")
+    _add_quiet(p)
+    v = sub.add_parser("serve", help="a local web page and JSON API for a model bundle",
+                       description="Upload an image, get the probability, the class at the threshold, the "
+                                   "recommendation and a heat map, with the model card's figures. JSON API: "
+                                   "POST /api/predict, GET /api/model, GET /healthz; OpenAPI at /openapi.json. "
+                                   "Research use only.",
+                       epilog=_EPILOG_MODEL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--model", required=True, help="bundle folder (workbench export)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind [127.0.0.1: this machine only]")
+    v.add_argument("--port", type=int, default=8000, help="port [8000]")
+    v.add_argument("--keep-uploads", default=None, metavar="DIR",
+                   help="save uploaded images here (by content hash) [never written to disk]")
+    v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted, in MB [20]")
+
 _BUILDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo, _add_backbones, _add_extract, _add_sweep, _add_cache_command, _add_run_and_report, _add_finetune, _add_baselines, _add_cam,
+    _add_model_commands,
 )
 
 

@@ -1,0 +1,236 @@
+"""``workbench.load_model``: a bundle as a scikit-learn-style classifier of images.
+
+``load_model(dir).predict_proba(images)`` takes paths, PIL images, arrays or decoded
+tensors and returns the probabilities the run's test record holds for the same images
+(the bundle's exactness test). Every file is checked against ``bundle.json`` before
+anything is read; heads load through skops' restricted loader, networks with
+``weights_only`` loading, so a bundle can be shared without trusting its author with code.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from workbench.bundle.files import BundleError, load_fitted, read_json, verify_bundle
+from workbench.data.images import as_image_tensor
+
+__all__ = ["BundleModel", "Explanation", "load_model"]
+
+
+@dataclass
+class Explanation:
+    """A heat map of one prediction: ``heatmap`` (H, W) in [0, 1] at the image's size, the
+    ``method`` that made it (shown under every map) and the prediction's ``proba``."""
+
+    heatmap: np.ndarray
+    method: str
+    proba: np.ndarray
+
+
+@dataclass
+class _Member:
+    name: str
+    head: str
+    blocks: list[str]
+    estimator: Any
+    calibrator: Any  # PlattCalibrator or None
+
+    def proba(self, feats: dict[str, np.ndarray], n_classes: int) -> np.ndarray:
+        from workbench.heads.nested import calibrated_proba, response
+
+        X = np.concatenate([feats[b] for b in self.blocks], axis=1) if len(self.blocks) > 1 else feats[self.blocks[0]]
+        scores = response(self.estimator, X, n_classes, decision=self.calibrator is not None)
+        return calibrated_proba(self.calibrator, scores) if self.calibrator is not None else scores
+
+
+class BundleModel:
+    """A loaded model bundle (see :func:`load_model`).
+
+    Attributes
+    ----------
+    name, kind : str
+        The candidate's label and kind (``head``, ``vote-soft``, ``vote-hard``, ``stack``, ``baseline``).
+    classes : list of str
+    positive : str or None
+        The positive class of a binary model.
+    threshold : float or None
+        Operating threshold on P(positive) (the run report's); ``predict`` applies it.
+    input_mode : str
+        ``whole`` image or lesion ``box`` (then every image needs its box).
+    card : dict
+        The model card's fields (figures, training data, protocol, intended use).
+    """
+
+    def __init__(self, root: Path, spec: dict[str, Any], *, trusted: Iterable[str] = (), device: str = "cpu"):
+        self.root = root
+        self.spec = spec
+        self.name: str = spec["name"]
+        self.kind: str = spec["kind"]
+        self.classes: list[str] = list(spec["classes"])
+        self.positive: str | None = spec.get("positive")
+        self.positive_index = self.classes.index(self.positive) if self.positive else None
+        self.threshold: float | None = spec.get("threshold")
+        self.input_mode: str = spec.get("input_mode", "whole")
+        self.card: dict[str, Any] = spec.get("card", {})
+        self.device = torch.device(device)
+        self.lock = threading.Lock()  # torch modules are not ours to call from two threads at once
+        self.classes_ = np.array(self.classes)
+        if self.kind == "baseline":
+            self._load_network()
+            self.featurizer = None
+            self.members: list[_Member] = []
+        else:
+            self._load_members(trusted)
+
+    # -- loading -------------------------------------------------------------------
+    def _load_members(self, trusted: Iterable[str]) -> None:
+        from workbench.features.online import BlockDef, Featurizer
+        from workbench.heads.nested import PlattCalibrator
+
+        n = len(self.classes)
+        self.members = []
+        for m in self.spec["members"]:
+            est = load_fitted(self._file(m["estimator"]), trusted)
+            cal = PlattCalibrator([tuple(c) for c in m["calibrator"]], n) if m.get("calibrator") else None
+            self.members.append(_Member(m["name"], m["head"], list(m["blocks"]), est, cal))
+        self.stack = load_fitted(self._file(self.spec["stack"]), trusted) if self.kind == "stack" else None
+        blocks = [BlockDef(**b) for b in self.spec["blocks"]]
+        self.featurizer = Featurizer(blocks, weights_root=str(self.root / "weights"), device=self.device)
+
+    def _load_network(self) -> None:
+        from workbench.backbones.finetuned import using_root
+        from workbench.backbones.loading import build_model
+        from workbench.backbones.registry import get_backbone
+        from workbench.backbones.weights import resolve_weights
+        from workbench.data.preprocess import Geometry
+
+        net = self.spec["network"]
+        spec = get_backbone(net["backbone"])
+        with using_root(self.root / "weights"):
+            w = resolve_weights(spec, net["weights_id"])
+        self.network = build_model(spec, w).eval().to(self.device)
+        self.geometry = Geometry(int(net["image_size"]), net["resize"], interpolation=net["interpolation"])
+        self.mean = torch.tensor(net["mean"], dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(net["std"], dtype=torch.float32).view(3, 1, 1)
+
+    def _file(self, rel: str) -> Path:
+        return self.root / rel
+
+    # -- prediction ----------------------------------------------------------------
+    def _tensors(self, images: Sequence[Any] | Any) -> list[torch.Tensor]:
+        if isinstance(images, (str, Path)) or not isinstance(images, Sequence):
+            images = [images]
+        return [as_image_tensor(im, keep_gray=True) for im in images]
+
+    def predict_proba(self, images, boxes: Sequence | None = None) -> np.ndarray:
+        """Class probabilities ``(n, C)`` of ``images`` (paths, PIL images, arrays, tensors)."""
+        return self.predict_proba_tensors(self._tensors(images), boxes)
+
+    def predict_proba_tensors(self, images: Sequence[torch.Tensor], boxes: Sequence | None = None) -> np.ndarray:
+        """As :meth:`predict_proba`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
+        with self.lock:
+            if self.kind == "baseline":
+                return self._network_proba(images)
+            return self._features_proba(self.featurizer.transform(images, boxes))
+
+    def proba_from_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities from block features (as :class:`~workbench.features.online.Featurizer` gives them)."""
+        from workbench.heads.ensembles import stack_proba, vote
+
+        n = len(self.classes)
+        probas = [m.proba(feats, n) for m in self.members]
+        if self.kind == "head":
+            return probas[0]
+        if self.kind == "stack":
+            return stack_proba(self.stack, probas)
+        thresholds = self.spec.get("member_thresholds")
+        if self.kind == "vote-hard" and thresholds is not None:
+            return vote(probas, "vote-hard", thresholds=thresholds, positive=self.positive_index)[1]
+        return vote(probas, self.kind)[1]
+
+    _features_proba = proba_from_features
+
+    def _network_proba(self, images: Sequence[torch.Tensor], batch_size: int = 64) -> np.ndarray:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                x = torch.stack([(self.geometry(im.expand(3, -1, -1).clone()) - self.mean) / self.std
+                                 for im in images[start:start + batch_size]]).to(self.device)
+                out.append(torch.softmax(self.network(x).float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class names: the positive class at or above the threshold (binary), else the argmax."""
+        proba = np.asarray(proba)
+        if self.positive_index is not None and self.threshold is not None:
+            pos = proba[:, self.positive_index] >= self.threshold
+            return np.where(pos, self.positive, self.classes[1 - self.positive_index])
+        return self.classes_[proba.argmax(axis=1)]
+
+    def predict(self, images, boxes: Sequence | None = None) -> np.ndarray:
+        """Class names at the bundle's threshold."""
+        return self.decide(self.predict_proba(images, boxes))
+
+    def recommendation(self, p: float) -> str:
+        """The bundle's text for P(positive) = ``p`` ("" for a model of several classes)."""
+        rec = self.spec.get("recommendation")
+        if not rec or self.threshold is None:
+            return ""
+        text = rec["above"] if p >= self.threshold else rec["below"]
+        return text.format(positive=self.positive, p=p, threshold=self.threshold)
+
+    # -- explanation ---------------------------------------------------------------
+    def explain(self, image, box=None, *, method: str = "auto") -> Explanation:
+        """A heat map of the prediction for one image: Grad-CAM for a CNN, occlusion
+        sensitivity for models on features (``method="gradient"``: an SVM head's own
+        decision gradient); see :mod:`workbench.bundle.explain`."""
+        return self.explain_tensor(self._tensors(image)[0], box, method=method)
+
+    def explain_tensor(self, image: torch.Tensor, box=None, *, method: str = "auto") -> Explanation:
+        """As :meth:`explain`, for a decoded ``(1|3, H, W)`` tensor."""
+        from workbench.bundle.explain import explain
+
+        with self.lock:
+            return explain(self, image, box, method=method)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary (``GET /api/model``)."""
+        return {"name": self.name, "kind": self.kind, "classes": self.classes, "positive": self.positive,
+                "threshold": self.threshold, "input_mode": self.input_mode, "card": self.card,
+                "members": [m.name for m in self.members],
+                "features": [b.name for b in self.featurizer.blocks] if self.featurizer else [],
+                "network": self.spec.get("network")}
+
+    def __repr__(self) -> str:
+        return f"BundleModel({self.name!r}, kind={self.kind!r}, classes={self.classes})"
+
+
+def load_model(path: str | Path, *, trusted: Iterable[str] = (), device: str = "cpu") -> BundleModel:
+    """Load a model bundle written by ``workbench export``.
+
+    Parameters
+    ----------
+    path
+        The bundle folder.
+    trusted
+        Extra types (``"module.Class"``) the heads may construct, for heads of your own.
+    device
+        Where networks run (``"cpu"``; ``"cuda"`` on a GPU machine).
+
+    Raises
+    ------
+    BundleError
+        A file missing or changed since export (named), an untrusted type, unreadable weights.
+    """
+    root = Path(path)
+    verify_bundle(root)
+    spec = read_json(root / "model.json")
+    try:
+        return BundleModel(root, spec, trusted=trusted, device=device)
+    except KeyError as e:
+        raise BundleError(f"{root / 'model.json'}: missing field {e}; not a bundle this workbench wrote") from None
