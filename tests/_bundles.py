@@ -16,7 +16,7 @@ import pytest
 BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"
 
 CONFIG = """
-name = "bundle_slice"
+name = "{name}"
 manifest = "{csv}"
 classes = ["benign", "malignant"]
 positive = "malignant"
@@ -32,17 +32,26 @@ top_k = 2
 
 [features]
 specs = ["tf_efficientnet_lite0:avgpool"]
-image_size = 96
+image_size = {image_size}
 
 [sweep]
 heads = ["svm-rbf", "rf"]
 grids = {{svm-rbf = {{C = [1.0, 10.0]}}, rf = {{max_features = ["sqrt"]}}}}
-stacking = true
+stacking = {stacking}
+"""
 
+BASELINES = """
 [baselines]
 names = ["lite0"]
-set = {{epochs = 1, image_size = 64}}
+set = {epochs = 1, image_size = 64}
 """
+
+
+def config_text(csv: Path, *, name: str = "bundle_slice", image_size: int = 96, stacking: bool = True,
+                baselines: bool = True) -> str:
+    """The experiment TOML of these runs (the fixture's by default)."""
+    text = CONFIG.format(name=name, csv=csv, image_size=image_size, stacking=str(stacking).lower())
+    return text + (BASELINES if baselines else "")
 
 #: Candidates of the run, one per kind a bundle can hold.
 KINDS = {
@@ -86,7 +95,7 @@ def build_bundle_run(folder: Path) -> BundleRun:
         pytest.skip(f"BUSI data not found at {BUSI}")
     csv = slice_csv(folder, {"train": 24, "test": 12})
     cfg = folder / "exp.toml"
-    cfg.write_text(CONFIG.format(csv=csv))
+    cfg.write_text(config_text(csv))
     run_experiment(cfg, progress=False)
     bundles = {}
     for kind, name in KINDS.items():

@@ -152,3 +152,21 @@ def bundle_run(tmp_path_factory):
     from _bundles import build_bundle_run
 
     return build_bundle_run(tmp_path_factory.mktemp("bundle_run"))
+
+
+@pytest.fixture
+def served():
+    """``served(model) -> url``: ``model``'s app on a real uvicorn (127.0.0.1, a free port),
+    stopped after the test."""
+    from workbench.serve import create_app, start_server
+
+    stops = []
+
+    def start(model) -> str:
+        url, stop = start_server(create_app(model))
+        stops.append(stop)
+        return url
+
+    yield start
+    for stop in stops:
+        stop()

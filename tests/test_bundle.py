@@ -69,6 +69,7 @@ def test_the_model_card_carries_the_reports_figures(bundle_run):
     spec = json.loads((bundle_run.bundles["vote-soft"] / "model.json").read_text())
     card = spec["card"]
     assert card["intended_use"].startswith("Research use only")
+    assert spec["default_threshold"] == 0.5 and spec["threshold"] == card["threshold"]
     t = card["figures"]["test"]
     assert 0.5 <= t["auc"] <= 1 and t["auc_ci"][0] <= t["auc"] <= t["auc_ci"][1]
     assert set(card["training_data"]["train_counts"]) == {"benign", "malignant"}

@@ -379,9 +379,10 @@ def _default_blocks(backbones, *, weights=None, size=None, input="whole", tap="a
 
 
 @pytest.mark.slow
-def test_occlusion_latency_of_a_three_backbone_soft_vote(busi_dir):
-    """Default grid (7 x 7 patches) on Lite0/1/2 at 224/240/260 px: 11-14 s on one CPU
-    thread when written; the bound leaves room for a busy machine."""
+def test_occlusion_of_a_three_backbone_soft_vote(busi_dir):
+    """Default grid (7 x 7 patches) on Lite0/1/2 at 224/240/260 px: a valid map. The time is
+    printed, not asserted (speed is the benchmarks' business: 11-14 s on one CPU thread
+    when written, benchmarks/RESULTS.md)."""
     from workbench.data.images import decode_image
     from workbench.features.online import Featurizer
 
@@ -396,34 +397,10 @@ def test_occlusion_latency_of_a_three_backbone_soft_vote(busi_dir):
     sizes = [b.pre.geometry.size for b in fz.blocks]
     print(f"\nocclusion, soft vote of 3 backbones at {sizes} px, patch {DEFAULT_PATCH:.3g}, stride "
           f"{DEFAULT_STRIDE:.3g}, {torch.get_num_threads()} thread(s): {seconds:.1f} s\n{e.method}")
-    assert seconds < 40.0
+    assert "occlusion sensitivity" in e.method
 
 
 # ------------------------------------------------------------------ the lesion test
-LESION_CONFIG = """
-name = "explain_busi"
-manifest = "{csv}"
-classes = ["benign", "malignant"]
-positive = "malignant"
-out = "run"
-cache = "cache"
-finetuned = "finetuned"
-
-[protocol]
-cv = 3
-inner_cv = 2
-seed = 0
-top_k = 2
-
-[features]
-specs = ["tf_efficientnet_lite0:avgpool"]
-image_size = 160
-
-[sweep]
-heads = ["svm-rbf", "rf"]
-grids = {{svm-rbf = {{C = [1.0, 10.0]}}, rf = {{max_features = ["sqrt"]}}}}
-stacking = false
-"""
 
 
 @dataclass
@@ -441,7 +418,7 @@ def lesion_run(tmp_path_factory):
     and the vote exported as bundles. About a minute on 2 CPU cores."""
     import warnings
 
-    from _bundles import BUSI
+    from _bundles import BUSI, config_text
     from workbench.bundle.export import export_model
     from workbench.data.images import decode_image
     from workbench.experiment import run_experiment
@@ -454,7 +431,8 @@ def lesion_run(tmp_path_factory):
     for col in ("path", "mask_path", "roi_path"):
         df[col] = [str(BUSI / p) if isinstance(p, str) else p for p in df[col]]
     df.to_csv(folder / "labels.csv", index=False)
-    (folder / "exp.toml").write_text(LESION_CONFIG.format(csv=folder / "labels.csv"))
+    (folder / "exp.toml").write_text(config_text(folder / "labels.csv", name="explain_busi", image_size=160,
+                                                 stacking=False, baselines=False))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # BUSI holds one image under two ids (a known duplicate)
         run_experiment(folder / "exp.toml", progress=False)

@@ -13,7 +13,7 @@ import pytest
 
 from _serve_fakes import BUSI_IMAGE, METHOD, FakeModel, chromium_paths
 from workbench.data.images import decode_image
-from workbench.serve import create_app, start_server
+
 
 NOTICE = "Research use only — not a medical device"
 
@@ -43,21 +43,6 @@ def browser():
     d.set_page_load_timeout(30)
     yield d
     d.quit()
-
-
-@pytest.fixture
-def serve_fake():
-    """``serve_fake(model) -> url``: the app of ``model`` on a real server, stopped after the test."""
-    stops = []
-
-    def start(model: FakeModel) -> str:
-        url, stop = start_server(create_app(model))
-        stops.append(stop)
-        return url
-
-    yield start
-    for stop in stops:
-        stop()
 
 
 def _wait_state(browser, states: tuple[str, ...], timeout: float = 30) -> str:
@@ -92,11 +77,11 @@ def _open_and_upload(browser, url: str, path: Path) -> None:
     browser.find_element(By.ID, "file").send_keys(str(path))
 
 
-def test_page_shows_the_models_answer_for_a_busi_image(browser, serve_fake, tmp_path):
+def test_page_shows_the_models_answer_for_a_busi_image(browser, served, tmp_path):
     from selenium.webdriver.common.by import By
 
     model = FakeModel()
-    url = serve_fake(model)
+    url = served(model)
     _open_and_upload(browser, url, BUSI_IMAGE)
     browser.find_element(By.ID, "submit").click()
     assert _wait_state(browser, ("done", "error")) == "done", _text(browser, "error")
@@ -122,11 +107,11 @@ def test_page_shows_the_models_answer_for_a_busi_image(browser, serve_fake, tmp_
     assert _screenshot(browser, tmp_path, "serve_page.png").stat().st_size > 10_000
 
 
-def test_page_in_box_mode_sends_the_box(browser, serve_fake, tmp_path):
+def test_page_in_box_mode_sends_the_box(browser, served, tmp_path):
     from selenium.webdriver.common.by import By
 
     model = FakeModel(input_mode="box")
-    url = serve_fake(model)
+    url = served(model)
     _open_and_upload(browser, url, BUSI_IMAGE)
     assert browser.find_element(By.ID, "box-fields").is_displayed()
     # Dragging on the preview fills in the box, in image pixels (the preview is at 1:1 here).
@@ -151,12 +136,12 @@ def test_page_in_box_mode_sends_the_box(browser, serve_fake, tmp_path):
     _screenshot(browser, tmp_path, "serve_page_box.png")
 
 
-def test_page_shows_the_apis_error(browser, serve_fake, tmp_path):
+def test_page_shows_the_apis_error(browser, served, tmp_path):
     from selenium.webdriver.common.by import By
 
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"these are notes, not pixels")
-    url = serve_fake(FakeModel())
+    url = served(FakeModel())
     _open_and_upload(browser, url, bad)
     browser.find_element(By.ID, "submit").click()
     assert _wait_state(browser, ("done", "error")) == "error"

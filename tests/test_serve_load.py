@@ -13,21 +13,6 @@ from _serve_fakes import BUSI_IMAGE, FakeModel
 from workbench.serve import create_app, load_test, start_server
 
 
-@pytest.fixture
-def served():
-    """``served(model) -> url``; the servers stop after the test."""
-    stops = []
-
-    def start(model: FakeModel) -> str:
-        url, stop = start_server(create_app(model))
-        stops.append(stop)
-        return url
-
-    yield start
-    for stop in stops:
-        stop()
-
-
 def test_8_clients_x_25_requests_all_answered_right(served, capsys):
     model = FakeModel()
     url = served(model)

@@ -201,7 +201,7 @@ def _unit(m: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ baseline
 def _explain_baseline(model, image: torch.Tensor, *, occlusion: bool, patch: float, stride: float,
                       batch_size: int) -> Explanation:
-    proba = model._network_proba([image])[0]
+    proba = model.network_proba([image])[0]
     target = predicted_class(model, proba)
     cls = model.classes[target]
     method = ""
@@ -220,7 +220,7 @@ def _explain_baseline(model, image: torch.Tensor, *, occlusion: bool, patch: flo
         method += " was empty"
 
     def score(images: Sequence[torch.Tensor]) -> np.ndarray:
-        return model._network_proba(list(images), batch_size=batch_size)[:, target]
+        return model.network_proba(list(images), batch_size=batch_size)[:, target]
 
     res = occlusion_map(score, image, None, patch=patch, stride=stride, batch_size=batch_size)
     return Explanation(res.heatmap, _join(method, res.describe(f"P({cls})")), proba)

@@ -215,6 +215,8 @@ def export_model(run: str | Path, out: str | Path, *, candidate: str = "selected
             "name": name, "kind": record["kind"], "candidate_id": record["candidate_id"],
             "classes": classes, "positive": positive,
             "threshold": card.get("threshold"), "threshold_rule": card.get("threshold_rule"),
+            # The argmax rule's cut-off, for comparison (the card holds its test figures too).
+            "default_threshold": 0.5 if positive else None,
             "recommendation": (recommendation or Recommendation()).to_dict() if positive else None,
             **body, "card": card, "versions": environment()["versions"],
         }

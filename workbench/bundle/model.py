@@ -135,8 +135,8 @@ class BundleModel:
         """As :meth:`predict_proba`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
         with self.lock:
             if self.kind == "baseline":
-                return self._network_proba(images)
-            return self._features_proba(self.featurizer.transform(images, boxes))
+                return self.network_proba(images)
+            return self.proba_from_features(self.featurizer.transform(images, boxes))
 
     def proba_from_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities from block features (as :class:`~workbench.features.online.Featurizer` gives them)."""
@@ -153,9 +153,9 @@ class BundleModel:
             return vote(probas, "vote-hard", thresholds=thresholds, positive=self.positive_index)[1]
         return vote(probas, self.kind)[1]
 
-    _features_proba = proba_from_features
-
-    def _network_proba(self, images: Sequence[torch.Tensor], batch_size: int = 64) -> np.ndarray:
+    def network_proba(self, images: Sequence[torch.Tensor], batch_size: int = 64) -> np.ndarray:
+        """A baseline bundle's softmax on decoded images, as its fine-tuning evaluated them
+        (geometry, then the weights' normalisation). The caller holds :attr:`lock`."""
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
@@ -164,11 +164,13 @@ class BundleModel:
                 out.append(torch.softmax(self.network(x).float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
-    def decide(self, proba: np.ndarray) -> np.ndarray:
-        """Class names: the positive class at or above the threshold (binary), else the argmax."""
+    def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """Class names: the positive class at or above ``threshold`` (default: the bundle's
+        operating threshold; binary models), else the argmax."""
         proba = np.asarray(proba)
-        if self.positive_index is not None and self.threshold is not None:
-            pos = proba[:, self.positive_index] >= self.threshold
+        threshold = self.threshold if threshold is None else threshold
+        if self.positive_index is not None and threshold is not None:
+            pos = proba[:, self.positive_index] >= threshold
             return np.where(pos, self.positive, self.classes[1 - self.positive_index])
         return self.classes_[proba.argmax(axis=1)]
 

@@ -139,7 +139,7 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
             if chunk:
                 with model.lock:
                     if model.featurizer is None:
-                        proba = model._network_proba(tensors)
+                        proba = model.network_proba(tensors)
                     else:
                         feats, c, k = _features(model, tensors, boxes, keys, fc)
                         n_cached, n_computed = n_cached + c, n_computed + k
