@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+# fastapi is a dependency of the workbench: a missing one is a broken install, not a skip.
+from fastapi.testclient import TestClient
 
-from _serve_fakes import BUSI_IMAGE, METHOD, FakeModel, image_bytes  # noqa: E402
-from workbench.serve import create_app, overlay_png  # noqa: E402
+from _serve_fakes import BUSI_IMAGE, METHOD, FakeModel, image_bytes
+from workbench.serve import create_app, overlay_png
 
 SMALL_LIMIT = 50_000
 

@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.bundle.model import BundleModel
-from workbench.data.images import ImageDecodeError, decode_image_bytes
+from workbench.data.images import ImageDecodeError, decode_image_bytes, read_image_bytes
+from workbench.features.extraction import image_row_key
 
 __all__ = ["Prediction", "predict_files"]
 
@@ -54,23 +55,9 @@ def _images_of(paths: Sequence[str | Path] = (), manifest: str | Path | None = N
 
 
 def _read(img: _Image) -> tuple[torch.Tensor, str]:
-    """Decoded image (grey kept) and the SHA-256 of its bytes; ImageDecodeError names the file."""
-    try:
-        data = img.path.read_bytes()
-    except FileNotFoundError:
-        raise ImageDecodeError(img.path, "file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError(img.path, "not a file (a directory)") from None
-    except OSError as e:
-        raise ImageDecodeError(img.path, f"cannot read file ({e.strerror or e})") from None
+    """Decoded image (grey kept) and the SHA-256 of its bytes (one read); ImageDecodeError names the file."""
+    data = read_image_bytes(img.path)
     return decode_image_bytes(data, str(img.path), keep_gray=True), hashlib.sha256(data).hexdigest()
-
-
-def _row_key(sha: str, box, input_mode: str) -> str:
-    # As the extraction pass keys rows (workbench.features.extraction.row_key).
-    if input_mode == "box":
-        return hashlib.sha256(f"{sha}|box={tuple(box)}".encode()).hexdigest()
-    return sha
 
 
 def _features(model: BundleModel, tensors: list[torch.Tensor], boxes, keys: list[str], cache
@@ -134,7 +121,7 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
                     continue
                 chunk.append(im)
                 tensors.append(t)
-                keys.append(_row_key(sha, im.box, model.input_mode))
+                keys.append(image_row_key(sha, im.box, model.input_mode))
             boxes = [im.box for im in chunk] if box_mode else None
             if chunk:
                 with model.lock:

@@ -19,7 +19,7 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.evaluation.protocol import RunTask, build_task
 from workbench.evaluation.settings import Protocol
 from workbench.evaluation.store import ResultStore
-from workbench.features.cache import entry_key
+from workbench.features.cache import CacheEntry, entry_key
 from workbench.features.extraction import row_key
 from workbench.features.online import BlockDef
 from workbench.data.manifest import Manifest
@@ -83,7 +83,7 @@ class RunSource:
         ft = self.finetuned_root or self.inputs.get("finetuned_root") or "finetuned"
         self.finetuned_root = Path(ft)
         self._task: RunTask | None = None
-        self._keys: dict[str, str] = {}  # block name -> the cache entry the run's test records read
+        self._rows: dict[str, tuple] = {}  # block name -> its training rows (members share blocks)
         self._records = self.store.current_records()
 
     # -- records ---------------------------------------------------------------------
@@ -99,13 +99,6 @@ class RunSource:
             raise UnknownCandidateError(candidate, self.candidates())
         raise RunSourceError(f"{candidate!r} has no record on fold {fold!r} in {self.run}; "
                              f"run the sweep (or baselines) to the end first")
-
-    def cv_predictions(self, candidate: str) -> tuple[np.ndarray, np.ndarray]:
-        """Out-of-fold probabilities of ``candidate`` over the CV folds, and their true labels."""
-        recs = sorted((r for r in self._records if r["candidate"] == candidate and r["fold"] != "test"),
-                      key=lambda r: r["fold"])
-        preds = [self.store.predictions(r) for r in recs]
-        return (np.concatenate([p["proba"] for p in preds]), np.concatenate([p["y_true"] for p in preds]))
 
     # -- the task --------------------------------------------------------------------
     @property
@@ -138,8 +131,6 @@ class RunSource:
     # -- features --------------------------------------------------------------------
     def block_def(self, name: str, record: dict[str, Any]) -> BlockDef:
         """What block ``name`` of ``record`` is, from the cache entry the record names."""
-        from workbench.features.cache import CacheEntry
-
         key = (record.get("cache_keys") or {}).get(name)
         if key is None:
             raise RunSourceError(f"record {record['key']} does not name the cache entry of {name}; "
@@ -151,7 +142,6 @@ class RunSource:
         fields = entry.meta.get("fields", {})
         if entry_key(fields) != key:
             raise RunSourceError(f"{entry.dir / 'meta.json'}: its fields do not hash to the entry's key; damaged")
-        self._keys[name] = key
         block = BlockDef.from_meta(name, fields)
         if entry_key(block.entry_fields()) != key:  # a field BlockDef does not carry
             raise RunSourceError(f"{entry.dir / 'meta.json'}: fields this workbench does not know "
@@ -161,11 +151,12 @@ class RunSource:
     def training_rows(self, block: BlockDef) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(X, y, groups)`` of the whole training split for ``block`` (the test fold's
         training rows), read from the cache entry the run used, as the sweep read them."""
-        from workbench.features.cache import CacheEntry
-
-        task = self.task
-        rows = task.train_rows["test"]
-        entry = CacheEntry(self.cache_root, self._keys[block.name])
-        X = entry.read([row_key(task.manifest[i], block.preprocess["input"]) for i in rows])
-        groups = task.splits.groups
-        return X, task.y[rows], None if groups is None else np.asarray(groups)[rows]
+        if block.name not in self._rows:
+            task = self.task
+            rows = task.train_rows["test"]
+            # The entry's key is the hash of the block's fields (block_def checked it).
+            entry = CacheEntry(self.cache_root, entry_key(block.entry_fields()))
+            X = entry.read([row_key(task.manifest[i], block.preprocess["input"]) for i in rows])
+            groups = task.splits.groups
+            self._rows[block.name] = (X, task.y[rows], None if groups is None else np.asarray(groups)[rows])
+        return self._rows[block.name]

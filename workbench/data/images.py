@@ -26,6 +26,7 @@ __all__ = [
     "ImageChangedError",
     "decode_image",
     "decode_image_bytes",
+    "read_image_bytes",
     "as_image_tensor",
     "image_size",
     "crop_to_box",
@@ -82,6 +83,11 @@ class ImageChangedError(ImageDecodeError):
 
 class _Refused(Exception):
     """A file that decodes but holds more than one image: the reason says which."""
+
+
+def read_image_bytes(path: PathLike) -> bytes:
+    """Read a whole image file, mapping OS failures (and an empty file) to ImageDecodeError."""
+    return _read_bytes(Path(path))
 
 
 def _read_bytes(path: Path) -> bytes:

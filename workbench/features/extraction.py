@@ -121,9 +121,14 @@ def row_key(item: Item, input_mode: str) -> str:
     """A row's cache key: the image's content hash, plus its box when features come from the box."""
     if item.sha256 is None:
         raise ValueError(f"item {item.id} has no content hash; validate the manifest first")
+    return image_row_key(item.sha256, item.box, input_mode)
+
+
+def image_row_key(sha256: str, box, input_mode: str) -> str:
+    """:func:`row_key` of an image known by its bytes' SHA-256 (and its box, in box mode)."""
     if input_mode == "box":
-        return hashlib.sha256(f"{item.sha256}|box={tuple(item.box)}".encode()).hexdigest()
-    return item.sha256
+        return hashlib.sha256(f"{sha256}|box={tuple(box)}".encode()).hexdigest()
+    return sha256
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:

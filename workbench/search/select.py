@@ -32,7 +32,7 @@ from workbench.evaluation.degenerate import DEGENERATE_MARK, degenerate_reason
 from workbench.evaluation.metrics import PROPORTION_METRICS, UnknownMetricError, higher_is_better
 from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
-from workbench.errors import WorkbenchError
+from workbench.errors import UnknownNameError, WorkbenchError
 
 __all__ = ["NoRecordsError", "REQUESTED_ROLE", "SearchResult", "UnknownCandidateError", "search", "run_search", "rank_candidates"]
 
@@ -46,8 +46,9 @@ OPTIMISTIC_ROLE = "best on test (optimistic)"
 REQUESTED_ROLE = "requested"
 
 
-class UnknownCandidateError(WorkbenchError, KeyError):
-    """A candidate name that no record of the run holds; the message lists close names."""
+class UnknownCandidateError(UnknownNameError):
+    """A candidate name that no record of the run holds; the message lists close names
+    (not every name, as a registry's does: a run holds hundreds of candidates)."""
 
     def __init__(self, name: str, known: list[str]):
         import difflib
@@ -56,9 +57,6 @@ class UnknownCandidateError(WorkbenchError, KeyError):
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         self.name = name
         super().__init__(f"no candidate {name!r} in the run's records ({len(known)} candidates){hint}")
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return self.args[0]
 
 
 @dataclass

@@ -346,18 +346,15 @@ def overlay_png(image: Any, heatmap: np.ndarray, *, box: tuple[int, int, int, in
     max_side : int
         The result is scaled down to this longest side (a 4000 px scan need not travel as one).
     """
-    from matplotlib import colormaps
     from PIL import Image, ImageDraw
+
+    from workbench.report.gradcam import overlay
 
     grey = np.asarray(image.float().mean(0).cpu().numpy(), dtype=np.float32)
     h, w = grey.shape
     heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    if heat.shape != (h, w):
-        heat = np.asarray(Image.fromarray(heat, mode="F").resize((w, h), Image.BILINEAR))
-    heat = np.clip(heat, 0.0, 1.0)
-    colour = colormaps[cmap](heat)[..., :3].astype(np.float32)
-    blend = (1.0 - alpha) * grey[..., None] + alpha * colour
-    out = Image.fromarray(np.clip(blend * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    # The report's blend (resampled to the image when the map is smaller), in jet here.
+    out = Image.fromarray(overlay(grey, np.clip(heat, 0.0, 1.0), alpha=alpha, cmap=cmap), "RGB")
     if box is not None:
         ImageDraw.Draw(out).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 255, 255),
                                       width=max(1, round(max(h, w) / 300)))
