@@ -12,10 +12,62 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["Protocol", "SCORINGS"]
+__all__ = ["EXTERNAL_PREFIX", "Protocol", "SCORINGS", "TEST_FOLD", "cv_fold_name", "external_fold_name",
+           "fold_repeat", "fold_sort_key", "is_cv_fold", "is_external_fold"]
 
 #: What nested CV may tune hyper-parameters for (first: the default).
 SCORINGS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy")
+
+# ---- fold names -------------------------------------------------------------------
+# Every record names the fold it evaluates. Three kinds, told apart by these functions
+# only (never by comparing with "test" by hand: an external set is not a CV fold):
+#   CV folds         "0".."k-1" (repeat 0, as runs made before repeats named them),
+#                    "r1-0".."r1-{k-1}", ... for further repeats of the k-fold CV;
+#   the test split   "test" (models fitted on the whole training split);
+#   external sets    "ext-<name>" (the same fitted models, on another test set).
+
+#: The fold name of the internal test split.
+TEST_FOLD = "test"
+#: Prefix of the fold names of external test sets.
+EXTERNAL_PREFIX = "ext-"
+
+
+def cv_fold_name(repeat: int, fold: int) -> str:
+    """The name of CV fold ``fold`` of repeat ``repeat`` (``"3"``, ``"r1-3"``)."""
+    return str(fold) if repeat == 0 else f"r{repeat}-{fold}"
+
+
+def external_fold_name(name: str) -> str:
+    """The fold name under which external test set ``name`` is recorded."""
+    return EXTERNAL_PREFIX + name
+
+
+def is_external_fold(fold: Any) -> bool:
+    """Whether ``fold`` names an external test set."""
+    return str(fold).startswith(EXTERNAL_PREFIX)
+
+
+def is_cv_fold(fold: Any) -> bool:
+    """Whether ``fold`` is an outer CV fold (any repeat): what rankings and selection read."""
+    f = str(fold)
+    return f != TEST_FOLD and not f.startswith(EXTERNAL_PREFIX)
+
+
+def fold_repeat(fold: Any) -> int:
+    """The repeat a CV fold belongs to (0 for ``"3"``, 1 for ``"r1-3"``)."""
+    f = str(fold)
+    return int(f[1:].split("-", 1)[0]) if f.startswith("r") else 0
+
+
+def fold_sort_key(fold: Any) -> tuple:
+    """CV folds by (repeat, number), then the test split, then external sets by name."""
+    f = str(fold)
+    if f == TEST_FOLD:
+        return (1, 0, 0, "")
+    if f.startswith(EXTERNAL_PREFIX):
+        return (2, 0, 0, f)
+    number = f.rsplit("-", 1)[-1] if f.startswith("r") else f
+    return (0, fold_repeat(f), int(number) if number.isdigit() else 0, f)
 
 
 @dataclass(frozen=True)
@@ -38,6 +90,10 @@ class Protocol:
     groups
         Keep the images of one ``group`` (patient) in one fold when the manifest has
         groups; ``False`` ignores the column.
+    repeats
+        Repeats of the outer k-fold CV, each with its own seeded partition (repeat 0
+        is the partition of ``seed`` itself); every candidate and baseline is evaluated
+        on all ``repeats x cv`` folds.
     """
 
     cv: int = 5
@@ -46,9 +102,10 @@ class Protocol:
     scoring: str = "auc"
     positive: str | None = None
     groups: bool = True
+    repeats: int = 1
 
     def __post_init__(self) -> None:
-        for name, low in (("cv", 2), ("inner_cv", 2), ("seed", 0)):
+        for name, low in (("cv", 2), ("inner_cv", 2), ("seed", 0), ("repeats", 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"protocol {name} = {v!r}: expected an integer >= {low}")

@@ -20,8 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from workbench.errors import WorkbenchError
+from workbench.evaluation.settings import TEST_FOLD, cv_fold_name
 
-__all__ = ["FoldError", "Splits", "make_folds"]
+__all__ = ["FoldError", "Splits", "make_folds", "repeat_seed"]
 
 Fold = tuple[np.ndarray, np.ndarray]
 
@@ -98,6 +99,15 @@ def make_folds(
     return [(np.asarray(tr), np.asarray(va)) for tr, va in folds]
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The partition seed of CV repeat ``repeat``: ``seed`` itself for repeat 0 (so a run
+    with one repeat has the folds it always had), a seed drawn from ``(seed, repeat)``
+    for the others (so repeats of seed 0 do not reuse seed 1's partition)."""
+    if repeat == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(repeat)]).generate_state(1)[0] % (2 ** 31 - 1))
+
+
 @dataclass(frozen=True)
 class Splits:
     """Outer folds and test rows over a run's image order.
@@ -108,8 +118,9 @@ class Splits:
         Row indices of the training and test splits (test may be empty), listed in
         the canonical order of :meth:`build`'s ``order``.
     folds : list of (ndarray, ndarray)
-        Outer CV folds as row indices into the full arrays (subsets of ``train``).
-    n_splits, inner_splits, seed : int
+        Outer CV folds as row indices into the full arrays (subsets of ``train``): the
+        ``n_splits`` folds of repeat 0, then those of repeat 1, ...
+    n_splits, inner_splits, seed, repeats : int
     groups : ndarray or None
     """
 
@@ -120,6 +131,12 @@ class Splits:
     inner_splits: int
     seed: int
     groups: np.ndarray | None = None
+    repeats: int = 1
+
+    @property
+    def fold_names(self) -> list[str]:
+        """The CV folds' names, parallel to :attr:`folds` (``"0"``.., ``"r1-0"``..)."""
+        return [cv_fold_name(i // self.n_splits, i % self.n_splits) for i in range(len(self.folds))]
 
     @classmethod
     def build(
@@ -133,6 +150,7 @@ class Splits:
         groups: Sequence[str | None] | None = None,
         classes: Sequence[str] | None = None,
         order: Sequence[Any] | None = None,
+        repeats: int = 1,
     ) -> Splits:
         """Splits for labels ``y`` and per-row split names.
 
@@ -147,6 +165,8 @@ class Splits:
             (``train``, ``test``, each fold's parts) lists rows in it, so models fitted
             on them see the same rows in the same order however the manifest is listed.
             Default: the row order itself.
+        repeats
+            Repeats of the k-fold partition, each seeded by :func:`repeat_seed`.
         """
         y = np.asarray(y)
         split_arr = np.array([s if s is not None else "" for s in split], dtype=object)
@@ -182,10 +202,12 @@ class Splits:
                 raise FoldError(f"class(es) {absent} have images only in the test split, none in the "
                                 f"training split: no model can learn them")
         y_strat, names = _strat_codes(y, classes)
-        folds = make_folds(y_strat[train], n_splits, seed, None if g is None else g[train], names,
-                           what="training split")
-        folds = [(train[tr], train[va]) for tr, va in folds]
-        return cls(train, test, folds, n_splits, inner_splits, seed, g)
+        folds: list[Fold] = []
+        for r in range(repeats):
+            part = make_folds(y_strat[train], n_splits, repeat_seed(seed, r), None if g is None else g[train], names,
+                              what="training split")
+            folds += [(train[tr], train[va]) for tr, va in part]
+        return cls(train, test, folds, n_splits, inner_splits, seed, g, repeats)
 
     def inner(self, rows: np.ndarray, y: np.ndarray, classes: Sequence[str] | None = None) -> list[Fold]:
         """Inner folds as positions within ``rows`` (the training rows of one outer fold)."""
@@ -195,18 +217,20 @@ class Splits:
                           what=f"training rows of an outer fold ({len(rows)} images)")
 
     def outer(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """``(fold name, training rows, evaluation rows)``: ``"0"``.. then ``"test"``."""
-        out = [(str(i), tr, va) for i, (tr, va) in enumerate(self.folds)]
+        """``(fold name, training rows, evaluation rows)``: the CV folds of every repeat
+        (``"0"``.., ``"r1-0"``..), then ``"test"``."""
+        out = [(name, tr, va) for name, (tr, va) in zip(self.fold_names, self.folds)]
         if len(self.test):
-            out.append(("test", self.train, self.test))
+            out.append((TEST_FOLD, self.train, self.test))
         return out
 
-    def assignment(self) -> list[str]:
-        """Per row: its CV fold number, or ``"test"``."""
-        a = [""] * (len(self.train) + len(self.test))
-        for i, (_, va) in enumerate(self.folds):
+    def assignment(self, repeat: int = 0) -> list[str]:
+        """Per row: its CV fold number in repeat ``repeat``, or ``"test"`` (``""``: neither)."""
+        n = int(max([len(self.train) + len(self.test)] + [int(a.max()) + 1 for a in (self.train, self.test) if len(a)]))
+        a = [""] * n
+        for i, (_, va) in enumerate(self.folds[repeat * self.n_splits:(repeat + 1) * self.n_splits]):
             for r in va:
                 a[r] = str(i)
         for r in self.test:
-            a[r] = "test"
+            a[r] = TEST_FOLD
         return a

@@ -12,6 +12,13 @@ Images of one patient are not independent: for grouped test data,
 :func:`cluster_bootstrap_test` resample whole groups (seeded, percentile intervals,
 :data:`N_BOOT` resamples) in place of DeLong, Wilson and McNemar.
 
+Scores on cross-validation folds are another matter: the folds share training images,
+so a paired comparison of two models over the ``J = R x k`` folds of a repeated CV uses
+the corrected resampled t-test (:func:`corrected_resampled_ttest`, Nadeau & Bengio 2003)
+and a CV mean gets the interval of the same corrected variance
+(:func:`corrected_cv_interval`); many models over the folds (or over datasets) get
+Friedman's test with the Nemenyi critical difference (:func:`friedman_test`, Demšar 2006).
+
 Where statsmodels or scipy has the computation it is used as is (Wilson, exact
 McNemar, Holm, midranks, the normal tail); this module validates input, handles the
 degenerate cases explicitly (documented per function) and names its outputs.
@@ -32,6 +39,8 @@ Biometrics 44(3):837-845.
 Sun X, Xu W (2014). Fast implementation of DeLong's algorithm for comparing the areas
 under correlated receiver operating characteristic curves. IEEE Signal Processing
 Letters 21(11):1389-1393.
+Demšar J (2006). Statistical comparisons of classifiers over multiple data sets. Journal
+of Machine Learning Research 7:1-30.
 """
 from __future__ import annotations
 
@@ -41,10 +50,13 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from scipy.stats import norm, rankdata
+from scipy.stats import t as student_t
 from sklearn.metrics import roc_curve
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
+
+from workbench.errors import WorkbenchError
 
 # The proportions proportion_metrics reports with a Wilson interval, in order: the
 # metric table's.
@@ -53,7 +65,9 @@ from workbench.evaluation.metrics import PROPORTION_METRICS
 __all__ = [
     "AUCInterval",
     "BootstrapTest",
+    "CorrectedTTest",
     "DeLongResult",
+    "FriedmanResult",
     "Interval",
     "McNemarResult",
     "PROPORTION_METRICS",
@@ -65,13 +79,18 @@ __all__ = [
     "cluster_weights",
     "clustered",
     "compare_to_baseline",
+    "corrected_cv_interval",
+    "corrected_resampled_ttest",
     "delong_auc_variance",
     "delong_interval",
     "delong_test",
     "fold_quantile_threshold",
+    "friedman_test",
     "holm",
     "mcnemar_exact",
+    "nemenyi_cd",
     "proportion_metrics",
+    "StatsInputError",
     "wilson_interval",
     "youden_threshold",
 ]
@@ -808,6 +827,260 @@ def cluster_bootstrap_test(
         return BootstrapTest(d, 1.0)
     extreme = int(np.sum(np.abs(boot - d) >= abs(d) - 1e-12))
     return BootstrapTest(d, float(min(1.0, (1 + extreme) / (1 + len(boot)))))
+
+
+# ---------------------------------------------------------------------------
+# Cross-validation: the corrected resampled t-test, Friedman and Nemenyi
+# ---------------------------------------------------------------------------
+
+
+class StatsInputError(WorkbenchError, ValueError):
+    """Input a statistic of this section cannot be computed from (too few folds,
+    lengths that differ, non-finite values); the message names the value."""
+
+
+class CorrectedTTest(NamedTuple):
+    """Corrected resampled t-test of two models' per-fold scores.
+
+    Attributes
+    ----------
+    mean_diff : float
+        Mean over the folds of ``a - b``.
+    t, df, p_value : float
+        The statistic, its degrees of freedom (``J - 1``) and the two-sided p value.
+    low, high : float
+        The ``1 - alpha`` interval of the mean difference, with the same corrected variance.
+    """
+
+    mean_diff: float
+    t: float
+    df: float
+    p_value: float
+    low: float
+    high: float
+
+
+class FriedmanResult(NamedTuple):
+    """Friedman's test over blocks (folds, datasets) and the Nemenyi critical difference.
+
+    Attributes
+    ----------
+    statistic, p_value : float
+        Friedman's chi-square (with scipy's tie correction) and its p value.
+    df : int
+        ``k - 1`` degrees of freedom of the chi-square.
+    mean_ranks : numpy.ndarray of shape (k,)
+        Average rank of each treatment over the blocks, 1 = best, ties share the mean rank.
+    cd : float
+        Nemenyi critical difference at ``alpha``: two treatments whose mean ranks differ by
+        more are different.
+    n_blocks, n_treatments : int
+        ``N`` and ``k``.
+    alpha : float
+        The level of ``cd``.
+    """
+
+    statistic: float
+    p_value: float
+    df: int
+    mean_ranks: np.ndarray
+    cd: float
+    n_blocks: int
+    n_treatments: int
+    alpha: float
+
+
+def _cv_sizes(n_train: Any, n_test: Any, folds: int) -> float:
+    """``mean(n_test) / mean(n_train)``: the correction's ratio; per-fold arrays are
+    averaged (folds of a k-fold CV differ by an image or two)."""
+    ratio = []
+    for name, v in (("n_train", n_train), ("n_test", n_test)):
+        arr = np.atleast_1d(np.asarray(v, dtype=float))
+        if arr.ndim != 1 or arr.size not in (1, folds):
+            raise StatsInputError(f"{name} must be a number or one per fold ({folds}), got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise StatsInputError(f"{name} must be positive sizes, got {arr.tolist()[:10]}")
+        ratio.append(float(arr.mean()))
+    return ratio[1] / ratio[0]
+
+
+def _fold_values(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1:
+        raise StatsInputError(f"{name} must be 1-D (one value per fold), got shape {arr.shape}")
+    if len(arr) < 2:
+        raise StatsInputError(f"{name} holds {len(arr)} fold value(s); a CV variance needs at least 2 folds")
+    if not np.all(np.isfinite(arr)):
+        raise StatsInputError(f"{name} contains nan or inf (fold {int(np.flatnonzero(~np.isfinite(arr))[0])})")
+    return arr
+
+
+def _corrected(d: np.ndarray, n_train: Any, n_test: Any, alpha: float) -> CorrectedTTest:
+    """The corrected t statistic of the mean of ``d`` against 0 (see :func:`corrected_resampled_ttest`)."""
+    _check_alpha(alpha)
+    j = len(d)
+    ratio = _cv_sizes(n_train, n_test, j)
+    mean = float(d.mean())
+    var = (1.0 / j + ratio) * float(d.var(ddof=1))
+    df = j - 1
+    if var <= 0.0:  # every fold the same value: the limits of t, p and the interval
+        if mean == 0.0:
+            return CorrectedTTest(0.0, 0.0, float(df), 1.0, 0.0, 0.0)
+        return CorrectedTTest(mean, math.copysign(math.inf, mean), float(df), 0.0, mean, mean)
+    se = math.sqrt(var)
+    t = mean / se
+    half = float(student_t.ppf(1.0 - alpha / 2.0, df)) * se
+    return CorrectedTTest(mean, t, float(df), float(min(1.0, 2.0 * student_t.sf(abs(t), df))),
+                          mean - half, mean + half)
+
+
+def corrected_resampled_ttest(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n_train: float | Sequence[float] | np.ndarray,
+    n_test: float | Sequence[float] | np.ndarray,
+    alpha: float = 0.05,
+) -> CorrectedTTest:
+    """Corrected resampled t-test of two models scored on the same CV folds.
+
+    The ``J`` folds (``R x k`` of a repeated k-fold CV) share training images, so their
+    scores are correlated and the plain paired t-test's variance ``s^2 / J`` is too
+    small. Nadeau & Bengio (2003) correct it to ``(1/J + n_test/n_train) * s^2``, where
+    ``s^2`` is the sample variance (ddof 1) of the per-fold differences ``a - b``;
+    Bouckaert & Frank (2004) showed the corrected test's type-I error is close to
+    nominal for repeated k-fold CV. ``t = mean(a - b) / sqrt(corrected variance)`` with
+    ``J - 1`` degrees of freedom, two-sided.
+
+    Parameters
+    ----------
+    a, b : array-like of shape (J,)
+        Per-fold scores of the two models, paired by fold.
+    n_train, n_test : float or array-like of shape (J,)
+        Training and evaluation images per fold; arrays are averaged.
+    alpha : float
+        1 - confidence level of the interval of the mean difference.
+
+    Returns
+    -------
+    CorrectedTTest
+        ``(mean_diff, t, df, p_value, low, high)``; ``t > 0`` when ``a`` scores higher.
+
+    Raises
+    ------
+    StatsInputError
+        Fewer than 2 folds, ``a`` and ``b`` of different lengths, non-finite scores,
+        sizes that are not positive or not one per fold.
+
+    Notes
+    -----
+    When every fold shows the same difference (``s^2 = 0``) the limits are returned,
+    as :func:`delong_test` does: difference 0 -> ``t = 0, p = 1`` (interval ``(0, 0)``);
+    a non-zero difference -> ``t = +/-inf, p = 0`` (interval the difference itself).
+
+    References
+    ----------
+    Nadeau C, Bengio Y (2003). Inference for the generalization error. Machine Learning
+    52(3):239-281. Bouckaert RR, Frank E (2004). Evaluating the replicability of
+    significance tests for comparing learning algorithms. PAKDD 2004, LNCS 3056:3-12.
+
+    Examples
+    --------
+    >>> r = corrected_resampled_ttest([0.92, 0.90, 0.91], [0.90, 0.89, 0.88], 80, 20)
+    >>> round(r.t, 3), r.df
+    (2.619, 2.0)
+    """
+    x, y = _fold_values(a, "a"), _fold_values(b, "b")
+    if len(x) != len(y):
+        raise StatsInputError(f"length mismatch: a has {len(x)} folds, b has {len(y)}")
+    return _corrected(x - y, n_train, n_test, alpha)
+
+
+def corrected_cv_interval(
+    values: Sequence[float] | np.ndarray,
+    n_train: float | Sequence[float] | np.ndarray,
+    n_test: float | Sequence[float] | np.ndarray,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """``1 - alpha`` interval of a CV mean with the corrected variance of Nadeau & Bengio.
+
+    ``mean -/+ t_(1 - alpha/2, J-1) * sqrt((1/J + n_test/n_train) * s^2)`` over the ``J``
+    per-fold values (see :func:`corrected_resampled_ttest`); the interval is not clipped
+    (a metric's own range is the reader's to apply). All folds equal: ``(mean, mean)``.
+
+    Raises
+    ------
+    StatsInputError
+        As :func:`corrected_resampled_ttest`.
+    """
+    r = _corrected(_fold_values(values, "values"), n_train, n_test, alpha)
+    return r.low, r.high
+
+
+def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
+    """Nemenyi critical difference ``q_alpha * sqrt(k (k + 1) / (6 N))`` (Demšar 2006).
+
+    ``q_alpha`` is the studentized range quantile for ``k`` groups and infinite degrees
+    of freedom divided by ``sqrt(2)`` (``scipy.stats.studentized_range``): 2.569 for
+    ``k = 4`` at ``alpha = 0.05``, as Demšar's Table 5 lists.
+    """
+    from scipy.stats import studentized_range
+
+    _check_alpha(alpha)
+    if k < 2 or n < 1:
+        raise StatsInputError(f"the critical difference needs k >= 2 treatments and N >= 1 blocks, got k={k}, N={n}")
+    q = float(studentized_range.ppf(1.0 - alpha, k, np.inf)) / math.sqrt(2.0)
+    return q * math.sqrt(k * (k + 1) / (6.0 * n))
+
+
+def friedman_test(matrix: Any, alpha: float = 0.05, higher_is_better: bool = True) -> FriedmanResult:
+    """Friedman's test of ``k`` treatments over ``N`` blocks, with mean ranks and the Nemenyi CD.
+
+    Parameters
+    ----------
+    matrix : array-like or DataFrame of shape (N, k)
+        Blocks (folds, datasets) in rows, treatments (candidates) in columns.
+    alpha : float
+        Level of the critical difference.
+    higher_is_better : bool
+        Rank 1 goes to the highest value (``False``: to the lowest, e.g. a loss).
+
+    Returns
+    -------
+    FriedmanResult
+        Statistic and p value from ``scipy.stats.friedmanchisquare`` (tie-corrected),
+        mean ranks (``scipy.stats.rankdata``, ties averaged) and
+        :func:`nemenyi_cd`.
+
+    Raises
+    ------
+    StatsInputError
+        Fewer than 3 treatments (scipy's test needs 3) or 2 blocks, or a non-finite value.
+
+    Notes
+    -----
+    When every block ties all treatments the ranks carry no evidence and scipy's
+    statistic is 0/0: it is returned as ``statistic = 0, p = 1``.
+    """
+    from scipy.stats import friedmanchisquare
+
+    m = np.asarray(matrix, dtype=float)
+    if m.ndim != 2:
+        raise StatsInputError(f"matrix must be 2-D (blocks x treatments), got shape {m.shape}")
+    n, k = m.shape
+    if k < 3:
+        raise StatsInputError(f"Friedman's test needs at least 3 treatments (columns), got {k}")
+    if n < 2:
+        raise StatsInputError(f"Friedman's test needs at least 2 blocks (rows), got {n}")
+    if not np.all(np.isfinite(m)):
+        i, j = np.argwhere(~np.isfinite(m))[0]
+        raise StatsInputError(f"matrix holds nan or inf (block {int(i)}, treatment {int(j)})")
+    ranks = rankdata(-m if higher_is_better else m, method="average", axis=1)
+    if np.all(ranks == (k + 1) / 2.0):
+        stat, p = 0.0, 1.0
+    else:
+        res = friedmanchisquare(*m.T)
+        stat, p = float(res.statistic), float(res.pvalue)
+    return FriedmanResult(stat, p, k - 1, ranks.mean(axis=0), nemenyi_cd(k, n, alpha), n, k, alpha)
 
 
 # ---------------------------------------------------------------------------

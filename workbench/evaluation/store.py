@@ -31,6 +31,7 @@ import pandas as pd
 
 from workbench.core.io import atomic_write  # re-exported: run-state files go through it
 from workbench.errors import MissingFileError, WorkbenchError
+from workbench.evaluation.settings import fold_sort_key
 
 __all__ = ["ResultStore", "RunMismatchError", "StoreCorruptError", "atomic_write"]
 
@@ -275,8 +276,8 @@ class ResultStore:
         if not rows:
             return pd.DataFrame()
         df = pd.DataFrame(rows)
-        # Folds in number order ("2" before "10"), the test split last.
-        order = df["fold"].map(lambda f: (1, 0) if f == "test" else (0, int(f)))
+        # CV folds in (repeat, number) order ("2" before "10"), the test split, external sets.
+        order = df["fold"].map(fold_sort_key)
         df = df.assign(_order=order).sort_values(["candidate", "_order"], kind="stable")
         return df.drop(columns="_order").reset_index(drop=True)
 

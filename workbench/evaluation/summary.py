@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 from workbench.errors import UnknownNameError, WorkbenchError
 from workbench.evaluation.metrics import higher_is_better
+from workbench.evaluation.settings import is_cv_fold
 
 __all__ = ["DuplicateLabelError", "summarize"]
 
@@ -55,7 +56,7 @@ def summarize(records: pd.DataFrame, metric: str = "auc") -> pd.DataFrame:
         raise UnknownNameError(f"no metric {metric!r} in the records; metrics: "
                        f"{', '.join(c for c in records.columns if records[c].dtype.kind == 'f')}")
     check_unique_labels(records)
-    cv = records[records["fold"] != "test"]
+    cv = records[records["fold"].map(is_cv_fold)]
     test = records[records["fold"] == "test"].drop_duplicates("candidate", keep="last").set_index("candidate")[metric]
     g = cv.groupby("candidate", sort=False)
     out = pd.DataFrame({
