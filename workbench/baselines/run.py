@@ -9,21 +9,31 @@ hash their data and config: a rerun, or a killed run, trains nothing twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 
 from workbench.baselines.configs import BaselineSpec, get_baseline
+from workbench.backbones.finetuned import default_root
 from workbench.baselines.estimator import CNNClassifier
+from workbench.core.parallel import call_in_worker, parallel_backend, worker_threads, workers
 from workbench.core.provenance import package_versions
 from workbench.data.manifest import Manifest
 from workbench.errors import ConfigError
-from workbench.evaluation.protocol import Protocol, RunTask, build_task, fold_ids, sha
+from workbench.evaluation.protocol import Protocol, RunTask, build_task, fold_ids, load_external, sha
+from workbench.evaluation.settings import is_external_fold
+from workbench.training.nested import fine_tune_folds, networks_per_set
+
+if TYPE_CHECKING:  # search sits above baselines: its Execution is only a type here
+    from workbench.search.options import Execution
 
 __all__ = ["run_baselines", "BASELINE_RECORD_VERSION"]
 
@@ -98,6 +108,9 @@ def _score_fold(spec: BaselineSpec, fold: str, cid: str, task: RunTask, training
     est.fit(train_ids)
     proba = est.predict_proba(eval_ids)
     ft = est.finetuned_
+    if is_external_fold(fold) and ft.trained_now:  # the store had lost the network that scored the test split
+        logger.warning(f"baseline {spec.name}: the test split's network {ft.weights_id} was not in the fine-tuned "
+                       f"store and was trained again for {fold}; on a GPU it may differ from the one that scored test")
     fields = {
         "head": spec.name, "heads": [], "blocks": [], "codes": [], "size": 0,
         "baseline": spec.name, "backbone": spec.backbone, "base_weights": ft.meta.get("base_weights"),
@@ -112,10 +125,20 @@ def _score_fold(spec: BaselineSpec, fold: str, cid: str, task: RunTask, training
     # the threshold does not depend on the test split's class balance.
     row_of = {i: k for k, i in enumerate(task.ids)}
     val_ids = [i for i in ft.meta.get("val_ids", []) if i in row_of]
-    if val_ids:
+    if val_ids and not is_external_fold(fold):  # an external set takes the test record's threshold
         preds.update(val_ids=np.array(val_ids), val_y=task.y[[row_of[i] for i in val_ids]],
                      val_proba=est.predict_proba(val_ids))
     return rec, preds
+
+
+def _cost(specs: list[BaselineSpec], task: RunTask, folds: list[str], done: int, training: _Training) -> str:
+    """What the run trains, said before it starts."""
+    per = networks_per_set(task, folds)
+    total = len(specs) * len(folds)
+    tuned = (f"; tuning adds (grid points x {training.tune_cv}) fine-tunes per network"
+             if training.tune and any(len(s.grid) for s in specs) else "")
+    return (f"{per} per baseline x {len(specs)} baseline(s) = {total} fine-tunes{tuned}; "
+            f"{done} already in the store")
 
 
 def run_baselines(
@@ -132,8 +155,13 @@ def run_baselines(
     root: str | os.PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
+    execution: Execution | None = None,
+    external: Mapping[str, Manifest | str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
     """Fine-tune each baseline on every outer fold and on the training split; record them.
+
+    One network per (baseline, CV fold of every repeat) plus one per baseline on the
+    whole training split: ``baselines x (repeats x cv + 1)`` fine-tunes.
 
     Parameters
     ----------
@@ -153,6 +181,16 @@ def run_baselines(
         own settings, with early stopping on a ``val_fraction`` validation split.
     root, device
         Fine-tuned store and device (``None``: the GPU when there is one).
+    execution
+        Spreads the (baseline, fold) fine-tunes over ``n_jobs`` joblib workers on its
+        backend (local processes or Dask), torch limited to ``cores // n_jobs`` threads
+        each; records are appended by this process as each one finishes, so a killed
+        run keeps every finished network and record. ``None`` or one job: one after
+        the other, in this process.
+    external
+        External test sets by name (manifests or their paths; ``classes`` selects in
+        them too): each is scored, as fold ``ext-<name>``, by every baseline's test-split
+        network, loaded from the fine-tuned store (nothing is trained for them).
 
     Returns
     -------
@@ -160,22 +198,53 @@ def run_baselines(
         The baselines' records (one row per baseline and fold).
     """
     specs = _specs(baselines, dict(overrides or {}))
-    task = build_task(_task_manifest(manifest, classes, progress), protocol)
+    ext = {n: _task_manifest(m, None, progress) for n, m in load_external(external, classes).items()}
+    task = build_task(_task_manifest(manifest, classes, progress), protocol, ext)
     store = task.open_store(out)
     training = _Training(tune, tune_cv, val_fraction, str(root) if root is not None else None, device, progress)
     versions = package_versions(("grad-cam",))
     cids = {s.name: _candidate_id(s, task, training) for s in specs}
     done = store.done()
-    todo = [(s, f) for s in specs for f, _, _ in task.outer if f"{cids[s.name]}/{f}" not in done]
-    total = len(specs) * len(task.outer)
-    logger.info(f"{len(specs)} baselines x {len(task.outer)} folds = {total} fine-tunes; "
-                f"{total - len(todo)} already in {store.root}")
-    for k, (s, f) in enumerate(todo, 1):
-        n_train, n_eval = (len(ids) for ids in fold_ids(task, f))
-        logger.info(f"[{k}/{len(todo)}] baseline {s.name} ({s.backbone}) fold {f}: "
-                    f"{n_train} training / {n_eval} evaluation images")
-        store.append(*_score_fold(s, f, cids[s.name], task, training, versions))
+    # Every CV fold of every repeat, then the test split; external test sets (if any)
+    # are scored by the test split's network, never trained for.
+    folds = fine_tune_folds(task)
+    todo = [(s, f) for s in specs for f in folds if f"{cids[s.name]}/{f}" not in done]
+    logger.info(_cost(specs, task, folds, len(specs) * len(folds) - len(todo), training) + f" ({store.root})")
+    n_workers = workers(execution) if execution is not None else 1
+    if n_workers == 1 and (execution is None or execution.backend != "dask"):
+        for k, (s, f) in enumerate(todo, 1):
+            n_train, n_eval = (len(ids) for ids in fold_ids(task, f))
+            logger.info(f"[{k}/{len(todo)}] baseline {s.name} ({s.backbone}) fold {f}: "
+                        f"{n_train} training / {n_eval} evaluation images")
+            store.append(*_score_fold(s, f, cids[s.name], task, training, versions))
+    elif todo:
+        # Bars of concurrent workers would interleave; the parent logs each finished unit.
+        # The store resolved here: a reused worker process keeps the environment and folder it started in.
+        quiet = dataclasses.replace(training, progress=False,
+                                    root=str((default_root() if root is None else Path(root)).resolve()))
+        threads = worker_threads(execution)
+        logger.info(f"{len(todo)} fine-tunes on {n_workers} {execution.backend} workers"
+                    + ("" if threads is None else f", {threads} torch thread(s) each"))
+        units = (delayed(call_in_worker)(threads, _score_fold, s, f, cids[s.name], task, quiet, versions)
+                 for s, f in todo)
+        with parallel_backend(execution) as jobs:
+            for k, (rec, preds) in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(units), 1):
+                store.append(rec, preds)
+                logger.info(f"[{k}/{len(todo)}] baseline {rec['baseline']} fold {rec['fold']} done "
+                            f"({rec['seconds']:.0f} s)")
+    _score_external(specs, task, store, cids, training, versions, done)
     frame = store.frame()
     if not len(frame):
         return frame
     return frame[frame["candidate_id"].isin(set(cids.values()))].reset_index(drop=True)
+
+
+def _score_external(specs: list[BaselineSpec], task: RunTask, store, cids: dict[str, str], training: _Training,
+                    versions: dict[str, str], done: set[str]) -> None:
+    """Each baseline's test-split network (in the store by now) on every external set."""
+    todo = [(s, f) for s in specs for f, _, _ in task.outer
+            if is_external_fold(f) and f"{cids[s.name]}/{f}" not in done]
+    for k, (s, f) in enumerate(todo, 1):
+        logger.info(f"[{k}/{len(todo)}] baseline {s.name}: the test split's network on external set {f}")
+        rec, preds = _score_fold(s, f, cids[s.name], task, training, versions)
+        store.append(rec, preds)

@@ -34,6 +34,7 @@ from workbench.features.request import FeatureRequest, expand_requests
 from workbench.data.preprocess import Geometry, Preprocess
 from workbench.core.provenance import environment
 from workbench.errors import ConfigError
+from workbench.evaluation.settings import is_cv_fold
 
 __all__ = ["ExtractOptions", "FeatureRequest", "extract", "FEATURE_CODE_VERSION"]
 
@@ -112,7 +113,7 @@ def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: d
             test_name = members["test"].block_name(t)
             blocks[name] = fs[test_name]
             info[name] = dataclasses.replace(fs.info[test_name], name=name, weights_id=r.weights)
-            fold_blocks[name] = {f: fs[m.block_name(t)] for f, m in members.items() if f != "test"}
+            fold_blocks[name] = {f: fs[m.block_name(t)] for f, m in members.items() if is_cv_fold(f)}
             fold_info[name] = {f: fs.info[m.block_name(t)] for f, m in members.items()}
     return FeatureSet(fs.ids, fs.labels, blocks, info, fs.record, fold_blocks, fold_info)
 

@@ -11,15 +11,23 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir
+from joblib import Parallel, delayed
+
+from workbench.backbones.finetuned import NESTED_PREFIX, default_root, finetuned_dir
 from workbench.core.io import write_json_atomic
-from workbench.data.manifest import Manifest
-from workbench.evaluation.protocol import Protocol, build_task, sha
-from workbench.training.finetune import FineTuneConfig, FineTuned, fine_tune, validation_split
+from workbench.core.parallel import call_in_worker, parallel_backend, worker_threads, workers
+from workbench.data.manifest import Item, Manifest
+from workbench.evaluation.protocol import Protocol, RunTask, build_task, sha
+from workbench.evaluation.settings import TEST_FOLD, is_cv_fold
+from workbench.training.finetune import FineTuneConfig, FineTuned, _plan, fine_tune, validation_split
 
-__all__ = ["NestedSet", "fine_tune_nested"]
+if TYPE_CHECKING:  # search sits above training: its Execution is only a type here
+    from workbench.search.options import Execution
+
+__all__ = ["NestedSet", "fine_tune_folds", "fine_tune_nested", "networks_per_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,39 @@ class NestedSet:
         return f"{self.backbone}@{self.nested_id}"
 
 
+def fine_tune_folds(task: RunTask) -> list[str]:
+    """The folds that get a network of their own, in order: every CV fold of every
+    repeat, then the test split. External test sets get none: the test split's network
+    (trained on the whole training split) scores them."""
+    return [f for f, _, _ in task.outer if is_cv_fold(f) or f == TEST_FOLD]
+
+
+def networks_per_set(task: RunTask, folds: list[str]) -> str:
+    """``"3 repeats x 5 folds + test = 16 networks"``: what one nested set or one
+    baseline trains under ``task``'s protocol."""
+    k, repeats = task.splits.n_splits, task.splits.repeats
+    cv = f"{repeats} repeats x {k} folds" if repeats > 1 else f"{k} folds"
+    return cv + (" + test" if TEST_FOLD in folds else "") + f" = {len(folds)} networks"
+
+
+def _member_unit(fold: str, backbone: str, train: list[Item], val: list[Item], classes: list[str],
+                 config: FineTuneConfig, weights: str | None, root: str | os.PathLike | None,
+                 device: str | None) -> tuple[str, str]:
+    """One member trained in a worker; only its fold and id come back (the network is in
+    the store, and the parent loads it from there rather than receiving it pickled)."""
+    ft = fine_tune(backbone, train, val, classes, config, weights=weights, root=root, device=device,
+                   progress=False)
+    return fold, ft.weights_id
+
+
+def _finished(backbone: str, train: list[Item], val: list[Item], classes: list[str], config: FineTuneConfig,
+              weights: str | None, root: str | os.PathLike | None, device: str | None) -> bool:
+    """Whether the store already holds this member (it would load, not train)."""
+    folder = _plan(backbone, train, val, classes, config, weights=weights, root=root, device=device,
+                   context=None).folder
+    return (folder / "weights.pth").is_file() and (folder / "meta.json").is_file()
+
+
 def fine_tune_nested(
     backbone: str,
     manifest: Manifest,
@@ -48,24 +89,50 @@ def fine_tune_nested(
     root: str | os.PathLike | None = None,
     device: str | None = None,
     progress: bool = True,
+    execution: Execution | None = None,
 ) -> NestedSet:
     """Fine-tune ``backbone`` once per outer fold of the sweep's ``protocol``.
 
     ``manifest`` must be the sweep's (classes selected, validated) and ``protocol`` the
-    sweep's own, so the folds are the same. Members are ordinary fine-tuned weights
-    (reused when they exist); ``val_fraction`` of each fold's training images is held
-    out for early stopping.
+    sweep's own, so the folds are the same: one member per CV fold of every repeat and
+    one for the test split, ``repeats x cv + 1`` networks. Members are ordinary
+    fine-tuned weights (reused when they exist); ``val_fraction`` of each fold's
+    training images is held out for early stopping. ``execution`` spreads the members
+    over joblib workers (torch limited to ``cores // n_jobs`` threads each); ``None``
+    or one job trains them one after the other in this process.
     """
     config = config or FineTuneConfig()
     task = build_task(manifest, protocol)
     items = list(manifest)
+    rows = task.train_rows
+    folds = fine_tune_folds(task)
+    lists = {f: validation_split([items[i] for i in rows[f]], val_fraction, config.seed) for f in folds}
+    done = sum(_finished(backbone, *lists[f], task.class_names, config, weights, root, device) for f in folds)
+    logger.info(f"nested fine-tuning {backbone}: {networks_per_set(task, folds)}; {done} already in the store")
     members: dict[str, FineTuned] = {}
-    for fold, train_rows, _ in task.outer:
-        train, val = validation_split([items[i] for i in train_rows], val_fraction, config.seed)
-        logger.info(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, "
-                    f"{len(val)} validation images)")
-        members[fold] = fine_tune(backbone, train, val, task.class_names, config, weights=weights, root=root,
-                                  device=device, progress=progress)
+    n_workers = workers(execution) if execution is not None else 1
+    if n_workers == 1 and (execution is None or execution.backend != "dask"):
+        for fold in folds:
+            train, val = lists[fold]
+            logger.info(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, "
+                        f"{len(val)} validation images)")
+            members[fold] = fine_tune(backbone, train, val, task.class_names, config, weights=weights, root=root,
+                                      device=device, progress=progress)
+    else:
+        threads = worker_threads(execution)
+        # Resolved here: a reused worker process keeps the environment and folder it started in.
+        root = (default_root() if root is None else Path(root)).resolve()
+        logger.info(f"nested fine-tuning {backbone}: {len(folds)} members on {n_workers} {execution.backend} "
+                    f"workers" + ("" if threads is None else f", {threads} torch thread(s) each"))
+        units = (delayed(call_in_worker)(threads, _member_unit, f, backbone, *lists[f], task.class_names, config,
+                                         weights, root, device) for f in folds)
+        with parallel_backend(execution) as jobs:
+            for k, (fold, wid) in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(units), 1):
+                logger.info(f"[{k}/{len(folds)}] nested fine-tuning {backbone}: fold {fold} done ({wid})")
+        # Every member is finished in the store now: these calls load them, in fold order.
+        for fold in folds:
+            members[fold] = fine_tune(backbone, *lists[fold], task.class_names, config, weights=weights,
+                                      root=root, device=device, progress=False)
     ids = {f: m.weights_id for f, m in members.items()}
     nested_id = NESTED_PREFIX + sha({"members": ids, "protocol": task.protocol_hash})[:12]
     name = members["test"].backbone
