@@ -80,8 +80,27 @@ def test_selection_is_the_cv_ranking_and_tests_are_paired(run):
     assert np.isnan(comp.loc["baseline", "p_auc"])
 
 
-def test_permuting_test_labels_leaves_the_selection_unchanged(run, tmp_path):
+@pytest.fixture(scope="module")
+def hybrid_run(tmp_path_factory):
+    """A sweep whose candidates include hybrid ensembles (a stand-in network votes with the heads)."""
+    from _hybriddata import add_network_baseline
+
+    run = tmp_path_factory.mktemp("hybrid") / "run"
+    manifest, fs = make_task(n=96, test_every=3)
+    kw = sweep_args(**{**FAST, "subsets": "single", "stacking": True,
+                       "ensemble_members": ["svm-rbf", "rf", "baseline:lite0"]})
+    add_network_baseline(run, manifest, fs, Protocol(cv=3, inner_cv=3), block="resnet50:avgpool")
+    sweep(manifest, fs, out=run, **kw)
+    return run
+
+
+@pytest.mark.parametrize("which", ["run", "hybrid_run"])
+def test_permuting_test_labels_leaves_the_selection_unchanged(which, request, tmp_path):
+    run = request.getfixturevalue(which)
     before = search(run, "auc", top_k=3)
+    if which == "hybrid_run":  # the hybrids are ranked like any other candidate, and some are selected
+        assert before.ranking.candidate.str.contains(r"\+CNN lite0\)").sum() == 3 * 3
+        assert any("CNN lite0)" in c for c in before.selected)
     shaken = tmp_path / "shaken"
     shutil.copytree(run, shaken)
     store = ResultStore(shaken)
@@ -191,12 +210,15 @@ def test_grouped_test_split_gets_cluster_bootstrap_statistics(grouped_run):
 def test_near_ties_are_said():
     from workbench.search.select import _near_ties
 
-    pool = pd.DataFrame({"candidate": ["a", "b", "c", "d", "e"], "cv_auc": [0.913, 0.911, 0.905, 0.80, 0.85],
-                         "cv_auc_sd": [0.020, 0.019, 0.02, 0.03, 0.2], "n_folds": [5, 5, 5, 5, 5]})
+    pool = pd.DataFrame({"candidate": ["a", "b", "c", "d", "e"], "cv_auc": [0.913, 0.911, 0.903, 0.80, 0.85],
+                         "cv_auc_sd": [0.020, 0.019, 0.02, 0.03, 0.2], "n_folds": [5, 5, 5, 5, 5],
+                         "n_train": [80.0] * 5, "n_eval": [20.0] * 5})
     names, text = _near_ties(pool, "auc")
-    se = 0.020 / np.sqrt(5)  # 0.0089: b (-0.002) and c (-0.008) are within it, d is not
-    assert names == ["b", "c", "e"]  # e: -0.063, but its own SE is 0.089
-    assert f"SE {se:.3f}" in text and "b (0.911, SE 0.008, −0.002)" in text
+    # Corrected SE (Nadeau & Bengio): 0.020 * sqrt(1/5 + 20/80) = 0.020 * 0.6708 = 0.0134. b (-0.002) and
+    # c (-0.010) are within it, d is not; c would not be within the plain SE 0.020 / sqrt(5) = 0.0089.
+    se = 0.020 * np.sqrt(1 / 5 + 20 / 80)
+    assert names == ["b", "c", "e"]  # e: -0.063, but its own corrected SE is 0.134
+    assert f"corrected SE {se:.3f}" in text and "b (0.911, corrected SE 0.013, −0.002)" in text
     assert _near_ties(pool.iloc[[0, 3]], "auc") is None
     assert _near_ties(pool.iloc[:1], "auc") is None
     exact = pool.assign(cv_auc_sd=[0.0, 0.006, 0.0, 0.0, 0.0])  # a fold-constant top still ties with b
@@ -206,7 +228,7 @@ def test_near_ties_are_said():
 def test_near_tie_note_in_the_search(run):
     res = search(run, "auc", top_k=3)
     r = res.ranking
-    se = r.cv_auc_sd / np.sqrt(r.n_folds)
+    se = r.cv_auc_sd * np.sqrt(1 / r.n_folds + r.n_eval / r.n_train)  # corrected SE
     close = list(r.candidate[1:][(r.cv_auc[0] - r.cv_auc[1:]) < np.fmax(se[0], se[1:])])
     assert res.near_ties == close
     assert any(n.startswith("near-tie") for n in res.notes) == bool(close)
@@ -226,3 +248,53 @@ def test_a_rebuilt_report_keeps_no_file_of_the_earlier_one(tmp_path):
     assert write_report(tmp_path / "run") == out
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".report")] == []
+
+
+def test_cv_intervals_and_p_cv_are_the_corrected_statistics_of_the_records(run):
+    """cv_<metric>_low/high and p_cv equal corrected_cv_interval / corrected_resampled_ttest on the
+    records' per-fold values (paired by fold name); p_cv_holm is Holm over the selected and top-k rows."""
+    res = search(run, "auc", top_k=3)
+    recs = ResultStore(run).frame()
+    cv = recs[recs.fold != "test"]
+
+    def folds(c):
+        return cv[cv.candidate == c].set_index("fold")
+
+    top = res.ranking.iloc[0]
+    f = folds(top.candidate)
+    from scipy.stats import t as student_t
+
+    # By hand: mean -/+ t(0.975, J-1) * sqrt((1/J + n_eval/n_train) * s^2) over the J = 3 folds.
+    half = student_t.ppf(0.975, 2) * np.sqrt((1 / 3 + f.n_eval.mean() / f.n_train.mean()) * f.auc.var(ddof=1))
+    assert (top.cv_auc_low, top.cv_auc_high) == pytest.approx((f.auc.mean() - half, f.auc.mean() + half))
+    assert top.n_train == f.n_train.mean() and top.n_eval == f.n_eval.mean()
+    base = folds("CNN stand-in")
+    assert {"cv_auc_low", "cv_auc_high"} <= set(res.baselines.columns)
+    comp = res.comparison
+    assert {"p_cv", "p_cv_holm", "cv_auc_low", "cv_auc_high"} <= set(comp.columns)
+    for _, row in comp.iterrows():
+        if row.role == "baseline":
+            assert np.isnan(row.p_cv)
+            continue
+        a = folds(row.candidate)
+        common = a.index.intersection(base.index)
+        expect = stats.corrected_resampled_ttest(a.loc[common, "auc"], base.loc[common, "auc"],
+                                                 a.loc[common, "n_train"], a.loc[common, "n_eval"]).p_value
+        assert row.p_cv == pytest.approx(expect), row.candidate
+    honest = comp[comp.role.isin(["selected", "top-k"])]
+    assert np.allclose(honest.p_cv_holm, stats.holm(honest.p_cv.to_numpy()))
+    assert comp[~comp.role.isin(["selected", "top-k"])].p_cv_holm.isna().all()
+
+
+def test_cv_interval_is_clipped_to_the_metric_range():
+    from workbench.search.select import _cv_extent
+
+    # Three folds 0.90, 0.99, 1.00: the corrected interval's upper end (1.07 unclipped) is clipped to 1.
+    records = pd.DataFrame({"candidate": "a", "fold": ["0", "1", "2", "test"], "auc": [0.90, 0.99, 1.00, 0.5],
+                            "lr_plus": [3.0, 9.0, 12.0, 1.0], "n_train": 80, "n_eval": 20})
+    unclipped = stats.corrected_cv_interval([0.90, 0.99, 1.00], 80, 20)
+    assert unclipped[1] > 1.0
+    assert _cv_extent(records, "a", "auc", 0.05) == pytest.approx((80, 20, unclipped[0], 1.0))
+    # Likelihood ratios are not bounded by 1: their interval is left as it is.
+    assert _cv_extent(records, "a", "lr_plus", 0.05)[2:] == pytest.approx(
+        stats.corrected_cv_interval([3.0, 9.0, 12.0], 80, 20))

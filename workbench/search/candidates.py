@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from workbench.backbones.registry import backbone_code
 from workbench.errors import ConfigError
 
-__all__ = ["Candidate", "block_codes", "enumerate_subsets", "grid_suffix", "subset_code"]
+__all__ = ["Candidate", "baseline_label", "block_codes", "enumerate_subsets", "grid_suffix", "subset_code"]
 
 
 def _base_code(name: str) -> str:
@@ -152,22 +152,30 @@ def grid_suffix(grid: dict[str, Sequence[Any]]) -> str:
     return "{" + ";".join(parts) + "}"
 
 
+def baseline_label(name: str) -> str:
+    """The label of end-to-end baseline ``name``'s records (``CNN lite0``), as
+    :func:`workbench.baselines.run.run_baselines` writes it."""
+    return f"CNN {name}"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One row of the study's tables: a head on a subset, or an ensemble.
 
     ``kind`` is ``"head"`` (``head`` on the concatenation of ``blocks``), ``"vote-hard"``,
     ``"vote-soft"`` or ``"stack"`` (members: every ``(block, head)`` pair of ``blocks``
-    and ``heads``).
+    and ``heads``, then the end-to-end networks of ``baselines``: a hybrid ensemble).
     """
 
     kind: str
     blocks: tuple[str, ...]
     head: str | None = None
     heads: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = ()
 
     def label(self, codes: dict[str, str], head_names: dict[str, str] | None = None) -> str:
-        """Table label, e.g. ``[AVR] svm-rbf`` or ``[AVR] vote-soft(svm-rbf+rf)``.
+        """Table label, e.g. ``[AVR] svm-rbf``, ``[AVR] vote-soft(svm-rbf+rf)`` or, for a
+        hybrid, ``[A] vote-soft(svm-rbf+rf+CNN lite0)``.
 
         ``head_names`` shows a head under another name, e.g. with its grid
         (``svm-rbf{C=1,10}``, see :func:`grid_suffix`), members of ensembles included.
@@ -176,8 +184,10 @@ class Candidate:
         code = subset_code(self.blocks, codes)
         if self.kind == "head":
             return f"{code} {named.get(self.head, self.head)}"
-        return f"{code} {self.kind}({'+'.join(named.get(h, h) for h in self.heads)})"
+        members = [named.get(h, h) for h in self.heads] + [baseline_label(b) for b in self.baselines]
+        return f"{code} {self.kind}({'+'.join(members)})"
 
     def members(self) -> list[Candidate]:
-        """The single-block head candidates an ensemble votes over."""
+        """The single-block head candidates an ensemble votes over (its ``baselines``
+        vote too, after them)."""
         return [Candidate("head", (b,), h) for b in self.blocks for h in self.heads]

@@ -13,7 +13,10 @@ from typing import Any, Mapping, Sequence
 
 from workbench.errors import ConfigError
 
-__all__ = ["BACKENDS", "Execution", "SweepOptions"]
+__all__ = ["BACKENDS", "BASELINE_PREFIX", "Execution", "SweepOptions"]
+
+#: How an ensemble member names an end-to-end baseline: ``baseline:lite0``.
+BASELINE_PREFIX = "baseline:"
 
 #: joblib backends a sweep can spread candidates over (``dask``: a Dask cluster).
 BACKENDS = ("loky", "threading", "sequential", "dask")
@@ -44,6 +47,12 @@ class SweepOptions:
         Vote ensembles (hard and soft) over the per-block heads ``ensemble_heads``
         (default: all ``heads``) for every subset of two or more members; ``stacking``
         adds a logistic-regression stack.
+    ensemble_members
+        Instead of ``ensemble_heads`` (giving both is an error): the heads that vote
+        (swept heads) and ``baseline:<name>`` entries. Each subset keeps its ensembles
+        of the heads, and gets a hybrid twin of each in which the end-to-end baseline
+        networks vote too (``[A] vote-soft(svm-rbf+rf+CNN lite0)``; subsets of one block
+        included), computed from the baselines' stored records once they exist.
     codes
         Short codes for blocks in tables (default: each backbone's table code).
     """
@@ -54,6 +63,7 @@ class SweepOptions:
     ensembles: bool = True
     ensemble_heads: tuple[str, ...] | None = None
     stacking: bool = False
+    ensemble_members: tuple[str, ...] | None = None
     codes: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -67,6 +77,8 @@ class SweepOptions:
             if missing:
                 raise ConfigError(f"ensemble heads {missing} are not among the swept heads {list(self.heads)}")
             object.__setattr__(self, "ensemble_heads", tuple(dict.fromkeys(eh)))
+        if self.ensemble_members is not None:
+            self._check_members()
         s = self.subsets
         if isinstance(s, str):
             if s not in ("all", "single"):
@@ -89,6 +101,45 @@ class SweepOptions:
         for name in ("ensembles", "stacking"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"sweep {name} = {getattr(self, name)!r}: expected true or false")
+
+    def _check_members(self) -> None:
+        """``ensemble_members``: swept heads and ``baseline:<name>`` entries, at least one head."""
+        em = self.ensemble_members
+        members = (em,) if isinstance(em, str) else tuple(em)
+        if self.ensemble_heads is not None:
+            raise ConfigError("give ensemble_heads or ensemble_members, not both (ensemble_members lists the "
+                              f"heads that vote as well): ensemble_heads = {list(self.ensemble_heads)}, "
+                              f"ensemble_members = {list(members)}")
+        if not members or not all(isinstance(m, str) and m.strip() for m in members):
+            raise ConfigError(f"ensemble members = {em!r}: expected head names and baseline:<name> entries")
+        heads = [m for m in members if not m.startswith(BASELINE_PREFIX)]
+        bad = [m for m in members if m.startswith(BASELINE_PREFIX) and not m[len(BASELINE_PREFIX):].strip()]
+        if bad:
+            raise ConfigError(f"ensemble member {bad[0]!r} names no baseline; write baseline:<name>, e.g. "
+                              "baseline:lite0")
+        missing = [h for h in heads if h not in self.heads]
+        if missing:
+            raise ConfigError(f"ensemble members {missing} are not among the swept heads {list(self.heads)} "
+                              "(a baseline is written baseline:<name>)")
+        if not heads:
+            raise ConfigError(f"ensemble members {list(members)} name no head; list the heads that vote with "
+                              f"the baseline(s), e.g. {[*self.heads, *members]}")
+        if not self.ensembles:
+            raise ConfigError(f"ensemble members {list(members)} are given but ensembles are off")
+        object.__setattr__(self, "ensemble_members", tuple(dict.fromkeys(members)))
+
+    @property
+    def member_heads(self) -> tuple[str, ...]:
+        """The heads that vote in ensembles: ``ensemble_heads``, the heads of
+        ``ensemble_members``, or every swept head."""
+        if self.ensemble_members is not None:
+            return tuple(m for m in self.ensemble_members if not m.startswith(BASELINE_PREFIX))
+        return self.ensemble_heads if self.ensemble_heads is not None else self.heads
+
+    @property
+    def ensemble_baselines(self) -> tuple[str, ...]:
+        """The baselines of ``ensemble_members`` (``baseline:lite0`` -> ``lite0``), in order."""
+        return tuple(m[len(BASELINE_PREFIX):] for m in self.ensemble_members or () if m.startswith(BASELINE_PREFIX))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SweepOptions":

@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from workbench.backbones.finetuned import find_finetuned, is_finetuned_id
+from workbench.baselines.configs import get_baseline
 from workbench.core.provenance import package_versions
 from workbench.data.manifest import Manifest
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.evaluation.protocol import Protocol, RunTask, build_task, seen_by, sha
+from workbench.evaluation.settings import TEST_FOLD, is_cv_fold
 from workbench.evaluation.store import ResultStore
 from workbench.features.featureset import FeatureSet
 from workbench.heads.ensembles import ENSEMBLE_RULES, VOTE_KINDS
@@ -29,7 +31,7 @@ from workbench.heads.zoo import get_head
 from workbench.search.candidates import Candidate, block_codes, enumerate_subsets, grid_suffix
 from workbench.search.options import SweepOptions
 
-__all__ = ["SweepInputError", "SweepPlan", "build_plan", "candidate_id", "check_heads"]
+__all__ = ["SweepInputError", "SweepPlan", "baseline_ids", "build_plan", "candidate_id", "check_heads"]
 
 Grid = Mapping[str, Sequence[Any]]
 
@@ -51,7 +53,11 @@ def check_heads(options: SweepOptions) -> dict[str, Grid]:
     ConfigError
         For a grid naming a parameter the head's classifier does not have (it would
         otherwise fail mid-run, in a worker).
+    UnknownBaselineError
+        For a ``baseline:<name>`` ensemble member the baseline registry does not hold.
     """
+    for b in options.ensemble_baselines:
+        get_baseline(b)
     grids = {}
     for spec in (get_head(h) for h in options.heads):
         grid = options.grids[spec.name] if spec.name in options.grids else spec.grid
@@ -126,7 +132,8 @@ def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> d
 
     A network fine-tuned on the whole training split has seen every CV fold, so CV
     estimates on its features are optimistic (marked in the records); one that saw
-    test images would make the test result meaningless, which is refused.
+    test images (or images of an external test set) would make that result meaningless,
+    which is refused. A nested set's test member gives the features of external sets.
     """
     out: dict[str, set[str]] = {}
     for name in names:
@@ -135,17 +142,22 @@ def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> d
             continue
         if name in features.fold_info:  # nested: fold f is scored on its own network's features
             members = features.fold_info[name]
+            # A fold the set has no member for (a set made under fewer repeats) is fed the
+            # test split's network, as blocks_of does: it saw every CV fold's images.
             folds = {f for f, _, _ in task.outer
-                     if seen_by(_seen_ids(info.backbone, members.get(f, info).weights_id), task, f)}
+                     if seen_by(_seen_ids(info.backbone, members.get(f, members.get(TEST_FOLD, info)).weights_id),
+                                task, f)}
         elif is_finetuned_id(info.weights_id):
             trained = _seen_ids(info.backbone, info.weights_id)
             folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
         else:
             continue
-        if "test" in folds:
+        held = sorted(f for f in folds if not is_cv_fold(f))
+        if held:
             raise SweepInputError(
-                f"block {name} comes from a network fine-tuned on test images of this task "
-                f"({info.backbone}@{info.weights_id}); its test results would be meaningless")
+                f"block {name} comes from a network fine-tuned on images of this task's "
+                f"{' and '.join('test split' if f == TEST_FOLD else f'external set {f}' for f in held)} "
+                f"({info.backbone}@{info.weights_id}); its results there would be meaningless")
         out[name] = folds
     return out
 
@@ -174,8 +186,13 @@ def ensemble_rule(c: Candidate, binary: bool) -> int | None:
 
 
 def candidate_id(c: Candidate, *, block_ids: Mapping[str, Any], grids: Mapping[str, Grid], protocol_hash: str,
-                 binary: bool) -> str:
-    """A candidate's identity: its blocks' identities, head and grid (or members), protocol."""
+                 binary: bool, baseline_ids: Mapping[str, str] | None = None) -> str:
+    """A candidate's identity: its blocks' identities, head and grid (or members), protocol.
+
+    A hybrid ensemble's identity holds its baselines' record candidate ids
+    (``baseline_ids``: name -> id), so a retrained or reconfigured baseline gives a new
+    hybrid; other candidates' ids do not hold the field at all, and keep their ids.
+    """
     spec: dict[str, Any] = {"kind": c.kind, "blocks": [block_ids[b] for b in c.blocks], "protocol": protocol_hash}
     if c.kind == "head":
         spec.update(head=c.head, grid=grids[c.head])
@@ -185,6 +202,8 @@ def candidate_id(c: Candidate, *, block_ids: Mapping[str, Any], grids: Mapping[s
         rule = ensemble_rule(c, binary)
         if rule is not None:  # absent for rule 1, so unchanged ensembles keep their ids
             spec.update(rule=rule)
+        if c.baselines:
+            spec.update(baselines=[(baseline_ids or {})[b] for b in c.baselines])
     return sha(spec)[:16]
 
 
@@ -195,10 +214,16 @@ def head_labels(store: ResultStore, grids: Mapping[str, Grid]) -> dict[str, str]
             for h, g in grids.items()}
 
 
-def candidates(subsets: list[tuple[str, ...]], options: SweepOptions) -> tuple[list[Candidate], list[Candidate]]:
-    """Head candidates (every subset x head) and ensembles (subsets of 2+ members)."""
+def candidates(subsets: list[tuple[str, ...]], options: SweepOptions,
+               baselines: Sequence[str] = ()) -> tuple[list[Candidate], list[Candidate]]:
+    """Head candidates (every subset x head) and ensembles (subsets of 2+ members).
+
+    With ``baselines`` (those of ``options.ensemble_baselines`` whose records are
+    complete), every subset also gets hybrid ensembles in which those networks vote
+    with the heads; they come after the others, which stay as they were.
+    """
     heads = list(options.heads)
-    ens_heads = list(options.ensemble_heads if options.ensemble_heads is not None else heads)
+    ens_heads = list(options.member_heads)
     head_cands = [Candidate("head", s, h) for s in subsets for h in heads]
     ens_cands: list[Candidate] = []
     if options.ensembles and ens_heads:
@@ -206,7 +231,31 @@ def candidates(subsets: list[tuple[str, ...]], options: SweepOptions) -> tuple[l
         for s in subsets:
             if len(s) * len(ens_heads) >= 2:
                 ens_cands += [Candidate(k, s, None, tuple(ens_heads)) for k in kinds]
+        if baselines:  # one head and one network are two members already: every subset qualifies
+            ens_cands += [Candidate(k, s, None, tuple(ens_heads), tuple(baselines)) for s in subsets for k in kinds]
     return head_cands, ens_cands
+
+
+def baseline_ids(store: ResultStore, task: RunTask, names: Sequence[str], done: set[str]) -> dict[str, str]:
+    """Name -> record candidate id of each baseline in ``names`` with an intact record on
+    every fold of ``task`` (left out: a baseline not run yet, or still running).
+
+    Where the folder holds several complete ids of one baseline (retrained under another
+    config), the one written last is taken.
+    """
+    folds = {f for f, _, _ in task.outer}
+    seen: dict[str, dict[str, set[str]]] = {}
+    last: dict[str, int] = {}
+    for i, r in enumerate(store.current_records()):
+        if r.get("kind") == "baseline" and r.get("baseline") in names and r["key"] in done:
+            seen.setdefault(r["baseline"], {}).setdefault(r["candidate_id"], set()).add(str(r["fold"]))
+            last[r["candidate_id"]] = i
+    out = {}
+    for name in names:
+        complete = [cid for cid, fs in seen.get(name, {}).items() if folds <= fs]
+        if complete:
+            out[name] = max(complete, key=last.__getitem__)
+    return out
 
 
 # ---- the plan --------------------------------------------------------------------
@@ -233,6 +282,8 @@ class SweepPlan:
     optimistic: dict[str, set[str]]              # block -> folds its fine-tuned network saw
     versions: dict[str, str]
     protocol: Protocol
+    baseline_ids: dict[str, str] = field(default_factory=dict)  # hybrid members: name -> record candidate id
+    waiting: tuple[str, ...] = ()                # baselines of hybrids without records on every fold yet
 
     @property
     def binary(self) -> bool:
@@ -260,7 +311,8 @@ class SweepPlan:
     def candidate_id(self, c: Candidate) -> str:
         """The id of ``c``, also for a member the plan does not sweep itself."""
         return self.ids.get(c) or candidate_id(c, block_ids=self.block_ids, grids=self.grids,
-                                               protocol_hash=self.task.protocol_hash, binary=self.binary)
+                                               protocol_hash=self.task.protocol_hash, binary=self.binary,
+                                               baseline_ids=self.baseline_ids)
 
     def blocks_of(self, fold: str) -> list[np.ndarray]:
         """Every block's rows for ``fold``: a nested block gives that fold's network's features."""
@@ -280,32 +332,44 @@ class SweepPlan:
 
 
 def build_plan(manifest: Manifest, features: FeatureSet, *, out: str | os.PathLike, protocol: Protocol,
-               options: SweepOptions, grids: Mapping[str, Grid]) -> SweepPlan:
+               options: SweepOptions, grids: Mapping[str, Grid],
+               external: Mapping[str, Manifest] | None = None) -> SweepPlan:
     """Check the inputs, fix the task, open the run folder and list what is left to do.
 
     Everything that can be wrong with the inputs (blocks, classes, folds, subsets) is
-    raised before the run folder is created.
+    raised before the run folder is created. ``external``: external test sets (see
+    :func:`~workbench.evaluation.protocol.build_task`); ``features`` must hold their rows.
     """
     class_names = list(manifest.classes)
     if len(class_names) < 2:
         raise SweepInputError(f"need at least two classes, the manifest has {class_names}")
     if protocol.positive is not None and protocol.positive not in class_names:
         raise ConfigError(f"positive class {protocol.positive!r} is not one of {class_names}")
-    blocks, variants = align_blocks(features, manifest.ids)
+    blocks, variants = align_blocks(features, manifest.ids + [i for m in (external or {}).values() for i in m.ids])
     names = list(blocks)
     codes = block_codes(names, dict(options.codes) if options.codes is not None else None)
     subsets = subset_list(names, options.subsets, codes)
-    task = build_task(manifest, protocol)
+    task = build_task(manifest, protocol, external)
     store = task.open_store(out)
-    block_ids = block_identities(features, blocks, variants)
+    # Identities from the manifest's own rows, so adding an external set keeps every
+    # candidate id (and the CV and test records); its own rows are guarded by its digest.
+    n = task.n_internal
+    block_ids = block_identities(features, {b: X[:n] for b, X in blocks.items()},
+                                 {b: {f: X[:n] for f, X in v.items()} for b, v in variants.items()})
     grids = {h: grids[h] for h in options.heads}
     labels = head_labels(store, grids)
-    head_cands, ens_cands = candidates(subsets, options)
+    done = store.done()
+    # Hybrids need their baselines' records of every fold: until then they wait (the
+    # baselines run after the sweep in `workbench run`, which then sweeps again).
+    wanted = options.ensemble_baselines if options.ensembles else ()
+    bids = baseline_ids(store, task, wanted, done) if wanted else {}
+    waiting = tuple(b for b in wanted if b not in bids)
+    head_cands, ens_cands = candidates(subsets, options, () if waiting else wanted)
     binary = len(class_names) == 2
-    ids = {c: candidate_id(c, block_ids=block_ids, grids=grids, protocol_hash=task.protocol_hash, binary=binary)
+    ids = {c: candidate_id(c, block_ids=block_ids, grids=grids, protocol_hash=task.protocol_hash, binary=binary,
+                           baseline_ids=bids)
            for c in head_cands + ens_cands}
     optimistic = optimistic_folds(features, names, task)
-    done = store.done()
     folds = [f for f, _, _ in task.outer]
     return SweepPlan(
         task=task, store=store, names=names, blocks=blocks, variants=variants, codes=codes, grids=grids,
@@ -314,4 +378,4 @@ def build_plan(manifest: Manifest, features: FeatureSet, *, out: str | os.PathLi
         todo_heads=[(c, f) for c in head_cands for f in folds if f"{ids[c]}/{f}" not in done],
         todo_ensembles=[(c, f) for c in ens_cands for f in folds if f"{ids[c]}/{f}" not in done],
         optimistic=optimistic, versions=package_versions(("xgboost", "joblib", "dask", "distributed")),
-        protocol=protocol)
+        protocol=protocol, baseline_ids=bids, waiting=waiting)

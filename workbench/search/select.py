@@ -4,8 +4,11 @@ Honest selection: candidates (classical heads, concatenations, ensembles) are ra
 the mean of the chosen metric over the outer CV folds of the training split; the top
 one (and a top-k) are chosen from that ranking alone, among the candidates that are not
 degenerate on the CV folds (:mod:`workbench.evaluation.degenerate`); when runners-up lie
-within one standard error of the selected CV mean, a note says the selection is a
-near-tie. The operating threshold of each model is Youden's index on its out-of-fold
+within one standard error of the selected CV mean (Nadeau & Bengio's corrected one: the
+folds overlap), a note says the selection is a near-tie. Each CV mean has a 95 %
+interval of the same corrected variance, and each reported model a paired corrected
+resampled t-test of its per-fold CV values against the best baseline's (``p_cv``).
+The operating threshold of each model is Youden's index on its out-of-fold
 predictions; for end-to-end baselines (one network per fold, each calibrated its own
 way) it is each fold's Youden cut-off as a quantile of that fold's scores, applied as
 the same quantile of the test network's scores on its own validation split
@@ -33,6 +36,7 @@ from workbench.evaluation.metrics import PROPORTION_METRICS, UnknownMetricError,
 from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
 from workbench.errors import UnknownNameError, WorkbenchError
+from workbench.evaluation.settings import is_cv_fold
 
 __all__ = ["NoRecordsError", "REQUESTED_ROLE", "SearchResult", "UnknownCandidateError", "search", "run_search", "rank_candidates"]
 
@@ -71,16 +75,32 @@ class SearchResult:
     comparison: pd.DataFrame  # one row per reported model (see comparison_table)
     notes: list[str] = field(default_factory=list)
     degenerate: dict[str, str] = field(default_factory=dict)  # candidate -> why (degenerate.py's rule)
-    near_ties: list[str] = field(default_factory=list)  # within one SE of the selected CV mean
+    near_ties: list[str] = field(default_factory=list)  # within one corrected SE of the selected CV mean
     grouping: dict[str, Any] | None = None  # groups of CV and test; "clustered": bootstrap statistics
+    #: Per external test set (by name): the reported models, frozen, on it (search/external.py).
+    external: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-def rank_candidates(records: pd.DataFrame, metric: str = "auc") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CV ranking of candidates and of baselines; reads CV folds only for the order."""
-    cv_only = records[records["fold"] != "test"]
+def rank_candidates(records: pd.DataFrame, metric: str = "auc", alpha: float = 0.05
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CV ranking of candidates and of baselines; reads CV folds only for the order.
+
+    Beside :func:`~workbench.evaluation.summary.summarize`'s columns, each row has the
+    mean training and evaluation images per CV fold (``n_train``, ``n_eval``) and the
+    ``1 - alpha`` interval of its CV mean, ``cv_<metric>_low``/``cv_<metric>_high``,
+    from the corrected variance of Nadeau & Bengio (the folds overlap;
+    :func:`~workbench.evaluation.stats.corrected_cv_interval`), clipped to [0, 1] for
+    metrics that live there.
+    """
+    cv_only = records[records["fold"].map(is_cv_fold)]
     ranked = summarize(records, metric)  # test column shown, ranking by the CV mean
     order = summarize(cv_only, metric)[["candidate"]]  # recomputed without test rows at all
     ranked = order.merge(ranked, on="candidate", how="left")
+    extra = pd.DataFrame([_cv_extent(cv_only, c, metric, alpha) for c in ranked["candidate"]],
+                         columns=["n_train", "n_eval", f"cv_{metric}_low", f"cv_{metric}_high"])
+    at = ranked.columns.get_loc(f"cv_{metric}_sd") + 1
+    for i, col in enumerate(extra.columns):  # beside the CV mean and sd they qualify
+        ranked.insert(at + i, col, extra[col].to_numpy())
     # CV estimates on features of a network fine-tuned on those folds are optimistic.
     flagged = set()
     if "optimistic" in cv_only.columns:
@@ -231,7 +251,7 @@ def _grouping(group_of: dict[str, str] | None, store: ResultStore, test_ids: np.
     if path.is_file():
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
         if "fold" in frame.columns:
-            train = frame[frame["fold"] != "test"]
+            train = frame[frame["fold"].map(is_cv_fold)]
             g = [v or f"\0{i}" for i, v in zip(train["id"], train["id"].map(group_of).fillna(""))]
             info.update(cv_groups=len(set(g)), cv_images=len(g))
     if test_ids is not None:
@@ -301,7 +321,7 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     degenerate baseline is never the one the others are compared against.
     """
     ctx = _context(run, metric, alpha, records)
-    ranking, base_rank = rank_candidates(ctx.records, metric)
+    ranking, base_rank = rank_candidates(ctx.records, metric, alpha)
     notes = _decide_all(ctx, ranking, base_rank)
     pool = _eligible(ctx, ranking, allow_optimistic, notes)
     selected = list(pool["candidate"].head(top_k))
@@ -321,12 +341,15 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         if c not in shown:
             rows.append(_report_row(ctx, c, REQUESTED_ROLE))
     _paired_tests(ctx, rows, best_baseline, notes)
+    from workbench.search.external import external_results  # it imports this module's helpers
+
+    external = external_results(ctx, rows, best_baseline, notes)
     if not len(base_rank):
         notes.append("no end-to-end baseline in the records: nothing to compare against")
     _degenerate_note(ctx.reason, rows, notes)
     return SearchResult(metric, ranking, base_rank, selected, best_baseline, _comparison_frame(ctx, rows), notes,
                         degenerate={c: v for c, v in ctx.reason.items() if v}, near_ties=near[0] if near else [],
-                        grouping=grouping)
+                        grouping=grouping, external=external)
 
 
 def _context(run: str | ResultStore, metric: str, alpha: float, records: pd.DataFrame | None) -> _Context:
@@ -348,7 +371,7 @@ def _decide_all(ctx: _Context, ranking: pd.DataFrame, base_rank: pd.DataFrame) -
 
     The selection reads only the CV part of it (``"_cv_reason"``).
     """
-    folds = sorted(f for f in ctx.records["fold"].unique() if f != "test")
+    folds = sorted(f for f in ctx.records["fold"].unique() if is_cv_fold(f))
     by_key = {(r["candidate"], r["fold"]): r for r in ctx.store.current_records()}
     ctx.cv = pd.concat([ranking, base_rank]).set_index("candidate")
     ctx.cv_auc = {c: records_cv(ctx.records, c, "auc") for c in ctx.cv.index}
@@ -405,7 +428,9 @@ def _report_row(ctx: _Context, candidate: str, role: str) -> dict[str, Any]:
     return {"candidate": candidate, **_figures(d, pos, ctx.alpha, g), "role": role,
             "kind": ctx.cv.loc[candidate, "kind"], "cv_auc": ctx.cv_auc[candidate],
             "cv_auc_sd": records_cv(ctx.records, candidate, "auc", sd=True),
+            **dict(zip(("cv_auc_low", "cv_auc_high"), _cv_extent(ctx.records, candidate, "auc", ctx.alpha)[2:])),
             f"cv_{metric}": ctx.cv.loc[candidate, f"cv_{metric}"],
+            **{f"cv_{metric}_{e}": ctx.cv.loc[candidate, f"cv_{metric}_{e}"] for e in ("low", "high")},
             **({"threshold_quantile": d.get("threshold_quantile", np.nan)} if pos is not None else {}),
             "degenerate": ctx.reason[candidate], "interval_method": "cluster bootstrap" if g is not None
             else ("Wilson / DeLong" if pos is not None else "Wilson"),
@@ -445,6 +470,21 @@ def _paired_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str 
                            if g is not None else stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value)
         if r["role"] not in (OPTIMISTIC_ROLE, REQUESTED_ROLE):
             compared.append(r)
+    # On CV: every model's per-fold ranking metric against the baseline's, paired by fold,
+    # by the corrected resampled t-test (the folds overlap; a plain paired t-test is
+    # anti-conservative). It needs no test images, so it is made for every row.
+    cv_compared = []
+    for r in rows:
+        r["p_cv"] = np.nan
+        if base_row is not None and r["role"] != "baseline":
+            r["p_cv"] = _cv_ttest(ctx.records, r["candidate"], base_row["candidate"], ctx.metric)
+            if r["role"] not in (OPTIMISTIC_ROLE, REQUESTED_ROLE):
+                cv_compared.append(r)
+    adj = stats.holm([r["p_cv"] for r in cv_compared]) if cv_compared else []
+    for r, a in zip(cv_compared, adj):
+        r["p_cv_holm"] = a
+    for r in rows:
+        r.setdefault("p_cv_holm", np.nan)
     # Holm over the table's honest comparisons (the optimistic row is not a test we make).
     for key in ("p_auc", "p_accuracy"):
         adj = stats.holm([r[key] for r in compared]) if compared else []
@@ -476,17 +516,21 @@ def _comparison_frame(ctx: _Context, rows: list[dict[str, Any]]) -> pd.DataFrame
 
 
 def _near_ties(pool: pd.DataFrame, metric: str) -> tuple[list[str], str] | None:
-    """Candidates whose CV mean lies within one standard error of the selected one's.
+    """Candidates whose CV mean lies within one corrected standard error of the selected one's.
 
     A candidate is a near-tie when its CV mean is below the selected one's by less than
-    the larger of their two standard errors (sd / sqrt(folds)): closer than that, the CV
-    cannot tell them apart (the "one-standard-error" yardstick).
+    the larger of their two standard errors: closer than that, the CV cannot tell them
+    apart (the "one-standard-error" yardstick). CV folds share training images, so the
+    standard error is Nadeau & Bengio's corrected one, ``sd * sqrt(1/J + n_eval/n_train)``
+    over the ``J`` folds (``n_train``, ``n_eval``: the pool's mean images per fold), not
+    ``sd / sqrt(J)``, which shrinks with every repeat of the CV while the data stay the same.
     """
     if len(pool) < 2:
         return None
     col, sd_col = f"cv_{metric}", f"cv_{metric}_sd"
     top = pool.iloc[0]
-    se = pool[sd_col].astype(float) / np.sqrt(pool["n_folds"].clip(lower=1).astype(float))
+    ratio = pool["n_eval"].astype(float) / pool["n_train"].astype(float)
+    se = pool[sd_col].astype(float) * np.sqrt(1.0 / pool["n_folds"].clip(lower=1).astype(float) + ratio)
     if not (np.isfinite(top[col]) and np.isfinite(se.iloc[0]) and top["n_folds"] > 1):
         return None
     rest = pool.iloc[1:]
@@ -495,20 +539,67 @@ def _near_ties(pool: pd.DataFrame, metric: str) -> tuple[list[str], str] | None:
     if close.empty:
         return None
     se_of = dict(zip(pool["candidate"], se))
-    shown = ", ".join(f"{c} ({m:.3f}, SE {se_of[c]:.3f}, −{top[col] - m:.3f})" for c, m in
+    shown = ", ".join(f"{c} ({m:.3f}, corrected SE {se_of[c]:.3f}, −{top[col] - m:.3f})" for c, m in
                       zip(close["candidate"].head(5), close[col].head(5)))
     more = f" and {len(close) - 5} more" if len(close) > 5 else ""
     text = (f"near-tie: the selection is not clear-cut: {len(close)} candidate{'s' if len(close) > 1 else ''} "
-            f"lie{'' if len(close) > 1 else 's'} below the selected candidate's CV {metric} ({top[col]:.3f}, SE "
-            f"{se.iloc[0]:.3f}) by less than one standard error: {shown}{more}; the CV does not separate them")
+            f"lie{'' if len(close) > 1 else 's'} below the selected candidate's CV {metric} ({top[col]:.3f}, "
+            f"corrected SE {se.iloc[0]:.3f}) by less than one corrected standard error (sd·√(1/J + n_test/n_train), "
+            f"Nadeau & Bengio; the CV folds overlap): {shown}{more}; the CV does not separate them")
     return list(close["candidate"]), text
+
+
+def _fold_series(records: pd.DataFrame, candidate: str, metric: str) -> pd.DataFrame:
+    """``candidate``'s CV records indexed by fold name: ``metric``, ``n_train``, ``n_eval``
+    (NaN where a record lacks them), rows with a non-finite ``metric`` left out."""
+    cols = [metric, "n_train", "n_eval"]
+    rows = records.loc[(records["candidate"] == candidate) & records["fold"].map(is_cv_fold)]
+    out = rows.drop_duplicates("fold", keep="last").set_index("fold").reindex(columns=cols).astype(float)
+    return out[np.isfinite(out[metric])]
+
+
+#: Metrics of the metric table that live in [0, 1] (the likelihood ratios do not): their
+#: CV intervals are clipped to it, as the test split's DeLong intervals are.
+_UNIT_RANGE = frozenset({"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"})
+
+
+def _cv_extent(records: pd.DataFrame, candidate: str, metric: str, alpha: float) -> tuple[float, ...]:
+    """``(n_train, n_eval, low, high)``: mean images per CV fold and the corrected
+    interval of the CV mean; NaN where it cannot be computed (one fold, sizes unknown)."""
+    f = _fold_series(records, candidate, metric) if metric in records.columns else pd.DataFrame()
+    if f.empty:
+        return (np.nan,) * 4
+    n_train, n_eval = float(f["n_train"].mean()), float(f["n_eval"].mean())
+    if len(f) < 2 or not (np.isfinite(n_train) and np.isfinite(n_eval)):
+        return n_train, n_eval, np.nan, np.nan
+    low, high = stats.corrected_cv_interval(f[metric].to_numpy(), n_train, n_eval, alpha)
+    if metric.split("[", 1)[0].removesuffix("_macro") in _UNIT_RANGE:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return n_train, n_eval, low, high
+
+
+def _cv_ttest(records: pd.DataFrame, candidate: str, baseline: str, metric: str) -> float:
+    """p of the corrected resampled t-test of ``candidate``'s per-fold ``metric`` against
+    ``baseline``'s, paired by fold name over the folds both have; NaN with fewer than 2."""
+    if metric not in records.columns:
+        return np.nan
+    a, b = _fold_series(records, candidate, metric), _fold_series(records, baseline, metric)
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        return np.nan
+    a, b = a.loc[common], b.loc[common]
+    sizes = a[["n_train", "n_eval"]].fillna(b[["n_train", "n_eval"]])  # the same folds: the same sizes
+    if sizes.isna().any().any():
+        return np.nan
+    return stats.corrected_resampled_ttest(a[metric].to_numpy(), b[metric].to_numpy(), sizes["n_train"].to_numpy(),
+                                           sizes["n_eval"].to_numpy()).p_value
 
 
 def records_cv(records: pd.DataFrame, candidate: str, metric: str, sd: bool = False) -> float:
     """CV mean (or sd) of ``metric`` for ``candidate``; NaN when the metric is absent."""
     if metric not in records.columns:
         return float("nan")
-    v = records.loc[(records["candidate"] == candidate) & (records["fold"] != "test"), metric]
+    v = records.loc[(records["candidate"] == candidate) & records["fold"].map(is_cv_fold), metric]
     return float(v.std(ddof=1) if sd else v.mean())
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from workbench.data.manifest import Manifest
-from workbench.evaluation.protocol import SWEEP_CODE_VERSION, Protocol
+from workbench.evaluation.protocol import SWEEP_CODE_VERSION, Protocol, combine_external, load_external
 from workbench.features.extraction import extract
 from workbench.features.featureset import FeatureSet
 from workbench.features.options import ExtractOptions
@@ -44,6 +44,7 @@ def sweep(
     cache: str | os.PathLike = "features_cache",
     extract_options: ExtractOptions | None = None,
     progress: bool = True,
+    external: Mapping[str, Manifest | str | os.PathLike] | None = None,
 ) -> pd.DataFrame:
     """Evaluate heads on every feature subset, and vote ensembles, by nested CV and test.
 
@@ -65,13 +66,21 @@ def sweep(
         The first grid a head is swept with in a run folder keeps the plain label
         (``svm-rbf``); another grid later gets it as a suffix (``svm-rbf{C=1,10}``).
         With two classes, hard-vote members vote at their own out-of-fold Youden
-        thresholds (recorded as ``thresholds``).
+        thresholds (recorded as ``thresholds``). ``baseline:<name>`` ensemble members
+        add hybrid ensembles once the baselines' records are in ``out`` (until then they
+        are left to do, said in one log line; see :mod:`workbench.search.running`).
     execution
         joblib workers and backend (default: one process); never changes a number.
     classes
         Keep only these classes (in this order), e.g. ``["benign", "malignant"]``.
     progress
         Show a progress bar.
+    external
+        External test sets by name (manifests or their paths; ``classes`` selects in
+        them too): every model fitted for the test split is also scored on each, as
+        fold ``ext-<name>``; ``features`` must hold their rows (requests extract them).
+        Images that also occur in ``manifest`` are refused. Adding a set to a finished
+        run computes only its records.
 
     Returns
     -------
@@ -87,10 +96,15 @@ def sweep(
     """
     protocol, options, execution = protocol or Protocol(), options or SweepOptions(), execution or Execution()
     grids = check_heads(options)  # before the run folder is touched (and before extraction)
-    manifest, features = _inputs(manifest, features, classes, cache, extract_options, progress)
-    plan = build_plan(manifest, features, out=out, protocol=protocol, options=options, grids=grids)
+    external = load_external(external, classes)
+    manifest, features = _inputs(manifest, features, classes, cache, extract_options, progress, external)
+    plan = build_plan(manifest, features, out=out, protocol=protocol, options=options, grids=grids,
+                      external=external)
     logger.info(f"{len(plan.head_candidates)} head candidates and {len(plan.ensemble_candidates)} ensembles x "
                 f"{len(plan.task.outer)} folds = {plan.total} records; {plan.n_done} already in {plan.store.root}")
+    if plan.waiting:  # not an error: `workbench run` sweeps again after its baselines
+        logger.info(f"hybrid ensembles wait for the records of baseline {', '.join(plan.waiting)}: run the "
+                    "baselines, then the sweep again")
     bar = tqdm(total=plan.total, initial=plan.n_done, desc="sweep", unit="record", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     with bar:
@@ -106,14 +120,16 @@ def sweep(
 
 def _inputs(manifest: Manifest | str | os.PathLike, features: FeatureSet | Sequence[str],
             classes: Sequence[str] | None, cache: str | os.PathLike, extract_options: ExtractOptions | None,
-            progress: bool) -> tuple[Manifest, FeatureSet]:
-    """The manifest (classes selected) and its features, extracted when requests are given."""
+            progress: bool, external: Mapping[str, Manifest] | None = None) -> tuple[Manifest, FeatureSet]:
+    """The manifest (classes selected) and its features (the external sets' rows too),
+    extracted when requests are given."""
     if not isinstance(manifest, Manifest):
         manifest = Manifest.load(manifest)
     if classes is not None:
         manifest = manifest.select_classes(classes)
     if not isinstance(features, FeatureSet):
-        features = extract(manifest, list(features), cache=cache, options=extract_options, progress=progress)
+        every = combine_external(manifest, external)[0]  # one pass over the manifest's and the sets' images
+        features = extract(every, list(features), cache=cache, options=extract_options, progress=progress)
         ids_kept = set(features.ids)
         if len(ids_kept) != len(manifest):  # skip_bad dropped rows during extraction
             manifest = manifest.subset([i for i in manifest.ids if i in ids_kept])
