@@ -46,3 +46,25 @@ def test_method_text_states_the_hard_vote_and_stacking_rules_only_when_present()
     plain = text(["head", "vote-soft"])
     assert "Hard votes" not in plain and "Stacks" not in plain
     assert "Hard votes" not in text(["vote-hard"], binary=False)  # several classes: argmax votes
+
+
+def test_method_text_states_repeats_hybrids_and_the_cv_correction():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from workbench.report.build import _method_text
+
+    def text(candidates, protocol):
+        ranking = pd.DataFrame({"kind": ["vote-soft"] * len(candidates), "candidate": candidates})
+        result = SimpleNamespace(grouping={}, baselines=pd.DataFrame(), ranking=ranking, best_baseline=None,
+                                 degenerate={})
+        return _method_text(result, protocol, "auc", 0.05, binary=True)
+
+    plain = text(["[A] vote-soft(svm-rbf+rf)"], {"cv": 5})
+    assert "mean over 5 outer CV folds" in plain and "Hybrid" not in plain and "repeat" not in plain
+    assert "Nadeau–Bengio correction" in plain and "corrected resampled t-test" in plain
+    hybrid = text(["[A] vote-soft(svm-rbf+rf)", "[A] vote-soft(svm-rbf+rf+CNN lite0)"], {"cv": 5, "repeats": 3})
+    assert "mean over 3 × 5 = 15 outer CV folds" in hybrid
+    assert "Hybrid ensembles add each end-to-end baseline's fold network" in hybrid
+    assert "pool the out-of-fold predictions of every repeat" in hybrid

@@ -338,3 +338,28 @@ def test_latex_compiles(tables, tmp_path):
     log = (tmp_path / "doc.log").read_text(errors="replace")
     # Every table fits the page: nothing sticks out of the text block.
     assert "Overfull \\hbox" not in log and "Float too large" not in log, log[-3000:]
+
+
+def test_comparison_shows_the_corrected_cv_interval_and_p_cv():
+    comp = make_comparison()
+    comp["cv_auc_low"], comp["cv_auc_high"] = comp.cv_auc - 0.0304, comp.cv_auc + 0.0304
+    comp["p_cv"] = [np.nan, 0.01, 0.004, 0.2, 0.03]  # the baseline (first row) is not tested against itself
+    comp["p_cv_holm"] = [np.nan, np.nan, 0.012, 0.2, 0.06]  # the optimistic row is outside the Holm family
+    t = comparison_table(comp)
+    col = {c: j for j, c in enumerate(t.columns)}
+    assert t.columns[-2:] == ["p CV (corrected t)", "p CV (Holm)"]
+    sel = t.rows[0]
+    assert sel[col["CV AUC"]].text == "0.940 ± 0.010 [0.910–0.970]" and sel[col["CV AUC"]].value == 0.94
+    assert sel[col["p CV (corrected t)"]].text == "0.004" and sel[col["p CV (Holm)"]].text == "0.012"
+    assert t.rows[3][col["p CV (corrected t)"]].text == "–"  # the baseline row
+    md = to_markdown(t)
+    assert "Nadeau & Bengio 2003" in md and "p CV: corrected resampled t-test" in md
+    assert "per-fold CV AUC against the best baseline's, paired by fold" in md
+    # A frame without the interval keeps the plain mean ± sd and says nothing of an interval.
+    plain = to_markdown(comparison_table(make_comparison()))
+    assert "0.940 ± 0.010 |" in plain.replace("**", "") and "Nadeau" not in plain
+    # LaTeX breaks the CV cell before its bracket, and "[" opening the second line is protected.
+    assert r"0.940 $\pm$ 0.010 \\ {}[0.910--0.970]" in to_latex(t)
+    # A ranking metric other than AUC is named in the note.
+    other = comp.assign(cv_balanced_accuracy=0.8)
+    assert "per-fold CV balanced accuracy" in to_markdown(comparison_table(other))

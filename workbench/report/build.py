@@ -20,11 +20,14 @@ import pandas as pd
 
 from workbench.core.io import atomic_write
 from workbench.errors import ConfigError, WorkbenchError
+from workbench.evaluation.calibration import RECALIBRATION_METHODS
 from workbench.evaluation.degenerate import CHANCE_AUC, ONE_CLASS_SHARE
 from workbench.evaluation.stats import N_BOOT
 from workbench.evaluation.store import ResultStore
 from workbench.report import figures as F
 from workbench.report import tables as T
+from workbench.report.calibration import calibration_section
+from workbench.report.cd import cv_cd_section
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path, write_cam_folder
 from workbench.search.select import search
 
@@ -48,16 +51,41 @@ class Selection:
 @dataclass(frozen=True)
 class ReportSettings:
     """An experiment's [report]: the tests' level ``alpha``; ``publish``, a folder (relative
-    to the config) the report is copied to."""
+    to the config) the report is copied to; ``recalibrate`` (``None``, ``"platt"``,
+    ``"isotonic"``), a recalibration of the selected model fitted on its out-of-fold
+    predictions only and reported as a row of its own; ``decision_thresholds``, the
+    threshold probabilities of the net-benefit table (binary tasks)."""
 
     alpha: float = 0.05
     publish: str | None = None
+    recalibrate: str | None = None
+    decision_thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)
 
     def __post_init__(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha < 1:
             raise ConfigError(f"report alpha = {self.alpha!r}: expected a number between 0 and 1 (exclusive)")
         if self.publish is not None and (not isinstance(self.publish, str) or not self.publish.strip()):
             raise ConfigError(f"report publish = {self.publish!r}: expected a folder name")
+        if self.recalibrate is not None and self.recalibrate not in RECALIBRATION_METHODS:
+            raise ConfigError(f"report recalibrate = {self.recalibrate!r}: expected one of "
+                              f"{', '.join(RECALIBRATION_METHODS)} (or leave it out)")
+        problem = decision_thresholds_problem(self.decision_thresholds)
+        if problem:
+            raise ConfigError(f"report decision_thresholds = {self.decision_thresholds!r}: {problem}")
+        # A list from TOML becomes a tuple: the settings stay hashable and compare equal.
+        object.__setattr__(self, "decision_thresholds", tuple(float(t) for t in self.decision_thresholds))
+
+
+def decision_thresholds_problem(v: Any) -> str | None:
+    """Why ``v`` is not a list of distinct threshold probabilities in (0, 1) (None: it is)."""
+    if not isinstance(v, (list, tuple)) or not v:
+        return "expected a non-empty list of threshold probabilities, e.g. [0.1, 0.2, 0.3]"
+    bad = [t for t in v if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < 1]
+    if bad:
+        return f"expected numbers between 0 and 1 (exclusive); {bad[0]!r} is not"
+    if len(set(v)) != len(v):
+        return "expected distinct thresholds (one is repeated)"
+    return None
 
 
 def _settings(run: Path) -> dict[str, Any]:
@@ -67,7 +95,9 @@ def _settings(run: Path) -> dict[str, Any]:
     proto, report = raw.get("protocol", {}), raw.get("report", {})
     return {"raw": raw, "metric": proto.get("metric", Selection.metric),
             "top_k": int(proto.get("top_k", Selection.top_k)),
-            "alpha": float(report.get("alpha", ReportSettings.alpha)), "name": raw.get("name", run.name)}
+            "alpha": float(report.get("alpha", ReportSettings.alpha)), "name": raw.get("name", run.name),
+            "recalibrate": report.get("recalibrate", ReportSettings.recalibrate),
+            "decision_thresholds": tuple(report.get("decision_thresholds", ReportSettings.decision_thresholds))}
 
 
 class RunFolderError(WorkbenchError, ValueError):
@@ -100,7 +130,10 @@ def _in_scope(records: pd.DataFrame, run: Path) -> tuple[pd.DataFrame, int]:
         if r["kind"] == "baseline":
             return r["baseline"] in baselines
         used = [r["head"]] if r["kind"] == "head" else list(r["heads"] or [])
-        return set(r["blocks"] or []) <= blocks and set(used) <= heads
+        # A hybrid ensemble's CNN members must be among the config's baselines too.
+        voters = r.get("baselines")
+        voters = list(voters) if isinstance(voters, (list, tuple)) else []
+        return set(r["blocks"] or []) <= blocks and set(used) <= heads and set(voters) <= baselines
 
     keep = records.apply(wanted, axis=1).astype(bool)
     return records[keep].reset_index(drop=True), int(records.loc[~keep, "candidate"].nunique())
@@ -196,7 +229,13 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
     """The report's paragraph on protocol, thresholds, intervals and tests, as they were applied."""
     g = result.grouping or {}
     has_base = len(result.baselines) > 0
-    text = (f"Ranking metric: **{metric}**, mean over {protocol['cv']} outer CV folds of the training split")
+    repeats = int(protocol.get("repeats", 1))
+    if repeats > 1:
+        text = (f"Ranking metric: **{metric}**, mean over {repeats} × {protocol['cv']} = {repeats * protocol['cv']} "
+                f"outer CV folds of the training split ({repeats} repeats of {protocol['cv']}-fold CV, each with its "
+                f"own seeded partition, shared by every candidate and baseline)")
+    else:
+        text = f"Ranking metric: **{metric}**, mean over {protocol['cv']} outer CV folds of the training split"
     if g.get("cv_groups"):
         text += (f", grouped by the manifest's `group` column ({g['cv_groups']} groups, {g['cv_images']} images, "
                  f"{g['cv_images'] / g['cv_groups']:.2f} images per group on average: a group never straddles "
@@ -220,6 +259,20 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
         text += (" Stacks: a logistic regression over the members' probabilities, fitted on the members' inner "
                  "out-of-fold predictions within the CV fold's training rows (on their CV out-of-fold predictions "
                  "for test), never on predictions of members that trained on the rows it scores.")
+    names = result.ranking["candidate"].astype(str) if "candidate" in result.ranking else pd.Series([], dtype=str)
+    if names.str.contains("+CNN ", regex=False).any():  # a hybrid's label names its CNN member
+        text += (" Hybrid ensembles add each end-to-end baseline's fold network as a member, from its stored "
+                 "predictions on the same folds; in hard votes a network votes at the Youden threshold on its own "
+                 "validation split (held out from its training, used for early stopping); a hybrid stack is fitted "
+                 "on all members' outer CV out-of-fold predictions for test, and on a CV fold on the rows of that "
+                 "fold network's validation split only (the heads' inner out-of-fold predictions there and the "
+                 "network's validation scores), since no inner-fold networks exist.")
+    if repeats > 1:
+        text += (" Stacks and hard-vote thresholds for test pool the out-of-fold predictions of every repeat "
+                 "(each training image counted once per repeat).")
+    text += (f" CV intervals: {100 * (1 - alpha):.0f} % t intervals with the Nadeau–Bengio correction "
+             "(variance × (1/J + n_test/n_train) over the J folds, which overlap); p CV: the corrected resampled "
+             "t-test of the per-fold ranking metric against the best baseline's, paired by fold.")
     pct = f"{100 * (1 - alpha):.0f} %"
     if g.get("clustered"):
         text += (f" The test split holds {g['test_images']} images in {g['test_groups']} groups (up to "
@@ -241,8 +294,9 @@ def _method_text(result, protocol: dict[str, Any], metric: str, alpha: float, *,
     return text
 
 
-def _tables(records: pd.DataFrame, result, metric: str, classes: list[str], folder: Path) -> list:
-    """The paper tables (per backbone, concatenations, ensembles, per class, comparison), written."""
+def _tables(records: pd.DataFrame, result, metric: str, classes: list[str]) -> list:
+    """The paper tables (per backbone, concatenations, ensembles, per class, comparison); the
+    comparison last."""
     bad = result.degenerate
     tables = [T.backbone_table(records, b, metric, degenerate=bad) for b in _backbones(records)]
     if (records["size"] >= 2).any():
@@ -252,9 +306,31 @@ def _tables(records: pd.DataFrame, result, metric: str, classes: list[str], fold
     if len(classes) > 2:  # per-class (one-vs-rest) and macro figures of the models compared
         shown = list(dict.fromkeys(result.selected + list(result.baselines["candidate"])))
         tables.append(T.per_class_table(records, shown, classes))
+    if result.external:  # external test sets: beside the internal test split, same thresholds
+        tables.append(T.external_table(result))
     tables.append(T.comparison_table(result.comparison))
-    T.write_tables(tables, folder)
     return tables
+
+
+#: Tables shown in ``report.md`` under the comparison (all of them are under ``tables/``).
+_REPORT_MD_TABLES = ("external", "calibration", "net_benefit")
+
+#: How many of the best candidates by CV the CD diagram ranks (with every baseline).
+CD_CANDIDATES = 10
+
+
+def _evidence(store: ResultStore, records: pd.DataFrame, result, s: dict[str, Any], tmp: Path
+              ) -> tuple[list, list[Path]]:
+    """Calibration, decision curves and the CV critical-difference diagram: tables, figures
+    (notes go to ``result.notes``)."""
+    tables, figs, notes = calibration_section(store, records, result, alpha=s["alpha"], recalibrate=s["recalibrate"],
+                                              thresholds=s["decision_thresholds"], tables_dir=tmp / "tables",
+                                              figures_dir=tmp / "figures")
+    shown = list(dict.fromkeys(list(result.ranking["candidate"].head(CD_CANDIDATES))
+                               + list(result.baselines["candidate"])))
+    cd_figs, cd_notes = cv_cd_section(records, s["metric"], shown, tmp / "figures", alpha=s["alpha"])
+    result.notes.extend(notes + cd_notes)
+    return tables, figs + cd_figs
 
 
 def _figures(run: Path, store: ResultStore, records: pd.DataFrame, result, metric: str, folder: Path) -> list[Path]:
@@ -295,6 +371,7 @@ def _report_md(settings: dict[str, Any], result, protocol: dict[str, Any], table
         "",
         T.to_markdown(tables[-1]),  # the comparison
         "",
+        *[part for t in tables if t.key in _REPORT_MD_TABLES for part in (T.to_markdown(t), "")],
         *[f"- {n}" for n in result.notes],
         "",
         "Tables: " + ", ".join(f"[{t.key}](tables/{t.key}.md)" for t in tables),
@@ -351,8 +428,13 @@ def write_report(run: str | Path) -> Path:
     (tmp / "tables").mkdir(parents=True)
     (tmp / "figures").mkdir(parents=True)
     try:
-        tables = _tables(records, result, s["metric"], list(store.protocol()["classes"]), tmp / "tables")
+        tables = _tables(records, result, s["metric"], list(store.protocol()["classes"]))
         figs = _figures(run, store, records, result, s["metric"], tmp / "figures")
+        more_tables, more_figs = _evidence(store, records, result, s, tmp)
+        # The comparison stays last: report.md shows it.
+        tables = tables[:-1] + more_tables + tables[-1:]
+        figs += more_figs
+        T.write_tables(tables, tmp / "tables")
         prov = _provenance(run, store, records, s)
         atomic_write(tmp / "provenance.json",
                      (json.dumps(prov, indent=1, sort_keys=True, default=str) + "\n").encode())

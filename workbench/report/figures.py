@@ -33,6 +33,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from workbench.evaluation.metrics import metric_label
 from workbench.evaluation.store import ResultStore
 from workbench.report.tables import _subset_code as join_codes  # the tables' rule, one copy
+from workbench.evaluation.settings import is_cv_fold
 
 if TYPE_CHECKING:  # matplotlib is imported where it is used, not on import of the package
     from matplotlib.figure import Figure
@@ -224,7 +225,7 @@ def roc_curves_from_store(store: ResultStore | str | os.PathLike, candidates: Se
             raise KeyError(f"candidate {label!r} is not in {store.root}; it holds: "
                            f"{', '.join(sorted(by_candidate))}")
         recs = by_candidate[label]
-        chosen = [r for r in recs if (r["fold"] != "test" if fold == "cv" else r["fold"] == str(fold))]
+        chosen = [r for r in recs if (is_cv_fold(r["fold"]) if fold == "cv" else r["fold"] == str(fold))]
         if not chosen:
             raise KeyError(f"candidate {label!r} has no fold {fold!r} in {store.root}; it has folds "
                            f"{', '.join(sorted(str(r['fold']) for r in recs))}")
@@ -252,6 +253,18 @@ def _curve_style(kind: str, i: int) -> dict[str, Any]:
     grey = _CANDIDATE_GREYS[(i // len(_LINESTYLES)) % len(_CANDIDATE_GREYS)]
     return dict(linestyle=_LINESTYLES[i % len(_LINESTYLES)], marker=_CANDIDATE_MARKERS[i % len(_CANDIDATE_MARKERS)],
                 color=grey, markerfacecolor=grey, markeredgecolor=grey, linewidth=1.8, markersize=4.5)
+
+
+def unit_square(ax: Any) -> None:
+    """Axes over [0, 1] x [0, 1], square, ticks every 0.2, a light grid below the data
+    (ROC curves, reliability diagrams)."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.grid(True, color="0.9", linewidth=0.6)
+    ax.set_axisbelow(True)
 
 
 def roc_axes(curves: Sequence[RocCurve], title: str | None = None) -> "Figure":
@@ -289,13 +302,7 @@ def roc_axes(curves: Sequence[RocCurve], title: str | None = None) -> "Figure":
             # so a curve of 20 points and one of 2000 carry the same number of marks.
             ax.plot(fpr, tpr, label=f"{c.label} (AUC {auc:.3f})", markevery=0.1, clip_on=False,
                     gid=f"roc:{c.label}", zorder=3 if c.kind == "candidate" else 2, **style)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        ax.set_xticks(np.linspace(0, 1, 6))
-        ax.set_yticks(np.linspace(0, 1, 6))
-        ax.grid(True, color="0.9", linewidth=0.6)
-        ax.set_axisbelow(True)
+        unit_square(ax)
         ax.set_xlabel("1 − specificity (false-positive rate)")
         ax.set_ylabel("Sensitivity (true-positive rate)")
         if title:
@@ -402,7 +409,7 @@ def _cv_subset_records(records: Any, metric: str) -> pd.DataFrame:
     missing = [c for c in ("candidate", "kind", "codes", "fold") if c not in df.columns]
     if missing:
         raise ValueError(f"records lack the columns {missing}; pass ResultStore.frame() or .records()")
-    cv = df[(df["fold"].astype(str) != "test") & (df["kind"] != "baseline")]
+    cv = df[df["fold"].map(is_cv_fold) & (df["kind"] != "baseline")]
     cv = cv[cv["codes"].map(lambda c: c is not None and not (isinstance(c, float)) and len(c) > 0)]
     if not len(cv):
         raise ValueError("no cross-validation records of feature subsets (only test or baseline records)")

@@ -9,6 +9,7 @@ from the search's comparison frame, and the renderers turn it into text:
 - :func:`concatenation_table`: heads on feature concatenations of two blocks or more;
 - :func:`ensemble_table`: the vote (and stacking) ensembles of every subset;
 - :func:`comparison_table`: the selected models and the baselines on the test split.
+- :func:`external_table`: the same models on the test split and on each external test set.
 
 CV cells are ``mean ± sd`` over the outer CV folds; test cells are shown beside them
 but never decide an order or a mark of "best". Cells below the best baseline (by CV)
@@ -41,6 +42,7 @@ import pandas as pd
 from workbench.evaluation.metrics import PER_CLASS_METRICS as _PER_CLASS, PROPORTION_METRICS
 from workbench.evaluation.metrics import higher_is_better, metric_label
 from workbench.core.io import atomic_write
+from workbench.evaluation.settings import fold_repeat, is_cv_fold
 
 __all__ = [
     "Cell",
@@ -49,6 +51,7 @@ __all__ = [
     "comparison_table",
     "concatenation_table",
     "ensemble_table",
+    "external_table",
     "study_tables",
     "tex_escape",
     "to_csv",
@@ -168,6 +171,16 @@ def fmt_mean_sd(mean: float | None, sd: float | None) -> str:
     return fmt(mean) if _nan(sd) else f"{fmt(mean)} ± {fmt(sd)}"
 
 
+def fmt_mean_sd_interval(mean: float | None, sd: float | None, low: float | None, high: float | None) -> str:
+    """``0.913 ± 0.020 [0.875–0.951]``: a CV mean, its sd over the folds and the interval
+    of the mean in brackets (parentheses are the test split's); parts that are undefined
+    are left out."""
+    text = fmt_mean_sd(mean, sd)
+    if text == DASH or _nan(low) or _nan(high):
+        return text
+    return f"{text} [{fmt(low)}{DASH}{fmt(high)}]"
+
+
 def fmt_interval(v: float | None, low: float | None, high: float | None) -> str:
     """``0.908 (0.851–0.957)``; the value alone without an interval."""
     if _nan(v):
@@ -270,7 +283,7 @@ def _check(records: pd.DataFrame, metric: str) -> None:
 def _stats(records: pd.DataFrame, metric: str, degenerate: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per candidate: its description, CV mean / sd / folds, test value, optimistic,
     and why it is degenerate (``""``: it is not)."""
-    cv = records[records["fold"].astype(str) != "test"]
+    cv = records[records["fold"].map(is_cv_fold)]
     test = records[records["fold"].astype(str) == "test"]
     first = records.drop_duplicates("candidate").set_index("candidate")
     g = cv.groupby("candidate", sort=True)[metric]
@@ -296,8 +309,11 @@ def _stats(records: pd.DataFrame, metric: str, degenerate: dict[str, str] | None
     return out
 
 
-def _n_folds(records: pd.DataFrame) -> int:
-    return int(records.loc[records["fold"].astype(str) != "test", "fold"].nunique())
+def _folds_text(records: pd.DataFrame) -> str:
+    """``"5"``, or ``"15 (3 repeats x 5)"`` for repeated CV: what a table's CV note says."""
+    folds = records.loc[records["fold"].map(is_cv_fold), "fold"].astype(str).unique()
+    repeats = len({fold_repeat(f) for f in folds})
+    return f"{len(folds)} ({repeats} repeats x {len(folds) // repeats})" if repeats > 1 else str(len(folds))
 
 
 def _best_baseline(stats: pd.DataFrame, metric: str) -> pd.Series | None:
@@ -345,7 +361,7 @@ def _legend(stats: pd.DataFrame) -> str:
 def _grid_table(stats: pd.DataFrame, metric: str, *, row_keys: list[Any], row_labels: list[list[str]],
                 col_keys: list[Any], col_names: list[str], label_columns: list[str], cell_of,
                 test: bool, best: pd.Series | None, title: str, key: str, notes: list[str],
-                n_folds: int, extra_rows: Sequence[list[Cell]] = (), skip_best: Sequence[int] = ()) -> Table:
+                n_folds: int | str, extra_rows: Sequence[list[Cell]] = (), skip_best: Sequence[int] = ()) -> Table:
     """Rows x columns of CV (and test) cells, marked against the best baseline."""
     rows: list[list[Cell]] = []
     for rk, labels in zip(row_keys, row_labels):
@@ -441,7 +457,7 @@ def backbone_table(records: pd.DataFrame, backbone: str, metric: str = "auc", *,
     return _grid_table(st, metric, row_keys=order, row_labels=labels, col_keys=heads, col_names=heads,
                        label_columns=["Tap", "Weights"], cell_of=lambda r, c: by_cell.get((r, c)), test=test,
                        best=best, title=title, key=key or f"backbone-{_slug(backbone)}-{_slug(metric)}",
-                       notes=notes, n_folds=_n_folds(records), extra_rows=extra)
+                       notes=notes, n_folds=_folds_text(records), extra_rows=extra)
 
 
 def _tap_rows(singles: pd.DataFrame) -> tuple[list, list[list[str]], dict, bool]:
@@ -506,7 +522,7 @@ def concatenation_table(records: pd.DataFrame, metric: str = "auc", *, test: boo
                        col_names=heads, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
                        test=test, best=_best_baseline(st, metric),
                        title=f"{metric_label(metric)} of the heads on concatenated features",
-                       key=key or f"concatenation-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
+                       key=key or f"concatenation-{_slug(metric)}", notes=notes, n_folds=_folds_text(records))
 
 
 def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = True,
@@ -516,6 +532,8 @@ def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = T
 
     Where ensembles over different sets of heads are present, each (kind, heads) pair
     gets a column of its own, named like the candidates (``vote-soft(svm-rbf+rf)``).
+    Hybrid ensembles, in which end-to-end baseline networks vote with the heads, get
+    rows of their own after the others (``[A] + CNN lite0``).
 
     Parameters
     ----------
@@ -528,25 +546,34 @@ def ensemble_table(records: pd.DataFrame, metric: str = "auc", *, test: bool = T
     st = _stats(records, metric, degenerate)
     cands = st[st["kind"].isin(ENSEMBLE_KINDS)]
     subsets, code_of = _subset_rows(cands)
+    first = records.drop_duplicates("candidate").set_index("candidate")
+    nets = [_seq(first.at[c, "baselines"]) if "baselines" in first.columns else () for c in cands.index]
+    order = {b: i for i, b in enumerate(subsets)}
+    rows = sorted({(b, n) for b, n in zip(cands["blocks"], nets)}, key=lambda r: (len(r[1]) > 0, r[1], order[r[0]]))
     kind_rank = {k: i for i, k in enumerate(ENSEMBLE_KINDS)}
     cols = sorted({(k, h) for k, h in zip(cands["kind"], cands["heads"])}, key=lambda c: (kind_rank[c[0]], c[1]))
     head_sets = sorted({h for _, h in cols})
     one_set = len(head_sets) <= 1
     names = [k if one_set else f"{k}({'+'.join(h)})" for k, h in cols]
-    by_cell = {(b, (k, h)): s for (_, s), b, k, h in zip(cands.iterrows(), cands["blocks"], cands["kind"],
-                                                         cands["heads"])}
+    by_cell = {((b, n), (k, h)): s for (_, s), b, n, k, h in zip(cands.iterrows(), cands["blocks"], nets,
+                                                                 cands["kind"], cands["heads"])}
     notes = [_legend(cands)]
     if one_set and head_sets and head_sets[0]:
         notes.append(f"Members: the {' and '.join(head_sets[0])} heads of each block of the subset"
                      + ("; stack: a logistic regression over their out-of-fold probabilities" if
                         any(k == "stack" for k, _ in cols) else "") + ".")
+    if any(nets):
+        notes.append("Rows + CNN NAME: hybrid ensembles, in which that end-to-end baseline network (one per "
+                     "fold, as its own rows) votes with the heads; a hybrid stack on a CV fold is fitted on the "
+                     "network's validation split.")
     if cands.empty:
         notes.append("No ensembles in the records.")
-    return _grid_table(st, metric, row_keys=subsets, row_labels=[[code_of[b]] for b in subsets], col_keys=cols,
+    labels = [[code_of[b] + "".join(f" + CNN {x}" for x in n)] for b, n in rows]
+    return _grid_table(st, metric, row_keys=rows, row_labels=labels, col_keys=cols,
                        col_names=names, label_columns=["Features"], cell_of=lambda r, c: by_cell.get((r, c)),
                        test=test, best=_best_baseline(st, metric),
                        title=f"{metric_label(metric)} of the ensembles of each subset's per-block heads",
-                       key=key or f"ensembles-{_slug(metric)}", notes=notes, n_folds=_n_folds(records))
+                       key=key or f"ensembles-{_slug(metric)}", notes=notes, n_folds=_folds_text(records))
 
 
 def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Table:
@@ -556,9 +583,11 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
     ----------
     comparison
         One row per model (``SearchResult.comparison``): ``candidate``, ``role``,
-        ``cv_auc``, ``cv_auc_sd``, for each test metric ``m``: ``m``, ``m_low``,
+        ``cv_auc``, ``cv_auc_sd`` (and optionally ``cv_auc_low``, ``cv_auc_high``: the
+        corrected interval of the CV mean), for each test metric ``m``: ``m``, ``m_low``,
         ``m_high``; ``threshold``, ``p_auc``, ``p_auc_holm``, ``p_accuracy``,
-        ``p_accuracy_holm``. Metrics the frame lacks (multi-class) are left out.
+        ``p_accuracy_holm``, ``p_cv``, ``p_cv_holm`` (corrected resampled t-test on the
+        CV folds). Metrics the frame lacks (multi-class) are left out.
     key
         File stem and LaTeX label.
 
@@ -618,8 +647,9 @@ def _comparison_columns(df: pd.DataFrame, reason: list[str]) -> list[tuple[str, 
         ("Role", lambda r: Cell(str(r["role"])), False),
     ]
     if "cv_auc" in df.columns:
-        specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd(r["cv_auc"], get(r, "cv_auc_sd")), _num(r["cv_auc"])),
-                      True))
+        specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd_interval(r["cv_auc"], get(r, "cv_auc_sd"),
+                                                                  get(r, "cv_auc_low"), get(r, "cv_auc_high")),
+                                               _num(r["cv_auc"])), True))
     for m in [m for m in COMPARISON_METRICS if m in df.columns]:
         specs.append((metric_label(m, capital=True),
                       lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),
@@ -627,10 +657,19 @@ def _comparison_columns(df: pd.DataFrame, reason: list[str]) -> list[tuple[str, 
     if "threshold" in df.columns:
         specs.append(("Threshold", threshold_cell, False))
     for p, head in (("p_auc", "p AUC"), ("p_auc_holm", "p AUC (Holm)"), ("p_accuracy", "p accuracy"),
-                    ("p_accuracy_holm", "p accuracy (Holm)")):
+                    ("p_accuracy_holm", "p accuracy (Holm)"), ("p_cv", "p CV (corrected t)"),
+                    ("p_cv_holm", "p CV (Holm)")):
         if p in df.columns:
             specs.append((head, lambda r, p=p: Cell(fmt_p(r[p]), _num(r[p])), False))
     return specs
+
+
+def _ranking_metric(df: pd.DataFrame) -> str:
+    """The ranking metric of a comparison frame: its ``cv_<metric>`` column other than
+    ``cv_auc`` (which every frame has for the table), else AUC."""
+    found = [c[3:] for c in df.columns if c.startswith("cv_") and c != "cv_auc"
+             and not c.endswith(("_sd", "_low", "_high"))]
+    return found[0] if found else "auc"
 
 
 def _comparison_notes(df: pd.DataFrame, rows: list[list[Cell]], reason: list[str], is_base: list[bool],
@@ -639,7 +678,11 @@ def _comparison_notes(df: pd.DataFrame, rows: list[list[Cell]], reason: list[str
     quantile = "threshold_quantile" in df.columns and df["threshold_quantile"].notna().any()
     notes = []
     if "cv_auc" in df.columns:
-        notes.append("CV AUC: mean ± sd over the outer CV folds of the training split, the selection criterion.")
+        shown = "cv_auc_low" in df.columns and df["cv_auc_low"].notna().any()
+        notes.append("CV AUC: mean ± sd over the outer CV folds of the training split"
+                     + (" [95 % interval of the mean over the J folds of every repeat, its variance corrected "
+                        "for the folds' overlap: (1/J + n_test/n_train) × sd², Nadeau & Bengio 2003]" if shown else "")
+                     + ", the selection criterion.")
     clustered = "interval_method" in df.columns and (df["interval_method"] == "cluster bootstrap").any()
     notes.append("Test split: value (95 % interval"
                  + ("; percentile cluster bootstrap over the groups of the test split, which hold several images "
@@ -660,6 +703,12 @@ def _comparison_notes(df: pd.DataFrame, rows: list[list[Cell]], reason: list[str
                          + ("non-degenerate " if any(is_base[i] for i in degenerate) else "")
                          + "baseline (by CV) on the same test images (DeLong for AUC, exact McNemar for accuracy); "
                            "Holm: adjusted across the table's selected and top-k rows.")
+    if "p_cv" in df.columns and df["p_cv"].notna().any():
+        notes.append(f"p CV: corrected resampled t-test (Nadeau & Bengio 2003; Bouckaert & Frank 2004) of the "
+                     f"per-fold CV {metric_label(_ranking_metric(df))} against the best "
+                     + ("non-degenerate " if any(is_base[i] for i in degenerate) else "")
+                     + "baseline's, paired by fold (J - 1 degrees of freedom); Holm: adjusted across the table's "
+                       "selected and top-k rows.")
     if any(c.best for r in rows for c in r):
         notes.append("Bold: the best of its column, the optimistic row aside"
                      + (" and the degenerate rows" if degenerate else "") + ".")
@@ -709,6 +758,105 @@ def per_class_table(records: pd.DataFrame, candidates: Sequence[str], classes: S
              "macro: the unweighted mean over the classes."]
     return Table("Per-class test metrics of the selected models and the baselines", columns, rows, notes, key,
                  rules=tuple(rules))
+
+
+def external_table(result: Any, *, key: str = "external") -> Table:
+    """The reported models on the internal test split and on each external test set.
+
+    Parameters
+    ----------
+    result
+        A :class:`~workbench.search.select.SearchResult` with external sets
+        (``result.external``: name -> frame, see :mod:`workbench.search.external`).
+    key
+        File stem and LaTeX label.
+
+    Notes
+    -----
+    One row per reported model (selected, top-k, baselines, requested; in the
+    comparison's order, the optimistic pick left out). For the internal test split and
+    then for each set: AUC (95 % interval) and sensitivity and specificity at the
+    model's threshold (multi-class: accuracy), the same threshold on every set; for each
+    set also ΔAUC (external minus internal) and the paired test against the best
+    baseline on the set's images. A note states the selected model's change in AUC.
+
+    Raises
+    ------
+    ValueError
+        When the result holds no external set.
+    """
+    external: dict[str, pd.DataFrame] = dict(getattr(result, "external", None) or {})
+    if not external:
+        raise ValueError("the search result holds no external test set")
+    df = _comparison_order(result.comparison)
+    df = df[df["role"] != OPTIMISTIC_ROLE].reset_index(drop=True)
+    binary = "sensitivity" in df.columns
+    shown = ("sensitivity", "specificity") if binary else ("accuracy",)
+    p_key, p_head = ("p_auc", "p AUC") if binary else ("p_accuracy", "p accuracy")
+    columns = ["Model", "Role", "Test AUC", *[f"Test {metric_label(m)}" for m in shown]]
+    for name in external:
+        columns += [f"{name} AUC", *[f"{name} {metric_label(m)}" for m in shown], f"{name} ΔAUC",
+                    f"{name} {p_head}"]
+    by_row = {n: {(r["candidate"], r["role"]): r for _, r in f.iterrows()} for n, f in external.items()}
+    get = lambda r, c: r[c] if r is not None and c in r.index else float("nan")  # noqa: E731
+
+    def interval(r, m: str) -> Cell:
+        v = get(r, m)
+        return Cell(fmt_interval(v, get(r, f"{m}_low"), get(r, f"{m}_high")), None if _nan(v) else float(v))
+
+    def value(v: Any, text=fmt) -> Cell:
+        return Cell(text(v), None if _nan(v) else float(v))
+
+    rows = []
+    for _, r in df.iterrows():
+        cells = [Cell(str(r["candidate"])), Cell(str(r["role"])), interval(r, "auc"),
+                 *[interval(r, m) for m in shown]]
+        for name in external:
+            e = by_row[name].get((r["candidate"], r["role"]))
+            cells += [interval(e, "auc"), *[interval(e, m) for m in shown], value(get(e, "delta_auc")),
+                      value(get(e, p_key), fmt_p)]
+        rows.append(cells)
+    notes = _external_notes(df, external, binary)
+    return Table("Selected models and baselines on the internal test split and the external test sets", columns,
+                 rows, notes, key)
+
+
+def _external_notes(df: pd.DataFrame, external: dict[str, pd.DataFrame], binary: bool) -> list[str]:
+    """What the external table's columns mean, each set described, and the selected model's change."""
+    notes = ["Every model as fitted for the internal test split (on the whole training split), applied unchanged "
+             "to each external set: value (95 % interval)"
+             + ("; sensitivity and specificity at the model's own threshold, chosen on its out-of-fold CV "
+                "predictions and the same on every set (never refitted on external labels)" if binary else
+                "; accuracy at the argmax decision, AUC the macro mean over the classes") + ".",
+             "ΔAUC: the set's AUC minus the internal test split's (negative: a drop).",
+             ("p AUC: DeLong test" if binary else "p accuracy: exact McNemar test")
+             + " against the best baseline (by CV) on the same external images (a cluster bootstrap where a "
+               "group holds several images), unadjusted."]
+    for name, f in external.items():
+        a = f.attrs
+        counts = a.get("classes") or {}
+        what = f"{a.get('n_images', '?')} images" + (f" ({', '.join(f'{v} {k}' for k, v in counts.items())})"
+                                                      if counts else "")
+        if a.get("held_out"):
+            notes.append(f"{name}: {what}, held out from the main manifest: a part of the same collection, not a "
+                         f"different site or scanner, so it measures variation within the collection only.")
+        else:
+            notes.append(f"{name}: {what}" + (f", from {Path(str(a['source'])).name}" if a.get("source") else "")
+                         + ".")
+    sel = df[df["role"] == "selected"]
+    if len(sel):
+        cand = sel["candidate"].iloc[0]
+        for name, f in external.items():
+            e = f[(f["candidate"] == cand) & (f["role"] == "selected")]
+            if not len(e) or "auc" not in e.columns or _nan(e["auc"].iloc[0]) or _nan(e["test_auc"].iloc[0]):
+                notes.append(f"{name}: the selected model, {cand}, has no AUC on this set and the test split.")
+                continue
+            t, x = float(e["test_auc"].iloc[0]), float(e["auc"].iloc[0])
+            change = (f"a drop of {fmt(t - x)}" if _shown(x) < _shown(t)
+                      else f"a rise of {fmt(x - t)}" if _shown(x) > _shown(t) else "no change at this precision")
+            notes.append(f"The selected model, {cand}, has AUC {fmt(t)} on the internal test split and {fmt(x)} on "
+                         f"{name}: {change}.")
+    return notes
 
 
 def study_tables(records: pd.DataFrame, comparison: pd.DataFrame | None = None, metric: str = "auc",
@@ -791,11 +939,12 @@ def _tex_text(s: str) -> str:
 
 
 def _tex_lines(text: str) -> list[str]:
-    """Where a long cell breaks in a stacked LaTeX cell: before its last parenthesis
-    (``0.908 (0.857–0.960)``, ``p AUC (Holm)``), else at its first space."""
+    """Where a long cell breaks in a stacked LaTeX cell: before its last parenthesis or
+    bracket (``0.908 (0.857–0.960)``, ``p AUC (Holm)``, ``0.913 ± 0.020 [0.875–0.951]``),
+    else at its first space."""
     if len(text) <= STACK_CHARS:
         return [text]
-    cut = text.rfind(" (")
+    cut = max(text.rfind(" ("), text.rfind(" ["))
     if cut <= 0:
         cut = text.find(" ")
     return [text] if cut <= 0 else [text[:cut], text[cut + 1:]]
