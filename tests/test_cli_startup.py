@@ -57,7 +57,7 @@ def test_help_wall_time_is_reported():
 
 def test_every_command_has_a_function():
     parser_commands = {"demo", "backbones", "extract", "cache", "sweep", "run", "report", "finetune",
-                       "baselines", "cam", "export", "predict", "serve"}
+                       "baselines", "cam", "export", "predict", "serve", "compare"}
     assert set(COMMANDS) == parser_commands
     from workbench.cli.app import _command
 

@@ -54,6 +54,8 @@ alpha = 0.05
 
 [export]
 out = "../models/t"
+
+[test]
 """
 
 
@@ -157,7 +159,9 @@ BAD_VALUES = [
     ("protocol", "metric", '"auc_macro"', "(a binary task)"),
     ("protocol", "metric", "1", "expected a string"),
     ("protocol", "top_k", "0", ">= 1"),
-    ("protocol", "topk", "3", "unknown key; known keys in [protocol]: cv, inner_cv, metric, scoring, seed, top_k"),
+    ("protocol", "repeats", "0", "protocol.repeats = 0: expected an integer >= 1"),
+    ("protocol", "topk", "3", "unknown key; known keys in [protocol]: cv, inner_cv, metric, repeats, scoring, seed, "
+                              "top_k"),
     ("features", "specs", '["nonet:avgpool"]', "nonet"),
     ("features", "specs", '["tf_efficientnet_lite0:fc9"]', "fc9"),
     ("features", "specs", '[""]', "non-empty"),
@@ -190,6 +194,8 @@ BAD_VALUES = [
     ("sweep", "grids", "{rf = {depth = [3]}}", "sweep.grids.rf"),
     ("sweep", "ensemble_heads", '["logreg"]', "logreg is not"),
     ("sweep", "ensemble_heads", '"rf"', 'write ensemble_heads = ["rf"]'),
+    ("sweep", "ensemble_members", '["rf", "baseline:nope"]', "unknown baseline 'nope'"),
+    ("sweep", "ensemble_members", '["rf", "baseline:lite0"]', "add 'lite0' to baselines.names"),
     ("sweep", "n_jobs", "0", "-1 for one per CPU"),
     ("baselines", "names", '"lite0"', 'write names = ["lite0"]'),
     ("baselines", "names", '["lite9"]', "lite9"),
@@ -201,10 +207,22 @@ BAD_VALUES = [
     ("report", "alpha", "0", "between 0 and 1"),
     ("report", "alpha", '"0.05"', "expected a number"),
     ("report", "publish", "true", "expected a string"),
+    ("report", "recalibrate", '"temperature"', 'expected one of "platt", "isotonic"'),
+    ("report", "recalibrate", "true", "expected a string"),
+    ("report", "decision_thresholds", "0.2", "expected a non-empty list of threshold probabilities"),
+    ("report", "decision_thresholds", "[]", "expected a non-empty list"),
+    ("report", "decision_thresholds", "[0.1, 1.0]", "between 0 and 1 (exclusive); 1.0 is not"),
+    ("report", "decision_thresholds", '[0.1, "0.2"]', "'0.2' is not"),
+    ("report", "decision_thresholds", "[0.1, 0.1]", "distinct"),
     ("export", "out", '""', "non-empty"),
     ("export", "candidate", "3", "expected a string"),
     ("export", "above", "[]", "expected a string"),
     ("export", "below", '""', "non-empty"),
+    ("test", "external", '"site2.csv"', "expected a table"),
+    ("test", "external", '{"site-2" = "site2.csv"}', "'site-2': use letters, digits and '_'"),
+    ("test", "external", "{site2 = 3}", 'expected "manifest.csv" or {manifest = "...", ids = "..."}'),
+    ("test", "external", '{site2 = {manifest = "s.csv", idz = "x.txt"}}', "unknown key(s) idz"),
+    ("test", "external", '{site2 = {ids = "x.txt"}}', "missing 'test.external.site2.manifest'"),
 ]
 
 
@@ -238,6 +256,8 @@ def test_every_schema_key_is_covered_by_the_sweep():
     ("finetune", "freeze", "0.5", 0.5),
     ("finetune", "lr", "1", 1),
     ("", "duplicates", '"drop"', "drop"),
+    ("report", "recalibrate", '"platt"', "platt"),
+    ("report", "decision_thresholds", "[0.1, 0.25]", (0.1, 0.25)),
 ])
 def test_good_values_are_kept(tmp_path, section, key, value, expected):
     cfg = _load(tmp_path, _set(GOOD, section, key, value))

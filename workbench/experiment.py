@@ -15,15 +15,20 @@ Config (paths relative to the config file)::
     finetuned = "finetuned"                   # the fine-tuned store (default: $WORKBENCH_FINETUNED or ./finetuned)
     duplicates = "warn"                       # byte-identical images under several ids: "warn", "drop", "error"
 
-    [protocol]   cv = 5, inner_cv = 3, seed = 0, scoring = "auc", metric = "auc", top_k = 3
+    [protocol]   cv = 5, inner_cv = 3, seed = 0, scoring = "auc", metric = "auc", top_k = 3,
+                 repeats = 1 (R x cv outer folds, each repeat its own seeded partition)
     [features]   specs = ["tf_efficientnet_lite0:avgpool", ...], image_size = 224 (optional)
                  finetuned = ["tf_efficientnet_lite0"]  (adds BACKBONE@ft-...:taps blocks)
                  nested = false                        (true: BACKBONE@ftn-..., clean CV)
     [finetune]   any FineTuneConfig field (epochs, lr, image_size, cut_remain, ...)
     [sweep]      heads = ["svm-rbf", "rf"], subsets = "all", ensembles = true, stacking = false,
+                 ensemble_members = ["svm-rbf", "rf", "baseline:lite0"] (hybrid CNN + head ensembles too),
                  [sweep.grids] svm-rbf = {C = [1, 10]}
     [baselines]  names = ["lite0"], tune = false, [baselines.set] epochs = 5
     [report]     alpha = 0.05, publish = "folder beside the config"
+    [test]       external = {site2 = "site2.csv", heldout = {manifest = "labels.csv", ids = "heldout_ids.txt"}}
+                 (further test sets, scored once by the frozen models; ids of the main manifest are held out of it)
+                 recalibrate = "platt" | "isotonic" (optional), decision_thresholds = [0.05, 0.1, 0.2, 0.3, 0.5]
 
 Each table becomes a typed, frozen object (:data:`SECTIONS`): [protocol] a
 :class:`~workbench.evaluation.protocol.Protocol` and a :class:`~workbench.report.build.Selection`,
@@ -62,8 +67,10 @@ from workbench.baselines.run import run_baselines
 from workbench.core.io import atomic_write
 from workbench.data.manifest import Item, Manifest
 from workbench.data.modes import INPUT_MODES, RESIZE_MODES
+from workbench.evaluation.calibration import RECALIBRATION_METHODS
 from workbench.evaluation.metrics import PER_CLASS_METRICS, list_metrics
-from workbench.evaluation.protocol import Protocol, build_task
+from workbench.evaluation.protocol import (ExternalSetError, Protocol, build_task, check_external_name,
+                                           combine_external, load_external)
 from workbench.evaluation.settings import SCORINGS
 from workbench.evaluation.store import ResultStore
 from workbench.features.extraction import extract
@@ -71,15 +78,15 @@ from workbench.features.featureset import FeatureSet
 from workbench.features.options import ExtractOptions
 from workbench.features.request import FeatureRequest
 from workbench.heads.zoo import get_head
-from workbench.report.build import ReportSettings, Selection, write_report
+from workbench.report.build import ReportSettings, Selection, decision_thresholds_problem, write_report
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path
 from workbench.search.options import Execution, SweepOptions
 from workbench.search.sweep import sweep
 from workbench.training.config import FineTuneConfig
 from workbench.training.nested import fine_tune_nested
 
-__all__ = ["ExperimentConfig", "FeaturesConfig", "BaselinesConfig", "ConfigError", "run_experiment", "build_report",
-           "CONFIG_SCHEMA", "SECTIONS", "DUPLICATE_POLICIES"]
+__all__ = ["ExperimentConfig", "FeaturesConfig", "BaselinesConfig", "ConfigError", "ExternalSpec", "TestConfig",
+           "run_experiment", "build_report", "CONFIG_SCHEMA", "SECTIONS", "DUPLICATE_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +274,27 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class ExternalSpec:
+    """One external test set of [test] external: a manifest, or those of its rows whose
+    ids an ``ids`` file lists (one per line; ``#`` comments). Paths are resolved."""
+
+    manifest: Path
+    ids: Path | None = None
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """[test]: further test sets (another site, another scanner), by name.
+
+    Each is evaluated once with the models and baselines fitted for the internal test
+    split, at their thresholds from out-of-fold predictions, and reported beside it. A
+    set given by ``ids`` of the main manifest itself is held out of the run's data.
+    """
+
+    external: Mapping[str, ExternalSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Section:
     """One TOML table: its keys (checked on load) and how it becomes typed fields.
 
@@ -297,7 +325,7 @@ def _build_protocol(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[
     problem = _metric_problem(v.get("metric", Selection.metric), top.get("classes"))
     if problem:
         raise ConfigError(path, "protocol.metric", v["metric"], problem)
-    proto = {k: v[k] for k in ("cv", "inner_cv", "seed", "scoring") if k in v}
+    proto = {k: v[k] for k in ("cv", "inner_cv", "seed", "scoring", "repeats") if k in v}
     sel = {k: v[k] for k in ("metric", "top_k") if k in v}
     return {"protocol": _constructed(path, "protocol", v, lambda: Protocol(**proto, positive=top.get("positive"))),
             "selection": _constructed(path, "protocol", v, lambda: Selection(**sel))}
@@ -326,6 +354,15 @@ def _build_sweep(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str
     if extra:
         raise ConfigError(path, "sweep.ensemble_heads", v["ensemble_heads"],
                           f"expected heads among sweep.heads ({', '.join(heads)}); {', '.join(extra)} is not")
+    if "ensemble_members" in v and "ensemble_heads" in v:
+        raise ConfigError(path, "sweep.ensemble_members", v["ensemble_members"],
+                          "give ensemble_heads or ensemble_members, not both (ensemble_members lists the heads "
+                          "that vote as well)")
+    extra = [h for h in v.get("ensemble_members") or [] if not h.startswith("baseline:") and h not in heads]
+    if extra:
+        raise ConfigError(path, "sweep.ensemble_members", v["ensemble_members"],
+                          f"expected heads among sweep.heads ({', '.join(heads)}) and baseline:<name> entries; "
+                          f"{', '.join(extra)} is neither")
     extra = [h for h in v.get("grids") or {} if h not in heads]
     if extra:
         raise ConfigError(path, "sweep.grids", v["grids"],
@@ -345,13 +382,40 @@ def _build_baselines(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict
 
 
 def _build_report(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    return {"report": _constructed(path, "report", v, lambda: ReportSettings(**v))}
+    given = {k: (tuple(x) if isinstance(x, list) else x) for k, x in v.items()}  # decision_thresholds
+    return {"report": _constructed(path, "report", v, lambda: ReportSettings(**given))}
 
 
 def _build_export(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     if v and "out" not in v:
         raise ConfigError(path, "export.out", expected="a folder for the model bundle (the section needs it)")
     return {"export": ExportSettings(**v)}
+
+
+def _build_test(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    base = path.resolve().parent
+    sets = {}
+    for name, entry in v.get("external", {}).items():
+        where = f"test.external.{name}"
+        try:
+            check_external_name(name)
+        except ExternalSetError as e:
+            raise ConfigError(path, "test.external", v["external"], str(e)) from None
+        if isinstance(entry, str):
+            entry = {"manifest": entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(path, where, entry, 'expected "manifest.csv" or {manifest = "...", ids = "..."}')
+        unknown = sorted(set(entry) - {"manifest", "ids"})
+        if unknown:
+            raise ConfigError(path, where, entry, f"unknown key(s) {', '.join(unknown)}; known keys: ids, manifest")
+        for key in ("manifest", "ids"):
+            if key in entry and (not isinstance(entry[key], str) or not entry[key].strip()):
+                raise ConfigError(path, f"{where}.{key}", entry[key], "expected a path (a non-empty string)")
+        if "manifest" not in entry:
+            raise ConfigError(path, f"{where}.manifest", expected="the set's manifest (a path)")
+        sets[name] = ExternalSpec((base / entry["manifest"]).resolve(),
+                                  (base / entry["ids"]).resolve() if "ids" in entry else None)
+    return {"test": TestConfig(external=sets)}
 
 
 #: The config's tables: each one's keys (type, allowed values) and the typed objects it
@@ -362,6 +426,7 @@ SECTIONS: dict[str, _Section] = {
         "inner_cv": _Key("int", check=_at_least(2)),
         "seed": _Key("int", check=_at_least(0)),
         "scoring": _Key("str", choices=SCORINGS),
+        "repeats": _Key("int", check=_at_least(1)),
         "metric": _Key("str"),  # checked against the classes in _build_protocol
         "top_k": _Key("int", check=_at_least(1)),
     }, _build_protocol),
@@ -382,6 +447,7 @@ SECTIONS: dict[str, _Section] = {
         "stacking": _Key("bool"),
         "grids": _Key("table", check=_grids),
         "ensemble_heads": _Key("strs", check=_names(1)),
+        "ensemble_members": _Key("strs", check=_names(1)),  # heads and baseline:<name>
         "n_jobs": _Key("int", check=_n_jobs),
     }, _build_sweep),
     "baselines": _Section({
@@ -394,6 +460,8 @@ SECTIONS: dict[str, _Section] = {
     "report": _Section({
         "alpha": _Key("float", check=_open_unit),
         "publish": _Key("str", check=_non_empty),
+        "recalibrate": _Key("str", choices=RECALIBRATION_METHODS),
+        "decision_thresholds": _Key("any", check=decision_thresholds_problem),
     }, _build_report),
     "export": _Section({
         "out": _Key("str", check=_non_empty),
@@ -401,6 +469,9 @@ SECTIONS: dict[str, _Section] = {
         "above": _Key("str", check=_non_empty),
         "below": _Key("str", check=_non_empty),
     }, _build_export),
+    "test": _Section({
+        "external": _Key("table"),  # name = "manifest.csv" or {manifest = "...", ids = "..."}; see _build_test
+    }, _build_test),
 }
 
 #: The keys of the config, per table ("" is the top level). [finetune] and
@@ -531,6 +602,7 @@ class ExperimentConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     report: ReportSettings = field(default_factory=ReportSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    test: TestConfig = field(default_factory=TestConfig)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
@@ -589,6 +661,13 @@ class ExperimentConfig:
                                   f"valid: {', '.join(get_head(h).param_names())}")
         for b in self.baselines.names:
             named("baselines.names", b, lambda: get_baseline(b))
+        members = self.sweep.ensemble_members
+        for b in self.sweep.ensemble_baselines:
+            named("sweep.ensemble_members", list(members or ()), lambda: get_baseline(b))
+            if b not in self.baselines.names:  # `workbench run` would never compute its hybrids
+                raise ConfigError(self.path, "sweep.ensemble_members", list(members or ()),
+                                  f"baseline:{b} is not run: add {b!r} to baselines.names "
+                                  f"({', '.join(self.baselines.names) or 'empty'})")
 
 
 def _top_fields(path: Path, top: dict[str, Any]) -> dict[str, Any]:
@@ -608,41 +687,96 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
                    device: str | None = None) -> Path:
     """Run (or resume) every stage of the experiment; return the report folder.
 
-    Stages: validate inputs, fine-tune (features), extract, sweep, baselines, record the
-    inputs, Grad-CAM, report. Each resumes what the cache, the fine-tuned store and the
-    run folder hold.
+    Stages: validate inputs, fine-tune (features), extract, sweep, baselines, hybrid
+    ensembles (when [sweep] names baseline members), record the inputs, Grad-CAM,
+    report. Each resumes what the cache, the fine-tuned store and the run folder hold.
     """
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
     # The fine-tuned store the config names, for this run only (weights ids resolve through it).
     with using_root(cfg.finetuned):
-        manifest, duplicates = validate_inputs(cfg, progress=progress)
+        manifest, duplicates, external = validate_inputs(cfg, progress=progress)
         finetuned = fine_tune_stage(cfg, manifest, device=device, progress=progress)
         specs = list(cfg.features.specs) + [f"{label}:{','.join(get_backbone(b).taps)}"
                                             for b, label in finetuned.items()]
-        fs = extract_stage(cfg, manifest, specs, progress=progress)
-        sweep_stage(cfg, manifest, fs, progress=progress)
-        baselines_stage(cfg, manifest, device=device, progress=progress)
-        record_inputs(cfg, manifest, finetuned, specs, fs, duplicates)
+        fs = extract_stage(cfg, manifest, specs, progress=progress, external=external)
+        sweep_stage(cfg, manifest, fs, progress=progress, external=external)
+        baselines_stage(cfg, manifest, device=device, progress=progress, external=external)
+        hybrid_stage(cfg, manifest, fs, progress=progress, external=external)
+        record_inputs(cfg, manifest, finetuned, specs, fs, duplicates, external=external)
         gradcam_stage(cfg)
         report = report_stage(cfg)
         export_stage(cfg, progress=progress)
         return report
 
 
-def validate_inputs(cfg: ExperimentConfig, *, progress: bool = True) -> tuple[Manifest, dict[str, Any]]:
-    """The manifest to run on (validated, duplicates policy applied) and the duplicates record.
+def validate_inputs(cfg: ExperimentConfig, *, progress: bool = True
+                    ) -> tuple[Manifest, dict[str, Any], dict[str, Manifest]]:
+    """The manifest to run on (validated, duplicates policy applied), the duplicates
+    record and the [test] external sets (validated, classes selected).
 
     Opens the run folder: one made under another protocol is refused here, before any
-    work; the config goes into it verbatim (``experiment.toml``).
+    work, as are external images that also occur in the manifest and a set changed under
+    a name the folder holds; the config goes into it verbatim (``experiment.toml``).
     """
-    manifest = Manifest.load(cfg.manifest)
+    manifest, external = _external_sets(cfg)
     if cfg.classes:
         manifest = manifest.select_classes(cfg.classes)
     manifest = manifest.validate(progress=progress)  # warns of duplicate images
     manifest, duplicates = _apply_duplicates(cfg, manifest)
-    build_task(manifest, cfg.protocol).open_store(cfg.out)
+    external = {n: m.validate(progress=progress) for n, m in load_external(external, cfg.classes).items()}
+    build_task(manifest, cfg.protocol, external).open_store(cfg.out)
     atomic_write(cfg.out / "experiment.toml", cfg.path.read_text().encode())
-    return manifest, duplicates
+    return manifest, duplicates, external
+
+
+def _external_sets(cfg: ExperimentConfig) -> tuple[Manifest, dict[str, Manifest]]:
+    """The main manifest, less the rows held out as external sets, and the sets (as listed).
+
+    A set given by ``ids`` of the main manifest itself is held out of it: those images
+    leave the run's data (training and test split) and are only ever scored.
+
+    Raises
+    ------
+    ConfigError
+        An ids file naming ids its manifest lacks, or the main manifest given whole.
+    MissingFileError
+        An ids file that does not exist.
+    """
+    main = Manifest.load(cfg.manifest)
+    sets, held = {}, set()
+    for name, spec in cfg.test.external.items():
+        same = spec.manifest == cfg.manifest
+        m = main if same else Manifest.load(spec.manifest)
+        if spec.ids is None:
+            if same:
+                raise ConfigError(cfg.path, f"test.external.{name}", str(spec.manifest),
+                                  "the main manifest itself: give ids = \"FILE\" listing the images to hold out")
+            sets[name] = m
+            continue
+        ids = _read_ids(spec.ids)
+        known = set(m.ids)
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise ConfigError(cfg.path, f"test.external.{name}.ids", str(spec.ids),
+                              f"{len(missing)} id(s) not in {spec.manifest.name}: "
+                              + ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else ""))
+        sets[name] = m.subset(ids)
+        if same:
+            held.update(ids)
+    if held:
+        main = main.subset([i for i in main.ids if i not in held])
+        logger.info(f"[{cfg.name}] {len(held)} image(s) of the manifest held out as external test set(s)")
+    return main, sets
+
+
+def _read_ids(path: Path) -> list[str]:
+    """Ids listed one per line (blank lines and ``#`` comments skipped), each once."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise errors.MissingFileError(f"ids file not found: {path}") from None
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    return list(dict.fromkeys(i for i in ids if i))
 
 
 def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | None = None,
@@ -656,7 +790,7 @@ def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | 
         logger.info(f"[{cfg.name}] fine-tuning {backbone} for features")
         if cfg.features.nested:
             labels[backbone] = fine_tune_nested(backbone, manifest, cfg.finetune, protocol=cfg.protocol,
-                                                device=device, progress=progress).label
+                                                device=device, progress=progress, execution=cfg.execution).label
         else:
             train_ids = [it.id for it in manifest if it.split != "test"]
             est = CNNClassifier(backbone, manifest, config=cfg.finetune, device=device, progress=progress)
@@ -665,30 +799,45 @@ def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | 
 
 
 def extract_stage(cfg: ExperimentConfig, manifest: Manifest, specs: list[str], *,
-                  progress: bool = True) -> FeatureSet:
-    """Every feature block of the run, from the cache where it holds them."""
+                  progress: bool = True, external: Mapping[str, Manifest] | None = None) -> FeatureSet:
+    """Every feature block of the run (the external sets' images too), from the cache
+    where it holds them."""
     logger.info(f"[{cfg.name}] features: {', '.join(specs)}")
-    return extract(manifest, specs, cache=cfg.cache, options=cfg.features.extract, progress=progress)
+    every = combine_external(manifest, external)[0]
+    return extract(every, specs, cache=cfg.cache, options=cfg.features.extract, progress=progress)
 
 
-def sweep_stage(cfg: ExperimentConfig, manifest: Manifest, fs: FeatureSet, *, progress: bool = True) -> None:
-    """Heads over the block subsets, and their ensembles, into the run folder's records."""
+def sweep_stage(cfg: ExperimentConfig, manifest: Manifest, fs: FeatureSet, *, progress: bool = True,
+                external: Mapping[str, Manifest] | None = None) -> None:
+    """Heads over the block subsets, and their ensembles, into the run folder's records
+    (each model fitted for the test split also scored on the external sets)."""
     sweep(manifest, fs, out=cfg.out, protocol=cfg.protocol, options=cfg.sweep, execution=cfg.execution,
-          progress=progress)
+          progress=progress, external=external)
+
+
+def hybrid_stage(cfg: ExperimentConfig, manifest: Manifest, fs: FeatureSet, *, progress: bool = True,
+                 external: Mapping[str, Manifest] | None = None) -> None:
+    """Hybrid CNN + feature-head ensembles ([sweep] ensemble_members with ``baseline:``
+    entries), once the baselines are recorded: the sweep again, which finds every head
+    and plain ensemble recorded and computes only the hybrids (nothing, on a rerun)."""
+    if cfg.sweep.ensemble_baselines and cfg.sweep.ensembles:
+        sweep_stage(cfg, manifest, fs, progress=progress, external=external)
 
 
 def baselines_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | None = None,
-                    progress: bool = True) -> None:
-    """End-to-end CNN baselines on the sweep's folds, into the same records."""
+                    progress: bool = True, external: Mapping[str, Manifest] | None = None) -> None:
+    """End-to-end CNN baselines on the sweep's folds, into the same records (each test
+    network also scored on the external sets)."""
     bl = cfg.baselines
     if bl.names:
         run_baselines(manifest, list(bl.names), cfg.out, protocol=cfg.protocol, overrides=dict(bl.overrides),
                       tune=bl.tune, tune_cv=bl.tune_cv, val_fraction=bl.val_fraction, device=device,
-                      progress=progress)
+                      progress=progress, execution=cfg.execution, external=external)
 
 
 def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str, str], specs: list[str],
-                  fs: FeatureSet, duplicates: dict[str, Any]) -> None:
+                  fs: FeatureSet, duplicates: dict[str, Any], *,
+                  external: Mapping[str, Manifest] | None = None) -> None:
     """``finetuned.json`` and ``inputs.json``: what the run ran on, for the report."""
     atomic_write(cfg.out / "finetuned.json", (json.dumps(finetuned, indent=1, sort_keys=True) + "\n").encode())
     inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
@@ -699,6 +848,15 @@ def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str
               # records an earlier config left in the (append-only) folder stay out of it.
               "scope": {"blocks": sorted(fs.blocks), "heads": list(cfg.sweep.heads),
                         "baselines": list(cfg.baselines.names)}}
+    if external:  # only then, so the file of a run without external sets keeps its bytes
+        raw = cfg.raw.get("test", {}).get("external", {})
+        inputs["external"] = {
+            n: {"given": raw.get(n), "manifest_file": str(cfg.test.external[n].manifest),
+                "ids_file": str(cfg.test.external[n].ids) if cfg.test.external[n].ids else None,
+                "n_images": len(m), "manifest_digest": m.digest(),
+                # A part of the main manifest held out of the run: the same collection, not another site.
+                "held_out": cfg.test.external[n].manifest == cfg.manifest and cfg.test.external[n].ids is not None}
+            for n, m in external.items()}
     atomic_write(cfg.out / "inputs.json", (json.dumps(inputs, indent=1, sort_keys=True) + "\n").encode())
 
 

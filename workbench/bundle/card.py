@@ -59,7 +59,8 @@ def build_card(source, name: str, record: dict[str, Any]) -> dict[str, Any]:
         v = _num(row.get(f"{key}_at_0.5"))
         if v is not None:
             test_fig[f"{key}_at_0.5"] = v
-    cv_fig = {"auc": _num(row.get("cv_auc")), "auc_sd": _num(row.get("cv_auc_sd")), "folds": task.protocol["cv"]}
+    cv_fig = {"auc": _num(row.get("cv_auc")), "auc_sd": _num(row.get("cv_auc_sd")),
+              "folds": task.protocol["cv"] * task.protocol.get("repeats", 1)}
     metric = settings["metric"]
     if metric != "auc":
         cv_fig[metric] = _num(row.get(f"cv_{metric}"))

@@ -33,6 +33,7 @@ from workbench.core.provenance import environment
 from workbench.heads.ensembles import fit_stack
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import get_head
+from workbench.evaluation.settings import is_cv_fold
 
 __all__ = ["Recommendation", "export_model", "resolve_candidate"]
 
@@ -122,6 +123,11 @@ def _copy_weights(source: RunSource, backbone: str, weights_id: str, out: Path) 
 def _features_model(source: RunSource, record: dict[str, Any], out: Path) -> dict[str, Any]:
     """Members (refitted heads), their blocks and the ensemble's rule."""
     kind = record["kind"]
+    if record.get("baselines"):
+        # A bundle runs either feature heads or one network; a hybrid needs both at once.
+        raise BundleError(f"{record['candidate']!r} is a hybrid ensemble (feature heads + the CNN "
+                          f"{', '.join(record['baselines'])}): bundles do not hold hybrids yet; export its "
+                          f"feature-only twin or the CNN baseline instead (--candidate NAME)")
     if kind == "head":
         member_records = [record]
     else:
@@ -136,7 +142,7 @@ def _features_model(source: RunSource, record: dict[str, Any], out: Path) -> dic
         spec["member_thresholds"] = [float(t) for t in record["thresholds"]]
     if kind == "stack":
         task = source.task
-        folds = [g for g, _, _ in task.outer if g != "test"]
+        folds = [g for g, _, _ in task.outer if is_cv_fold(g)]
         train_p = [np.concatenate([source.store.predictions(source.record(m["name"], g))["proba"] for g in folds])
                    for m in members]
         y = np.concatenate([task.y[task.eval_rows[g]] for g in folds])

@@ -119,9 +119,9 @@ class RunSource:
         except (ConfigError, KeyError) as e:
             raise RunSourceError(f"{self.manifest_path}: does not hold the run's images ({e})") from None
         protocol = Protocol(cv=p["cv"], inner_cv=p["inner_cv"], seed=p["seed"], scoring=p["scoring"],
-                            positive=p.get("positive"), groups=p.get("groups", True))
+                            positive=p.get("positive"), groups=p.get("groups", True), repeats=p.get("repeats", 1))
         task = build_task(manifest, protocol)
-        for key in ("task", "folds"):
+        for key in ("task", "folds", "repeat_folds"):  # repeat_folds: only runs of several CV repeats have it
             if task.protocol.get(key) != p.get(key):
                 raise RunSourceError(
                     f"{self.manifest_path}: gives another {key} than the run's ({task.protocol.get(key)} vs "

@@ -11,8 +11,8 @@ from workbench.baselines.configs import list_baselines
 from workbench.baselines.estimator import CNNClassifier
 from workbench.baselines.explain import explain
 from workbench.baselines.run import run_baselines
-from workbench.cli.objects import protocol_of
-from workbench.cli.values import parse_settings, parse_settings_grid, split_list
+from workbench.cli.objects import execution_of, protocol_of
+from workbench.cli.values import parse_external, parse_settings, parse_settings_grid, split_list
 from workbench.data.manifest import Manifest
 from workbench.errors import ConfigError
 from workbench.evaluation.store import ResultStore
@@ -56,10 +56,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _finetune_nested(args: argparse.Namespace, m: Manifest, config: FineTuneConfig, taps: str) -> int:
     protocol = protocol_of(args)
     ns = fine_tune_nested(args.backbone, m, config, protocol=protocol, weights=args.weights,
-                          val_fraction=args.val_fraction, device=args.device, progress=not args.quiet)
+                          val_fraction=args.val_fraction, device=args.device, progress=not args.quiet,
+                          execution=execution_of(args))
     print(f"nested set: {ns.label} ({len(ns.members)} networks)")
-    print(f"features: --features {ns.label}:{taps}  (sweep with --cv {protocol.cv} --inner-cv {protocol.inner_cv} "
-          f"--seed {protocol.seed}: CV records are then clean)")
+    repeats = f"--repeats {protocol.repeats} " if protocol.repeats > 1 else ""
+    print(f"features: --features {ns.label}:{taps}  (sweep with --cv {protocol.cv} {repeats}--inner-cv "
+          f"{protocol.inner_cv} --seed {protocol.seed}: CV records are then clean)")
     return 0
 
 
@@ -93,7 +95,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     _use_store(args)
     run_baselines(args.manifest, split_list(args.baselines) or [], args.out, protocol=protocol_of(args),
                   classes=split_list(args.classes), overrides=parse_settings(args.set), tune=args.tune,
-                  tune_cv=args.tune_cv, device=args.device, progress=not args.quiet)
+                  tune_cv=args.tune_cv, device=args.device, progress=not args.quiet,
+                  external=parse_external(args.external), execution=execution_of(args))
     summary = summarize(ResultStore(args.out).frame(), args.metric)
     summary.to_csv(Path(args.out) / "summary.csv", index=False)
     m = args.metric

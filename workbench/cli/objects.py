@@ -16,7 +16,7 @@ from workbench.search.options import Execution, SweepOptions
 
 __all__ = ["protocol_of", "extract_options_of", "sweep_options_of", "execution_of"]
 
-_PROTOCOL = ("cv", "inner_cv", "seed", "scoring", "positive", "groups")
+_PROTOCOL = ("cv", "inner_cv", "seed", "scoring", "positive", "groups", "repeats")
 _EXTRACT = ("input", "box_margin", "resize", "image_size", "skip_bad", "batch_size", "num_workers", "device",
             "precision", "dtype")
 _EXECUTION = ("n_jobs", "backend", "scheduler")
@@ -37,7 +37,8 @@ def extract_options_of(args: argparse.Namespace) -> ExtractOptions:
 
 
 def sweep_options_of(args: argparse.Namespace) -> SweepOptions:
-    """``--heads --subsets --grid --no-ensembles --ensemble-heads --stacking`` as :class:`SweepOptions`."""
+    """``--heads --subsets --grid --no-ensembles --ensemble-heads --ensemble-members --stacking`` as
+    :class:`SweepOptions`."""
     given: dict[str, Any] = {"grids": parse_head_grids(args.grid)}
     if args.heads is not None:
         given["heads"] = tuple(split_list(args.heads) or ())
@@ -45,6 +46,8 @@ def sweep_options_of(args: argparse.Namespace) -> SweepOptions:
         given["subsets"] = parse_subsets(args.subsets)
     if args.ensemble_heads is not None:
         given["ensemble_heads"] = tuple(split_list(args.ensemble_heads) or ())
+    if getattr(args, "ensemble_members", None) is not None:
+        given["ensemble_members"] = tuple(split_list(args.ensemble_members) or ())
     for flag in ("ensembles", "stacking"):
         if getattr(args, flag) is not None:
             given[flag] = getattr(args, flag)

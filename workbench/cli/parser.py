@@ -32,6 +32,7 @@ COMMANDS = {
     "sweep": "workbench.cli.sweep_command:cmd_sweep",
     "run": "workbench.cli.run_commands:cmd_run",
     "report": "workbench.cli.report_command:cmd_report",
+    "compare": "workbench.cli.compare_command:cmd_compare",
     "finetune": "workbench.cli.cnn_commands:cmd_finetune",
     "baselines": "workbench.cli.cnn_commands:cmd_baselines",
     "cam": "workbench.cli.cnn_commands:cmd_cam",
@@ -102,11 +103,14 @@ def _extract_defaults() -> dict:
 
 
 def add_protocol_options(p: argparse._ActionsContainer) -> None:
-    """``--cv --inner-cv --seed --scoring --positive --no-groups``: a :class:`Protocol`."""
+    """``--cv --inner-cv --repeats --seed --scoring --positive --no-groups``: a :class:`Protocol`."""
     d = _protocol_defaults()
     p.add_argument("--cv", type=int, default=None, help=f"outer CV folds on the training split {show(d['cv'])}")
     p.add_argument("--inner-cv", type=int, default=None,
                    help=f"inner folds for hyper-parameter search {show(d['inner_cv'])}")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"repeats of the outer CV, each with its own seeded partition; every candidate and "
+                        f"baseline sees all repeats x cv folds {show(d['repeats'])}")
     p.add_argument("--seed", type=int, default=None, help=f"seed of every split and seeded model {show(d['seed'])}")
     p.add_argument("--scoring", default=None,
                    help=f"inner selection score: auc, balanced_accuracy or accuracy {show(d['scoring'])}")
@@ -159,9 +163,19 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ensembles", dest="ensembles", action="store_const", const=False, default=None,
                    help="skip vote ensembles")
     p.add_argument("--ensemble-heads", default=None, help="heads that vote in ensembles [all --heads]")
+    p.add_argument("--ensemble-members", default=None, metavar="HEAD,...,baseline:NAME",
+                   help="instead of --ensemble-heads: the heads that vote, and baselines whose networks vote "
+                        "with them in hybrid ensembles (computed once `workbench baselines` has written their "
+                        "records into --out; sweep again then)")
     p.add_argument("--stacking", action="store_true", default=None,
                    help="add a logistic-regression stack per ensemble")
-    p.add_argument("--n-jobs", type=int, default=None, help=f"parallel workers (joblib) {show(e['n_jobs'])}")
+    add_execution_options(p)
+
+
+def add_execution_options(p: argparse._ActionsContainer, what: str = "workers") -> None:
+    """``--n-jobs --backend --scheduler``: an :class:`Execution`."""
+    e = field_defaults(Execution)
+    p.add_argument("--n-jobs", type=int, default=None, help=f"parallel {what} (joblib) {show(e['n_jobs'])}")
     p.add_argument("--backend", default=None, choices=BACKENDS,
                    help=f"joblib backend; dask runs on --scheduler {show(e['backend'])}")
     p.add_argument("--scheduler", default=None,
@@ -170,6 +184,12 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
 
 def _add_cache(p: argparse.ArgumentParser, default=DEFAULT_CACHE) -> None:
     p.add_argument("--cache", default=default, help=f"feature cache folder [{DEFAULT_CACHE}]")
+
+
+def _add_external(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--external", action="append", default=[], metavar="NAME=CSV",
+                   help="an external test set (another site or scanner), scored once by the models fitted for the "
+                        "test split; repeat for several. Images that also occur in --manifest are refused")
 
 
 def _add_quiet(p: argparse.ArgumentParser) -> None:
@@ -243,6 +263,7 @@ def _add_sweep(sub) -> None:
     w.add_argument("--classes", default=None,
                    help="comma-separated classes of the task, e.g. benign,malignant; other images are left out")
     add_protocol_options(w.add_argument_group("protocol", "the same for every run writing to OUT"))
+    _add_external(w)
     add_sweep_options(w)
     w.add_argument("--metric", default="auc", help="metric of the printed ranking (CV mean) [auc]")
     w.add_argument("--top", type=int, default=15, help="rows of the printed ranking [15]")
@@ -286,6 +307,23 @@ def _add_run_and_report(sub) -> None:
     rp.add_argument("run", help="run folder, e.g. runs/busi_benign_malignant")
 
 
+def _add_compare(sub) -> None:
+    c = sub.add_parser("compare", help="several runs (datasets, protocols) side by side: ranks and a CD diagram",
+                       description="Lay the candidates every RUN holds side by side: each run's CV mean of "
+                                   "--metric, the rank within each run and the mean rank across runs (Demsar "
+                                   "2006), with Friedman's test and a critical-difference diagram whose blocks "
+                                   "are the runs. Runs of different tasks are fine; runs with different numbers "
+                                   "of classes are refused. Reads the run folders' records only.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/busi runs/thyroid")
+    c.add_argument("--metric", default="auc", help="the metric whose CV mean is ranked [auc]")
+    c.add_argument("--top", type=int, default=None,
+                   help="keep the N candidates with the best mean rank among those every run holds [all]")
+    c.add_argument("--alpha", type=float, default=0.05, help="level of the Nemenyi critical difference [0.05]")
+    c.add_argument("--out", default=None,
+                   help="folder for the table (Markdown, LaTeX, CSV) and the CD diagram (PNG, PDF) "
+                        "[none: print the table only]")
+
+
 def _add_finetune_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="CSV manifest or class-folder tree")
     p.add_argument("--classes", default=None, help="comma-separated classes of the task, e.g. benign,malignant")
@@ -321,6 +359,7 @@ def _add_finetune(sub) -> None:
                    help="one network per outer CV fold of the sweep protocol below, plus one on the whole "
                         "training split; prints BACKBONE@ftn-<hash>, whose features the sweep takes per fold")
     add_protocol_options(n)
+    add_execution_options(n, "fine-tunes (one per fold)")
 
 
 def _add_baselines(sub) -> None:
@@ -336,6 +375,7 @@ def _add_baselines(sub) -> None:
     b.add_argument("--baselines", default="lite0", help="comma-separated ready baselines [lite0]")
     b.add_argument("--out", help="run folder (shared with the sweep)")
     add_protocol_options(b.add_argument_group("protocol", "the same as the sweep's writing to OUT"))
+    _add_external(b)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="setting applied to every baseline, e.g. epochs=5 image_size=160")
     b.add_argument("--tune", action="store_true", help="choose each baseline's grid by k-fold CV in every fold")
@@ -343,6 +383,7 @@ def _add_baselines(sub) -> None:
     b.add_argument("--metric", default="auc", help="metric of the printed ranking [auc]")
     b.add_argument("--finetuned", default=None, help="fine-tuned weights store")
     b.add_argument("--device", default=None, help="cpu, cuda ... [the GPU when there is one]")
+    add_execution_options(b, "fine-tunes (one per baseline and fold)")
     _add_quiet(b)
 
 
@@ -432,7 +473,7 @@ def _add_model_commands(sub) -> None:
 
 _BUILDERS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_demo, _add_backbones, _add_extract, _add_sweep, _add_cache_command, _add_run_and_report, _add_finetune, _add_baselines, _add_cam,
-    _add_model_commands,
+    _add_model_commands, _add_compare,
 )
 
 

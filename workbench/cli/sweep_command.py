@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.cli.objects import execution_of, extract_options_of, protocol_of, sweep_options_of
-from workbench.cli.values import split_features, split_list
+from workbench.cli.values import parse_external, split_features, split_list
 from workbench.evaluation.summary import summarize
 from workbench.search.sweep import sweep
 
@@ -19,19 +19,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     protocol = protocol_of(args)
     df = sweep(args.manifest, split_features(args.features), out=args.out, protocol=protocol,
                options=sweep_options_of(args), execution=execution_of(args), classes=split_list(args.classes),
-               cache=args.cache, extract_options=extract_options_of(args), progress=not args.quiet)
+               cache=args.cache, extract_options=extract_options_of(args), progress=not args.quiet,
+               external=parse_external(args.external))
     out = Path(args.out)
     df.to_csv(out / "results.csv", index=False)
     summary = summarize(df, args.metric)
     summary.to_csv(out / "summary.csv", index=False)
-    _print_ranking(summary, args.metric, args.top, protocol.cv)
+    _print_ranking(summary, args.metric, args.top, protocol.cv, protocol.repeats)
     print(f"\nrecords: {out / 'records.jsonl'}\nsummary: {out / 'summary.csv'}")
     return 0
 
 
-def _print_ranking(summary: pd.DataFrame, m: str, top: int, cv: int) -> None:
+def _print_ranking(summary: pd.DataFrame, m: str, top: int, cv: int, repeats: int = 1) -> None:
+    folds = f"{repeats} x {cv}-fold" if repeats > 1 else f"{cv}-fold"
     print(f"\ntop {min(top, len(summary))} of {len(summary)} candidates by mean CV {m} "
-          f"({cv}-fold; test shown, never used to rank):")
+          f"({folds}; test shown, never used to rank):")
     shown = summary.head(top)
     width = max(len(c) for c in shown["candidate"]) if len(shown) else 10
     print(f"{'candidate':<{width}}  {'CV ' + m:>14}  {'test ' + m:>9}")

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from workbench.errors import ConfigError
 
-__all__ = ["parse_value", "parse_head_grids", "parse_settings", "parse_settings_grid", "parse_subsets",
+__all__ = ["parse_value", "parse_external", "parse_head_grids", "parse_settings", "parse_settings_grid", "parse_subsets",
            "split_features", "split_list"]
 
 _TRUE = ("true", "yes", "on")
@@ -90,6 +90,19 @@ def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got {p!r}")
         out[key.strip()] = parse_value(val)
+    return out
+
+
+def parse_external(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``["site2=b.csv"]`` -> ``{"site2": "b.csv"}`` (``--external NAME=CSV``, repeatable)."""
+    out: dict[str, str] = {}
+    for p in pairs or ():
+        name, sep, path = p.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--external expects NAME=CSV, got {p!r}")
+        if name.strip() in out:
+            raise ConfigError(f"--external names set {name.strip()!r} twice")
+        out[name.strip()] = path.strip()
     return out
 
 

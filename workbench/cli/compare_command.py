@@ -1,0 +1,19 @@
+"""``workbench compare``: the candidates several runs share, ranked within and across them."""
+from __future__ import annotations
+
+import argparse
+
+from workbench.report.compare import comparison_across_runs_table, compare_runs, write_comparison
+from workbench.report.tables import to_markdown
+
+__all__ = ["cmd_compare"]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the comparison table of ``args.runs``; with ``--out``, write it and the CD diagram."""
+    result = compare_runs(args.runs, metric=args.metric, top=args.top, alpha=args.alpha)
+    print(to_markdown(comparison_across_runs_table(result)))
+    if args.out:
+        for p in write_comparison(result, args.out):
+            print(f"wrote {p}")
+    return 0
