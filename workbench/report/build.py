@@ -329,6 +329,10 @@ def _evidence(store: ResultStore, records: pd.DataFrame, result, s: dict[str, An
     shown = list(dict.fromkeys(list(result.ranking["candidate"].head(CD_CANDIDATES))
                                + list(result.baselines["candidate"])))
     cd_figs, cd_notes = cv_cd_section(records, s["metric"], shown, tmp / "figures", alpha=s["alpha"])
+    if tables and result.grouping and result.grouping.get("clustered"):
+        notes.append("calibration: its Wald intervals treat the test images as independent; the test split's "
+                     "groups hold several images each, so those intervals are too narrow (the comparison's "
+                     "intervals are cluster bootstraps)")
     result.notes.extend(notes + cd_notes)
     return tables, figs + cd_figs
 
