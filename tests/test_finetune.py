@@ -195,7 +195,7 @@ def test_finetuned_weights_extract_through_the_registry_and_the_cache(busi_slice
     lblock = f"{LITE}@{leaky.weights_id}:avgpool"
     fsl = extract(busi_slice, [lblock], cache=tmp_path / "cache", options=ExtractOptions(image_size=96),
                  progress=False)
-    with pytest.raises(SweepInputError, match="test images"):
+    with pytest.raises(SweepInputError, match="fine-tuned on images of this task's test split"):
         sweep(busi_slice, fsl, out=tmp_path / "leaky", protocol=Protocol(cv=2, inner_cv=2),
               options=SweepOptions(heads=("logreg",)), progress=False)
     assert not (tmp_path / "leaky" / "records.jsonl").exists()

@@ -210,8 +210,17 @@ def test_nested_fine_tuning_makes_one_member_per_repeated_fold(images, tmp_path,
 
 @pytest.mark.slow
 def test_parallel_nested_members_equal_the_sequential_ones(images, tmp_path):
+    from workbench.core.parallel import threads_per_worker
+
     kw = dict(protocol=P2, weights="random", val_fraction=0.0, device="cpu", progress=False)
-    seq = fine_tune_nested(TINY_NET, images, TINY_FT, root=tmp_path / "a", **kw)
+    # Float sums depend on how many threads split them: the sequential run gets the
+    # threads each of the two workers gets, so equal code must give equal weights.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads_per_worker(2))
+    try:
+        seq = fine_tune_nested(TINY_NET, images, TINY_FT, root=tmp_path / "a", **kw)
+    finally:
+        torch.set_num_threads(before)
     par = fine_tune_nested(TINY_NET, images, TINY_FT, root=tmp_path / "b", execution=Execution(n_jobs=2), **kw)
     assert par.nested_id == seq.nested_id and list(par.members) == list(seq.members)
     assert (tmp_path / "b" / "timm__test_efficientnet" / par.nested_id / "nested.json").is_file()
