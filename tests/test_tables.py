@@ -363,3 +363,12 @@ def test_comparison_shows_the_corrected_cv_interval_and_p_cv():
     # A ranking metric other than AUC is named in the note.
     other = comp.assign(cv_balanced_accuracy=0.8)
     assert "per-fold CV balanced accuracy" in to_markdown(comparison_table(other))
+
+
+def test_intervals_with_a_negative_end_read_as_two_numbers():
+    from workbench.report.tables import fmt_interval, fmt_mean_sd_interval
+
+    assert fmt_interval(0.908, 0.851, 0.957) == "0.908 (0.851–0.957)"
+    assert fmt_interval(-0.485, -1.085, 0.114) == "−0.485 (−1.085, 0.114)"
+    assert fmt_mean_sd_interval(0.010, 0.020, -0.015, 0.035) == "0.010 ± 0.020 [−0.015, 0.035]"
+    assert fmt_mean_sd_interval(0.913, 0.020, 0.875, 0.951) == "0.913 ± 0.020 [0.875–0.951]"

@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 DASH = "–"  # en dash: a missing or undefined value
+MINUS = "−"  # U+2212: a negative end of an interval (LaTeX: $-$)
 DAGGER = "†"
 DDAGGER = "‡"  # a degenerate model (workbench.evaluation.degenerate)
 DIGITS = 3
@@ -178,14 +179,25 @@ def fmt_mean_sd_interval(mean: float | None, sd: float | None, low: float | None
     text = fmt_mean_sd(mean, sd)
     if text == DASH or _nan(low) or _nan(high):
         return text
-    return f"{text} [{fmt(low)}{DASH}{fmt(high)}]"
+    return f"{text} [{_span(low, high)}]"
+
+
+def _span(low: float, high: float) -> str:
+    """``0.851–0.957``; with a negative end ``−0.768, 0.114`` (an en dash beside a minus
+    sign would read as a range of a negative number)."""
+    if min(float(low), float(high)) < 0:
+        return f"{fmt(low).replace('-', MINUS)}, {fmt(high).replace('-', MINUS)}"
+    return f"{fmt(low)}{DASH}{fmt(high)}"
 
 
 def fmt_interval(v: float | None, low: float | None, high: float | None) -> str:
     """``0.908 (0.851–0.957)``; the value alone without an interval."""
     if _nan(v):
         return DASH
-    return fmt(v) if _nan(low) or _nan(high) else f"{fmt(v)} ({fmt(low)}{DASH}{fmt(high)})"
+    if _nan(low) or _nan(high):
+        return fmt(v)
+    value = fmt(v).replace("-", MINUS) if min(float(low), float(high)) < 0 else fmt(v)
+    return f"{value} ({_span(low, high)})"
 
 
 def fmt_p(p: float | None) -> str:
