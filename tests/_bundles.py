@@ -48,9 +48,11 @@ set = {epochs = 1, image_size = 64}
 
 
 def config_text(csv: Path, *, name: str = "bundle_slice", image_size: int = 96, stacking: bool = True,
-                baselines: bool = True) -> str:
+                baselines: bool = True, repeats: int = 1) -> str:
     """The experiment TOML of these runs (the fixture's by default)."""
     text = CONFIG.format(name=name, csv=csv, image_size=image_size, stacking=str(stacking).lower())
+    if repeats != 1:
+        text = text.replace("seed = 0\n", f"seed = 0\nrepeats = {repeats}\n", 1)
     return text + (BASELINES if baselines else "")
 
 #: Candidates of the run, one per kind a bundle can hold.

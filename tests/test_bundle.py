@@ -182,3 +182,27 @@ def test_fine_tuned_weights_holding_a_pickled_object_are_refused(bundle_run, tmp
     _relist(root, weights.relative_to(root).as_posix())
     with pytest.raises(WorkbenchError, match="weights.pth"):
         load_model(root)
+
+
+def test_bundles_of_a_repeated_cv_run_predict_its_test_split_exactly(tmp_path):
+    """Under 2 x 3-fold CV the refits (inner folds, the stack's meta-learner on every
+    repeat's out-of-fold predictions, the members' thresholds) are the sweep's own."""
+    from _bundles import config_text, slice_csv
+    from workbench.bundle.export import export_model
+    from workbench.experiment import run_experiment
+
+    csv = slice_csv(tmp_path, {"train": 24, "test": 12})
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(config_text(csv, name="repeats", baselines=False, repeats=2))
+    run_experiment(cfg, progress=False)
+    run = tmp_path / "run"
+    assert RunSource(run, progress=False).task.protocol["repeats"] == 2
+    for kind in ("stack", "vote-hard"):
+        model = load_model(export_model(run, tmp_path / kind, candidate=KINDS[kind], progress=False))
+        src = RunSource(run, progress=False)
+        rec = src.store.predictions(src.record(model.name))
+        man = src.task.manifest
+        proba = model.predict_proba([man[man.ids.index(i)].path for i in rec["ids"]])
+        assert np.abs(proba - rec["proba"]).max() <= 1e-6, kind
+        assert np.array_equal(model.decide(proba), model.decide(rec["proba"]))
+        assert model.describe()["card"]["figures"]["cv"]["folds"] == 6
