@@ -289,3 +289,41 @@ def test_busi_cut_and_remain(busi_dir):
     assert torch.equal(out[:, y0:y1, x0:x1], img[:, y0:y1, x0:x1])
     out[:, y0:y1, x0:x1] = 0
     assert not out.any()
+
+
+def _disc_image(size: int = 64, centre: tuple[int, int] = (40, 24), radius: int = 8):
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius ** 2
+    box = torch.tensor([[centre[0] - radius, centre[1] - radius, centre[0] + radius + 1, centre[1] + radius + 1]],
+                       dtype=torch.float32)
+    return disc.float().expand(3, size, size).clone(), disc.to(torch.uint8), box
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_joint_augmentation_keeps_image_mask_and_box_aligned(seed):
+    """A synthetic image whose lesion is a known disc: after any draw, the warped mask
+    covers the warped disc, stays binary, and the warped box bounds the mask; the image
+    itself is exactly what the image-only path gives."""
+    img, mask, box = _disc_image()
+    aug = StudyAugment(degrees=30, translate=(0.2, 0.2), scale=(0.8, 1.2), flip_p=0.5)
+    params = aug.sample_params(64, 64, generator=torch.Generator().manual_seed(seed))
+    out, m, b = aug.apply_joint(img, params, mask=mask, boxes=box)
+    assert torch.equal(out, aug.apply(img, params))
+    assert set(torch.unique(m).tolist()) <= {0, 1} and m.shape == mask.shape
+    bright = out[0] > 0.5
+    inter, union = (bright & (m > 0)).sum().item(), (bright | (m > 0)).sum().item()
+    assert union > 0 and inter / union > 0.9, (params, inter, union)
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    x0, y0, x1, y1 = b[0].tolist()
+    assert x0 - 1 <= xs.min() and xs.max() + 1 <= x1 + 1 and y0 - 1 <= ys.min() and ys.max() + 1 <= y1 + 1, (params, b)
+    assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 64
+
+
+def test_joint_augmentation_flip_moves_the_box_by_hand():
+    img, mask, box = _disc_image()
+    aug = StudyAugment()
+    _, m, b = aug.apply_joint(img, AffineParams(0.0, (0, 0), 1.0, True), mask=mask, boxes=box)
+    assert torch.equal(m, torch.flip(mask, dims=[-1]))
+    assert b.tolist() == [[64 - 49.0, 16.0, 64 - 32.0, 33.0]]  # x -> W - x, sides swapped
+    only, none_m, none_b = aug.apply_joint(img, AffineParams(0.0, (0, 0), 1.0, False))
+    assert torch.equal(only, img) and none_m is None and none_b is None

@@ -286,6 +286,34 @@ class StudyAugment(torch.nn.Module):
             out = TF.horizontal_flip(out)
         return out
 
+    def apply_joint(self, img: torch.Tensor, params: AffineParams, *, mask: torch.Tensor | None = None,
+                    boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Apply ``params`` to an image and, with the same warp, its lesion mask and boxes.
+
+        The image goes through exactly :meth:`apply` (same numbers). The mask (``(H, W)``
+        or ``(1, H, W)``, 0/1) is warped as a ``tv_tensors.Mask`` (nearest neighbour, 0
+        where uncovered, so it stays binary) and the boxes (``(N, 4)`` x0, y0, x1, y1 in
+        pixels) as ``tv_tensors.BoundingBoxes``: torchvision maps their corners and takes
+        the enclosing box, clamped to the image, so a box still bounds its lesion after a
+        rotation. Returns ``(image, mask, boxes)``, ``None`` where none was given.
+        """
+        from torchvision import tv_tensors
+
+        h, w = img.shape[-2:]
+        out_mask = None if mask is None else tv_tensors.Mask(mask)
+        out_boxes = None if boxes is None else tv_tensors.BoundingBoxes(
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(h, w))
+        warp = params.angle != 0 or params.translate != (0, 0) or params.scale != 1
+        if warp:
+            kw = dict(angle=params.angle, translate=list(params.translate), scale=params.scale, shear=[0.0, 0.0])
+            out_mask = None if out_mask is None else TF.affine(out_mask, **kw, fill=0)
+            out_boxes = None if out_boxes is None else TF.clamp_bounding_boxes(TF.affine(out_boxes, **kw))
+        if params.flip:
+            out_mask = None if out_mask is None else TF.horizontal_flip(out_mask)
+            out_boxes = None if out_boxes is None else TF.horizontal_flip(out_boxes)
+        return (self.apply(img, params), None if out_mask is None else out_mask.as_subclass(torch.Tensor),
+                None if out_boxes is None else out_boxes.as_subclass(torch.Tensor))
+
     def forward(self, img: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment one (C, H, W) image (a (B, C, H, W) batch gets one shared draw)."""
         if img.ndim < 3:
