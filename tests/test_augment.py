@@ -23,6 +23,8 @@ from workbench.data.augment import (
 from workbench.data.images import ImageDecodeError
 from workbench.data.manifest import Item, Manifest
 from workbench.data.preprocess import Geometry
+from workbench.data.boxes import Box
+from workbench.errors import ConfigError
 
 CLASSES = ["benign", "malignant"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -327,3 +329,62 @@ def test_joint_augmentation_flip_moves_the_box_by_hand():
     assert b.tolist() == [[64 - 49.0, 16.0, 64 - 32.0, 33.0]]  # x -> W - x, sides swapped
     only, none_m, none_b = aug.apply_joint(img, AffineParams(0.0, (0, 0), 1.0, False))
     assert torch.equal(only, img) and none_m is None and none_b is None
+
+
+# ---- lesion masks through the training dataset ---------------------------------------
+
+
+def _disc_files(tmp_path: Path, k: int, size: tuple[int, int] = (60, 50)) -> Item:
+    """An image whose lesion is a bright disc on a dark background, and its mask file."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (xx - 20 - 3 * k) ** 2 + (yy - 22) ** 2 <= 9 ** 2
+    img = np.where(disc, 230, 20).astype(np.uint8)
+    Image.fromarray(img, "L").save(tmp_path / f"disc{k}.png")
+    Image.fromarray((disc * 255).astype(np.uint8), "L").save(tmp_path / f"disc{k}_mask.png")
+    return Item(id=f"disc{k}", path=tmp_path / f"disc{k}.png", label=CLASSES[k % 2], row=k + 2,
+                mask_path=tmp_path / f"disc{k}_mask.png", box=Box(11 + 3 * k, 13, 30 + 3 * k, 32))
+
+
+def test_the_dataset_warps_each_mask_with_its_image(tmp_path):
+    items = [_disc_files(tmp_path, k) for k in range(4)]
+    aug = StudyAugment(degrees=20, translate=(0.15, 0.15), scale=(0.85, 1.15))
+    ds = TrainImageDataset(items, CLASSES, 32, MEAN, STD, augment=aug, masks=True, cut_remain=True)
+    torch.manual_seed(3)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert batch["masks"].shape == (8, 1, 32, 32) and batch["masks"].dtype == torch.uint8
+    assert batch["has_mask"].all() and set(torch.unique(batch["masks"]).tolist()) <= {0, 1}
+    x = batch["images"] * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    for row in range(8):  # the image rows and their Cut&Remain copies, each its own draw
+        bright, m = x[row, 0] > 0.5, batch["masks"][row, 0] > 0
+        assert (bright & m).sum() / (bright | m).sum() > 0.8, row
+
+
+def test_masks_leave_the_images_as_they_were_and_zero_where_there_is_none(tmp_path):
+    items = [_disc_files(tmp_path, k) for k in range(2)]
+    items.append(Item(id="plain", path=_png(tmp_path / "plain.png", seed=9), label="benign", row=9))
+    aug = StudyAugment()
+    with_masks = TrainImageDataset(items, CLASSES, 24, MEAN, STD, augment=aug, masks=True)
+    without = TrainImageDataset(items, CLASSES, 24, MEAN, STD, augment=aug)
+    for i in range(3):
+        torch.manual_seed(i)
+        a = with_masks[i]
+        torch.manual_seed(i)
+        assert torch.equal(a["image"], without[i]["image"])  # the same draw, the same numbers
+    plain = with_masks[2]
+    assert plain["has_mask"] is False and not plain["mask"].any()
+    assert "mask" not in without[0]
+    # No augmentation: the mask is the manual mask resized by the geometry (nearest).
+    still = TrainImageDataset(items[:1], CLASSES, 24, MEAN, STD, masks=True)[0]
+    manual = torch.from_numpy(np.array(Image.open(items[0].mask_path)) > 127).float()[None]
+    from torchvision.transforms.v2 import functional as TF
+    expected = (TF.resize(manual, [24, 24], interpolation=TF.InterpolationMode.NEAREST) > 0.5).to(torch.uint8)
+    assert torch.equal(still["mask"], expected)
+
+
+def test_a_mask_of_another_size_is_refused_naming_it(tmp_path):
+    item = _disc_files(tmp_path, 0)
+    Image.fromarray(np.zeros((10, 10), np.uint8), "L").save(item.mask_path)
+    ds = TrainImageDataset([item], CLASSES, 24, MEAN, STD, masks=True)
+    with pytest.raises(ConfigError, match=r"disc0_mask\.png.*'disc0'.*10x10.*60x50"):
+        ds[0]

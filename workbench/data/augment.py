@@ -21,10 +21,11 @@ shift is relative to the image size anyway.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 import torch
 from torch.utils.data import Dataset
@@ -346,6 +347,11 @@ class TrainSample(TypedDict):
     label: int
     index: int
     masked: torch.Tensor | None
+    #: With ``masks=True``: the lesion mask (1, S, S) warped with ``image`` (zeros when
+    #: the item has none) and whether there is one; ``masked_mask`` goes with ``masked``.
+    mask: NotRequired[torch.Tensor]
+    has_mask: NotRequired[bool]
+    masked_mask: NotRequired[torch.Tensor | None]
 
 
 class TrainBatch(TypedDict):
@@ -359,6 +365,9 @@ class TrainBatch(TypedDict):
     labels: torch.Tensor
     indices: torch.Tensor
     is_masked: torch.Tensor
+    #: With masks: (B + k, 1, S, S) uint8 lesion masks and which rows have one.
+    masks: NotRequired[torch.Tensor]
+    has_mask: NotRequired[torch.Tensor]
 
 
 def collate(samples: Sequence[TrainSample]) -> TrainBatch:
@@ -376,12 +385,17 @@ def collate(samples: Sequence[TrainSample]) -> TrainBatch:
     indices = [s["index"] for s in samples] + [s["index"] for s in extra]
     is_masked = torch.zeros(len(images), dtype=torch.bool)
     is_masked[len(samples):] = True
-    return TrainBatch(
+    batch = TrainBatch(
         images=torch.stack(images),
         labels=torch.tensor(labels, dtype=torch.long),
         indices=torch.tensor(indices, dtype=torch.long),
         is_masked=is_masked,
     )
+    if "mask" in samples[0]:
+        masks = [s["mask"] for s in samples] + [s["masked_mask"] for s in extra]
+        has = [s["has_mask"] for s in samples] + [s["has_mask"] for s in extra]
+        batch.update(masks=torch.stack(masks), has_mask=torch.tensor(has, dtype=torch.bool))
+    return batch
 
 
 class TrainImageDataset(Dataset):
@@ -418,6 +432,12 @@ class TrainImageDataset(Dataset):
         Relative margin for ``box_mode="margin"``.
     resize : str
         Resize mode when ``geometry`` is an int (see ``Geometry``).
+    masks : bool
+        Also return each item's lesion mask (``mask_path``; binary, foreground > 0.5),
+        resized by the same geometry (nearest neighbour) and warped by the same
+        augmentation draw as its image (:meth:`StudyAugment.apply_joint`); items without
+        a mask get zeros and ``has_mask=False`` (e.g. normal images: they train a
+        classification loss only). The image tensors are the same numbers either way.
 
     Raises
     ------
@@ -444,8 +464,10 @@ class TrainImageDataset(Dataset):
         box_mode: BoxMode = "tight",
         box_margin: float = 0.1,
         resize: str = "squash",
+        masks: bool = False,
     ) -> None:
         self.items = list(items)
+        self.masks = bool(masks)
         self.classes = [str(c) for c in classes]
         self.class_to_index = {c: i for i, c in enumerate(self.classes)}
         if len(self.class_to_index) != len(self.classes):
@@ -517,6 +539,25 @@ class TrainImageDataset(Dataset):
             x = self.augment(x)
         return (x - self.mean) / self.std
 
+    def _lesion_mask(self, it: Item, height: int, width: int) -> tuple[torch.Tensor, bool]:
+        """The item's mask as a (1, H, W) 0/1 float tensor at its image's size (zeros without one)."""
+        if it.mask_path is None:
+            return torch.zeros(1, height, width), False
+        m = decode_image(it.mask_path, keep_gray=True)[:1]  # ImageDecodeError names the file
+        if m.shape[-2:] != (height, width):
+            raise ConfigError(f"mask {it.mask_path} of item {it.id!r} is {m.shape[-1]}x{m.shape[-2]} pixels, its "
+                              f"image {width}x{height}: a mask must have its image's size")
+        return (m > 0.5).float(), True
+
+    def _finish_joint(self, img: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_finish` of an image and, with the same geometry and draw, its mask."""
+        x = self.geometry(img)
+        m = dataclasses.replace(self.geometry, interpolation="nearest").unclamped(mask)
+        if self.augment is not None:
+            params = self.augment.sample_params(x.shape[-1], x.shape[-2])  # the draw forward() would make
+            x, m, _ = self.augment.apply_joint(x, params, mask=m)
+        return (x - self.mean) / self.std, (m > 0.5).to(torch.uint8)
+
     def __getitem__(self, index: int) -> TrainSample:
         it = self.items[index]
         img = decode_image(it.path)  # ImageDecodeError names the file
@@ -526,12 +567,18 @@ class TrainImageDataset(Dataset):
                 masked = cut_and_remain(img, it.box, self.box_mode, margin=self.box_margin)
             except BoxError as e:  # the file changed size since __init__ checked it
                 raise e.with_item(it.id) from None
-        return TrainSample(
-            image=self._finish(img),
-            label=self.labels[index],
-            index=int(index),
-            masked=None if masked is None else self._finish(masked),
-        )
+        if not self.masks:
+            return TrainSample(
+                image=self._finish(img),
+                label=self.labels[index],
+                index=int(index),
+                masked=None if masked is None else self._finish(masked),
+            )
+        lesion, has = self._lesion_mask(it, *img.shape[-2:])
+        x, m = self._finish_joint(img, lesion)
+        xm, mm = (None, None) if masked is None else self._finish_joint(masked, lesion)
+        return TrainSample(image=x, label=self.labels[index], index=int(index), masked=xm, mask=m, has_mask=has,
+                           masked_mask=mm)
 
     #: ``DataLoader(ds, collate_fn=ds.collate)``
     collate = staticmethod(collate)
