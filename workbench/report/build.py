@@ -324,7 +324,7 @@ def _evidence(store: ResultStore, records: pd.DataFrame, result, s: dict[str, An
     """Calibration, decision curves and the CV critical-difference diagram: tables, figures
     (notes go to ``result.notes``)."""
     tables, figs, notes = calibration_section(store, records, result, alpha=s["alpha"], recalibrate=s["recalibrate"],
-                                              thresholds=s["decision_thresholds"], tables_dir=tmp / "tables",
+                                              thresholds=s["decision_thresholds"], tables_dir=None,
                                               figures_dir=tmp / "figures")
     shown = list(dict.fromkeys(list(result.ranking["candidate"].head(CD_CANDIDATES))
                                + list(result.baselines["candidate"])))

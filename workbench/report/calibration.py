@@ -25,15 +25,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from workbench.core.io import atomic_write
 from workbench.evaluation.calibration import (RECALIBRATION_METHODS, CalibrationError, Recalibrator, brier_score,
                                               calibration_summary, expected_calibration_error, reliability_curve)
 from workbench.evaluation.decision import checked_thresholds, net_benefit, net_benefit_treat_all, \
     net_benefit_treat_none
 from workbench.evaluation.settings import TEST_FOLD, fold_repeat, fold_sort_key, is_cv_fold
 from workbench.evaluation.store import ResultStore
-from workbench.report.figures import _curve_style, _new_figure, _rc, save_figure, unit_square
-from workbench.report.tables import DASH, OPTIMISTIC_ROLE, Cell, Table, fmt, to_csv, to_latex, to_markdown
+from workbench.report.figures import _new_figure, _rc, curve_styles, save_figure, unit_square
+from workbench.report.tables import DASH, OPTIMISTIC_ROLE, Cell, Table, _num, fmt, fmt_signed, write_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -158,23 +157,14 @@ def _summary(yp: tuple[np.ndarray, np.ndarray] | None, alpha: float) -> dict[str
 # ---- tables ------------------------------------------------------------------------------
 
 
-def _num(v: Any) -> float:
-    return float("nan") if v is None else float(v)
-
-
-def _signed(v: float) -> str:
-    """``0.913``, ``−0.205`` (a minus sign, so an interval's dash never reads as one)."""
-    return fmt(v).replace("-", "−")
-
-
 def fmt_signed_interval(v: float | None, low: float | None, high: float | None) -> str:
     """``−0.485 (−1.085, 0.114)``: an estimate that may be negative, with its interval; the
     estimate alone without one, ``–`` when undefined."""
     if v is None or not np.isfinite(v):
         return DASH
     if low is None or high is None or not (np.isfinite(low) and np.isfinite(high)):
-        return _signed(v)
-    return f"{_signed(v)} ({_signed(low)}, {_signed(high)})"
+        return fmt_signed(v)
+    return f"{fmt_signed(v)} ({fmt_signed(low)}, {fmt_signed(high)})"
 
 
 def _repeats(models: Sequence[ModelPredictions]) -> int:
@@ -233,12 +223,12 @@ def net_benefit_table(models: Sequence[ModelPredictions], thresholds: Sequence[f
             continue
         y_any = m.test[0]
         nb = net_benefit(*m.test, t)
-        rows.append([Cell(m.label), Cell(m.role), *[Cell(_signed(v), float(v)) for v in nb]])
+        rows.append([Cell(m.label), Cell(m.role), *[Cell(fmt_signed(v), float(v)) for v in nb]])
     rule = len(rows)
     all_nb = net_benefit_treat_all(y_any, t) if y_any is not None else np.full(t.size, np.nan)
-    rows.append([Cell("biopsy all"), Cell("default strategy"), *[Cell(_signed(v), float(v)) for v in all_nb]])
+    rows.append([Cell("biopsy all"), Cell("default strategy"), *[Cell(fmt_signed(v), float(v)) for v in all_nb]])
     rows.append([Cell("biopsy none"), Cell("default strategy"),
-                 *[Cell(_signed(v), float(v)) for v in net_benefit_treat_none(t)]])
+                 *[Cell(fmt_signed(v), float(v)) for v in net_benefit_treat_none(t)]])
     prev = f" (prevalence of the positive class {y_any.mean():.3f}, n = {y_any.size})" if y_any is not None else ""
     all_notes = [
         f"Net benefit on the test split{prev} of recommending a biopsy when the model's probability is at least "
@@ -255,28 +245,11 @@ def fmt_t(t: float) -> str:
     return f"{float(t):.4g}"
 
 
-def _write(table: Table, folder: Path) -> list[Path]:
-    """``<key>.md``, ``.tex``, ``.csv`` (not ``tables.md``: the report writes that with all its tables)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
-        p = folder / f"{table.key}.{ext}"
-        atomic_write(p, text.encode("utf-8"))
-        paths.append(p)
-    return paths
-
-
 # ---- figures -----------------------------------------------------------------------------
 
 
 def _styles(models: Sequence[ModelPredictions]) -> list[dict[str, Any]]:
-    counts = {"candidate": 0, "baseline": 0}
-    out = []
-    for m in models:
-        family = "baseline" if m.baseline else "candidate"
-        out.append(_curve_style(family, counts[family]))
-        counts[family] += 1
-    return out
+    return curve_styles(["baseline" if m.baseline else "candidate" for m in models])
 
 
 def _legend_below(fig: "Figure", axes: Sequence[Any], ncol: int = 1) -> None:
@@ -394,7 +367,7 @@ def _best_calibrated_note(models: Sequence[ModelPredictions], alpha: float) -> s
         return None
     ece, label, s = min(scored, key=lambda x: (round(x[0], 12), x[1]))
     return (f"Best calibrated on the test split (lowest ECE): {label} (ECE {fmt(ece)}, Brier {fmt(s['brier'])}, "
-            f"intercept {_signed(s.get('intercept'))}, slope {_signed(s.get('slope'))}).")
+            f"intercept {fmt_signed(s.get('intercept'))}, slope {fmt_signed(s.get('slope'))}).")
 
 
 def _net_benefit_note(m: ModelPredictions) -> str | None:
@@ -417,7 +390,7 @@ def _net_benefit_note(m: ModelPredictions) -> str | None:
 
 def calibration_section(store: ResultStore, records: pd.DataFrame, result: "SearchResult", *, alpha: float = 0.05,
                         recalibrate: str | None = None, thresholds: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
-                        tables_dir: str | Path, figures_dir: str | Path) -> tuple[list[Table], list[Path], list[str]]:
+                        tables_dir: str | Path | None, figures_dir: str | Path) -> tuple[list[Table], list[Path], list[str]]:
     """Calibration and decision-curve tables, figures and notes of a run's reported models.
 
     Parameters
@@ -437,7 +410,9 @@ def calibration_section(store: ResultStore, records: pd.DataFrame, result: "Sear
         Threshold probabilities of the net-benefit table.
     tables_dir, figures_dir
         Where ``calibration.{md,tex,csv}``, ``net_benefit.{md,tex,csv}`` and
-        ``reliability.{png,pdf}``, ``decision_curve.{png,pdf}`` are written.
+        ``reliability.{png,pdf}``, ``decision_curve.{png,pdf}`` are written; with
+        ``tables_dir=None`` the tables are only returned (the report writes all of its
+        tables at once).
 
     Returns
     -------
@@ -493,9 +468,10 @@ def calibration_section(store: ResultStore, records: pd.DataFrame, result: "Sear
         notes.append(BASELINE_NOTE)
     tables = [calibration_table(models, alpha=alpha, notes=table_notes),
               net_benefit_table(models, thresholds, notes=[n for n in table_notes if n != BASELINE_NOTE])]
-    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
-    for t in tables:
-        _write(t, tables_dir)
+    if tables_dir is not None:
+        for t in tables:
+            write_table(t, tables_dir)
+    figures_dir = Path(figures_dir)
     figures = reliability_figure(models, figures_dir / "reliability")
     if any(m.test is not None for m in models):
         figures += decision_curve_figure(models, figures_dir / "decision_curve")

@@ -34,7 +34,7 @@ from workbench.evaluation.metrics import UnknownMetricError, higher_is_better, m
 from workbench.evaluation.settings import is_cv_fold
 from workbench.evaluation.store import ResultStore
 from workbench.report.cd import cd_diagram_figure, friedman_note
-from workbench.report.tables import Cell, Table, _mark, _num, fmt_mean_sd, to_csv, to_latex, to_markdown
+from workbench.report.tables import Cell, Table, _mark, _num, fmt_mean_sd, write_table
 from workbench.search.select import NoRecordsError, rank_candidates
 
 __all__ = ["CompareResult", "RunsDifferError", "compare_runs", "comparison_across_runs_table", "write_comparison"]
@@ -287,11 +287,7 @@ def write_comparison(result: CompareResult, out: str | os.PathLike) -> list[Path
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     table = comparison_across_runs_table(result)
-    paths = []
-    for ext, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
-        p = folder / f"{table.key}.{ext}"
-        atomic_write(p, text.encode("utf-8"))
-        paths.append(p)
+    paths = write_table(table, folder)
     p = folder / f"{table.key}-long.csv"
     atomic_write(p, result.long.to_csv(index=False, float_format="%.10g", lineterminator="\n").encode("utf-8"))
     paths.append(p)

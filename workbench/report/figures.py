@@ -255,6 +255,17 @@ def _curve_style(kind: str, i: int) -> dict[str, Any]:
                 color=grey, markerfacecolor=grey, markeredgecolor=grey, linewidth=1.8, markersize=4.5)
 
 
+def curve_styles(kinds: Sequence[str]) -> list[dict[str, Any]]:
+    """Line styles of curves of these kinds (``"candidate"`` / ``"baseline"``), in order:
+    each kind numbered on its own, as :func:`_curve_style` takes them."""
+    counts: dict[str, int] = {}
+    out = []
+    for k in kinds:
+        out.append(_curve_style(k, counts.get(k, 0)))
+        counts[k] = counts.get(k, 0) + 1
+    return out
+
+
 def unit_square(ax: Any) -> None:
     """Axes over [0, 1] x [0, 1], square, ticks every 0.2, a light grid below the data
     (ROC curves, reliability diagrams)."""
@@ -293,11 +304,8 @@ def roc_axes(curves: Sequence[RocCurve], title: str | None = None) -> "Figure":
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], linestyle=(0, (1, 3)), color="0.7", linewidth=0.9, label="_chance",
                 gid="chance", zorder=1)
-        counts = {"candidate": 0, "baseline": 0}
-        for c in curves:
+        for c, style in zip(curves, curve_styles([c.kind for c in curves])):
             fpr, tpr, auc = c.roc()
-            style = _curve_style(c.kind, counts[c.kind])
-            counts[c.kind] += 1
             # Markers spaced evenly along the drawn path (a fraction of the axes diagonal),
             # so a curve of 20 points and one of 2000 carry the same number of marks.
             ax.plot(fpr, tpr, label=f"{c.label} (AUC {auc:.3f})", markevery=0.1, clip_on=False,

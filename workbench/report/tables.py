@@ -57,6 +57,7 @@ __all__ = [
     "to_csv",
     "to_latex",
     "to_markdown",
+    "write_table",
     "write_tables",
 ]
 
@@ -182,11 +183,16 @@ def fmt_mean_sd_interval(mean: float | None, sd: float | None, low: float | None
     return f"{text} [{_span(low, high)}]"
 
 
+def fmt_signed(v: float | None) -> str:
+    """``0.913``, ``−0.205``: :func:`fmt` with a minus sign, so a dash beside it never reads as one."""
+    return fmt(v).replace("-", MINUS)
+
+
 def _span(low: float, high: float) -> str:
     """``0.851–0.957``; with a negative end ``−0.768, 0.114`` (an en dash beside a minus
     sign would read as a range of a negative number)."""
     if min(float(low), float(high)) < 0:
-        return f"{fmt(low).replace('-', MINUS)}, {fmt(high).replace('-', MINUS)}"
+        return f"{fmt_signed(low)}, {fmt_signed(high)}"
     return f"{fmt(low)}{DASH}{fmt(high)}"
 
 
@@ -196,7 +202,7 @@ def fmt_interval(v: float | None, low: float | None, high: float | None) -> str:
         return DASH
     if _nan(low) or _nan(high):
         return fmt(v)
-    value = fmt(v).replace("-", MINUS) if min(float(low), float(high)) < 0 else fmt(v)
+    value = fmt_signed(v) if min(float(low), float(high)) < 0 else fmt(v)
     return f"{value} ({_span(low, high)})"
 
 
@@ -1071,15 +1077,21 @@ def write_tables(tables: Sequence[Table], folder: str | os.PathLike) -> list[Pat
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    mds = []
     for t in tables:
-        md = to_markdown(t)
-        mds.append(md)
-        for ext, text in (("md", md), ("tex", to_latex(t)), ("csv", to_csv(t))):
-            p = folder / f"{t.key}.{ext}"
-            atomic_write(p, text.encode("utf-8"))
-            paths.append(p)
+        paths += write_table(t, folder)
     p = folder / "tables.md"
-    atomic_write(p, "\n".join(mds).encode("utf-8"))
+    atomic_write(p, "\n".join(to_markdown(t) for t in tables).encode("utf-8"))
     paths.append(p)
+    return paths
+
+
+def write_table(table: Table, folder: str | os.PathLike) -> list[Path]:
+    """Write ``<key>.md``, ``<key>.tex`` and ``<key>.csv`` of one table into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
+        p = folder / f"{table.key}.{ext}"
+        atomic_write(p, text.encode("utf-8"))
+        paths.append(p)
     return paths
