@@ -20,7 +20,7 @@ import pandas as pd
 
 from workbench.evaluation import stats
 from workbench.evaluation.settings import EXTERNAL_PREFIX, external_fold_name, is_external_fold
-from workbench.search.select import OPTIMISTIC_ROLE, _Context, _figures, _paired_tests
+from workbench.search.select import OPTIMISTIC_ROLE, _Context, _figures, _paired_tests, calls
 
 __all__ = ["external_results"]
 
@@ -51,15 +51,8 @@ def _groups(ctx: _Context) -> dict[str, str]:
 def _scored(ctx: _Context, rec: dict[str, Any], decided: dict[str, Any]) -> dict[str, Any]:
     """One record's labels, scores and calls at the candidate's frozen test threshold."""
     t = ctx.store.predictions(rec)
-    ids = np.asarray(t["ids"]).astype(str)
-    if ctx.pos is not None:
-        yb = (np.asarray(t["y_true"]) == ctx.pos).astype(int)
-        p = np.asarray(t["proba"])[:, ctx.pos]
-        return {"_y": yb, "_p": p, "_pred": stats.apply_threshold(p, decided["threshold"]),
-                "threshold": decided["threshold"], "_ids": ids}
-    y = np.asarray(t["y_true"])
-    return {"_y": y, "_p": None, "_pred": np.asarray(t["proba"]).argmax(axis=1), "threshold": np.nan,
-            "_auc": rec.get("metrics", {}).get("auc", np.nan), "_ids": ids}
+    return {**calls(t, ctx.pos, decided.get("threshold", np.nan), rec.get("metrics", {}).get("auc", np.nan)),
+            "_ids": np.asarray(t["ids"]).astype(str)}
 
 
 def _row(ctx: _Context, test_row: dict[str, Any], rec: dict[str, Any] | None, digest: str | None,
@@ -120,8 +113,6 @@ def external_results(ctx: _Context, rows: list[dict[str, Any]], best_baseline: s
         _paired_tests(ctx, ext_rows, best_baseline, set_notes)
         notes += [f"external set {name}: {n}" for n in set_notes]
         frame = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in ext_rows])
-        # CV statistics (the paired tests add them) belong to the comparison, not to a test set.
-        frame = frame.drop(columns=[c for c in frame.columns if c.startswith("p_cv")])
         frame.attrs.update(name=name, fold=fold, **{k: info.get(k) for k in
                                                      ("digest", "n_images", "classes", "source", "held_out")})
         out[name] = frame

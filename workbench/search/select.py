@@ -163,7 +163,7 @@ def _decide(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate: 
     t = store.predictions(test)
     row["_ids"] = np.asarray(t["ids"]).astype(str)
     if pos is not None:
-        yb, p_t = (np.asarray(t["y_true"]) == pos).astype(int), np.asarray(t["proba"])[:, pos]
+        p_t = np.asarray(t["proba"])[:, pos]
         # A baseline's test network is applied at the pooled fold quantile of its scores on
         # its own validation split (drawn like the training split, never trained on), so
         # the threshold does not move with the test split's class balance. Records made
@@ -178,16 +178,26 @@ def _decide(store: ResultStore, by_key: dict[tuple[str, str], dict], candidate: 
         bnames = [names[1 - pos], names[pos]]  # 0/1 = other/positive class
         row["_cv_reason"] = degenerate_reason(cv_auc=cv_auc, y=(y_o == pos).astype(int), pred=calls_o,
                                               where="out-of-fold", names=bnames)
-        pred = stats.apply_threshold(p_t, thr)
-        row.update(threshold=thr, threshold_quantile=q, _y=yb, _p=p_t, _pred=pred)
-        row["_test_reason"] = degenerate_reason(y=yb, pred=pred, names=bnames)
+        row.update(calls(t, pos, thr), threshold_quantile=q)
+        row["_test_reason"] = degenerate_reason(y=row["_y"], pred=row["_pred"], names=bnames)
     else:
-        y_t, proba = np.asarray(t["y_true"]), np.asarray(t["proba"])
-        pred = proba.argmax(axis=1)
-        row.update(threshold=np.nan, threshold_quantile=np.nan, _y=y_t, _p=None, _pred=pred,
-                   _auc=test.get("metrics", {}).get("auc", np.nan))
-        row["_test_reason"] = degenerate_reason(y=y_t, pred=pred, names=names)
+        row.update(calls(t, None, auc=test.get("metrics", {}).get("auc", np.nan)), threshold_quantile=np.nan)
+        row["_test_reason"] = degenerate_reason(y=row["_y"], pred=row["_pred"], names=names)
     return row
+
+
+def calls(predictions: dict[str, np.ndarray], pos: int | None, threshold: float = np.nan,
+          auc: float = np.nan) -> dict[str, Any]:
+    """Labels, scores and calls of a model's stored predictions on a test set: binary, the
+    positive class's probability at ``threshold`` (chosen on out-of-fold predictions);
+    several classes, the argmax and the record's macro ``auc``. The private ``_y``,
+    ``_p``, ``_pred`` are what :func:`_figures` and the paired tests read."""
+    if pos is not None:
+        p = np.asarray(predictions["proba"])[:, pos]
+        return {"threshold": threshold, "_y": (np.asarray(predictions["y_true"]) == pos).astype(int), "_p": p,
+                "_pred": stats.apply_threshold(p, threshold)}
+    return {"threshold": np.nan, "_y": np.asarray(predictions["y_true"]), "_p": None,
+            "_pred": np.asarray(predictions["proba"]).argmax(axis=1), "_auc": auc}
 
 
 def _figures(row: dict[str, Any], pos: int | None, alpha: float, groups: np.ndarray | None) -> dict[str, Any]:
@@ -341,6 +351,7 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
         if c not in shown:
             rows.append(_report_row(ctx, c, REQUESTED_ROLE))
     _paired_tests(ctx, rows, best_baseline, notes)
+    _cv_tests(ctx, rows, best_baseline)
     from workbench.search.external import external_results  # it imports this module's helpers
 
     external = external_results(ctx, rows, best_baseline, notes)
@@ -451,9 +462,23 @@ def _report_rows(ctx: _Context, selected: list[str], base_rank: pd.DataFrame, ra
     return rows
 
 
+def _baseline_row(rows: list[dict[str, Any]], best_baseline: str | None) -> dict[str, Any] | None:
+    return next((r for r in rows if r["candidate"] == best_baseline and r["role"] == "baseline"), None)
+
+
+def _holm_into(rows: list[dict[str, Any]], compared: list[dict[str, Any]], key: str) -> None:
+    """``<key>_holm``: Holm over the ``compared`` rows (the table's honest comparisons; the
+    optimistic and requested rows are not tests we make), NaN on the others."""
+    adj = stats.holm([r[key] for r in compared]) if compared else []
+    for r, a in zip(compared, adj):
+        r[f"{key}_holm"] = a
+    for r in rows:
+        r.setdefault(f"{key}_holm", np.nan)
+
+
 def _paired_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str | None, notes: list[str]) -> None:
     """p values against the best baseline on the same test images, Holm-adjusted, into ``rows``."""
-    base_row = next((r for r in rows if r["candidate"] == best_baseline and r["role"] == "baseline"), None)
+    base_row = _baseline_row(rows, best_baseline)
     compared = []
     for r in rows:
         r.update(p_auc=np.nan, p_accuracy=np.nan)
@@ -470,28 +495,23 @@ def _paired_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str 
                            if g is not None else stats.mcnemar_exact(r["_y"], r["_pred"], base_row["_pred"]).p_value)
         if r["role"] not in (OPTIMISTIC_ROLE, REQUESTED_ROLE):
             compared.append(r)
-    # On CV: every model's per-fold ranking metric against the baseline's, paired by fold,
-    # by the corrected resampled t-test (the folds overlap; a plain paired t-test is
-    # anti-conservative). It needs no test images, so it is made for every row.
-    cv_compared = []
+    for key in ("p_auc", "p_accuracy"):
+        _holm_into(rows, compared, key)
+
+
+def _cv_tests(ctx: _Context, rows: list[dict[str, Any]], best_baseline: str | None) -> None:
+    """``p_cv``: every row's per-fold ranking metric against the best baseline's, paired by
+    fold, by the corrected resampled t-test (the folds overlap; a plain paired t-test is
+    anti-conservative), Holm-adjusted like the test columns. It reads no test images."""
+    base_row = _baseline_row(rows, best_baseline)
+    compared = []
     for r in rows:
         r["p_cv"] = np.nan
         if base_row is not None and r["role"] != "baseline":
             r["p_cv"] = _cv_ttest(ctx.records, r["candidate"], base_row["candidate"], ctx.metric)
             if r["role"] not in (OPTIMISTIC_ROLE, REQUESTED_ROLE):
-                cv_compared.append(r)
-    adj = stats.holm([r["p_cv"] for r in cv_compared]) if cv_compared else []
-    for r, a in zip(cv_compared, adj):
-        r["p_cv_holm"] = a
-    for r in rows:
-        r.setdefault("p_cv_holm", np.nan)
-    # Holm over the table's honest comparisons (the optimistic row is not a test we make).
-    for key in ("p_auc", "p_accuracy"):
-        adj = stats.holm([r[key] for r in compared]) if compared else []
-        for r, a in zip(compared, adj):
-            r[f"{key}_holm"] = a
-        for r in rows:
-            r.setdefault(f"{key}_holm", np.nan)
+                compared.append(r)
+    _holm_into(rows, compared, "p_cv")
 
 
 def _degenerate_note(reason: dict[str, str], rows: list[dict[str, Any]], notes: list[str]) -> None:
