@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
 
 from workbench.baselines.configs import BaselineSpec, get_baseline
 from workbench.backbones.finetuned import default_root
 from workbench.baselines.estimator import CNNClassifier
-from workbench.core.parallel import call_in_worker, parallel_backend, worker_threads, workers
+from workbench.core.parallel import in_this_process, unordered, worker_threads, workers
 from workbench.core.provenance import package_versions
 from workbench.data.manifest import Manifest
 from workbench.errors import ConfigError
@@ -210,8 +209,7 @@ def run_baselines(
     folds = fine_tune_folds(task)
     todo = [(s, f) for s in specs for f in folds if f"{cids[s.name]}/{f}" not in done]
     logger.info(_cost(specs, task, folds, len(specs) * len(folds) - len(todo), training) + f" ({store.root})")
-    n_workers = workers(execution) if execution is not None else 1
-    if n_workers == 1 and (execution is None or execution.backend != "dask"):
+    if in_this_process(execution):
         for k, (s, f) in enumerate(todo, 1):
             n_train, n_eval = (len(ids) for ids in fold_ids(task, f))
             logger.info(f"[{k}/{len(todo)}] baseline {s.name} ({s.backbone}) fold {f}: "
@@ -223,15 +221,13 @@ def run_baselines(
         quiet = dataclasses.replace(training, progress=False,
                                     root=str((default_root() if root is None else Path(root)).resolve()))
         threads = worker_threads(execution)
-        logger.info(f"{len(todo)} fine-tunes on {n_workers} {execution.backend} workers"
+        logger.info(f"{len(todo)} fine-tunes on {workers(execution)} {execution.backend} workers"
                     + ("" if threads is None else f", {threads} torch thread(s) each"))
-        units = (delayed(call_in_worker)(threads, _score_fold, s, f, cids[s.name], task, quiet, versions)
-                 for s, f in todo)
-        with parallel_backend(execution) as jobs:
-            for k, (rec, preds) in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(units), 1):
-                store.append(rec, preds)
-                logger.info(f"[{k}/{len(todo)}] baseline {rec['baseline']} fold {rec['fold']} done "
-                            f"({rec['seconds']:.0f} s)")
+        units = ((s, f, cids[s.name], task, quiet, versions) for s, f in todo)
+        for k, (rec, preds) in enumerate(unordered(execution, _score_fold, units), 1):
+            store.append(rec, preds)
+            logger.info(f"[{k}/{len(todo)}] baseline {rec['baseline']} fold {rec['fold']} done "
+                        f"({rec['seconds']:.0f} s)")
     _score_external(specs, task, store, cids, training, versions, done)
     frame = store.frame()
     if not len(frame):

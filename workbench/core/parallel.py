@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
 import joblib
 
-__all__ = ["ExecutionLike", "call_in_worker", "parallel_backend", "threads_per_worker", "worker_threads",
-           "workers"]
+__all__ = ["ExecutionLike", "call_in_worker", "in_this_process", "parallel_backend", "threads_per_worker",
+           "unordered", "worker_threads", "workers"]
 
 T = TypeVar("T")
 
@@ -88,3 +88,19 @@ def parallel_backend(execution: ExecutionLike) -> Iterator[int]:
             stack_.enter_context(Client(execution.scheduler))
         stack_.enter_context(joblib.parallel_config(backend="dask"))
         yield -1
+
+
+def in_this_process(execution: ExecutionLike | None) -> bool:
+    """Whether units run one after the other in this process: no execution setting, or a
+    single local worker (a Dask cluster always gets the work, whatever its size)."""
+    return execution is None or (workers(execution) == 1 and execution.backend != "dask")
+
+
+def unordered(execution: ExecutionLike, fn: Callable[..., T], units: Iterable[tuple]) -> Iterator[T]:
+    """``fn(*unit)`` for every unit on ``execution``'s workers (torch held to
+    :func:`worker_threads` each), yielded as each finishes, so the caller can record it
+    at once and a killed run keeps what was done."""
+    threads = worker_threads(execution)
+    calls = (joblib.delayed(call_in_worker)(threads, fn, *unit) for unit in units)
+    with parallel_backend(execution) as jobs:
+        yield from joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls)

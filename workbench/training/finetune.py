@@ -325,6 +325,11 @@ class _Plan:
     def geometry(self) -> Geometry:
         return Geometry(self.size, self.config.resize, interpolation=self.data_config.interpolation)
 
+    @property
+    def in_store(self) -> bool:
+        """Whether the store holds this network finished (it would be loaded, not trained)."""
+        return (self.folder / "weights.pth").is_file() and (self.folder / "meta.json").is_file()
+
     def finished(self, model: nn.Module, meta: dict[str, Any], *, trained_now: bool) -> FineTuned:
         return FineTuned(self.spec.name, self.weights_id, self.folder, model.eval(), self.classes,
                          self.data_config, self.size, self.config.resize, meta["history"], meta["best_epoch"],
@@ -365,7 +370,7 @@ def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Ite
 def _load_finished(plan: _Plan) -> FineTuned | None:
     """The stored network of a finished id, or None when it must be trained."""
     folder = plan.folder
-    if not ((folder / "weights.pth").is_file() and (folder / "meta.json").is_file()):
+    if not plan.in_store:
         return None
     meta = read_meta(folder)
     model = build_finetuned(plan.spec, folder / "weights.pth", len(plan.classes))

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from joblib import Parallel, delayed
 
 from workbench.backbones.finetuned import NESTED_PREFIX, default_root, finetuned_dir
 from workbench.core.io import write_json_atomic
-from workbench.core.parallel import call_in_worker, parallel_backend, worker_threads, workers
+from workbench.core.parallel import in_this_process, unordered, worker_threads, workers
 from workbench.data.manifest import Item, Manifest
 from workbench.evaluation.protocol import Protocol, RunTask, build_task, sha
 from workbench.evaluation.settings import TEST_FOLD, is_cv_fold
@@ -73,9 +72,8 @@ def _member_unit(fold: str, backbone: str, train: list[Item], val: list[Item], c
 def _finished(backbone: str, train: list[Item], val: list[Item], classes: list[str], config: FineTuneConfig,
               weights: str | None, root: str | os.PathLike | None, device: str | None) -> bool:
     """Whether the store already holds this member (it would load, not train)."""
-    folder = _plan(backbone, train, val, classes, config, weights=weights, root=root, device=device,
-                   context=None).folder
-    return (folder / "weights.pth").is_file() and (folder / "meta.json").is_file()
+    return _plan(backbone, train, val, classes, config, weights=weights, root=root, device=device,
+                 context=None).in_store
 
 
 def fine_tune_nested(
@@ -110,8 +108,7 @@ def fine_tune_nested(
     done = sum(_finished(backbone, *lists[f], task.class_names, config, weights, root, device) for f in folds)
     logger.info(f"nested fine-tuning {backbone}: {networks_per_set(task, folds)}; {done} already in the store")
     members: dict[str, FineTuned] = {}
-    n_workers = workers(execution) if execution is not None else 1
-    if n_workers == 1 and (execution is None or execution.backend != "dask"):
+    if in_this_process(execution):
         for fold in folds:
             train, val = lists[fold]
             logger.info(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, "
@@ -122,13 +119,11 @@ def fine_tune_nested(
         threads = worker_threads(execution)
         # Resolved here: a reused worker process keeps the environment and folder it started in.
         root = (default_root() if root is None else Path(root)).resolve()
-        logger.info(f"nested fine-tuning {backbone}: {len(folds)} members on {n_workers} {execution.backend} "
-                    f"workers" + ("" if threads is None else f", {threads} torch thread(s) each"))
-        units = (delayed(call_in_worker)(threads, _member_unit, f, backbone, *lists[f], task.class_names, config,
-                                         weights, root, device) for f in folds)
-        with parallel_backend(execution) as jobs:
-            for k, (fold, wid) in enumerate(Parallel(n_jobs=jobs, return_as="generator_unordered")(units), 1):
-                logger.info(f"[{k}/{len(folds)}] nested fine-tuning {backbone}: fold {fold} done ({wid})")
+        logger.info(f"nested fine-tuning {backbone}: {len(folds)} members on {workers(execution)} "
+                    f"{execution.backend} workers" + ("" if threads is None else f", {threads} torch thread(s) each"))
+        units = ((f, backbone, *lists[f], task.class_names, config, weights, root, device) for f in folds)
+        for k, (fold, wid) in enumerate(unordered(execution, _member_unit, units), 1):
+            logger.info(f"[{k}/{len(folds)}] nested fine-tuning {backbone}: fold {fold} done ({wid})")
         # Every member is finished in the store now: these calls load them, in fold order.
         for fold in folds:
             members[fold] = fine_tune(backbone, *lists[fold], task.class_names, config, weights=weights,
