@@ -247,6 +247,19 @@ def test_external_figures_use_the_frozen_test_threshold(swept, tmp_path):
     assert not np.allclose(moved["auc"], frame["auc"])
 
 
+def test_a_damaged_external_json_is_named_by_the_search(swept, tmp_path):
+    import shutil
+
+    from workbench.evaluation.protocol import ExternalSetError
+
+    root = swept[0]
+    run = tmp_path / "run"
+    shutil.copytree(root / "ext", run)
+    (run / "external.json").write_text("{not json")
+    with pytest.raises(ExternalSetError, match=r"external\.json is not valid JSON"):
+        search(run)
+
+
 def test_multi_class_external_sets_report_accuracy_and_macro_auc(tmp_path):
     classes = ["benign", "malignant", "normal"]
     main, ext, fs = _task(classes=classes)

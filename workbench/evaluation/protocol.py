@@ -35,7 +35,7 @@ from workbench.evaluation.store import ResultStore, atomic_write
 from workbench.errors import ConfigError, WorkbenchError
 
 __all__ = ["ExternalSet", "ExternalSetError", "Protocol", "RunTask", "SCORINGS", "build_task", "check_external_name",
-           "combine_external", "load_external", "sha", "SWEEP_CODE_VERSION"]
+           "combine_external", "load_external", "recorded_external_sets", "sha", "SWEEP_CODE_VERSION"]
 
 #: Bumped when a change to the sweep would change its numbers; part of the protocol.
 SWEEP_CODE_VERSION = "1"
@@ -150,10 +150,7 @@ class RunTask:
         the internal protocol's files are the same with and without external sets.
         """
         path = store.root / "external.json"
-        try:
-            known = json.loads(path.read_bytes().decode()) if path.exists() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ExternalSetError(f"{path} is not valid JSON ({e}); restore it or delete the run folder") from None
+        known = recorded_external_sets(store.root)
         changed = [n for n, e in self.external.items() if n in known and known[n].get("digest") != e.digest]
         if changed:
             shown = "; ".join(f"{n!r}: {known[n].get('digest')} there, {self.external[n].digest} now"
@@ -227,6 +224,23 @@ def _canonical_keys(items: Sequence) -> list[tuple[str, str]]:
                 return [("", item.id) for item in items]
         keys.append((digest, it.id))
     return keys
+
+
+def recorded_external_sets(run: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """What ``run/external.json`` records of each external set by name (``{}`` without one).
+
+    Raises
+    ------
+    ExternalSetError
+        The file is not valid JSON, naming it.
+    """
+    path = Path(run) / "external.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_bytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExternalSetError(f"{path} is not valid JSON ({e}); restore it or delete the run folder") from None
 
 
 def _external_digest(items: Sequence, keys: Sequence[tuple[str, str]]) -> str:

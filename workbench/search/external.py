@@ -12,13 +12,13 @@ images), and each row says how far its AUC moved from the internal test split.
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from workbench.evaluation import stats
+from workbench.evaluation.protocol import recorded_external_sets
 from workbench.evaluation.settings import EXTERNAL_PREFIX, external_fold_name, is_external_fold
 from workbench.search.select import OPTIMISTIC_ROLE, _Context, _figures, _paired_tests, calls
 
@@ -31,8 +31,7 @@ def _sets(ctx: _Context) -> dict[str, dict[str, Any]]:
     names = sorted({str(f)[len(EXTERNAL_PREFIX):] for f in ctx.records["fold"].unique() if is_external_fold(f)})
     if not names:
         return {}
-    path = ctx.store.root / "external.json"
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    known = recorded_external_sets(ctx.store.root)
     return {n: dict(known.get(n, {})) for n in names}
 
 
