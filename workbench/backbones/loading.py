@@ -13,7 +13,7 @@ from torch import nn
 from workbench.backbones.adapt import adapt_for_task
 from workbench.backbones.registry import BackboneSpec, DataConfig, get_backbone
 from workbench.backbones.weights import RANDOM_SEED, ResolvedWeights, resolve_weights
-from workbench.errors import WorkbenchError
+from workbench.errors import ConfigError, WorkbenchError
 
 __all__ = [
     "CheckpointMismatchError",
@@ -176,6 +176,11 @@ def build_model(spec: BackboneSpec, weights: ResolvedWeights) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_SEED)
             model = spec.build()
+    elif weights.is_ynet:
+        from workbench.backbones.ynet import load_ynet  # it imports this module
+
+        base = resolve_weights(spec, weights.finetuned.get("base_weights"))
+        model = load_ynet(spec, weights.path, weights.num_classes, base=base)
     elif weights.num_classes is not None:
         model = build_finetuned(spec, weights.path, weights.num_classes)
     else:
@@ -202,6 +207,10 @@ def load_backbone(
     """
     spec = get_backbone(name) if isinstance(name, str) else name
     resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(spec, weights)
+    if resolved.is_ynet:
+        raise ConfigError(f"{spec.name}@{resolved.id} is a Y-Net (segmentation + classification), not "
+                          f"{spec.name} with a new head: its layers are not the backbone's taps. Use it as a "
+                          f"baseline, or for predicted boxes (--boxes predicted:{resolved.id})")
     taps = list(taps or spec.taps)
     for t in taps:
         spec.tap(t)

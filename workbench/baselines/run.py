@@ -117,8 +117,13 @@ def _score_fold(spec: BaselineSpec, fold: str, cid: str, task: RunTask, training
         "epochs_run": len(ft.history), "config": spec.config.to_dict(),
         "seconds": round(time.perf_counter() - t0, 3), "record_version": BASELINE_RECORD_VERSION,
     }
+    seg = _segmentation(ft, task, eval_ids, training) if ft.is_ynet else None
+    if seg is not None:
+        fields["segmentation"] = seg[0]
     rec, preds = task.record(candidate_id=cid, candidate=f"CNN {spec.name}", kind="baseline", fold=fold,
                              proba=proba, pred=proba.argmax(axis=1), fields=fields, versions=versions)
+    if seg is not None:
+        preds.update(seg[1])
     # The network's own validation split (held out from its training, drawn like the
     # training split): the search sets this network's operating threshold on it, so
     # the threshold does not depend on the test split's class balance.
@@ -128,6 +133,29 @@ def _score_fold(spec: BaselineSpec, fold: str, cid: str, task: RunTask, training
         preds.update(val_ids=np.array(val_ids), val_y=task.y[[row_of[i] for i in val_ids]],
                      val_proba=est.predict_proba(val_ids))
     return rec, preds
+
+
+def _segmentation(ft, task: RunTask, eval_ids: Sequence[str], training: _Training
+                  ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A Y-Net's masks on the evaluation images: per-image Dice/IoU and predicted boxes
+    (NaN for an image without a manual mask, in evaluation-row order) and the fold's
+    summary for its record (``None`` values when no image has a mask)."""
+    from workbench.evaluation.segmentation import FAILED_DICE
+    from workbench.training.masks import score_masks
+
+    items = list(task.manifest.subset(list(eval_ids)))
+    scores = score_masks(ft.model, items, ft.geometry, ft.data_config, device=training.device).set_index("id")
+    ids = [str(i) for i in eval_ids]
+    scored = scores.reindex(ids)
+    arrays = {"dice": scored["dice"].to_numpy(float), "iou": scored["iou"].to_numpy(float),
+              "mask_box": scored[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(float)}
+    summary: dict[str, Any] = {"n": int(len(scores)), "median_dice": None, "mean_dice": None,
+                               "mean_iou": None, "failed_share": None}
+    if len(scores):  # point figures; the report adds bootstrap intervals from the per-image arrays
+        d = scores["dice"].to_numpy(float)
+        summary.update(median_dice=float(np.median(d)), mean_dice=float(d.mean()),
+                       mean_iou=float(scores["iou"].mean()), failed_share=float((d < FAILED_DICE).mean()))
+    return summary, arrays
 
 
 def _cost(specs: list[BaselineSpec], task: RunTask, folds: list[str], done: int, training: _Training) -> str:

@@ -83,6 +83,34 @@ class Geometry:
             out[:, top:top + nh, left:left + nw] = small
         return out
 
+    def to_frame(self, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Map a ``(C, size, size)`` map (a predicted mask) back onto the ``height x width``
+        image it came from: the inverse of this geometry (bilinear). Under ``crop`` the
+        part of the frame the crop cut off gets 0: the network never saw it."""
+        s = self.size
+        if tuple(t.shape[-2:]) != (s, s):
+            raise ValueError(f"expected a (C, {s}, {s}) map, got shape {tuple(t.shape)}")
+        bilinear = InterpolationMode.BILINEAR
+        if self.resize == "squash":
+            return TF.resize(t, [height, width], interpolation=bilinear, antialias=False)
+        if self.resize == "crop":
+            # Forward: shorter side -> short, centre crop of s x s. Backward: paste the
+            # crop into a canvas of the resized frame, then scale that to the image.
+            short = int(round(s / self.crop_pct))
+            scale = short / min(height, width)
+            rh, rw = max(1, round(height * scale)), max(1, round(width * scale))
+            canvas = t.new_zeros((t.shape[0], rh, rw))
+            top, left = int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))  # torchvision's center_crop
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + s, rh), min(left + s, rw)
+            canvas[:, y0:y1, x0:x1] = t[:, y0 - top:y1 - top, x0 - left:x1 - left]
+            return TF.resize(canvas, [height, width], interpolation=bilinear, antialias=False)
+        scale = s / max(height, width)
+        nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+        top, left = (s - nh) // 2, (s - nw) // 2
+        return TF.resize(t[:, top:top + nh, left:left + nw], [height, width], interpolation=bilinear,
+                         antialias=False)
+
 
 @dataclass(frozen=True)
 class Preprocess:

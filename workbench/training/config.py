@@ -12,7 +12,7 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["FineTuneConfig", "OPTIMIZERS", "SCHEDULES", "MONITORS", "CLASS_WEIGHTS", "FREEZE_MODES"]
+__all__ = ["FineTuneConfig", "OPTIMIZERS", "SCHEDULES", "MONITORS", "CLASS_WEIGHTS", "FREEZE_MODES", "MODELS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
@@ -21,6 +21,16 @@ CLASS_WEIGHTS = ("balanced", "none")
 #: The named freeze modes of :func:`workbench.backbones.adapt.freeze_early` (which
 #: imports torch, so the names are repeated here; a test keeps the two equal).
 FREEZE_MODES = ("none", "features")
+#: What is trained: a classifier (the backbone with a new head) or a Y-Net (a U-Net on
+#: the backbone with a classification branch, :mod:`workbench.backbones.ynet`).
+MODELS = ("classifier", "ynet")
+#: Fields that only a Y-Net reads; left out of a classifier's :meth:`FineTuneConfig.to_dict`
+#: so the ids of every classifier trained before they existed stay the same.
+_YNET_FIELDS = ("model", "seg_weight", "cls_weight")
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def _is_fraction(value: Any) -> bool:
@@ -57,6 +67,12 @@ class FineTuneConfig:
     patience: int = 5  # epochs without improvement before stopping; 0: never stop early
     monitor: str = "auc"
     seed: int = 0
+    # "ynet": train a Y-Net (segmentation + classification) on the backbone instead of a
+    # classifier; its loss is seg_weight * (Dice + BCE) + cls_weight * CE. seg_weight = 0
+    # is the study's ablation (the classification branch alone).
+    model: str = "classifier"
+    seg_weight: float = 1.0
+    cls_weight: float = 1.0
 
     def __post_init__(self) -> None:
         # `--set class_weight=none` parses to None, a TOML flag to a bool: one spelling
@@ -75,10 +91,23 @@ class FineTuneConfig:
             (self.freeze in FREEZE_MODES or _is_fraction(self.freeze),
              "freeze must be 'none', 'features' or a fraction in [0, 1)"),
             (self.image_size is None or self.image_size >= 16, "image_size must be >= 16"),
+            (self.model in MODELS, f"model must be one of {MODELS}, got {self.model!r}"),
+            (_is_weight(self.seg_weight) and _is_weight(self.cls_weight),
+             f"seg_weight and cls_weight must be numbers >= 0, got {self.seg_weight!r}, {self.cls_weight!r}"),
+            (self.model == "ynet" or (self.seg_weight, self.cls_weight) == (1.0, 1.0),
+             "seg_weight and cls_weight are Y-Net settings: give model = 'ynet' with them"),
+            (self.model != "ynet" or self.seg_weight > 0 or self.cls_weight > 0,
+             "seg_weight and cls_weight are both 0: nothing would be learned"),
+            (self.model != "ynet" or self.cls_weight > 0,
+             "cls_weight = 0 leaves the Y-Net's classification branch untrained: its class scores are the records'"),
+            (self.model != "ynet" or self.freeze == "none", "a Y-Net is trained whole: freeze must be 'none'"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"fine-tune config: {msg}")
+        # One spelling per value (0 and 0.0 hash alike).
+        object.__setattr__(self, "seg_weight", float(self.seg_weight))
+        object.__setattr__(self, "cls_weight", float(self.cls_weight))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FineTuneConfig:
@@ -98,9 +127,21 @@ class FineTuneConfig:
             raise ConfigError(f"unknown fine-tune settings {bad}; known: {sorted(names)}")
         return cls(**d)
 
+    @property
+    def is_ynet(self) -> bool:
+        return self.model == "ynet"
+
     def to_dict(self) -> dict[str, Any]:
-        """Every field by name: the form hashed into the weights id and stored in meta.json."""
-        return dataclasses.asdict(self)
+        """Every field by name: the form hashed into the weights id and stored in meta.json.
+
+        A classifier's dict leaves out the Y-Net fields (they are at their defaults), so
+        the ids of classifiers trained before Y-Nets existed do not change.
+        """
+        d = dataclasses.asdict(self)
+        if not self.is_ynet:
+            for k in _YNET_FIELDS:
+                d.pop(k)
+        return d
 
     def replace(self, **changes: Any) -> FineTuneConfig:
         """A copy with ``changes`` applied (validated again)."""

@@ -50,6 +50,7 @@ from workbench.data.preprocess import DataConfig, Geometry
 from workbench.errors import ConfigError
 from workbench.training.config import (
     CLASS_WEIGHTS,
+    MODELS,
     MONITORS,
     OPTIMIZERS,
     SCHEDULES,
@@ -63,6 +64,7 @@ __all__ = [
     "SmallValidationWarning",
     "fine_tune",
     "finetune_id",
+    "load_finetuned",
     "predict_proba",
     "validation_split",
     "FINETUNE_CODE_VERSION",
@@ -70,12 +72,16 @@ __all__ = [
     "MONITORS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "MODELS",
+    "model_outputs",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: Part of every fine-tuned weights id; bump when a change alters the trained numbers.
 #: 2: balanced class weights by default, AUC ties broken by lower loss, data-only checkpoints.
+#: (Y-Nets came without a bump: a classifier's numbers did not change, and a Y-Net's config
+#: differs from every classifier's by its ``model`` field.)
 FINETUNE_CODE_VERSION = "2"
 
 #: Fewer validation images of a class than this make early stopping a coin toss.
@@ -113,6 +119,19 @@ class FineTuned:
     def geometry(self) -> Geometry:
         return Geometry(self.image_size, self.resize, interpolation=self.data_config.interpolation)
 
+    @property
+    def is_ynet(self) -> bool:
+        """Whether this is a Y-Net (it predicts lesion masks as well as classes)."""
+        return self.meta.get("config", {}).get("model") == "ynet"
+
+
+def model_outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(mask logits or None, class logits)`` of a classifier or a Y-Net."""
+    out = model(x)
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return None, out
+
 
 def _precision(device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
@@ -145,10 +164,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig):
+    # A Y-Net's samples carry their lesion masks, moved with the image by one augmentation draw.
     return TrainImageDataset(
         items, classes, Geometry(size, resize, interpolation=dc.interpolation), dc.mean, dc.std,
         augment=StudyAugment() if (train and config.augment) else None,
-        cut_remain=bool(train and config.cut_remain), box_mode=config.box_mode,
+        cut_remain=bool(train and config.cut_remain), box_mode=config.box_mode, masks=config.is_ynet,
     )
 
 
@@ -176,7 +196,7 @@ def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = model(x)
+            _, logits = model_outputs(model, x)
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(classes)), np.float32)
 
@@ -367,13 +387,22 @@ def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Ite
                  context, wid, finetuned_dir(spec.name, wid, root))
 
 
+def _load_model(plan: _Plan, path: Path) -> nn.Module:
+    """A stored network of the plan's kind, strictly loaded (data only)."""
+    if plan.config.is_ynet:
+        from workbench.backbones.ynet import load_ynet  # segmentation-models-pytorch: only Y-Nets
+
+        return load_ynet(plan.spec, path, len(plan.classes), base=plan.base)
+    return build_finetuned(plan.spec, path, len(plan.classes))
+
+
 def _load_finished(plan: _Plan) -> FineTuned | None:
     """The stored network of a finished id, or None when it must be trained."""
     folder = plan.folder
     if not plan.in_store:
         return None
     meta = read_meta(folder)
-    model = build_finetuned(plan.spec, folder / "weights.pth", len(plan.classes))
+    model = _load_model(plan, folder / "weights.pth")
     logger.info(f"fine-tuned {plan.label} found in {folder}; not training again")
     # A kill between the final save and the checkpoint's removal leaves it behind.
     (folder / "checkpoint.pt").unlink(missing_ok=True)
@@ -410,12 +439,26 @@ def _build_model(plan: _Plan) -> tuple[nn.Module, list]:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
-    model = adapt_for_task(build_model(plan.spec, plan.base), len(plan.classes))
-    frozen = freeze_early(model, config.freeze)
+    if config.is_ynet:
+        from workbench.backbones.ynet import build_ynet  # segmentation-models-pytorch: only Y-Nets
+
+        model, frozen = build_ynet(plan.spec, len(plan.classes), plan.base), []
+    else:
+        model = adapt_for_task(build_model(plan.spec, plan.base), len(plan.classes))
+        frozen = freeze_early(model, config.freeze)
     model = model.to(plan.device)
     if plan.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model, frozen
+
+
+def _criterion(config: FineTuneConfig, class_weight: torch.Tensor | None) -> nn.Module:
+    """Weighted cross-entropy; for a Y-Net, its segmentation + classification loss."""
+    if config.is_ynet:
+        from workbench.training.ynet_loss import YNetLoss
+
+        return YNetLoss(config.seg_weight, config.cls_weight, class_weight)
+    return nn.CrossEntropyLoss(weight=class_weight)
 
 
 def _set_up(plan: _Plan) -> _Setup:
@@ -428,7 +471,7 @@ def _set_up(plan: _Plan) -> _Setup:
     y_train = np.array([classes.index(it.label) for it in plan.train])
     class_w = _class_weights(y_train, classes, config.class_weight)
     weight = None if class_w is None else torch.tensor(class_w, dtype=torch.float32, device=dev)
-    criterion = nn.CrossEntropyLoss(weight=weight)
+    criterion = _criterion(config, weight)
     train_ds = _dataset(plan.train, classes, plan.size, config.resize, plan.data_config, train=True, config=config)
     if config.cut_remain and train_ds.missing_box_ids:
         logger.info(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(plan.train)} training images have no "
@@ -503,6 +546,7 @@ def _train_epoch(plan: _Plan, setup: _Setup, epoch: int, progress: bool) -> dict
     model.train()
     _freeze_bn_of_frozen(model)
     total, n_rows, n_masked = 0.0, 0, 0
+    seg_total, cls_total, seg_rows = 0.0, 0.0, 0
     bar = tqdm(setup.loader, disable=not progress, leave=False,
                desc=f"{plan.spec.name} epoch {epoch}/{plan.config.epochs}")
     for batch in bar:
@@ -511,8 +555,16 @@ def _train_epoch(plan: _Plan, setup: _Setup, epoch: int, progress: bool) -> dict
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = model(x)
-        loss = setup.criterion(logits.float(), yb)
+            mask_logits, logits = model_outputs(model, x)
+        if mask_logits is None:
+            loss = setup.criterion(logits.float(), yb)
+        else:
+            loss, parts = setup.criterion(mask_logits.float(), logits.float(),
+                                          batch["masks"].to(dev, non_blocking=True),
+                                          batch["has_mask"].to(dev, non_blocking=True), yb)
+            seg_total += parts.segmentation * parts.masked_rows
+            cls_total += parts.classification * len(yb)
+            seg_rows += parts.masked_rows
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -522,8 +574,11 @@ def _train_epoch(plan: _Plan, setup: _Setup, epoch: int, progress: bool) -> dict
         bar.set_postfix(loss=f"{total / n_rows:.4f}")
     lr = opt.param_groups[0]["lr"]
     setup.scheduler.step()
-    return {"epoch": epoch, "train_loss": total / max(n_rows, 1), "lr": lr, "rows": n_rows,
-            "masked_rows": n_masked}
+    row = {"epoch": epoch, "train_loss": total / max(n_rows, 1), "lr": lr, "rows": n_rows, "masked_rows": n_masked}
+    if plan.config.is_ynet:  # the two terms, unweighted, each per row it was taken over
+        row.update(train_seg_loss=seg_total / seg_rows if seg_rows else float("nan"),
+                   train_cls_loss=cls_total / max(n_rows, 1), seg_rows=seg_rows)
+    return row
 
 
 def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, list[float]]:
@@ -533,11 +588,35 @@ def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, lis
     proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
                           device=plan.device, batch_size=max(plan.config.batch_size, 32))
     row.update(_val_metrics(proba, setup.y_val, len(plan.classes)))
+    if plan.config.is_ynet:  # reported, not watched: early stopping stays on the class AUC
+        row["val_dice"] = _val_dice(plan, setup.model)
     # AUC is undefined when the validation split lacks a class: watch the loss then.
     monitor = plan.config.monitor
     if monitor == "auc" and np.isnan(row["val_auc"]):
         monitor = "loss"
     return monitor, _score(row, monitor)
+
+
+@torch.no_grad()
+def _val_dice(plan: _Plan, model: nn.Module) -> float:
+    """Mean Dice of the thresholded masks on the validation images that have a manual
+    mask, at the network's resolution (NaN when none has one)."""
+    from workbench.evaluation.segmentation import dice
+
+    with_mask = [it for it in plan.val if it.mask_path is not None]
+    if not with_mask:
+        return float("nan")
+    ds = _dataset(with_mask, plan.classes, plan.size, plan.config.resize, plan.data_config, train=False,
+                  config=plan.config)
+    scores = []
+    for batch in _loader(ds, max(plan.config.batch_size, 32), shuffle=False, device=plan.device):
+        x = batch["images"].to(plan.device)
+        with torch.autocast(plan.device.type, dtype=torch.bfloat16, enabled=plan.device.type == "cuda"):
+            mask_logits, _ = model_outputs(model.eval(), x)
+        pred = (mask_logits.float() > 0).cpu().numpy()  # probability > 0.5
+        truth = batch["masks"].numpy().astype(bool)
+        scores += [dice(p[0], t[0]) for p, t in zip(pred, truth)]
+    return float(np.mean(scores))
 
 
 def _select(plan: _Plan, setup: _Setup, prog: _Progress, epoch: int, score: list[float]) -> None:
@@ -685,6 +764,27 @@ def fine_tune(
     prog = _resume(plan, setup)
     _train(plan, setup, prog, progress=progress, on_epoch=on_epoch)
     return _record(plan, setup, prog)
+
+
+def load_finetuned(backbone: str | BackboneSpec, weights_id: str, root: str | os.PathLike | None = None
+                   ) -> FineTuned:
+    """A finished network of the fine-tuned store by id (classifier or Y-Net), in eval mode.
+
+    Raises
+    ------
+    FineTunedNotFoundError
+        No finished network of that id (naming the folder looked in).
+    """
+    from workbench.backbones.finetuned import using_root
+
+    spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    with using_root(root):
+        resolved = resolve_weights(spec, weights_id)
+    meta = dict(resolved.finetuned or {})
+    dc = spec.data_config(meta.get("base_weights"))
+    return FineTuned(spec.name, weights_id, Path(resolved.path).parent, build_model(spec, resolved).eval(),
+                     list(meta["classes"]), dc, int(meta["image_size"]), meta["resize"], meta["history"],
+                     meta["best_epoch"], meta, trained_now=False)
 
 
 def validation_split(items: Sequence[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:

@@ -1,0 +1,129 @@
+"""What a trained Y-Net says about lesions: masks, their scores, and boxes from them.
+
+A Y-Net's mask logits come at the network's input size; :func:`predict_masks` maps each
+probability map back onto its own image (the inverse of the geometry the image went
+through, :meth:`~workbench.data.preprocess.Geometry.to_frame`), so Dice is computed
+against the manual mask in the image's own pixels and a predicted box is in the same
+coordinates as a manual one. :func:`mask_box` turns a map into a box: the bounding box
+of the largest connected region above the threshold (a stray speck elsewhere in the
+frame must not stretch it), or None when nothing is above it.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.data.augment import TrainImageDataset
+from workbench.data.boxes import MASK_THRESHOLD, mask_box
+from workbench.data.images import decode_image, image_size
+from workbench.data.manifest import Item
+from workbench.data.preprocess import DataConfig, Geometry
+from workbench.errors import ConfigError
+from workbench.evaluation.segmentation import mask_scores
+
+__all__ = ["MASK_THRESHOLD", "iter_masks", "manual_mask", "mask_box", "predict_masks", "score_masks"]
+
+# mask_box and its threshold live in data.boxes, so feature extraction (which may not
+# import training) turns masks into the same boxes.
+
+
+def _frame_size(it: Item) -> tuple[int, int]:
+    """(height, width) of the item's image (from the manifest when validated, else its header)."""
+    if it.width is not None and it.height is not None:
+        return it.height, it.width
+    w, h = image_size(it.path)
+    return h, w
+
+
+@torch.no_grad()
+def iter_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data_config: DataConfig, *,
+               device: str | torch.device | None = None, batch_size: int = 32, progress: bool = False
+               ) -> Iterator[tuple[Item, np.ndarray]]:
+    """``(item, lesion probability map (H, W) float32 at the image's size)`` per item, in order.
+
+    Raises
+    ------
+    ConfigError
+        ``model`` is not a Y-Net (it gives no mask logits).
+    """
+    from workbench.training.finetune import _loader, _resolve_device, model_outputs
+
+    items = list(items)
+    dev = _resolve_device(device)
+    # Labels do not matter here; one placeholder class keeps the dataset's checks quiet.
+    ds = TrainImageDataset([_unlabelled(it) for it in items], ["?"], geometry, data_config.mean, data_config.std)
+    model = model.to(dev).eval()
+    k = 0
+    for batch in tqdm(_loader(ds, batch_size, shuffle=False, device=dev), disable=not progress, desc="masks",
+                      leave=False):
+        x = batch["images"].to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            mask_logits, _ = model_outputs(model, x)
+        if mask_logits is None:
+            raise ConfigError("this network predicts classes only, no lesion masks: give a Y-Net "
+                              "(fine-tuned with model = 'ynet')")
+        probs = torch.sigmoid(mask_logits.float()).cpu()
+        for p in probs:
+            it = items[k]
+            k += 1
+            h, w = _frame_size(it)
+            yield it, geometry.to_frame(p, h, w)[0].clamp_(0, 1).numpy()
+
+
+def _unlabelled(it: Item) -> Item:
+    import dataclasses
+
+    return dataclasses.replace(it, label="?")
+
+
+def predict_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data_config: DataConfig, *,
+                  device: str | torch.device | None = None, batch_size: int = 32, progress: bool = False
+                  ) -> list[np.ndarray]:
+    """Lesion probability maps of ``items``, each at its image's size (see :func:`iter_masks`)."""
+    return [m for _, m in iter_masks(model, items, geometry, data_config, device=device, batch_size=batch_size,
+                                     progress=progress)]
+
+
+def manual_mask(it: Item) -> np.ndarray:
+    """The item's manual lesion mask as a bool (H, W) array (foreground > 0.5).
+
+    Raises
+    ------
+    ConfigError
+        The item has no mask, or its mask is not its image's size (naming both).
+    """
+    if it.mask_path is None:
+        raise ConfigError(f"item {it.id!r} has no lesion mask (mask_path)")
+    m = decode_image(it.mask_path, keep_gray=True)[0].numpy() > 0.5
+    h, w = _frame_size(it)
+    if m.shape != (h, w):
+        raise ConfigError(f"mask {it.mask_path} of item {it.id!r} is {m.shape[1]}x{m.shape[0]} pixels, its image "
+                          f"{w}x{h}: a mask must have its image's size")
+    return m
+
+
+def score_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data_config: DataConfig, *,
+                device: str | torch.device | None = None, threshold: float = MASK_THRESHOLD,
+                progress: bool = False) -> pd.DataFrame:
+    """Dice and IoU of the thresholded predicted masks against the manual ones.
+
+    Only items with a manual mask are scored (an item without one, such as a normal
+    image, has no stated truth). One row each: ``id, label, dice, iou, failed``, plus
+    the predicted box (``box_x0..box_y1``, empty when the mask is empty).
+    """
+    with_mask = [it for it in items if it.mask_path is not None]
+    preds, truths, boxes = [], [], []
+    for it, prob in iter_masks(model, with_mask, geometry, data_config, device=device, progress=progress):
+        pred = prob > threshold
+        preds.append(pred)
+        truths.append(manual_mask(it))
+        boxes.append(mask_box(prob, threshold))
+    frame = mask_scores(preds, truths, ids=[it.id for it in with_mask], labels=[it.label for it in with_mask])
+    for j, name in enumerate(("box_x0", "box_y0", "box_x1", "box_y1")):
+        frame[name] = [np.nan if b is None else b[j] for b in boxes]
+    return frame
