@@ -263,3 +263,12 @@ def test_y_net_baseline_records_rank_with_the_others_on_the_same_images(busi_sli
     # A rerun trains and scores nothing again.
     again = run_baselines(busi_slice, ["lite0", "ynet-lite0", "ynet-lite0-noseg"], tmp_path / "run", **kw)
     assert again.equals(df)
+
+
+def test_a_nested_set_of_y_nets_is_refused(busi_slice):
+    """A nested set exists for clean feature blocks; a Y-Net gives none."""
+    from workbench.evaluation.protocol import Protocol
+    from workbench.training.nested import fine_tune_nested
+
+    with pytest.raises(ConfigError, match="Y-Net.*baseline"):
+        fine_tune_nested(LITE, busi_slice, YFAST, protocol=Protocol(cv=2, inner_cv=2))

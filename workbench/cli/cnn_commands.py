@@ -80,6 +80,10 @@ def _finetune_one(args: argparse.Namespace, m: Manifest, config: FineTuneConfig,
     shown = {k: round(v, 4) for k, v in last.items() if k.startswith("val_") and isinstance(v, float)}
     print(f"best epoch {ft.best_epoch} of {len(ft.history)} {shown}")
     print(f"weights: {ft.label}  (in {ft.folder})")
+    if ft.is_ynet:
+        print(f"a Y-Net (segmentation + classification): its lesion boxes feed feature blocks with "
+              f"--input box --boxes predicted:{ft.label}")
+        return 0
     print(f"features: --features {ft.label}:{taps}  (CV results on them are marked optimistic; "
           f"--nested makes them clean)")
     return 0

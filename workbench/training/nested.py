@@ -21,6 +21,7 @@ from workbench.core.parallel import in_this_process, unordered, worker_threads, 
 from workbench.data.manifest import Item, Manifest
 from workbench.evaluation.protocol import Protocol, RunTask, build_task, sha
 from workbench.evaluation.settings import TEST_FOLD, is_cv_fold
+from workbench.errors import ConfigError
 from workbench.training.finetune import FineTuneConfig, FineTuned, _plan, fine_tune, validation_split
 
 if TYPE_CHECKING:  # search sits above training: its Execution is only a type here
@@ -100,6 +101,10 @@ def fine_tune_nested(
     or one job trains them one after the other in this process.
     """
     config = config or FineTuneConfig()
+    if config.is_ynet:  # a nested set exists to give clean feature blocks, and a Y-Net is not one
+        raise ConfigError("a nested fine-tuned set is for feature blocks; a Y-Net (model = 'ynet') gives none. "
+                          "Run it as a baseline (workbench baselines --baselines ynet-lite0), which trains one "
+                          "per outer fold")
     task = build_task(manifest, protocol)
     items = list(manifest)
     rows = task.train_rows
