@@ -3,7 +3,10 @@
 ``build_card`` runs :func:`~workbench.report.build.reported_search` (the report's own
 records, metric, top-k and alpha) with the exported candidate included, so the CV and
 test figures, the intervals, the threshold and the comparison against the best baseline
-are the report's numbers. ``write_card`` renders ``MODEL_CARD.md`` from ``model.json``.
+are the report's numbers. A Y-Net baseline's card also quotes its test Dice: the test
+record's ``segmentation`` figures, with the bootstrap intervals the report's segmentation
+table computes from the same per-image Dice. ``write_card`` renders ``MODEL_CARD.md`` from
+``model.json``.
 """
 from __future__ import annotations
 
@@ -12,9 +15,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workbench.core.io import atomic_write
 
-__all__ = ["INTENDED_USE", "build_card", "write_card"]
+__all__ = ["INTENDED_USE", "build_card", "segmentation_card", "write_card"]
 
 INTENDED_USE = ("Research use only; not a medical device. Not validated for clinical decisions: the figures "
                 "below come from one dataset and one split.")
@@ -87,6 +92,9 @@ def build_card(source, name: str, record: dict[str, Any]) -> dict[str, Any]:
         "notes": list(result.notes),
         "run": str(source.run.resolve()),
     }
+    seg = segmentation_card(source, record, alpha=settings["alpha"])
+    if seg is not None:
+        card["segmentation"] = seg
     card["baseline"] = None
     if result.best_baseline is None:
         card["baseline_note"] = ("every baseline is degenerate: no paired comparison is made" if len(result.baselines)
@@ -102,6 +110,37 @@ def build_card(source, name: str, record: dict[str, Any]) -> dict[str, Any]:
                                 "test": "cluster bootstrap" if result.grouping and result.grouping.get("clustered")
                                 else "DeLong (AUC), exact McNemar (accuracy)"}
     return card
+
+
+def segmentation_card(source, record: dict[str, Any], *, alpha: float = 0.05) -> dict[str, Any] | None:
+    """A Y-Net baseline's test segmentation figures (None for any other record).
+
+    ``n``, ``median_dice``, ``mean_dice``, ``mean_iou`` and ``failed_share`` are the test
+    record's own; ``median_dice_ci`` / ``mean_dice_ci`` are the report's seeded bootstrap
+    intervals over the record's per-image Dice (images with a manual mask).
+    """
+    from workbench.evaluation.segmentation import FAILED_DICE, segmentation_summary
+    from workbench.training.masks import MASK_THRESHOLD
+
+    seg = record.get("segmentation")
+    if record.get("kind") != "baseline" or not isinstance(seg, dict):
+        return None
+    out: dict[str, Any] = {"n": int(seg.get("n") or 0), "threshold": MASK_THRESHOLD, "failed_dice": FAILED_DICE}
+    for key in ("median_dice", "mean_dice", "mean_iou", "failed_share"):
+        out[key] = _num(seg.get(key))
+    seg_weight = _num((record.get("config") or {}).get("seg_weight"))
+    out["seg_weight"] = seg_weight
+    if seg_weight == 0:
+        out["note"] = ("trained without its segmentation loss (the ablation): its masks come from an untrained "
+                       "decoder")
+    pr = source.store.predictions(record)
+    dice = np.asarray(pr["dice"], dtype=float) if "dice" in pr else np.zeros(0)
+    dice = dice[np.isfinite(dice)]
+    if len(dice) >= 2:  # one image has no spread to resample
+        s = segmentation_summary(dice, alpha=alpha, seed=0)
+        out["median_dice_ci"] = [s["median_low"], s["median_high"]]
+        out["mean_dice_ci"] = [s["mean_low"], s["mean_high"]]
+    return out
 
 
 def _fmt(v: Any, ci: Any = None) -> str:
@@ -132,6 +171,10 @@ def write_card(path: Path, model: dict[str, Any]) -> None:
     if model.get("network"):
         n = model["network"]
         lines.append(f"- Network: {n['backbone']}@{n['weights_id']} ({n['image_size']} px, {n['resize']})")
+        if n.get("model") == "ynet":
+            lines.append(f"- Y-Net: a U-Net on the {n['backbone']} encoder with a classification branch on its "
+                         f"deepest features; it predicts the classes and a lesion mask (P(lesion) > 0.5), "
+                         f"whose largest region gives the predicted box")
     if model.get("threshold") is not None:
         lines.append(f"- Operating threshold: {model['threshold']:.4f} on P({model['positive']}); "
                      f"{c['threshold_rule']}")
@@ -148,7 +191,18 @@ def write_card(path: Path, model: dict[str, Any]) -> None:
     for key in _PROPORTIONS:
         if key in t:
             lines.append(f"| Test {key} at the threshold | {_fmt(t[key], t.get(f'{key}_ci'))} |")
-    lines += ["", f"Intervals: {c['interval_method']}."]
+    seg = c.get("segmentation")
+    if seg:
+        lines += [f"| Test Dice, median (n = {seg['n']} images with a manual mask) | "
+                  f"{_fmt(seg.get('median_dice'), seg.get('median_dice_ci'))} |",
+                  f"| Test Dice, mean | {_fmt(seg.get('mean_dice'), seg.get('mean_dice_ci'))} |",
+                  f"| Test IoU, mean | {_fmt(seg.get('mean_iou'))} |",
+                  f"| Test share of masks with Dice < {seg['failed_dice']:g} | {_fmt(seg.get('failed_share'))} |"]
+    lines += ["", f"Intervals: {c['interval_method']}"
+                  + ("; Dice: percentile bootstrap over the test images" if seg and seg.get("median_dice_ci") else "")
+                  + "."]
+    if seg and seg.get("note"):
+        lines += ["", f"**Segmentation:** {seg['note']}."]
     b = c.get("baseline")
     if c.get("baseline_note"):
         lines += ["", f"**Baseline comparison:** {c['baseline_note']}."]

@@ -4,6 +4,9 @@ The method follows what the model is, and every map says which one made it:
 
 - **End-to-end CNN** (``baseline``): Grad-CAM of the predicted class at the backbone's
   CAM layer (:func:`workbench.baselines.cam.cam_maps`, the maintained ``pytorch_grad_cam``).
+  A **Y-Net** is explained through its classification branch alone (:class:`YNetClassBranch`):
+  Grad-CAM of the class logit at the encoder's deepest feature map, the one input of that
+  branch (the decoder and the mask play no part in the class probabilities).
 - **Models on CNN features** (heads, votes, stacks; the default): occlusion sensitivity
   (below), the method whose maps peak in the lesion box clearly above chance on BUSI.
 - **Binary SVM on CNN features, on request** (``method="gradient"``; a ``head`` bundle
@@ -52,8 +55,8 @@ from workbench.baselines.cam import cam_maps, default_target_layer, upsample_to
 from workbench.bundle.model import Explanation
 from workbench.data.preprocess import Geometry
 
-__all__ = ["DEFAULT_PATCH", "DEFAULT_STRIDE", "METHODS", "OcclusionResult", "explain", "occlusion_map",
-           "predicted_class", "svm_decision", "svm_parts", "to_image_grid"]
+__all__ = ["DEFAULT_PATCH", "DEFAULT_STRIDE", "METHODS", "OcclusionResult", "YNetClassBranch", "explain",
+           "occlusion_map", "predicted_class", "svm_decision", "svm_parts", "to_image_grid"]
 
 #: Occlusion patch side and stride, as fractions of the explained region's height and
 #: width: 7 x 7 = 49 occluded copies (plus the original), one forward pass each. A
@@ -208,12 +211,18 @@ def _explain_baseline(model, image: torch.Tensor, *, occlusion: bool, patch: flo
     if not occlusion:
         backbone = model.spec["network"]["backbone"]
         net = model.network
-        layer = default_target_layer(net, backbone)
-        x = ((model.geometry(image.expand(3, -1, -1).clone()) - model.mean) / model.std)[None].to(model.device)
+        if getattr(model, "is_ynet", False):
+            net = YNetClassBranch(net)
+            layer = net.deepest
+            where = f"{backbone} Y-Net, the encoder's deepest features through the classification branch"
+        else:
+            layer = default_target_layer(net, backbone)
+            where = f"{backbone}, layer {_module_name(net, layer)}"
+        x = model.network_input([image])
         cam = cam_maps(net, x, targets=[target], target_layer=layer, batch_size=1).maps[0]
         h, w = image.shape[-2:]
         heat = _unit(to_image_grid(cam, model.geometry, h, w))
-        method = f"Grad-CAM ({backbone}, layer {_module_name(net, layer)}) for class {cls}"
+        method = f"Grad-CAM ({where}) for class {cls}"
         if heat.max() > 0:
             return Explanation(heat, method, proba)
         # Every channel-weighted activation was negative: Grad-CAM has nothing to show.
@@ -224,6 +233,30 @@ def _explain_baseline(model, image: torch.Tensor, *, occlusion: bool, patch: flo
 
     res = occlusion_map(score, image, None, patch=patch, stride=stride, batch_size=batch_size)
     return Explanation(res.heatmap, _join(method, res.describe(f"P({cls})")), proba)
+
+
+class YNetClassBranch(nn.Module):
+    """A Y-Net's classification branch as a classifier: ``forward(x) -> class logits``.
+
+    smp's U-Net computes ``classification_head(encoder(x)[-1])``; this runs exactly that
+    (the decoder is skipped: it does not feed the logits), with the deepest feature map
+    passed through :attr:`deepest`, an identity module that Grad-CAM can hook.
+    """
+
+    def __init__(self, ynet: nn.Module) -> None:
+        super().__init__()
+        unet = getattr(ynet, "unet", None)
+        if unet is None or getattr(unet, "classification_head", None) is None:
+            raise ValueError(f"not a Y-Net with a classification branch: {type(ynet).__name__}")
+        self.encoder = unet.encoder
+        self.head = unet.classification_head
+        self.deepest = nn.Identity()
+        # In the Y-Net's own mode: whoever puts this wrapper "back in its former mode"
+        # (cam_maps does) must not switch the shared encoder to training (batch statistics).
+        self.train(ynet.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deepest(self.encoder(x)[-1]))
 
 
 def _module_name(root: nn.Module, layer: nn.Module) -> str:

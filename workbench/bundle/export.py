@@ -159,7 +159,8 @@ def _features_model(source: RunSource, record: dict[str, Any], out: Path) -> dic
 
 
 def _baseline_model(source: RunSource, record: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The baseline's test network (trained on the training split) and its input."""
+    """The baseline's test network (trained on the training split) and its input; a Y-Net
+    (segmentation + classification) is marked ``network.model = "ynet"``."""
     from workbench.backbones.registry import get_backbone
 
     backbone, wid = record["backbone"], record["weights_id"]
@@ -170,6 +171,9 @@ def _baseline_model(source: RunSource, record: dict[str, Any], out: Path) -> dic
     network = {"backbone": backbone, "weights_id": wid, "image_size": int(meta["image_size"]),
                "resize": meta["resize"], "interpolation": dc.interpolation, "mean": list(dc.mean),
                "std": list(dc.std), "classes": list(meta["classes"])}
+    if (meta.get("config") or {}).get("model") == "ynet":
+        # Only a Y-Net says so: a classifier's model.json stays as it was.
+        network["model"] = "ynet"
     return {"network": network, "weights": [copied], "input_mode": "whole", "members": [], "blocks": []}
 
 

@@ -2,9 +2,11 @@
 
 ``load_model(dir).predict_proba(images)`` takes paths, PIL images, arrays or decoded
 tensors and returns the probabilities the run's test record holds for the same images
-(the bundle's exactness test). Every file is checked against ``bundle.json`` before
-anything is read; heads load through skops' restricted loader, networks with
-``weights_only`` loading, so a bundle can be shared without trusting its author with code.
+(the bundle's exactness test). A Y-Net baseline's bundle also segments:
+``segment(images)`` gives each image's lesion probability map, mask, box and contour.
+Every file is checked against ``bundle.json`` before anything is read; heads load
+through skops' restricted loader, networks with ``weights_only`` loading, so a bundle
+can be shared without trusting its author with code.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from workbench.bundle.files import BundleError, load_fitted, read_json, verify_bundle
+from workbench.bundle.segment import Segmentation
 from workbench.data.images import as_image_tensor
 
 __all__ = ["BundleModel", "Explanation", "load_model"]
@@ -62,6 +65,8 @@ class BundleModel:
         Operating threshold on P(positive) (the run report's); ``predict`` applies it.
     input_mode : str
         ``whole`` image or lesion ``box`` (then every image needs its box).
+    is_ynet : bool
+        A Y-Net baseline (segmentation + classification): :meth:`segment` works.
     card : dict
         The model card's fields (figures, training data, protocol, intended use).
     """
@@ -80,6 +85,7 @@ class BundleModel:
         self.device = torch.device(device)
         self.lock = threading.Lock()  # torch modules are not ours to call from two threads at once
         self.classes_ = np.array(self.classes)
+        self.is_ynet = self.kind == "baseline" and (spec.get("network") or {}).get("model") == "ynet"
         if self.kind == "baseline":
             self._load_network()
             self.featurizer = None
@@ -113,6 +119,11 @@ class BundleModel:
         spec = get_backbone(net["backbone"])
         with using_root(self.root / "weights"):
             w = resolve_weights(spec, net["weights_id"])
+        if w.is_ynet != self.is_ynet:
+            # model.json and the weights' own meta.json must agree on what the network is.
+            raise BundleError(f"{self.root / 'model.json'}: network {net['backbone']}@{net['weights_id']} is "
+                              f"{'a Y-Net' if w.is_ynet else 'a classifier'}, model.json says "
+                              f"{'a Y-Net' if self.is_ynet else 'a classifier'}")
         self.network = build_model(spec, w).eval().to(self.device)
         self.geometry = Geometry(int(net["image_size"]), net["resize"], interpolation=net["interpolation"])
         self.mean = torch.tensor(net["mean"], dtype=torch.float32).view(3, 1, 1)
@@ -153,16 +164,82 @@ class BundleModel:
             return vote(probas, "vote-hard", thresholds=thresholds, positive=self.positive_index)[1]
         return vote(probas, self.kind)[1]
 
+    def network_input(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The network's ``(n, 3, S, S)`` input of decoded images, as its fine-tuning
+        evaluated them (geometry, then the weights' normalisation)."""
+        return torch.stack([(self.geometry(im.expand(3, -1, -1).clone()) - self.mean) / self.std
+                            for im in images]).to(self.device)
+
     def network_proba(self, images: Sequence[torch.Tensor], batch_size: int = 64) -> np.ndarray:
-        """A baseline bundle's softmax on decoded images, as its fine-tuning evaluated them
-        (geometry, then the weights' normalisation). The caller holds :attr:`lock`."""
+        """A baseline bundle's softmax on decoded images (a Y-Net's: of its classification
+        branch). The caller holds :attr:`lock`."""
+        from workbench.training.finetune import model_outputs
+
         out = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                x = torch.stack([(self.geometry(im.expand(3, -1, -1).clone()) - self.mean) / self.std
-                                 for im in images[start:start + batch_size]]).to(self.device)
-                out.append(torch.softmax(self.network(x).float(), dim=1).cpu().numpy())
+                _, logits = model_outputs(self.network, self.network_input(images[start:start + batch_size]))
+                out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    # -- segmentation (Y-Net bundles) ----------------------------------------------
+    def segment(self, images, *, threshold: float | None = None) -> list[Segmentation]:
+        """Lesion segmentation of ``images`` by a Y-Net bundle, one per image.
+
+        Each :class:`~workbench.bundle.segment.Segmentation` holds the lesion probability
+        map at the image's own size (the network's map brought back through the inverse of
+        its resize, as the run scored Dice), the mask ``prob > threshold``, its box (the
+        largest connected region; None when empty) and its contours.
+
+        Parameters
+        ----------
+        images
+            Paths, PIL images, arrays or decoded tensors (as :meth:`predict_proba`).
+        threshold : float, optional
+            Mask threshold (default: the run's, 0.5).
+
+        Raises
+        ------
+        BundleError
+            The bundle is not a Y-Net (it predicts classes only).
+        """
+        return self.segment_tensors(self._tensors(images), threshold=threshold)
+
+    def segment_tensors(self, images: Sequence[torch.Tensor], *, threshold: float | None = None,
+                        batch_size: int = 32) -> list[Segmentation]:
+        """As :meth:`segment`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
+        from workbench.training.masks import MASK_THRESHOLD, mask_box
+
+        thr = MASK_THRESHOLD if threshold is None else float(threshold)
+        if not 0.0 <= thr < 1.0:
+            raise BundleError(f"mask threshold must be in [0, 1), got {threshold!r}")
+        with self.lock:
+            maps = self._mask_maps(images, batch_size)
+        return [Segmentation(m, thr, mask_box(m, thr)) for m in maps]
+
+    def predict_masks(self, images) -> list[np.ndarray]:
+        """Lesion probability maps ``(H, W)`` float32 of ``images``, each at its image's size
+        (a Y-Net bundle; see :meth:`segment`)."""
+        with self.lock:
+            return self._mask_maps(self._tensors(images), 32)
+
+    def _mask_maps(self, images: Sequence[torch.Tensor], batch_size: int) -> list[np.ndarray]:
+        from workbench.training.finetune import model_outputs
+
+        if not self.is_ynet:
+            what = "a CNN classifier" if self.kind == "baseline" else f"a {self.kind} on CNN features"
+            raise BundleError(f"{self.name!r} is {what}: it predicts classes only, no lesion masks; export a "
+                              f"Y-Net baseline (e.g. CNN ynet-lite0) to segment")
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                mask_logits, _ = model_outputs(self.network, self.network_input(chunk))
+                probs = torch.sigmoid(mask_logits.float()).cpu()
+                for im, p in zip(chunk, probs):
+                    h, w = im.shape[-2:]
+                    out.append(self.geometry.to_frame(p, int(h), int(w))[0].clamp_(0, 1).numpy())
+        return out
 
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Class names: the positive class at or above ``threshold`` (default: the bundle's
@@ -206,7 +283,7 @@ class BundleModel:
                 "threshold": self.threshold, "input_mode": self.input_mode, "card": self.card,
                 "members": [m.name for m in self.members],
                 "features": [b.name for b in self.featurizer.blocks] if self.featurizer else [],
-                "network": self.spec.get("network")}
+                "network": self.spec.get("network"), "segments": self.is_ynet}
 
     def __repr__(self) -> str:
         return f"BundleModel({self.name!r}, kind={self.kind!r}, classes={self.classes})"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from workbench.core.lazy import lazy_exports
 
 _EXPORTS = {
-    "create_app": "app", "overlay_png": "app",
+    "create_app": "app", "contour_png": "app", "overlay_png": "app",
     "serve": "run", "start_server": "run",
     "load_test": "loadtest",
 }

@@ -2,11 +2,14 @@
 
 ``create_app(model)`` serves any object with the model-bundle interface (duck-typed:
 ``name``, ``kind``, ``classes``, ``positive``, ``threshold``, ``input_mode``, ``card``,
-``recommendation``, ``predict_proba_tensors``, ``explain_tensor``, ``describe``):
+``recommendation``, ``predict_proba_tensors``, ``explain_tensor``, ``describe``; a model
+whose ``is_ynet`` is true also ``segment_tensors``):
 
 - ``GET /``: the page (upload an image, see the probability, the class at the
   threshold, the recommendation, the explanation overlay and the model card);
 - ``POST /api/predict``: multipart ``file`` (+ ``box``, ``explain``) -> prediction JSON;
+  for a Y-Net bundle it also holds the predicted lesion contour and box, and the contour
+  drawn over the image (``segmentation``; null for every other model);
 - ``GET /api/model``: ``model.describe()``; ``GET /healthz``: liveness.
 
 Uploads are decoded by :func:`workbench.data.images.decode_image_bytes`, exactly as
@@ -45,7 +48,8 @@ except ModuleNotFoundError:  # pragma: no cover
     import multipart as _multipart  # type: ignore[no-redef]
     from multipart.multipart import parse_options_header  # type: ignore[no-redef]
 
-__all__ = ["create_app", "overlay_png", "PredictResponse", "ModelInfo", "Health", "ErrorDetail"]
+__all__ = ["create_app", "contour_png", "overlay_png", "PredictResponse", "ModelInfo", "Health", "ErrorDetail",
+           "SegmentationOut"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,19 @@ class ExplanationOut(BaseModel):
     overlay_png: str = Field(description="base64 PNG: the heat map (jet) over the grey image")
 
 
+class SegmentationOut(BaseModel):
+    """A Y-Net's lesion segmentation of the image, in its pixel frame (pixel (x, y)
+    covers [x, x+1) x [y, y+1), as boxes do)."""
+
+    threshold: float = Field(description="a pixel is lesion where P(lesion) > threshold")
+    box: list[int] | None = Field(description="predicted box x0,y0,x1,y1 (x1, y1 exclusive): the largest "
+                                              "lesion region's bounds; null when no pixel is lesion")
+    area_fraction: float = Field(description="share of the image's pixels predicted lesion")
+    contours: list[list[list[float]]] = Field(description="closed outlines of the predicted mask, each a list "
+                                                          "of [x, y] points, the largest first; empty when none")
+    overlay_png: str = Field(description="base64 PNG: the contour (and box) drawn over the grey image")
+
+
 class PredictResponse(BaseModel):
     """One image's prediction."""
 
@@ -93,6 +110,8 @@ class PredictResponse(BaseModel):
     predicted: str = Field(description="two classes: positive iff p_positive >= threshold; more: the argmax")
     recommendation: str | None = Field(description="the model's text for p_positive; null for more than two classes")
     explanation: ExplanationOut | None = Field(description="null when explain=false")
+    segmentation: SegmentationOut | None = Field(default=None, description="the predicted lesion (Y-Net models "
+                                                                         "only); null for other models")
 
 
 class ModelInfo(BaseModel):
@@ -365,6 +384,47 @@ def overlay_png(image: Any, heatmap: np.ndarray, *, box: tuple[int, int, int, in
     return buf.getvalue()
 
 
+#: Colours of the predicted lesion contour and box on the segmentation overlay.
+CONTOUR_RGB = (255, 48, 48)
+BOX_RGB = (255, 212, 0)
+
+
+def contour_png(image: Any, contours: list[np.ndarray], *, box: tuple[int, int, int, int] | None = None,
+                max_side: int = OVERLAY_MAX_SIDE) -> bytes:
+    """Outlines drawn over the grey image, as PNG bytes.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        (C, H, W) float in [0, 1].
+    contours : list of ndarray (k, 2)
+        Closed ``(x, y)`` outlines in the image's pixel frame (:func:`workbench.bundle.segment.mask_contours`).
+    box : tuple of 4 int, optional
+        The predicted box, drawn thinner in another colour.
+    max_side : int
+        The result is scaled down to this longest side.
+    """
+    from PIL import Image, ImageDraw
+
+    grey = np.asarray(image.float().mean(0).cpu().numpy(), dtype=np.float32)
+    h, w = grey.shape
+    rgb = np.repeat((np.clip(grey, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    out = Image.fromarray(rgb, "RGB")
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(max(h, w) / 250))
+    if box is not None:
+        draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=BOX_RGB, width=max(1, width // 2))
+    for c in contours:
+        pts = [(float(x), float(y)) for x, y in np.asarray(c, dtype=np.float64)]
+        if len(pts) >= 2:
+            draw.line(pts, fill=CONTOUR_RGB, width=width, joint="curve")
+    if max(h, w) > max_side:
+        out.thumbnail((max_side, max_side), Image.LANCZOS)
+    buf = io.BytesIO()
+    out.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
 class _Predictor:
     """The model behind a lock, and the synchronous work of one request (run in a thread)."""
 
@@ -376,6 +436,8 @@ class _Predictor:
         # threads at once; one prediction at a time, the event loop stays free.
         self.lock = threading.Lock()
         self.classes = [str(c) for c in model.classes]
+        # Duck-typed: only a model that says it is a Y-Net is asked for masks.
+        self.segments = bool(getattr(model, "is_ynet", False))
 
     def __call__(self, data: bytes, filename: str, box: tuple[int, int, int, int] | None,
                  explain: bool) -> PredictResponse:
@@ -400,12 +462,13 @@ class _Predictor:
                 proba = np.asarray(self.model.predict_proba_tensors([image], None if box is None else [box]),
                                    dtype=np.float64)
                 expl = self.model.explain_tensor(image, box=box) if explain else None
+                seg = self.model.segment_tensors([image])[0] if self.segments else None
         except HTTPException:
             raise
         except Exception as e:
             log.exception("prediction failed on %s", filename)
             _fail(500, f"{filename}: prediction failed ({type(e).__name__}: {e})")
-        return self._response(filename, image, box, proba, expl)
+        return self._response(filename, image, box, proba, expl, seg)
 
     def _keep(self, data: bytes, filename: str) -> None:
         """Save an upload (a decodable image) under its content hash, once."""
@@ -423,7 +486,7 @@ class _Predictor:
             atomic_write(path, data)
 
     def _response(self, filename: str, image: Any, box: tuple[int, int, int, int] | None,
-                  proba: np.ndarray, expl: Any) -> PredictResponse:
+                  proba: np.ndarray, expl: Any, seg: Any = None) -> PredictResponse:
         model, classes = self.model, self.classes
         if proba.shape != (1, len(classes)) or not np.all(np.isfinite(proba)):
             _fail(500, f"{filename}: the model returned probabilities of shape {proba.shape} "
@@ -447,11 +510,16 @@ class _Predictor:
         if expl is not None:
             png = overlay_png(image, np.asarray(expl.heatmap), box=box)
             explanation = ExplanationOut(method=str(expl.method), overlay_png=base64.b64encode(png).decode("ascii"))
+        segmentation = None
+        if seg is not None:
+            d = seg.to_dict()
+            png = contour_png(image, seg.contours, box=None if seg.box is None else tuple(seg.box))
+            segmentation = SegmentationOut(**d, overlay_png=base64.b64encode(png).decode("ascii"))
         return PredictResponse(
             filename=filename, classes=classes, proba={c: float(v) for c, v in zip(classes, p)},
             positive=None if positive is None else str(positive), p_positive=p_positive,
             threshold=None if threshold is None else float(threshold), predicted=predicted,
-            recommendation=recommendation, explanation=explanation)
+            recommendation=recommendation, explanation=explanation, segmentation=segmentation)
 
 
 # ---- the app -----------------------------------------------------------------------------------
@@ -493,7 +561,8 @@ def create_app(model: Any, *, max_upload_bytes: int = 20 * 2**20, max_pixels: in
 
     app = FastAPI(title=f"workbench serve: {model.name}",
                   description="Research use only; not a medical device. Upload an image, get the model's "
-                              "probability, the class at its threshold and an explanation.",
+                              "probability, the class at its threshold and an explanation (and, from a Y-Net, "
+                              "the predicted lesion contour).",
                   version="1")
     app.state.model = model
     app.state.predictor = predictor
