@@ -250,8 +250,10 @@ def test_y_net_baseline_records_rank_with_the_others_on_the_same_images(busi_sli
     preds = store.predictions(test)
     assert preds["dice"].shape == preds["iou"].shape == (20,) and preds["mask_box"].shape == (20, 4)
     assert np.isfinite(preds["dice"]).all()  # every benign/malignant image of BUSI has a mask
+    assert preds["lesion"].all()  # ... and a lesion in it
     seg = test["segmentation"]
     assert seg["n"] == 20 and seg["median_dice"] == pytest.approx(float(np.median(preds["dice"])))
+    assert seg["blank_n"] == 0 and seg["blank_kept_share"] is None
     assert "segmentation" not in recs[("lite0", "test")]
     meta = json.loads((tmp_path / "ft" / LITE / test["weights_id"] / "meta.json").read_text())
     assert meta["config"]["model"] == "ynet" and meta["config"]["seg_weight"] == 1.0
@@ -272,3 +274,36 @@ def test_a_nested_set_of_y_nets_is_refused(busi_slice):
 
     with pytest.raises(ConfigError, match="Y-Net.*baseline"):
         fine_tune_nested(LITE, busi_slice, YFAST, protocol=Protocol(cv=2, inner_cv=2))
+
+
+@pytest.mark.slow
+def test_an_empty_manual_mask_is_no_lesion_scored_as_left_blank_or_not(tmp_path):
+    """A normal image's empty mask file: its Dice is 1 when nothing is predicted, else 0,
+    and it is flagged ``lesion=False`` so the Dice figures leave it out."""
+    from PIL import Image
+
+    from workbench.data.manifest import Item
+    from workbench.training.masks import score_masks
+    from workbench.backbones.ynet import build_ynet
+    from workbench.backbones.registry import get_backbone
+
+    img = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    Image.fromarray(img, "L").save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((40, 50), np.uint8), "L").save(tmp_path / "a_mask.png")
+    lesion = np.zeros((40, 50), np.uint8)
+    lesion[10:20, 10:30] = 255
+    Image.fromarray(lesion, "L").save(tmp_path / "b_mask.png")
+    items = [Item("a", tmp_path / "a.png", "normal", 2, mask_path=tmp_path / "a_mask.png"),
+             Item("b", tmp_path / "a.png", "benign", 3, mask_path=tmp_path / "b_mask.png"),
+             Item("c", tmp_path / "a.png", "benign", 4)]
+    model = build_ynet(LITE, 2).eval()
+    dc = get_backbone(LITE).data_config()
+    for bias, blank_dice in ((-20.0, 1.0), (20.0, 0.0)):  # nothing predicted, then everything
+        with torch.no_grad():
+            model.unet.segmentation_head[0].weight.zero_()
+            model.unet.segmentation_head[0].bias.fill_(bias)
+        s = score_masks(model, items, Geometry(64), dc).set_index("id")
+        assert list(s.index) == ["a", "b"]  # c has no mask file: no stated truth
+        assert s.loc["a", "lesion"] == False and s.loc["b", "lesion"] == True  # noqa: E712
+        assert s.loc["a", "dice"] == blank_dice
+        assert s.loc["b", "dice"] == pytest.approx(0.0 if bias < 0 else 2 * 200 / (200 + 2000))

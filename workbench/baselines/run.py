@@ -137,24 +137,32 @@ def _score_fold(spec: BaselineSpec, fold: str, cid: str, task: RunTask, training
 
 def _segmentation(ft, task: RunTask, eval_ids: Sequence[str], training: _Training
                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A Y-Net's masks on the evaluation images: per-image Dice/IoU and predicted boxes
-    (NaN for an image without a manual mask, in evaluation-row order) and the fold's
-    summary for its record (``None`` values when no image has a mask)."""
+    """A Y-Net's masks on the evaluation images and the fold's summary for its record.
+
+    Arrays in evaluation-row order: per-image ``dice``/``iou`` (NaN for an image without
+    a manual mask file), ``lesion`` (the manual mask is non-empty) and the predicted
+    ``mask_box`` (NaN when none). The summary's Dice figures are over lesion images only;
+    images whose manual mask is empty (no lesion) count in ``blank_kept_share``, the
+    share whose predicted mask is empty too.
+    """
     from workbench.evaluation.segmentation import FAILED_DICE
     from workbench.training.masks import score_masks
 
     items = list(task.manifest.subset(list(eval_ids)))
     scores = score_masks(ft.model, items, ft.geometry, ft.data_config, device=training.device).set_index("id")
-    ids = [str(i) for i in eval_ids]
-    scored = scores.reindex(ids)
+    scored = scores.reindex([str(i) for i in eval_ids])
     arrays = {"dice": scored["dice"].to_numpy(float), "iou": scored["iou"].to_numpy(float),
+              "lesion": scored["lesion"].eq(True).to_numpy(),
               "mask_box": scored[["box_x0", "box_y0", "box_x1", "box_y1"]].to_numpy(float)}
-    summary: dict[str, Any] = {"n": int(len(scores)), "median_dice": None, "mean_dice": None,
-                               "mean_iou": None, "failed_share": None}
-    if len(scores):  # point figures; the report adds bootstrap intervals from the per-image arrays
-        d = scores["dice"].to_numpy(float)
+    lesion, blank = scores[scores["lesion"]], scores[~scores["lesion"]]
+    summary: dict[str, Any] = {"n": int(len(lesion)), "median_dice": None, "mean_dice": None, "mean_iou": None,
+                               "failed_share": None, "blank_n": int(len(blank)), "blank_kept_share": None}
+    if len(lesion):  # point figures; the report adds bootstrap intervals from the per-image arrays
+        d = lesion["dice"].to_numpy(float)
         summary.update(median_dice=float(np.median(d)), mean_dice=float(d.mean()),
-                       mean_iou=float(scores["iou"].mean()), failed_share=float((d < FAILED_DICE).mean()))
+                       mean_iou=float(lesion["iou"].mean()), failed_share=float((d < FAILED_DICE).mean()))
+    if len(blank):  # both empty: Dice 1
+        summary["blank_kept_share"] = float((blank["dice"] == 1.0).mean())
     return summary, arrays
 
 

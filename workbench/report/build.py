@@ -3,7 +3,9 @@
 Everything here is a function of the run folder's files (records, predictions, run.json,
 experiment.toml, inputs.json, finetuned.json, the Grad-CAM maps ``workbench run`` saved
 under ``gradcam/``): no timestamps, no machine names, sorted keys, so the same records
-give the same bytes. Nothing here loads a network or imports torch.
+give the same bytes. Nothing here loads a network or imports torch, except the Y-Net
+contour grid (``report/segmentation.py``), which re-runs a test network from the
+fine-tuned store on the few images it draws.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from workbench.report import tables as T
 from workbench.report.calibration import calibration_section
 from workbench.report.cd import cv_cd_section
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path, write_cam_folder
+from workbench.report.segmentation import segmentation_section
 from workbench.search.select import search
 
 __all__ = ["ReportSettings", "Selection", "reported_search", "write_report"]
@@ -313,7 +316,7 @@ def _tables(records: pd.DataFrame, result, metric: str, classes: list[str]) -> l
 
 
 #: Tables shown in ``report.md`` under the comparison (all of them are under ``tables/``).
-_REPORT_MD_TABLES = ("external", "calibration", "net_benefit")
+_REPORT_MD_TABLES = ("external", "calibration", "net_benefit", "segmentation")
 
 #: How many of the best candidates by CV the CD diagram ranks (with every baseline).
 CD_CANDIDATES = 10
@@ -333,8 +336,14 @@ def _evidence(store: ResultStore, records: pd.DataFrame, result, s: dict[str, An
         notes.append("calibration: its Wald intervals treat the test images as independent; the test split's "
                      "groups hold several images each, so those intervals are too narrow (the comparison's "
                      "intervals are cluster bootstraps)")
-    result.notes.extend(notes + cd_notes)
-    return tables, figs + cd_figs
+    # Y-Net baselines: Dice/IoU table from the records; the contour grid re-runs the test
+    # network on the few images it shows (the one place the report loads a network).
+    inputs = _inputs(store.root)
+    seg_tables, seg_figs, seg_notes = segmentation_section(
+        store, records, result, alpha=s["alpha"], manifest=inputs.get("manifest_file"),
+        finetuned_root=inputs.get("finetuned_root"), tables_dir=None, figures_dir=tmp / "figures")
+    result.notes.extend(notes + cd_notes + seg_notes)
+    return tables + seg_tables, figs + cd_figs + seg_figs
 
 
 def _figures(run: Path, store: ResultStore, records: pd.DataFrame, result, metric: str, folder: Path) -> list[Path]:

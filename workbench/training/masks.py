@@ -112,9 +112,12 @@ def score_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, dat
                 progress: bool = False) -> pd.DataFrame:
     """Dice and IoU of the thresholded predicted masks against the manual ones.
 
-    Only items with a manual mask are scored (an item without one, such as a normal
-    image, has no stated truth). One row each: ``id, label, dice, iou, failed``, plus
-    the predicted box (``box_x0..box_y1``, empty when the mask is empty).
+    Only items with a manual mask file are scored (an item without one has no stated
+    truth). One row each: ``id, label, dice, iou, failed``, ``lesion`` (whether the
+    manual mask is non-empty: an empty one, such as a BUSI normal image's, says "no
+    lesion", and its Dice is 1 when the prediction is empty too, else 0, a detection
+    figure rather than an outline's), and the predicted box (``box_x0..box_y1``, NaN
+    when the predicted mask is empty).
     """
     with_mask = [it for it in items if it.mask_path is not None]
     preds, truths, boxes = [], [], []
@@ -124,6 +127,7 @@ def score_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, dat
         truths.append(manual_mask(it))
         boxes.append(mask_box(prob, threshold))
     frame = mask_scores(preds, truths, ids=[it.id for it in with_mask], labels=[it.label for it in with_mask])
+    frame["lesion"] = [bool(t.any()) for t in truths]
     for j, name in enumerate(("box_x0", "box_y0", "box_x1", "box_y1")):
         frame[name] = [np.nan if b is None else b[j] for b in boxes]
     return frame
