@@ -19,10 +19,13 @@ from typing import NamedTuple
 
 from workbench.errors import ConfigError, WorkbenchError
 
-__all__ = ["BOX_COLUMNS", "Box", "BoxError", "BoxValueError", "check_margin"]
+__all__ = ["BOX_COLUMNS", "Box", "BoxError", "BoxValueError", "MASK_THRESHOLD", "check_margin", "mask_box"]
 
 #: The manifest columns of a box, in ``Box`` field order.
 BOX_COLUMNS = ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")
+
+#: Probability above which a pixel of a predicted lesion map is lesion (a sigmoid's 0.5: logit > 0).
+MASK_THRESHOLD = 0.5
 
 # Margins are products like 0.15 * 20 = 3.0000000000000004: without the slack they
 # would round out one pixel more than meant.
@@ -253,3 +256,32 @@ class Box(NamedTuple):
         ex, ey = side - self.width, side - self.height
         return Box(self.x0 - ex // 2, self.y0 - ey // 2, self.x1 + (ex - ex // 2),
                    self.y1 + (ey - ey // 2)).clip(width, height)
+
+
+def mask_box(prob, threshold: float = MASK_THRESHOLD) -> Box | None:
+    """Bounding box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of the largest connected region
+    of ``prob > threshold`` (8-connected), or None when no pixel is above it.
+
+    A stray speck elsewhere in the frame must not stretch the box, hence the largest
+    region only (the first of equal largest ones). Here, below the training and feature
+    layers, so a Y-Net's masks give the same boxes wherever they are turned into boxes.
+
+    Raises
+    ------
+    ConfigError
+        For a map that is not 2-D.
+    """
+    import numpy as np  # lazy: this module is imported by the command line's --help
+    from scipy import ndimage
+
+    fg = np.asarray(prob) > threshold
+    if fg.ndim != 2:
+        raise ConfigError(f"expected a 2-D probability map, got shape {fg.shape}")
+    if not fg.any():
+        return None
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        fg = labels == (int(np.argmax(sizes)) + 1)
+    rows, cols = np.nonzero(fg)
+    return Box(int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
