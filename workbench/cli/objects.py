@@ -18,8 +18,8 @@ __all__ = ["protocol_of", "extract_options_of", "sweep_options_of", "execution_o
 
 _PROTOCOL = ("cv", "inner_cv", "seed", "scoring", "positive", "groups", "repeats")
 _EXTRACT = ("input", "box_margin", "resize", "image_size", "skip_bad", "batch_size", "num_workers", "device",
-            "precision", "dtype")
-_EXECUTION = ("n_jobs", "backend", "scheduler")
+            "precision", "dtype", "boxes")
+_EXECUTION = ("n_jobs", "backend", "scheduler", "memory_budget")  # the last: `sweep` only
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:

@@ -17,8 +17,9 @@ __all__ = ["cmd_sweep"]
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the sweep into ``--out``; write results.csv and summary.csv; print the top rows."""
     protocol = protocol_of(args)
+    execution = execution_of(args)
     df = sweep(args.manifest, split_features(args.features), out=args.out, protocol=protocol,
-               options=sweep_options_of(args), execution=execution_of(args), classes=split_list(args.classes),
+               options=sweep_options_of(args), execution=execution, classes=split_list(args.classes),
                cache=args.cache, extract_options=extract_options_of(args), progress=not args.quiet,
                external=parse_external(args.external))
     out = Path(args.out)

@@ -15,11 +15,14 @@ Float32 storage (before) moved inner AUCs by up to 2.4e-4 on real features and f
 near-tied grid points; in float64 the fast path and the plain pipeline choose the same
 grid point and give the same decision signs (tested on real BUSI features).
 
-Memory: one float64 matrix of ``n_rows x n_fit`` per block and fit, about
-``26 * n_train^2`` bytes per block per outer fold with 3 inner folds, plus the float64
-summed kernels of the subset being scored (``20-52 * n_train^2`` bytes for 1-3 gamma
-factors). Six blocks with the default grid need ~24 GB at n_train = 10 000, where plain
-refits (or fewer blocks per run) are the better trade (benchmarks/RESULTS.md).
+Memory (:func:`kernel_unit_bytes`, within a few per cent of tracemalloc's peak): one
+float64 matrix of ``n_rows x n_fit`` per block and fit, ``26 * n_train^2`` bytes per
+block per outer fold with 3 inner folds (n_eval = n_train / 4), plus the summed kernels
+of the subset being scored (``20-52 * n_train^2`` bytes for 1-3 gamma factors) and
+libsvm's cache (at most 500 MiB). Six blocks with the default grid: ~21 GB at n_train =
+10 000. The sweep checks each unit against its memory budget before it runs and falls
+back to fewer blocks per unit, then to plain refits (:func:`plain_fit_bytes`); see
+:mod:`workbench.search.running` and benchmarks/RESULTS.md.
 
 Only the grid keys the precomputed kernel can honour are accepted (``C``, ``tol`` and,
 for RBF, ``gamma_factor``); :func:`fast_path_grid` tells the sweep which heads qualify,
@@ -35,6 +38,7 @@ from sklearn import config_context
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from workbench.errors import ConfigError
 from workbench.heads.nested import (
     InnerSearch,
     as_score_matrix,
@@ -44,9 +48,14 @@ from workbench.heads.nested import (
 )
 from workbench.heads.zoo import HeadSpec, get_head, rbf_gamma_scale
 
-__all__ = ["BlockKernels", "SubsetResult", "fast_path_grid", "kernel_subset_scores"]
+__all__ = ["BlockKernels", "SVC_CACHE_MB", "SubsetResult", "fast_path_grid", "kernel_subset_scores",
+           "kernel_unit_bytes", "plain_fit_bytes"]
 
 _FAST_KEYS = {"rbf": {"C", "tol", "gamma_factor"}, "linear": {"C", "tol"}}
+
+#: libsvm's kernel cache (MiB) of every SVC fit here and of the zoo's SVMs; it holds float32
+#: columns of the training rows, so it never exceeds ``4 * n_fit^2`` bytes.
+SVC_CACHE_MB = 500
 
 
 def fast_path_grid(spec: HeadSpec, grid: dict[str, Sequence[Any]] | None) -> bool:
@@ -120,13 +129,22 @@ class BlockKernels:
             dot[held] = Z[held] @ Zf.T
             if self.kernel == "rbf":
                 sq = np.einsum("ij,ij->i", Z, Z)
-                mat = sq[:, None] + sq[fit][None, :] - 2.0 * dot
+                # (sq_i + sq_j) - 2 dot_ij: the operations of the one-line expression, in
+                # its order (so the same bits), done in place: two matrices alive, not four.
+                mat = np.add(sq[:, None], sq[fit][None, :])
+                dot *= 2.0
+                mat -= dot
+                del dot
             else:
                 mat = dot
             # float64: float32 storage shifted inner scores enough to flip near-tied grid
             # points on real features (issue 11.3).
             mats.append(mat)
+            # The rows are done with: freed before np.square's temporary, and before the
+            # next block's rows are scaled (the same sums, the same bits).
+            del Xr, Z
             sums.append((float(Zf.sum()), float(np.square(Zf).sum())))
+            del Zf
         return _Part(rows, fit, held, mats, sums)
 
     def gamma_scale(self, part: _Part, subset: Sequence[int]) -> float:
@@ -231,6 +249,85 @@ def kernel_subset_scores(
         best = {**defaults, **search.best_params}
         K = kernel_of(kernels.final, -1, best["gamma_factor"])
         scores = _fit_scores(K, kernels.final, y_train, best["C"], best["tol"], n_classes)
+        cache.clear()  # free the final kernel before the next subset's inner ones are summed
+        del K
         cal = fit_calibrator(search.oof, y_train, n_classes)
         out.append(SubsetResult(subset, search, scores, calibrated_proba(cal, scores), cal))
     return out
+
+
+# ---- memory estimates ------------------------------------------------------------------
+
+
+def _svc_cache(n_fit: int) -> int:
+    return min(SVC_CACHE_MB << 20, 4 * n_fit * n_fit)
+
+
+def _fit_sizes(n_train: int, inner_folds: int | Sequence[int]) -> list[int]:
+    """Training rows of each inner fit: given, or those of ``inner_folds`` even folds."""
+    if isinstance(inner_folds, (int, np.integer)):
+        k = int(inner_folds)
+        if k < 2:
+            raise ConfigError(f"inner_folds = {k}: expected at least 2")
+        return [n_train - (n_train // k + (1 if i < n_train % k else 0)) for i in range(k)]
+    return [int(f) for f in inner_folds]
+
+
+def kernel_unit_bytes(n_train: int, n_eval: int, dims: Sequence[int], *, kernel: str = "rbf",
+                      inner_folds: int | Sequence[int] = 3, gamma_factors: int = 1, n_classes: int = 2,
+                      itemsize: int = 4) -> int:
+    """Estimated peak memory (bytes) of one fast-path unit on one outer fold.
+
+    :class:`BlockKernels` over blocks of widths ``dims``, then :func:`kernel_subset_scores`
+    over subsets of them. Counted: the stored float64 matrices (``8 * n_rows * n_fit``
+    per block and fit: each inner fit, then the final ``(n_train + n_eval) x n_train``),
+    plus the larger of building the last one (one more such matrix and the widest block's
+    scaled rows) and scoring a subset (its summed inner kernels, one per inner fit and
+    gamma factor, with the copy of one fit's training rows and libsvm's kernel cache; or
+    its final kernel likewise). Not counted: the input blocks, which exist already.
+    ``inner_folds`` is their number or the inner training sizes; ``gamma_factors`` the
+    distinct ``gamma_factor`` values of the grid (1 for a linear kernel); ``itemsize``
+    the blocks' bytes per value. Checked against tracemalloc in tests/test_large_n.py.
+    """
+    if kernel not in _FAST_KEYS:
+        raise ConfigError(f"no precomputed fast path for kernel {kernel!r}")
+    if not dims:
+        raise ConfigError("kernel_unit_bytes needs at least one block width")
+    fits = _fit_sizes(n_train, inner_folds)
+    parts = [(n_train, f, n_train - f) for f in fits] + [(n_train + n_eval, n_train, n_eval)]
+    stored = len(dims) * sum(8 * r * f for r, f, _ in parts)
+    d = max(dims)
+    # Building a block's matrix: its rows as given and scaled in float64, the training
+    # rows' copy, and the largest of: the product's temporary for the training rows, the
+    # held-out rows' copy with their product, the product kept while the RBF distances
+    # are formed next to it (the matrix itself is counted as stored).
+    build = max(r * d * (itemsize + 8) + 8 * f * d + 8 * max(f * f, h * (d + f), r * f if kernel == "rbf" else 0)
+                for r, f, h in parts)
+    g = gamma_factors if kernel == "rbf" else 1
+    # libsvm fits on a copy of the training rows of the kernel; scoring the held-out rows
+    # takes their rows (multi-class) or support-vector columns (binary) of it.
+    fit = [max(8 * f * f + _svc_cache(f), 8 * h * f) for r, f, h in parts]
+    inner = g * sum(8 * r * f for r, f, _ in parts[:-1]) + max(fit[:-1])
+    final = 8 * parts[-1][0] * parts[-1][1] + fit[-1]
+    return int(stored + max(build, inner, final))
+
+
+def plain_fit_bytes(n_rows: int, n_train: int, width: int, *, kernel: str = "rbf", itemsize: int = 4,
+                    concatenated: bool = True) -> int:
+    """Estimated peak memory (bytes) of one plain SVM refit: :class:`~workbench.heads.tuned.TunedHead`
+    on one subset and outer fold, as the sweep runs it without stored kernels.
+
+    The concatenation of the subset's blocks over all ``n_rows`` rows (none for one block:
+    ``concatenated=False``), its ``n_train`` training rows, and at the largest fit (the
+    refit on them): their scaled values, their float64 copy libsvm fits on, the support
+    vectors libsvm returns (at most every training row) and libsvm's kernel cache. The
+    inner fits are smaller. ``width``: the subset's total number of features.
+    """
+    if kernel not in _FAST_KEYS:
+        raise ConfigError(f"no plain SVM estimate for kernel {kernel!r}")
+    given = itemsize * width * ((n_rows if concatenated else 0) + 2 * n_train)
+    as_float = 8 * n_train * width if itemsize != 8 else 0
+    # libsvm hands back its support vectors as a float64 copy (up to every training row on
+    # hard data); gamma="scale"'s float64 temporary is gone by then and no larger.
+    support = 8 * n_train * width
+    return int(given + as_float + support + _svc_cache(n_train))

@@ -3,23 +3,78 @@
 :class:`SweepOptions` says *what* is swept (heads, block subsets, grids, ensembles);
 :class:`Execution` says *how* (workers, backend). Neither changes the protocol
 (:class:`workbench.evaluation.protocol.Protocol`), and :class:`Execution` never changes a
-number in the records.
+number in the records (beyond libsvm's tolerance where its memory budget sends an SVM
+subset to a plain refit).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from workbench.errors import ConfigError
 
-__all__ = ["BACKENDS", "BASELINE_PREFIX", "Execution", "SweepOptions"]
+__all__ = ["BACKENDS", "BASELINE_PREFIX", "DEFAULT_MEMORY_FRACTION", "Execution", "SweepOptions",
+           "parse_memory_budget"]
 
 #: How an ensemble member names an end-to-end baseline: ``baseline:lite0``.
 BASELINE_PREFIX = "baseline:"
 
 #: joblib backends a sweep can spread candidates over (``dask``: a Dask cluster).
 BACKENDS = ("loky", "threading", "sequential", "dask")
+
+#: The share of the available memory the sweep's SVM units running at once may use
+#: together when ``memory_budget`` is not given (the rest: the parent, other heads).
+DEFAULT_MEMORY_FRACTION = 0.8
+
+#: A smaller byte budget is surely a missing unit (``16`` meant as 16 GB).
+_MIN_BUDGET_BYTES = 1 << 20
+
+
+def parse_memory_budget(value: str | float | int | None) -> tuple[str, float]:
+    """A ``memory_budget`` as ``("fraction", f)`` of the available memory or ``("bytes", n)``.
+
+    ``None``: :data:`DEFAULT_MEMORY_FRACTION`. A number in (0, 1] or ``"N%"``: a fraction
+    of the memory available when the heads start (on a remote Dask cluster: of a worker's
+    memory limit). A larger number, or a size with a unit (``"12GB"``, ``"12 GiB"``,
+    ``"500MB"``; dask's ``parse_bytes``: GB = 10^9, GiB = 2^30): bytes, at least 1 MiB.
+
+    Raises
+    ------
+    ConfigError
+        Naming the value, for anything else.
+    """
+    expected = ('expected a fraction of the available memory (0.5 or "50%") or a size ("12GB", "12GiB"), '
+                "at least 1 MiB")
+    if value is None:
+        return "fraction", DEFAULT_MEMORY_FRACTION
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            if text.endswith("%"):
+                raise ConfigError(f"memory_budget = {value!r}: {expected}") from None
+            from dask.utils import parse_bytes  # dask is a dependency; imported only for a size
+
+            try:
+                number = float(parse_bytes(text))
+            except (ValueError, TypeError):
+                raise ConfigError(f"memory_budget = {value!r}: {expected}") from None
+            if number < _MIN_BUDGET_BYTES:
+                raise ConfigError(f"memory_budget = {value!r}: {expected}")
+            return "bytes", number
+        if text.endswith("%") and not 0 < number <= 1:
+            raise ConfigError(f"memory_budget = {value!r}: a percentage must be in (0, 100]")
+        value = number
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"memory_budget = {value!r}: {expected}")
+    if value <= 1:
+        return "fraction", float(value)
+    if value < _MIN_BUDGET_BYTES:
+        raise ConfigError(f"memory_budget = {value!r}: {value:g} bytes is surely a missing unit; {expected}")
+    return "bytes", float(int(value))
 
 
 def _from_dict(cls, d: Mapping[str, Any], what: str):
@@ -153,13 +208,20 @@ class SweepOptions:
 @dataclass(frozen=True)
 class Execution:
     """How a sweep's candidates are spread: ``n_jobs`` joblib workers on ``backend``;
-    ``backend="dask"`` with ``scheduler`` an address (``tcp://host:8786``) or ``"local"``."""
+    ``backend="dask"`` with ``scheduler`` an address (``tcp://host:8786``) or ``"local"``.
+
+    ``memory_budget`` (see :func:`parse_memory_budget`) bounds the SVM units running at
+    once; a unit over its share runs over fewer blocks, or as plain refits, with the same
+    numbers (:func:`workbench.search.running.plan_head_units`).
+    """
 
     n_jobs: int = 1
     backend: str = "loky"
     scheduler: str | None = None
+    memory_budget: str | float | int | None = None
 
     def __post_init__(self) -> None:
+        parse_memory_budget(self.memory_budget)
         if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs == 0:
             raise ConfigError(f"n_jobs = {self.n_jobs!r}: expected a non-zero integer (-1: every core)")
         if self.backend not in BACKENDS:

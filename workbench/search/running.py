@@ -9,6 +9,17 @@ for two classes, hard votes' member thresholds) also need each member's inner
 out-of-fold predictions on a CV fold's training rows, refitted with the member's chosen
 parameters on the tuning's inner folds.
 
+Memory: before the head units start, :func:`plan_head_units` checks each SVM unit's
+estimated peak (:func:`~workbench.heads.kernels.kernel_unit_bytes`, checked against
+measured peaks; times :data:`RSS_MARGIN` for the allocator's slack) against its share of
+the memory budget (:attr:`Execution.memory_budget`, by default 80 % of the available
+memory, split over the units that run at once). A kernel unit over its share is split into units over fewer blocks (the same numbers, bit for bit: each block's
+matrices and each subset's sum do not depend on the other blocks of a unit); a subset
+whose blocks alone do not fit runs as a plain refit on the concatenation (no stored
+kernels; the fast path equals it to libsvm's tolerance); a plain SVM refit that does not
+fit either stops the sweep, before any unit runs, with a :class:`MemoryBudgetError`
+naming the need and the budget. The fallback is logged. Other heads are not estimated.
+
 Hybrid ensembles add end-to-end baseline networks as members, from their stored records
 (fold for fold, matched by fold name). No inner-fold networks exist, so where a head
 member uses inner out-of-fold predictions a network uses its fold network's scores on
@@ -20,29 +31,33 @@ from __future__ import annotations
 
 import functools
 import logging
+import dataclasses
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import joblib
 import numpy as np
 from joblib import Parallel, delayed
 
-from workbench.core.parallel import parallel_backend
+from workbench.core.parallel import parallel_backend, workers
 from workbench.errors import WorkbenchError
 from workbench.evaluation.protocol import Protocol
 from workbench.evaluation.stats import youden_threshold
 from workbench.heads.ensembles import stack, vote
-from workbench.heads.kernels import BlockKernels, kernel_subset_scores
+from workbench.heads.kernels import BlockKernels, kernel_subset_scores, kernel_unit_bytes, plain_fit_bytes
 from workbench.heads.nested import calibrated_proba, fit_calibrator, response
 from workbench.heads.tuned import TunedHead
 from workbench.heads.zoo import get_head
 from workbench.search.candidates import Candidate, baseline_label
-from workbench.search.options import Execution
+from workbench.search.options import Execution, parse_memory_budget
 from workbench.search.plan import SweepPlan
 from workbench.evaluation.settings import is_cv_fold
 
-__all__ = ["EnsembleResult", "HeadResult", "HybridMemberError", "run_ensembles", "run_heads"]
+__all__ = ["EnsembleResult", "HeadResult", "HeadUnits", "HybridMemberError", "MemoryBudget", "MemoryBudgetError",
+           "RSS_MARGIN", "available_memory", "memory_budget", "plan_head_units", "run_ensembles", "run_heads"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +165,279 @@ def _inner_oof_unit(X, head, params, y, train, inner_folds, n_classes, seed) -> 
     return calibrated_proba(fit_calibrator(oof, yt, n_classes), oof) if spec.calibrate else oof
 
 
+# ---- memory ----------------------------------------------------------------------
+
+
+#: What a unit is planned to take over its estimate (numpy's peak, which tracemalloc
+#: matches within ~2 %): the process's RSS grew up to 1.26x that (glibc keeping freed
+#: blocks, BLAS buffers; benchmarks/RESULTS.md, "Large n in the sweep").
+RSS_MARGIN = 1.3
+
+
+class MemoryBudgetError(WorkbenchError, MemoryError):
+    """A sweep unit that cannot fit the memory budget even as a plain refit; raised
+    before any unit runs, never an out-of-memory kill halfway."""
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes this process's cgroup (a container, a batch job) still allows, where it
+    sets a limit: the kernel kills there, whatever the machine has free."""
+    paths = ["/sys/fs/cgroup"]
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):  # cgroup v2: this process's own group
+                    paths.insert(0, "/sys/fs/cgroup" + line[3:].strip().rstrip("/"))
+    except OSError:
+        pass
+    room = []
+    for base in paths:
+        for limit, usage in (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes",
+                                                                "memory/memory.usage_in_bytes")):
+            lim, use = _read_int(f"{base}/{limit}"), _read_int(f"{base}/{usage}")
+            if lim is not None and use is not None and lim < 1 << 60:  # v1 writes ~2^63 for none
+                room.append(max(0, lim - use))
+    return min(room) if room else None
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give without swapping: the kernel's ``MemAvailable``
+    (``/proc/meminfo``), less where a cgroup limit leaves less; elsewhere the free
+    physical pages; ``None`` where none of these is known."""
+    known = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    known.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if not known:
+        try:
+            known.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            pass
+    room = _cgroup_headroom()
+    if room is not None:
+        known.append(room)
+    return min(known) if known else None
+
+
+def _size(n: float) -> str:
+    from dask.utils import format_bytes  # dask is a dependency; its import is slow, so here
+
+    return format_bytes(int(n))
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Bytes the SVM units may use: ``total`` per machine (per Dask worker on a remote
+    cluster), shared by ``concurrent`` units at once; ``total=None``: unknown, no check."""
+
+    total: int | None
+    concurrent: int
+    source: str  # in words, for messages: "80% of 15.6 GiB available"
+    cap: int = 1  # the most units that run at once there (workers, or a Dask worker's threads)
+
+    def for_units(self, n_units: int) -> "MemoryBudget":
+        """The same budget shared by as many of ``n_units`` as run at once."""
+        return dataclasses.replace(self, concurrent=max(1, min(self.cap, n_units)))
+
+    @property
+    def per_unit(self) -> int | None:
+        return None if self.total is None else self.total // max(1, self.concurrent)
+
+    def __str__(self) -> str:
+        if self.total is None:
+            return f"no budget ({self.source})"
+        return (f"{_size(self.per_unit)} per unit ({self.source}"
+                + (f", shared by {self.concurrent} units at once)" if self.concurrent > 1 else ")"))
+
+
+def _machine(execution: Execution) -> tuple[int | None, int, str]:
+    """Memory a fractional budget is of, the most units that run at once on it, and its name.
+
+    On a remote Dask cluster (inside :func:`parallel_backend`): the worker with the least
+    memory limit per thread; elsewhere this machine's available memory and workers.
+    """
+    if execution.backend == "dask" and execution.scheduler not in (None, "local"):
+        from distributed import get_client
+
+        info = get_client().scheduler_info().get("workers", {}).values()
+        limited = [w for w in info if w.get("memory_limit")]
+        if limited:
+            w = min(limited, key=lambda w: w["memory_limit"] / max(1, w.get("nthreads", 1)))
+            return int(w["memory_limit"]), max(1, int(w.get("nthreads", 1))), "a Dask worker's memory limit"
+        threads = max((int(w.get("nthreads", 1)) for w in info), default=1)
+        return available_memory(), threads, "this machine's available memory (the Dask workers state no limit)"
+    if execution.backend == "dask":  # a LocalCluster of n_jobs (or one per core) workers here
+        cap = execution.n_jobs if execution.n_jobs > 0 else os.cpu_count() or 1
+    else:
+        cap = workers(execution)
+    return available_memory(), cap, "available"
+
+
+def memory_budget(execution: Execution, n_units: int) -> MemoryBudget:
+    """The budget of :attr:`Execution.memory_budget` for ``n_units`` head units: a
+    fraction of :func:`available_memory` (or a remote Dask worker's memory limit) or a
+    fixed size, shared by as many of them as run at once."""
+    kind, value = parse_memory_budget(execution.memory_budget)
+    base, cap, where = _machine(execution)
+    if kind == "bytes":
+        budget = MemoryBudget(int(value), 1, f"memory_budget {_size(value)}", cap)
+    elif base is None:
+        budget = MemoryBudget(None, 1, "the available memory is unknown here; give memory_budget as a size", cap)
+    else:
+        budget = MemoryBudget(int(base * value), 1, f"{value:.0%} of {_size(base)} {where}", cap)
+    return budget.for_units(n_units)
+
+
+@dataclass
+class HeadUnits:
+    """The to-do heads as units of work: ``kernel`` (head, fold, subsets) fast-path units,
+    ``plain`` (candidate, fold) refits, and what was changed to fit the budget."""
+
+    kernel: list[tuple[str, str, list[tuple[str, ...]]]]
+    plain: list[tuple[Candidate, str]]
+    budget: MemoryBudget
+    fallbacks: list[str] = field(default_factory=list)  # one line per head that fell back
+
+    def __len__(self) -> int:
+        return len(self.kernel) + len(self.plain)
+
+
+def _pack(subsets: list[tuple[str, ...]], need: Callable[[set[str]], int], per_unit: int
+          ) -> tuple[list[list[tuple[str, ...]]], list[tuple[str, ...]]]:
+    """Subsets into groups whose blocks together fit ``per_unit`` (largest subsets first,
+    each into the first group it fits), and the subsets whose blocks alone do not."""
+    groups: list[tuple[set[str], list[int]]] = []
+    alone: list[tuple[str, ...]] = []
+    order = sorted(range(len(subsets)), key=lambda i: -len(subsets[i]))  # stable: ties keep plan order
+    for i in order:
+        s = set(subsets[i])
+        if need(s) > per_unit:
+            alone.append(subsets[i])
+            continue
+        for blocks, members in groups:
+            if need(blocks | s) <= per_unit:
+                blocks |= s
+                members.append(i)
+                break
+        else:
+            groups.append((s, [i]))
+    return [[subsets[i] for i in sorted(members)] for _, members in groups], sorted(alone, key=subsets.index)
+
+
+def _fit_units(plan: SweepPlan, by_kernel: dict[tuple[str, str], list[tuple[str, ...]]],
+               plain: list[tuple[Candidate, str]], budget: MemoryBudget) -> HeadUnits:
+    """The units under ``budget``: kernel units split where over it, subsets that fit no
+    kernel unit as plain refits; raises for a plain SVM refit over it."""
+    task, per = plan.task, budget.per_unit
+    units = HeadUnits([], [], budget)
+    fell: dict[str, dict[str, Any]] = {}
+    for (h, f), subs in by_kernel.items():
+        spec = get_head(h)
+        blocks = dict(zip(plan.names, plan.blocks_of(f)))
+        fits = [len(tr) for tr, _ in task.inner_of[f]]
+        gammas = len(set(plan.grids[h].get("gamma_factor", [None]))) if spec.kernel == "rbf" else 1
+
+        def need(bs: set[str], f=f, spec=spec, blocks=blocks, fits=fits, gammas=gammas) -> int:
+            return int(RSS_MARGIN * kernel_unit_bytes(
+                len(task.train_rows[f]), len(task.eval_rows[f]), [blocks[b].shape[1] for b in bs],
+                kernel=spec.kernel, inner_folds=fits, gamma_factors=gammas, n_classes=len(task.class_names),
+                itemsize=max(blocks[b].dtype.itemsize for b in bs)))
+
+        used = {b for s in subs for b in s}
+        whole = need(used)
+        if per is None or whole <= per:
+            units.kernel.append((h, f, subs))
+            continue
+        groups, alone = _pack(subs, need, per)
+        units.kernel += [(h, f, g) for g in groups]
+        units.plain += [(Candidate("head", s, h), f) for s in alone]
+        info = fell.setdefault(h, {"folds": 0, "need": 0, "blocks": len(used), "units": 0, "widest": 0,
+                                   "plain": 0})
+        info["folds"] += 1
+        info["need"] = max(info["need"], whole)
+        info["units"] += len(groups)
+        info["widest"] = max([info["widest"]] + [len({b for s in g for b in s}) for g in groups])
+        info["plain"] += len(alone)
+    for h, i in fell.items():
+        widest = f"{i['widest']} block" + ("s" if i["widest"] > 1 else "")
+        how = f"split into {i['units']} units of at most {widest}" if i["units"] else "no kernel unit fits"
+        units.fallbacks.append(
+            f"{h}: the SVM fast path over {i['blocks']} blocks needs up to ~{_size(i['need'])} per (head, fold) "
+            f"unit, over the budget of {budget}; {how} on {i['folds']} fold(s)"
+            + (f", {i['plain']} (subset, fold) pairs as plain refits (no stored kernels: slower, equal to "
+               "libsvm's tolerance)" if i["plain"] else " (the same numbers, bit for bit; block kernels computed "
+                                                         "once per unit)"))
+    units.plain += plain
+    for c, f in units.plain:
+        _check_plain(plan, c, f, budget)
+    return units
+
+
+def _check_plain(plan: SweepPlan, c: Candidate, f: str, budget: MemoryBudget) -> None:
+    """Refuse, naming need and budget, a plain SVM refit over the budget."""
+    spec = get_head(c.head)
+    if budget.per_unit is None or spec.kernel not in ("rbf", "linear"):
+        return  # other heads are not estimated
+    blocks = dict(zip(plan.names, plan.blocks_of(f)))
+    Xs = [blocks[b] for b in c.blocks]
+    n_train = len(plan.task.train_rows[f])
+    width = sum(X.shape[1] for X in Xs)
+    need = int(RSS_MARGIN * plain_fit_bytes(Xs[0].shape[0], n_train, width, kernel=spec.kernel,
+                                            itemsize=max(X.dtype.itemsize for X in Xs),
+                                            concatenated=len(Xs) > 1))
+    if need > budget.per_unit:
+        raise MemoryBudgetError(
+            f"{plan.label(c)} on fold {f} needs ~{_size(need)} even as a plain refit (n_train = {n_train}, "
+            f"{width} features), over the memory budget of {budget}. Give a larger memory_budget "
+            "(--memory-budget), fewer parallel workers (--n-jobs), fewer or narrower blocks, or a machine with "
+            "more memory")
+
+
+def plan_head_units(plan: SweepPlan, execution: Execution) -> HeadUnits:
+    """The plan's to-do heads as units of work that fit the memory budget.
+
+    SVM heads whose grid the fast path honours form one kernel unit per (head, fold);
+    where its estimate is over its share of the budget it is split into units over
+    fewer blocks, and subsets whose blocks alone do not fit become plain refits, which
+    must fit too (else :class:`MemoryBudgetError`). The share divides the budget by the
+    units that run at once (``n_jobs``, at most the number of units, recounted after a
+    split). Each fallback is logged as a warning.
+    """
+    by_kernel, plain = plan.kernel_groups()
+    budget = memory_budget(execution, len(by_kernel) + len(plain))
+    while True:
+        units = _fit_units(plan, by_kernel, plain, budget)
+        more = budget.for_units(len(units))
+        if more.concurrent <= budget.concurrent:
+            break
+        budget = more  # the split made more units than ran at once before: smaller shares
+    for line in units.fallbacks:
+        logger.warning(line)
+    if by_kernel and budget.per_unit is not None and not units.fallbacks:
+        logger.info(f"SVM fast path: {len(units.kernel)} kernel units within the memory budget of {budget}")
+    elif budget.per_unit is None:
+        logger.info(f"SVM units are not checked against memory: {budget.source}")
+    return units
+
+
 # ---- heads -----------------------------------------------------------------------
 
 
-def _head_units(plan: SweepPlan) -> Iterator:
+def _head_units(plan: SweepPlan, units: HeadUnits) -> Iterator:
     """The delayed units for the plan's to-do heads, the big kernel units first.
 
     A generator, so no concatenation exists before its unit runs: 63 subsets of six
@@ -161,23 +445,27 @@ def _head_units(plan: SweepPlan) -> Iterator:
     """
     task, names = plan.task, plan.names
     train_rows, eval_rows = task.train_rows, task.eval_rows
-    by_kernel, plain = plan.kernel_groups()
-    for (h, f), subs in by_kernel.items():
+    for h, f, subs in units.kernel:
         yield delayed(_kernel_unit)(plan.blocks_of(f), names, subs, h, plan.grids[h], task.y,
                                     len(task.class_names), f, train_rows[f], eval_rows[f], task.inner_of[f],
                                     plan.protocol)
-    for c, f in plain:
+    for c, f in units.plain:
         yield delayed(_plain_unit)(plan.blocks_of(f), [names.index(b) for b in c.blocks], c.head,
                                    plan.grids[c.head], task.y, f, train_rows[f], eval_rows[f], task.splits.groups,
                                    plan.protocol, names)
 
 
 def run_heads(plan: SweepPlan, execution: Execution) -> Iterator[HeadResult]:
-    """Compute the plan's to-do head candidates; yield each result as its unit returns."""
+    """Compute the plan's to-do head candidates; yield each result as its unit returns.
+
+    The units are planned against the memory budget first (:func:`plan_head_units`);
+    a :class:`MemoryBudgetError` comes before any unit runs.
+    """
     if not plan.todo_heads:
         return
     with parallel_backend(execution) as jobs:
-        for outs in Parallel(n_jobs=jobs, return_as="generator_unordered")(_head_units(plan)):
+        units = plan_head_units(plan, execution)  # in the backend: a remote cluster's limits are known here
+        for outs in Parallel(n_jobs=jobs, return_as="generator_unordered")(_head_units(plan, units)):
             yield from outs
 
 

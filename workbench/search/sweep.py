@@ -25,9 +25,9 @@ from workbench.features.options import ExtractOptions
 from workbench.search.candidates import Candidate
 from workbench.search.options import Execution, SweepOptions
 from workbench.search.plan import SweepInputError, SweepPlan, build_plan, check_heads
-from workbench.search.running import EnsembleResult, HeadResult, run_ensembles, run_heads
+from workbench.search.running import EnsembleResult, HeadResult, MemoryBudgetError, run_ensembles, run_heads
 
-__all__ = ["SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
+__all__ = ["MemoryBudgetError", "SweepInputError", "sweep", "SWEEP_CODE_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def sweep(
         add hybrid ensembles once the baselines' records are in ``out`` (until then they
         are left to do, said in one log line; see :mod:`workbench.search.running`).
     execution
-        joblib workers and backend (default: one process); never changes a number.
+        joblib workers and backend (default: one process) and the memory budget of the
+        SVM units (an SVM fast-path unit over it runs over fewer blocks, or as plain
+        refits); never changes a number beyond libsvm's tolerance.
     classes
         Keep only these classes (in this order), e.g. ``["benign", "malignant"]``.
     progress
@@ -93,6 +95,9 @@ def sweep(
     SweepInputError, FoldError, UnknownHeadError, ConfigError
         Before anything is written: unknown heads, grid parameters or blocks, features
         not matching the manifest, non-finite features, classes too small for the folds.
+    MemoryBudgetError
+        Before any head runs: an SVM subset whose plain refit alone is over its share of
+        the memory budget (the message names both).
     """
     protocol, options, execution = protocol or Protocol(), options or SweepOptions(), execution or Execution()
     grids = check_heads(options)  # before the run folder is touched (and before extraction)
