@@ -24,6 +24,7 @@ Config (paths relative to the config file)::
     [sweep]      heads = ["svm-rbf", "rf"], subsets = "all", ensembles = true, stacking = false,
                  ensemble_members = ["svm-rbf", "rf", "baseline:lite0"] (hybrid CNN + head ensembles too),
                  [sweep.grids] svm-rbf = {C = [1, 10]}
+                 n_jobs = 1, memory_budget = "80%" (or "12GB": SVM units over it run over fewer blocks)
     [baselines]  names = ["lite0"], tune = false, [baselines.set] epochs = 5
     [report]     alpha = 0.05, publish = "folder beside the config"
     [test]       external = {site2 = "site2.csv", heldout = {manifest = "labels.csv", ids = "heldout_ids.txt"}}
@@ -80,7 +81,7 @@ from workbench.features.request import FeatureRequest
 from workbench.heads.zoo import get_head
 from workbench.report.build import ReportSettings, Selection, decision_thresholds_problem, write_report
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path
-from workbench.search.options import Execution, SweepOptions
+from workbench.search.options import Execution, SweepOptions, parse_memory_budget
 from workbench.search.sweep import sweep
 from workbench.training.config import FineTuneConfig
 from workbench.training.nested import fine_tune_nested
@@ -192,6 +193,14 @@ def _names(min_len: int = 0) -> Callable[[list[str]], str | None]:
 
 def _n_jobs(v: int) -> str | None:
     return None if v >= 1 or v == -1 else "expected an integer >= 1, or -1 for one per CPU"
+
+
+def _memory_budget(v: Any) -> str | None:
+    try:
+        parse_memory_budget(v)
+    except errors.ConfigError as e:
+        return str(e).split(": ", 1)[-1]
+    return None
 
 
 def _subsets(v: Any) -> str | None:
@@ -338,7 +347,7 @@ def _build_features(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[
     if not v.get("specs") and not v.get("finetuned"):
         raise ConfigError(path, "features.specs", v.get("specs", []),
                           "[features] names no specs and no fine-tuned backbones; give at least one")
-    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size") if k in v}
+    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size", "boxes") if k in v}
     options = _constructed(path, "features", v, lambda: ExtractOptions(**ext))
     lists = {k: tuple(v[k]) for k in ("specs", "finetuned") if k in v}
     return {"features": FeaturesConfig(**lists, nested=v.get("nested", False), extract=options)}
@@ -368,8 +377,9 @@ def _build_sweep(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str
         raise ConfigError(path, "sweep.grids", v["grids"],
                           f"expected grids for heads among sweep.heads ({', '.join(heads)}); "
                           f"{', '.join(extra)} is not swept")
-    opts = {k: (tuple(x) if isinstance(x, list) and k != "subsets" else x) for k, x in v.items() if k != "n_jobs"}
-    exe = {"n_jobs": v["n_jobs"]} if "n_jobs" in v else {}
+    exe_keys = ("n_jobs", "memory_budget")  # how the sweep runs: an Execution
+    opts = {k: (tuple(x) if isinstance(x, list) and k != "subsets" else x) for k, x in v.items() if k not in exe_keys}
+    exe = {k: v[k] for k in exe_keys if k in v}
     return {"sweep": _constructed(path, "sweep", v, lambda: SweepOptions(**opts)),
             "execution": _constructed(path, "sweep", v, lambda: Execution(**exe))}
 
@@ -438,6 +448,7 @@ SECTIONS: dict[str, _Section] = {
         "resize": _Key("str", choices=RESIZE_MODES),
         "input": _Key("str", choices=INPUT_MODES),
         "batch_size": _Key("int", check=_at_least(1)),
+        "boxes": _Key("str", check=_non_empty),  # "manual" or "predicted:[backbone@]ft-..." (ExtractOptions)
     }, _build_features),
     "finetune": _Section({}, _build_finetune, fields_of=FineTuneConfig),
     "sweep": _Section({
@@ -449,6 +460,7 @@ SECTIONS: dict[str, _Section] = {
         "ensemble_heads": _Key("strs", check=_names(1)),
         "ensemble_members": _Key("strs", check=_names(1)),  # heads and baseline:<name>
         "n_jobs": _Key("int", check=_n_jobs),
+        "memory_budget": _Key("any", check=_memory_budget),  # "12GB", "50%", 0.5 (Execution)
     }, _build_sweep),
     "baselines": _Section({
         "names": _Key("strs", check=_names()),

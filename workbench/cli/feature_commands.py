@@ -56,6 +56,10 @@ def _print_extract_summary(fs: FeatureSet, cache: str, record: Path) -> None:
     print(f"{len(fs)} images, {rec['seconds']:.1f} s")
     for name in fs.names:
         print(f"  {name:<44} dim {fs[name].shape[1]:>5}  computed {rec['computed_rows'][name]}")
+    boxes = rec.get("predicted_boxes")
+    if boxes:
+        print(f"predicted boxes of {boxes['ynet']}: {boxes['computed']} computed, {boxes['cached']} cached; "
+              f"{boxes['empty_masks']} empty masks (taken whole, listed in the record)")
     if rec["skipped"]:
         print(f"skipped {len(rec['skipped'])} bad rows (listed in the record)")
     if rec["random_weights"]:
@@ -91,7 +95,8 @@ def _cache_ls(cache: FeatureCache, args: argparse.Namespace) -> int:
         f = e.meta["fields"]
         pre = f["preprocess"]
         settings = (f"{pre['geometry']['size']}px {pre['geometry']['resize']} {pre['input']} "
-                    f"{f['precision']} {f['dtype']}" + (" RANDOM" if f["weights_random"] else ""))
+                    f"{f['precision']} {f['dtype']}" + (" RANDOM" if f["weights_random"] else "")
+                    + (f" boxes of {f['boxes']['weights_id']}" if f.get("boxes") else ""))
         print(f"{e.key[:12]:<14} {e.name:<44} {st['rows']:>6} {st['shards']:>6} {_human(st['bytes']):>8}  {settings}")
     print(f"{len(entries)} entries, {_human(total)} in {cache.root.resolve()}")
     return 0

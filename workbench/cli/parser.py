@@ -129,6 +129,10 @@ def add_extract_options(p: argparse.ArgumentParser, classes: bool = True) -> Non
                    help=f"whole image, or the lesion box crop (needs bbox_* columns) {show(d['input'])}")
     g.add_argument("--box-margin", type=float, default=None,
                    help=f"with --input box: fraction of the box size added on each side {show(d['box_margin'])}")
+    g.add_argument("--boxes", default=None, metavar="{manual,predicted:[BACKBONE@]ft-ID}",
+                   help="with --input box: the manifest's boxes, or those a fine-tuned Y-Net predicts (the box "
+                        "of its lesion mask; an empty mask gives the whole image); part of the cache key "
+                        f"{show(d['boxes'])}")
     g.add_argument("--resize", default=None, metavar="{squash,crop,letterbox}",
                    help="squash the frame to the square (never cuts a lesion off), centre-crop "
                         f"as in ImageNet eval, or pad {show(d['resize'])}")
@@ -170,6 +174,10 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stacking", action="store_true", default=None,
                    help="add a logistic-regression stack per ensemble")
     add_execution_options(p)
+    p.add_argument("--memory-budget", default=None, metavar="SIZE|FRACTION",
+                   help="memory the SVM units running at once may use: a size (12GB, 12GiB) or a share of the "
+                        "available memory (0.5, 50%%); a unit over its share runs over fewer blocks, then as "
+                        "plain refits, else the sweep stops before it starts [80%% of the available memory]")
 
 
 def add_execution_options(p: argparse._ActionsContainer, what: str = "workers") -> None:

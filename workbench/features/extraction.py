@@ -30,13 +30,14 @@ from workbench.data.manifest import Item, Manifest
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
 from workbench.features.options import ExtractOptions
+from workbench.features.predicted_boxes import BoxNet, PredictedBoxes, predicted_boxes
 from workbench.features.request import FeatureRequest, expand_requests
 from workbench.data.preprocess import Geometry, Preprocess
 from workbench.core.provenance import environment
 from workbench.errors import ConfigError
 from workbench.evaluation.settings import is_cv_fold
 
-__all__ = ["ExtractOptions", "FeatureRequest", "extract", "FEATURE_CODE_VERSION"]
+__all__ = ["ExtractOptions", "FeatureRequest", "entry_fields", "extract", "FEATURE_CODE_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +101,22 @@ def _collate(batch: list):
     return default_collate(batch)
 
 
-def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict) -> FeatureSet:
+def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict,
+                     suffix: str = "") -> FeatureSet:
     """Blocks as requested; a nested block holds the test network's rows plus fold variants."""
     blocks, info, fold_blocks, fold_info = {}, {}, {}, {}
     for r in requests:
         for t in r.taps:
-            name = r.block_name(t)
+            name = r.block_name(t) + suffix
             if r not in plan:
                 blocks[name], info[name] = fs[name], fs.info[name]
                 continue
             members = plan[r]
-            test_name = members["test"].block_name(t)
+            test_name = members["test"].block_name(t) + suffix
             blocks[name] = fs[test_name]
             info[name] = dataclasses.replace(fs.info[test_name], name=name, weights_id=r.weights)
-            fold_blocks[name] = {f: fs[m.block_name(t)] for f, m in members.items() if is_cv_fold(f)}
-            fold_info[name] = {f: fs.info[m.block_name(t)] for f, m in members.items()}
+            fold_blocks[name] = {f: fs[m.block_name(t) + suffix] for f, m in members.items() if is_cv_fold(f)}
+            fold_info[name] = {f: fs.info[m.block_name(t) + suffix] for f, m in members.items()}
     return FeatureSet(fs.ids, fs.labels, blocks, info, fs.record, fold_blocks, fold_info)
 
 
@@ -175,7 +177,9 @@ def extract(
         Cache folder or :class:`FeatureCache`.
     options
         Input, resizing, loader, device, precision and storage settings (default
-        :class:`ExtractOptions`); precision and dtype are part of the cache key.
+        :class:`ExtractOptions`); precision and dtype are part of the cache key. With
+        ``boxes="predicted:..."`` the box crops come from a Y-Net's predicted masks
+        (:mod:`workbench.features.predicted_boxes`); manual boxes are then not needed.
     classes
         Allowed labels; others are bad rows.
     progress
@@ -184,7 +188,8 @@ def extract(
     Returns
     -------
     FeatureSet
-        Blocks named as requested (``backbone[@weights]:tap``), rows in manifest order.
+        Blocks named as requested (``backbone[@weights]:tap``; on predicted boxes with
+        ``#pbox`` added), rows in manifest order.
     """
     t0 = time.perf_counter()
     options = options if options is not None else ExtractOptions()
@@ -199,8 +204,8 @@ def extract(
         # member (each cached under its own weights), then give the sweep per-fold blocks.
         flat, members = expand_requests(requests)
         fs = extract(manifest, flat, cache=cache, options=options, classes=classes, progress=progress)
-        return _assemble_nested(fs, requests, members)
-    plan = _plan(manifest, requests, specs, cache, options, classes, prec, progress)
+        return _assemble_nested(fs, requests, members, options.block_suffix)
+    plan = _plan(manifest, requests, specs, cache, options, classes, dev, prec, progress)
     forwarded: dict[str, int] = {j.request.label: 0 for j in plan.jobs}
     todo = [j for j in plan.jobs if j.needed]
     pass_seconds = 0.0
@@ -239,9 +244,10 @@ class _Plan:
     """What a pass must do: the validated manifest, its rows' keys and one job per backbone."""
 
     manifest: Manifest
-    items: list[Item]
+    items: list[Item]  # with their predicted boxes in place of the manual ones (boxes="predicted:...")
     keys: list[str]
     jobs: list[_Job]
+    boxes: PredictedBoxes | None = None
 
 
 def _validated(manifest: Manifest | str | os.PathLike, cache: FeatureCache, options: ExtractOptions,
@@ -253,53 +259,78 @@ def _validated(manifest: Manifest | str | os.PathLike, cache: FeatureCache, opti
     known = cache.known_images()
     n_known = len(known)  # validate() only appends to `known`, so what follows is new
     try:
-        return manifest.validate(require_box=(options.input == "box"), skip_bad=options.skip_bad,
-                                 progress=progress, known=known)
+        # Predicted boxes need no manual ones: that is what they are for.
+        return manifest.validate(require_box=(options.input == "box" and options.box_source is None),
+                                 skip_bad=options.skip_bad, progress=progress, known=known)
     finally:
         cache.remember_images(dict(list(known.items())[n_known:]))
 
 
+def entry_fields(s: BackboneSpec, w: ResolvedWeights, tap: str, pre: Preprocess, prec: str, dtype: str,
+                 boxes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a cache entry's features depend on (their hash is its key).
+
+    ``boxes``: the box source of features on predicted boxes
+    (:meth:`~workbench.features.predicted_boxes.BoxNet.fields`: the Y-Net's id, digest ...);
+    absent otherwise, so entries of whole images and manual boxes keep their keys.
+    """
+    fields = {
+        "backbone": s.name,
+        "family": s.family,
+        # A file's name does not matter, its bytes (the digest) do.
+        "weights_id": "file" if w.path is not None and w.id == str(w.path) else w.id,
+        "weights_digest": w.digest,
+        "weights_random": w.is_random,
+        "tap": tap,
+        "dim": s.tap(tap).dim,
+        "preprocess": pre.key_fields(),
+        "precision": prec,
+        "dtype": dtype,
+        "code_version": FEATURE_CODE_VERSION,
+    }
+    if boxes is not None:
+        fields["boxes"] = dict(boxes)
+    return fields
+
+
 def _job(r: FeatureRequest, s: BackboneSpec, w: ResolvedWeights, cache: FeatureCache, keys: list[str],
-         options: ExtractOptions, prec: str) -> _Job:
+         options: ExtractOptions, prec: str, boxes: PredictedBoxes | None = None) -> _Job:
     """One backbone's cache entries (one per tap) and the rows each still lacks."""
     pre = Preprocess.from_data_config(s.data_config(w.id), resize=options.resize, input=options.input,
                                       box_margin=options.box_margin, size=options.image_size)
     entries, missing = {}, {}
     for t in r.taps:
-        fields = {
-            "backbone": s.name,
-            "family": s.family,
-            # A file's name does not matter, its bytes (the digest) do.
-            "weights_id": "file" if w.path is not None and w.id == str(w.path) else w.id,
-            "weights_digest": w.digest,
-            "weights_random": w.is_random,
-            "tap": t,
-            "dim": s.tap(t).dim,
-            "preprocess": pre.key_fields(),
-            "precision": prec,
-            "dtype": options.dtype,
-            "code_version": FEATURE_CODE_VERSION,
-        }
+        fields = entry_fields(s, w, t, pre, prec, options.dtype, None if boxes is None else boxes.fields)
         entries[t] = cache.entry(fields)
         missing[t] = set(entries[t].missing(keys))
     return _Job(r, s, w, pre, entries, missing)
 
 
 def _plan(manifest: Manifest | str | os.PathLike, requests: list[FeatureRequest], specs: list[BackboneSpec],
-          cache: FeatureCache, options: ExtractOptions, classes: Sequence[str] | None, prec: str,
-          progress: bool) -> _Plan:
+          cache: FeatureCache, options: ExtractOptions, classes: Sequence[str] | None, dev: torch.device,
+          prec: str, progress: bool) -> _Plan:
     """Resolve weights, validate the manifest and find which rows each (backbone, tap) lacks."""
     resolved = [resolve_weights(s, r.weights) for r, s in zip(requests, specs)]
+    if options.box_source is not None:
+        box_net = BoxNet.load(options.box_source)  # a missing or non-Y-Net id fails before validation
     manifest = _validated(manifest, cache, options, classes, progress)
     items = list(manifest)
+    boxes = None
+    if options.box_source is not None:
+        workers = _default_workers(dev) if options.num_workers is None else options.num_workers
+        boxes = predicted_boxes(items, box_net, cache_root=cache.root, device=dev, precision=prec,
+                                batch_size=options.batch_size, num_workers=workers, progress=progress)
+        # The row key of a box crop holds its box: rows on predicted boxes are their own rows.
+        items = boxes.boxed(items)
     keys = [row_key(it, options.input) for it in items]
-    jobs = [_job(r, s, w, cache, keys, options, prec) for r, s, w in zip(requests, specs, resolved)]
+    jobs = [_job(r, s, w, cache, keys, options, prec, boxes) for r, s, w in zip(requests, specs, resolved)]
     n_uniq = len(set(keys))
     for j in jobs:
         for t in j.entries:
             n_miss = len(j.missing[t])
-            logger.info(f"{j.request.block_name(t)}: {n_uniq - n_miss} cached, {n_miss} to compute")
-    return _Plan(manifest, items, keys, jobs)
+            logger.info(f"{j.request.block_name(t) + options.block_suffix}: {n_uniq - n_miss} cached, "
+                        f"{n_miss} to compute")
+    return _Plan(manifest, items, keys, jobs, boxes)
 
 
 # ---- recording ---------------------------------------------------------------------
@@ -309,13 +340,15 @@ def _result(plan: _Plan, cache: FeatureCache, options: ExtractOptions, dev: torc
             forwarded: dict[str, int], pass_seconds: float, elapsed: float) -> FeatureSet:
     """Every block read back from the cache, aligned to the manifest, and the run record."""
     blocks, info = {}, {}
+    sfx = options.block_suffix
     for j in plan.jobs:
         for t, e in j.entries.items():
-            name = j.request.block_name(t)
+            name = j.request.block_name(t) + sfx
             blocks[name] = e.read(plan.keys)
             info[name] = BlockInfo(name=name, backbone=j.spec.name, weights_id=j.weights.id,
                                    weights_digest=j.weights.digest, weights_random=j.weights.is_random, tap=t,
-                                   dim=e.dim, entry_key=e.key, preprocess=j.pre.key_fields())
+                                   dim=e.dim, entry_key=e.key, preprocess=j.pre.key_fields(),
+                                   boxes=None if plan.boxes is None else plan.boxes.info())
     manifest, jobs = plan.manifest, plan.jobs
     record = {
         "kind": "extract",
@@ -323,20 +356,23 @@ def _result(plan: _Plan, cache: FeatureCache, options: ExtractOptions, dev: torc
         "manifest_digest": manifest.digest(),
         "n_images": len(plan.items),
         "skipped": [asdict(b) for b in manifest.skipped],
-        "features": [r.block_name(t) for r in (j.request for j in jobs) for t in r.taps],
+        "features": [r.block_name(t) + sfx for r in (j.request for j in jobs) for t in r.taps],
         "settings": {
             "input": options.input, "box_margin": options.box_margin, "resize": options.resize,
             "image_size": options.image_size, "batch_size": options.batch_size,
             "num_workers": options.num_workers, "device": str(dev), "precision": prec, "dtype": options.dtype,
             "cache": str(cache.root.resolve()), "code_version": FEATURE_CODE_VERSION,
         },
-        "computed_rows": {j.request.block_name(t): len(j.missing[t]) for j in jobs for t in j.entries},
+        "computed_rows": {j.request.block_name(t) + sfx: len(j.missing[t]) for j in jobs for t in j.entries},
         "forward_images": forwarded,
         "random_weights": sorted({j.spec.name for j in jobs if j.weights.is_random}),
         "seconds": round(elapsed, 3),
         "pass_seconds": round(pass_seconds, 3),
         "environment": environment(),
     }
+    if plan.boxes is not None:  # only then, so other records keep their fields
+        record["settings"]["boxes"] = options.boxes
+        record["predicted_boxes"] = plan.boxes.record(plan.items)
     return FeatureSet(manifest.ids, manifest.labels, blocks, info, record)
 
 

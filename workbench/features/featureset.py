@@ -27,6 +27,10 @@ class BlockInfo:
     dim: int
     entry_key: str
     preprocess: dict[str, Any] = field(default_factory=dict)
+    #: Features on boxes a Y-Net predicted: the box source (``source``, the Y-Net's
+    #: ``backbone``, ``weights_id``, ``weights_digest`` ...); None for manual boxes or
+    #: whole images. The sweep marks CV on images the Y-Net trained on optimistic.
+    boxes: dict[str, Any] | None = None
 
 
 class FeatureSet:

@@ -6,10 +6,13 @@ and digest, tap, preprocessing, precision, storage dtype); :class:`BlockDef` is 
 record, and :class:`Featurizer` runs it on in-memory images with the extraction pass's
 own steps (grey decode, box crop, one resize per geometry, replicate, normalise,
 forward, round to the storage dtype). Nothing is read from or written to the cache.
+Blocks computed on a Y-Net's predicted boxes carry their box source; the Featurizer then
+predicts each image's box with that Y-Net (checked by digest) unless boxes are given.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +55,9 @@ class BlockDef:
     family: str = ""
     weights_random: bool = False
     code_version: str = ""
+    #: Blocks on a Y-Net's predicted boxes: the box source (cache entry field ``boxes``,
+    #: :meth:`~workbench.features.predicted_boxes.BoxNet.fields`); None otherwise.
+    boxes: dict[str, Any] | None = None
 
     @classmethod
     def from_meta(cls, name: str, meta: Mapping[str, Any]) -> "BlockDef":
@@ -60,14 +66,18 @@ class BlockDef:
                    weights_digest=meta["weights_digest"], tap=meta["tap"], dim=int(meta["dim"]),
                    preprocess=dict(meta["preprocess"]), precision=meta["precision"], dtype=meta["dtype"],
                    family=meta.get("family", ""), weights_random=bool(meta.get("weights_random", False)),
-                   code_version=str(meta.get("code_version", "")))
+                   code_version=str(meta.get("code_version", "")),
+                   boxes=dict(meta["boxes"]) if meta.get("boxes") is not None else None)
 
     def entry_fields(self) -> dict[str, Any]:
         """The cache entry fields this block was read from (their hash is the entry's key)."""
-        return {"backbone": self.backbone, "family": self.family, "weights_id": self.weights_id,
-                "weights_digest": self.weights_digest, "weights_random": self.weights_random, "tap": self.tap,
-                "dim": self.dim, "preprocess": self.preprocess, "precision": self.precision, "dtype": self.dtype,
-                "code_version": self.code_version}
+        fields = {"backbone": self.backbone, "family": self.family, "weights_id": self.weights_id,
+                  "weights_digest": self.weights_digest, "weights_random": self.weights_random, "tap": self.tap,
+                  "dim": self.dim, "preprocess": self.preprocess, "precision": self.precision, "dtype": self.dtype,
+                  "code_version": self.code_version}
+        if self.boxes is not None:  # absent otherwise: the keys of other blocks stay as they were
+            fields["boxes"] = dict(self.boxes)
+        return fields
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.entry_fields()}
@@ -126,7 +136,16 @@ class Featurizer:
             raise ValueError(f"blocks mix input modes {sorted(modes)}; one model takes one kind of input")
         self.input_mode = modes.pop() if modes else "whole"
         self.box_margin = self.groups[0].pre.box_margin if self.groups else 0.0
+        sources = {json.dumps(b.boxes, sort_keys=True) for b in self.blocks}
+        if len(sources) > 1:
+            raise ValueError("blocks mix box sources (manual and predicted, or two Y-Nets); one model takes one "
+                             "kind of box")
+        #: The Y-Net whose boxes the blocks were computed on (None: manual boxes or whole images).
+        self.box_net = None
+        self._box_fields = self.blocks[0].boxes if self.blocks else None
         with using_root(weights_root):
+            if self._box_fields is not None:
+                self.box_net = _box_net(self._box_fields, weights_root)
             for g in self.groups:
                 spec = get_backbone(g.backbone)
                 w = resolve_weights(spec, g.weights_id)
@@ -139,10 +158,29 @@ class Featurizer:
                 taps = [b.tap for b in g.blocks]
                 g.model = TapModel(spec, build_model(spec, w), taps).eval().to(self.device)
 
+    def predicted_boxes(self, images: Sequence[torch.Tensor]) -> list[Box]:
+        """The boxes the blocks' Y-Net predicts for decoded images (the whole frame where
+        its mask is empty), as the extraction pass computed them.
+
+        Raises
+        ------
+        ValueError
+            When the blocks are not on predicted boxes.
+        """
+        if self.box_net is None:
+            raise ValueError("these blocks are not computed on predicted boxes: give the lesion boxes")
+        found = self.box_net.boxes_of_images(list(images), device=self.device,
+                                             precision=self._box_fields["precision"])
+        return [b if b is not None else Box(0, 0, int(img.shape[-1]), int(img.shape[-2]))
+                for b, img in zip(found, images)]
+
     def _inputs(self, images: Sequence[torch.Tensor], boxes: Sequence | None) -> list[torch.Tensor]:
-        """Decoded images (``(1|3, H, W)`` in [0, 1]) cropped to their boxes in box mode."""
+        """Decoded images (``(1|3, H, W)`` in [0, 1]) cropped to their boxes in box mode
+        (on predicted boxes: those the Y-Net predicts, unless ``boxes`` are given)."""
         if self.input_mode != "box":
             return list(images)
+        if boxes is None and self.box_net is not None:
+            boxes = self.predicted_boxes(images)
         if boxes is None or len(boxes) != len(images) or any(b is None for b in boxes):
             raise ValueError("this model takes the lesion box as input: give one box (x0, y0, x1, y1) per image")
         return [crop_to_box(img, box, self.box_margin) for img, box in zip(images, boxes)]
@@ -212,6 +250,13 @@ class Featurizer:
 
     def _dim(self, name: str) -> int:
         return next(b.dim for b in self.blocks if b.name == name)
+
+
+def _box_net(fields: Mapping[str, Any], weights_root: str | None):
+    """The Y-Net of a block's box source, checked to be the one the features were computed with."""
+    from workbench.features.predicted_boxes import BoxNet
+
+    return BoxNet.from_fields(fields, root=weights_root)
 
 
 def _resize_differentiable(geometry: Geometry, img: torch.Tensor) -> torch.Tensor:

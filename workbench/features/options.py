@@ -2,18 +2,71 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from workbench.data.modes import INPUT_MODES, RESIZE_MODES
 from workbench.errors import ConfigError
 
-__all__ = ["ExtractOptions", "PRECISIONS", "DTYPES"]
+__all__ = ["BoxSource", "ExtractOptions", "PRECISIONS", "DTYPES", "PREDICTED_BOX_SUFFIX", "parse_boxes"]
 
 #: ``auto``: bf16 autocast on a GPU, fp32 on the CPU. Part of every cache key.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Storage dtypes of the feature cache.
 DTYPES = ("float32", "float16")
+#: Added to the name of a block computed on predicted boxes
+#: (``tf_efficientnet_lite0:avgpool#pbox``), so records and tables tell it from the block
+#: of the same backbone and tap on manual boxes; other blocks keep their names.
+PREDICTED_BOX_SUFFIX = "#pbox"
+
+_PREDICTED_RE = re.compile(r"^predicted:(?:(?P<backbone>[^@\s]+)@)?(?P<id>[^@\s]+)$")
+
+
+@dataclass(frozen=True)
+class BoxSource:
+    """Boxes predicted by a fine-tuned Y-Net (``predicted:[backbone@]ft-...``).
+
+    ``backbone`` None: the Y-Net is looked up by id among the fine-tuned store's backbones.
+    """
+
+    weights_id: str
+    backbone: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``backbone@ft-...``, or the id alone when the backbone is to be found."""
+        return f"{self.backbone}@{self.weights_id}" if self.backbone else self.weights_id
+
+    def __str__(self) -> str:
+        return f"predicted:{self.label}"
+
+
+def parse_boxes(text: str) -> BoxSource | None:
+    """``"manual"`` -> None (the manifest's boxes); ``"predicted:[backbone@]ft-..."`` -> a
+    :class:`BoxSource`.
+
+    Raises
+    ------
+    ConfigError
+        Naming the value: another form, or an id that is not one fine-tuned network.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"extraction option boxes = {text!r}: expected 'manual' or 'predicted:<Y-Net id>'")
+    if text == "manual":
+        return None
+    m = _PREDICTED_RE.match(text.strip())
+    if not m:
+        raise ConfigError(f"extraction option boxes = {text!r}: expected 'manual', 'predicted:ft-...' or "
+                          f"'predicted:<backbone>@ft-...' (a Y-Net of the fine-tuned store)")
+    wid = m["id"]
+    if wid.startswith("ftn-"):
+        raise ConfigError(f"extraction option boxes = {text!r}: {wid} is a nested set (one network per outer "
+                          f"fold); predicted boxes come from one Y-Net: give its ft- id")
+    if not wid.startswith("ft-"):
+        raise ConfigError(f"extraction option boxes = {text!r}: {wid!r} is not a fine-tuned weights id "
+                          f"(ft-...); predicted boxes come from a Y-Net fine-tuned with model = 'ynet'")
+    return BoxSource(wid, m["backbone"])
 
 
 @dataclass(frozen=True)
@@ -24,6 +77,10 @@ class ExtractOptions:
     ----------
     input, box_margin
         ``"whole"`` image or ``"box"`` crop widened by ``box_margin`` on each side.
+    boxes
+        With ``input="box"``: ``"manual"`` (the manifest's ``bbox_*`` columns) or
+        ``"predicted:[backbone@]ft-..."``, the box of the lesion a fine-tuned Y-Net segments
+        (images whose predicted mask is empty give the whole frame). Part of the cache key.
     resize
         ``"squash"`` (default), ``"crop"`` or ``"letterbox"``; see :class:`Geometry`.
     image_size
@@ -49,6 +106,7 @@ class ExtractOptions:
     precision: str = "auto"
     dtype: str = "float32"
     skip_bad: bool = False
+    boxes: str = "manual"
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -76,6 +134,19 @@ class ExtractOptions:
             object.__setattr__(self, "device", str(self.device))  # a torch.device names itself
         if not isinstance(self.skip_bad, bool):
             raise bad("skip_bad", "true or false")
+        if parse_boxes(self.boxes) is not None and self.input != "box":
+            raise ConfigError(f"extraction option boxes = {self.boxes!r} only applies with input = 'box' "
+                              f"(input is {self.input!r}: whole images are not cropped)")
+
+    @property
+    def box_source(self) -> BoxSource | None:
+        """The Y-Net boxes come from, or None for the manifest's boxes (or whole images)."""
+        return parse_boxes(self.boxes)
+
+    @property
+    def block_suffix(self) -> str:
+        """:data:`PREDICTED_BOX_SUFFIX` for blocks on predicted boxes, else empty."""
+        return PREDICTED_BOX_SUFFIX if self.box_source is not None else ""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExtractOptions":

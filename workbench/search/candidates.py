@@ -14,14 +14,17 @@ from typing import Any, Iterable, Sequence
 
 from workbench.backbones.registry import backbone_code
 from workbench.errors import ConfigError
+from workbench.features.options import PREDICTED_BOX_SUFFIX
 
 __all__ = ["Candidate", "baseline_label", "block_codes", "enumerate_subsets", "grid_suffix", "subset_code"]
 
 
 def _base_code(name: str) -> str:
     """The table code of a block's backbone (``resnet50@ft-1a2b:avgpool`` -> ``R``): its
-    spec's code, or the family rule for a backbone that is not registered."""
-    return backbone_code(name.split(":")[0].split("@")[0])
+    spec's code, or the family rule for a backbone that is not registered; ``p`` added
+    for a block on a Y-Net's predicted boxes (``...:avgpool#pbox`` -> ``Lp``)."""
+    code = backbone_code(name.split(":")[0].split("@")[0])
+    return code + "p" if name.endswith(PREDICTED_BOX_SUFFIX) else code
 
 
 def block_codes(names: Sequence[str], given: dict[str, str] | None = None) -> dict[str, str]:

@@ -134,6 +134,8 @@ def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> d
     estimates on its features are optimistic (marked in the records); one that saw
     test images (or images of an external test set) would make that result meaningless,
     which is refused. A nested set's test member gives the features of external sets.
+    Blocks on boxes a Y-Net predicted (``BlockInfo.boxes``) count the Y-Net's training
+    images as seen too: it drew their boxes knowing their lesions.
     """
     out: dict[str, set[str]] = {}
     for name in names:
@@ -150,8 +152,20 @@ def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> d
         elif is_finetuned_id(info.weights_id):
             trained = _seen_ids(info.backbone, info.weights_id)
             folds = {f for f, _, _ in task.outer if seen_by(trained, task, f)}
-        else:
+        elif not info.boxes:
             continue
+        else:
+            folds = set()
+        if info.boxes:  # cropped to a Y-Net's predicted boxes: the images it trained on count as seen
+            ynet = _seen_ids(info.boxes["backbone"], info.boxes["weights_id"])
+            by_ynet = {f for f, _, _ in task.outer if seen_by(ynet, task, f)}
+            held = sorted(f for f in by_ynet if not is_cv_fold(f))
+            if held:
+                raise SweepInputError(
+                    f"block {name} is computed on the boxes of a Y-Net fine-tuned on images of this task's "
+                    f"{' and '.join('test split' if f == TEST_FOLD else f'external set {f}' for f in held)} "
+                    f"({info.boxes['backbone']}@{info.boxes['weights_id']}); its results there would be meaningless")
+            folds |= by_ynet
         held = sorted(f for f in folds if not is_cv_fold(f))
         if held:
             raise SweepInputError(
