@@ -16,8 +16,10 @@ from workbench.report.compare import RunsDifferError, compare_runs, write_compar
 BINARY = ("benign", "malignant")
 
 
-def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", "2"), spread=0.01, seed=0):
-    """A run folder whose candidates score ``cv_means[c]`` (+ small noise) on each CV fold, and 0.5 on test."""
+def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", "2"), spread=0.01, seed=0,
+             blocks: dict[str, tuple[list[str], list[str]]] | None = None):
+    """A run folder whose candidates score ``cv_means[c]`` (+ small noise) on each CV fold, and 0.5 on test;
+    ``blocks`` gives candidates their (block names, codes)."""
     store = ResultStore(path)
     store.open({"format": 1, "task": str(path.name), "classes": list(classes), "positive": classes[-1], "cv": 3})
     rng = np.random.default_rng(seed)
@@ -28,6 +30,8 @@ def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", 
             record = {"key": f"{c}/{f}", "candidate_id": f"id-{c}", "candidate": c,
                       "kind": "baseline" if c.startswith("CNN") else "svm-rbf", "size": 1, "fold": f,
                       "n_train": 80, "n_eval": 20, "metrics": {"auc": float(v), "accuracy": float(v) - 0.1}}
+            bs, cs = (blocks or {}).get(c, ([], []))
+            record.update(blocks=bs, codes=cs)
             store.append(record, {"ids": np.array(["a", "b"]), "y_true": np.array([0, 1]),
                                   "proba": np.array([[0.6, 0.4], [0.3, 0.7]])})
     return path
@@ -157,3 +161,33 @@ def test_cli_end_to_end(runs, tmp_path, capsys):
     assert (out / "cd-runs-auc.pdf").is_file()
     assert main(["compare", str(runs[0]), str(tmp_path / "nowhere")]) == 2
     assert "workbench compare: error:" in capsys.readouterr().err
+
+
+L0, L1 = "tf_efficientnet_lite0:avgpool", "tf_efficientnet_lite1:avgpool"
+
+
+def test_across_inputs_matches_predicted_box_candidates_with_their_plain_twins(tmp_path):
+    """One task on the whole image, the manual box and a Y-Net's predicted boxes: the
+    predicted-box run's ``[Lp0+Lp1]`` is the others' ``[L0+L1]``."""
+    plain = {"[L0] svm": ([L0], ["L0"]), "[L1] svm": ([L1], ["L1"]), "[L0+L1] svm": ([L0, L1], ["L0", "L1"])}
+    pbox = {"[Lp0] svm": ([L0 + "#pbox"], ["Lp0"]), "[Lp1] svm": ([L1 + "#pbox"], ["Lp1"]),
+            "[Lp0+Lp1] svm": ([L0 + "#pbox", L1 + "#pbox"], ["Lp0", "Lp1"])}
+    whole = make_run(tmp_path / "whole", {"[L0] svm": 0.80, "[L1] svm": 0.82, "[L0+L1] svm": 0.85,
+                                          "CNN lite0": 0.83}, blocks=plain)
+    box = make_run(tmp_path / "box", {"[L0] svm": 0.86, "[L1] svm": 0.84, "[L0+L1] svm": 0.90,
+                                      "CNN lite0": 0.83}, blocks=plain, seed=1)
+    pred = make_run(tmp_path / "pbox", {"[Lp0] svm": 0.84, "[Lp1] svm": 0.83, "[Lp0+Lp1] svm": 0.88,
+                                        "CNN lite0": 0.83}, blocks=pbox, seed=2)
+    # Without it only the CNN, which has no blocks, is in every run.
+    assert list(compare_runs([whole, box, pred]).frame.candidate) == ["CNN lite0"]
+    res = compare_runs([whole, box, pred], across_inputs=True)
+    frame = res.frame.set_index("candidate")
+    assert set(frame.index) == {"[L0] svm", "[L1] svm", "[L0+L1] svm", "CNN lite0"}
+    assert frame.loc["[L0+L1] svm", "pbox:cv_auc"] == pytest.approx(0.88)
+    assert frame.loc["[L0+L1] svm", "box:cv_auc"] == pytest.approx(0.90)
+    assert frame.loc["[L0] svm", "whole:cv_auc"] == pytest.approx(0.80)
+    # Plain runs are not relabelled, and a run mixing both kinds of one candidate is refused.
+    mixed = make_run(tmp_path / "mixed", {"[L0] svm": 0.8, "[Lp0] svm": 0.8}, blocks={**plain, **pbox})
+    with pytest.raises(RunsDifferError, match="fall together"):
+        compare_runs([whole, mixed], across_inputs=True)
+    assert main(["compare", str(whole), str(pred), "--across-inputs"]) == 0

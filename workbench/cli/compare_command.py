@@ -11,7 +11,8 @@ __all__ = ["cmd_compare"]
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the comparison table of ``args.runs``; with ``--out``, write it and the CD diagram."""
-    result = compare_runs(args.runs, metric=args.metric, top=args.top, alpha=args.alpha)
+    result = compare_runs(args.runs, metric=args.metric, top=args.top, alpha=args.alpha,
+                          across_inputs=args.across_inputs)
     print(to_markdown(comparison_across_runs_table(result)))
     if args.out:
         for p in write_comparison(result, args.out):

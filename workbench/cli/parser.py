@@ -327,6 +327,10 @@ def _add_compare(sub) -> None:
     c.add_argument("--top", type=int, default=None,
                    help="keep the N candidates with the best mean rank among those every run holds [all]")
     c.add_argument("--alpha", type=float, default=0.05, help="level of the Nemenyi critical difference [0.05]")
+    c.add_argument("--across-inputs", action="store_true",
+                   help="runs of one task on different inputs (whole image, manual boxes, a Y-Net's predicted "
+                        "boxes): match a candidate on predicted boxes (codes like Lp0) with the same one on the "
+                        "image or the manual box (L0)")
     c.add_argument("--out", default=None,
                    help="folder for the table (Markdown, LaTeX, CSV) and the CD diagram (PNG, PDF) "
                         "[none: print the table only]")

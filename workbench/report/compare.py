@@ -6,6 +6,13 @@ laid side by side, ranked within each run, and ranked across the runs by their m
 rank: Demšar's (2006) comparison of classifiers over several data sets, with Friedman's
 test and a critical-difference diagram whose blocks are the runs.
 
+``across_inputs=True`` (``--across-inputs``) compares one task's runs on different
+inputs, the question "does a Y-Net's predicted box do as well as the manual one, or the
+whole image?": the same config run with ``input = "whole"``, ``input = "box"`` and
+``input = "box"`` + ``boxes = "predicted:..."``. A block on predicted boxes carries its
+own code (``Lp0`` for ``L0``), so each candidate is matched under the code its blocks
+have on the image itself.
+
 The runs may be of different tasks (that is the point), but they must score the same
 kind of metric: runs with different numbers of classes (a binary AUC against a
 macro-averaged one) are refused; runs whose class names or positive class differ are
@@ -92,7 +99,32 @@ def _labels(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def _run_summary(path: Path, metric: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _input_blind_labels(records: pd.DataFrame) -> dict[str, str]:
+    """Each candidate's label with its predicted-box blocks under their plain blocks' codes
+    (``[Lp0+Lp1] svm-rbf`` -> ``[L0+L1] svm-rbf``); labels without such blocks unchanged."""
+    from workbench.features.options import PREDICTED_BOX_SUFFIX
+    from workbench.search.candidates import block_codes, subset_code
+
+    first = records.drop_duplicates("candidate")
+    names = sorted({b for bs in first["blocks"] if isinstance(bs, list) for b in bs})
+    if not any(n.endswith(PREDICTED_BOX_SUFFIX) for n in names):
+        return {}
+    plain = {n: n.removesuffix(PREDICTED_BOX_SUFFIX) for n in names}
+    # Plain blocks of this run keep the codes they have; the others get the codes a run of them would give.
+    have = {b: c for bs, cs in zip(first["blocks"], first["codes"]) if isinstance(bs, list)
+            for b, c in zip(bs, cs) if not b.endswith(PREDICTED_BOX_SUFFIX)}
+    canon = block_codes(sorted(set(plain.values())), given=have)
+    out = {}
+    for label, blocks, codes in zip(first["candidate"], first["blocks"], first["codes"]):
+        if not isinstance(blocks, list) or not blocks or not any(b.endswith(PREDICTED_BOX_SUFFIX) for b in blocks):
+            continue
+        old = subset_code(blocks, dict(zip(blocks, codes)))
+        new = subset_code([plain[b] for b in blocks], canon)
+        out[label] = label.replace(old, new, 1)
+    return out
+
+
+def _run_summary(path: Path, metric: str, across_inputs: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
     """A run's CV ranking (candidates and baselines) and its protocol facts."""
     store = ResultStore(path)
     protocol = store.protocol()  # a folder without run.json is named by MissingFileError
@@ -104,6 +136,13 @@ def _run_summary(path: Path, metric: str) -> tuple[pd.DataFrame, dict[str, Any]]
     ranking, baselines = rank_candidates(records, metric)
     both = pd.concat([ranking, baselines], ignore_index=True)
     both = both[np.isfinite(both[f"cv_{metric}"].astype(float))]
+    if across_inputs:
+        relabel = _input_blind_labels(records)
+        both["candidate"] = both["candidate"].map(lambda c: relabel.get(c, c))
+        clash = sorted(both["candidate"][both["candidate"].duplicated()])
+        if clash:
+            raise RunsDifferError(f"{path}: candidates on predicted and on plain boxes fall together as {clash[:3]}; "
+                                  f"compare runs of one input each")
     folds = sorted({f for f in records["fold"].unique() if is_cv_fold(f)})
     info = {"classes": list(protocol.get("classes", [])), "positive": protocol.get("positive"),
             "folds": len(folds), "repeats": int(protocol.get("repeats", 1)), "candidates": len(both)}
@@ -127,7 +166,7 @@ def _check_classes(labels: list[str], info: dict[str, dict[str, Any]], notes: li
 
 
 def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: int | None = None,
-                 alpha: float = 0.05) -> CompareResult:
+                 alpha: float = 0.05, across_inputs: bool = False) -> CompareResult:
     """Rank the candidates that every run holds, within each run and across the runs.
 
     Parameters
@@ -141,6 +180,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
         ranks are then recomputed among them (``None``: all).
     alpha
         Level of the Nemenyi critical difference.
+    across_inputs
+        Match a candidate on a Y-Net's predicted boxes with the same candidate on the image
+        or the manual box (runs of one task on different inputs; see the module's notes).
 
     Returns
     -------
@@ -169,7 +211,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
     labels = _labels(paths)
     summaries, info = {}, {}
     for label, path in zip(labels, paths):
-        summaries[label], info[label] = _run_summary(path, metric)
+        summaries[label], info[label] = _run_summary(path, metric, across_inputs)
     notes: list[str] = []
     _check_classes(labels, info, notes)
     common = sorted(set.intersection(*(set(s.index) for s in summaries.values())))
