@@ -221,14 +221,10 @@ def _test_predictions(store: ResultStore, candidate: str) -> dict[str, np.ndarra
 
 def _test_groups(store: ResultStore, ids: np.ndarray) -> np.ndarray | None:
     """The test images' groups (``splits.csv``), or None without a group column."""
-    path = store.root / "splits.csv"
-    if not path.is_file():
-        return None
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if "group" not in frame.columns:
-        return None
-    group = dict(zip(frame["id"], frame["group"]))
-    return np.array([group.get(str(i), "") for i in ids], dtype=object)
+    from workbench.search.select import run_groups
+
+    group = run_groups(store)
+    return None if group is None else np.array([group.get(str(i), "") for i in ids], dtype=object)
 
 
 def ablation_note(store: ResultStore, result: "SearchResult | None", full: str, ablation: str, *,

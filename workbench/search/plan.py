@@ -127,6 +127,16 @@ def _seen_ids(backbone: str, weights_id: str) -> list[str]:
     return list(meta.get("train_ids", [])) + list(meta.get("val_ids", []))
 
 
+def _refuse_held(name: str, folds: set[str], what: str, network: str) -> None:
+    """Refuse a block whose network saw the test split or an external set (``what`` says how)."""
+    held = sorted(f for f in folds if not is_cv_fold(f))
+    if held:
+        raise SweepInputError(
+            f"block {name} {what} fine-tuned on images of this task's "
+            f"{' and '.join('test split' if f == TEST_FOLD else f'external set {f}' for f in held)} "
+            f"({network}); its results there would be meaningless")
+
+
 def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> dict[str, set[str]]:
     """For blocks from fine-tuned networks: the folds whose evaluation images the network saw.
 
@@ -159,19 +169,10 @@ def optimistic_folds(features: FeatureSet, names: list[str], task: RunTask) -> d
         if info.boxes:  # cropped to a Y-Net's predicted boxes: the images it trained on count as seen
             ynet = _seen_ids(info.boxes["backbone"], info.boxes["weights_id"])
             by_ynet = {f for f, _, _ in task.outer if seen_by(ynet, task, f)}
-            held = sorted(f for f in by_ynet if not is_cv_fold(f))
-            if held:
-                raise SweepInputError(
-                    f"block {name} is computed on the boxes of a Y-Net fine-tuned on images of this task's "
-                    f"{' and '.join('test split' if f == TEST_FOLD else f'external set {f}' for f in held)} "
-                    f"({info.boxes['backbone']}@{info.boxes['weights_id']}); its results there would be meaningless")
+            _refuse_held(name, by_ynet, "is computed on the boxes of a Y-Net",
+                         f"{info.boxes['backbone']}@{info.boxes['weights_id']}")
             folds |= by_ynet
-        held = sorted(f for f in folds if not is_cv_fold(f))
-        if held:
-            raise SweepInputError(
-                f"block {name} comes from a network fine-tuned on images of this task's "
-                f"{' and '.join('test split' if f == TEST_FOLD else f'external set {f}' for f in held)} "
-                f"({info.backbone}@{info.weights_id}); its results there would be meaningless")
+        _refuse_held(name, folds, "comes from a network", f"{info.backbone}@{info.weights_id}")
         out[name] = folds
     return out
 

@@ -238,7 +238,7 @@ def _figures(row: dict[str, Any], pos: int | None, alpha: float, groups: np.ndar
     return out
 
 
-def _test_groups(store: ResultStore, groups: dict[str, str] | None) -> dict[str, str] | None:
+def run_groups(store: ResultStore, groups: dict[str, str] | None = None) -> dict[str, str] | None:
     """Image id -> group (``""``: none), from ``groups`` or the run's ``splits.csv``."""
     if groups is not None:
         return {str(k): "" if v is None else str(v) for k, v in groups.items()}
@@ -339,7 +339,7 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     if near:
         notes.append(near[1])
     best_baseline = _best_baseline(base_rank, notes)
-    ctx.group_of = _test_groups(ctx.store, groups)
+    ctx.group_of = run_groups(ctx.store, groups)
     test_ids = next((d["_ids"] for d in ctx.decided.values() if "_ids" in d), None)
     grouping = _grouping(ctx.group_of, ctx.store, test_ids)
     ctx.clustered = bool(grouping and grouping.get("clustered"))
