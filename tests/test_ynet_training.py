@@ -307,3 +307,21 @@ def test_an_empty_manual_mask_is_no_lesion_scored_as_left_blank_or_not(tmp_path)
         assert s.loc["a", "lesion"] == False and s.loc["b", "lesion"] == True  # noqa: E712
         assert s.loc["a", "dice"] == blank_dice
         assert s.loc["b", "dice"] == pytest.approx(0.0 if bias < 0 else 2 * 200 / (200 + 2000))
+
+
+@pytest.mark.slow
+def test_grad_cam_of_a_y_net_explains_its_class_branch(busi_slice, tmp_path):
+    """`workbench run`'s Grad-CAM stage explains every baseline's test network, a Y-Net's too:
+    through its classification branch (the encoder's deepest features), at each image's size."""
+    from workbench.backbones.finetuned import using_root
+    from workbench.baselines.explain import explain
+    from workbench.training.finetune import fine_tune
+
+    train, val = _train_val(busi_slice)
+    ft = fine_tune(LITE, train[:12], val, CLASSES, YFAST.replace(epochs=1, image_size=64), root=tmp_path,
+                   progress=False)
+    items = [it for it in busi_slice if it.split == "test"][:3]
+    with using_root(tmp_path):
+        rep = explain(items, ft.label)
+    assert [m.shape for m in rep.maps] == [(it.height, it.width) for it in items]
+    assert all(np.isfinite(m).all() and m.max() > 0 for m in rep.maps)

@@ -25,7 +25,7 @@ from workbench.backbones.registry import BackboneSpec, get_backbone, state_dict_
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.errors import ConfigError
 
-__all__ = ["YNet", "YNetSpec", "build_ynet", "load_ynet", "timm_encoder_name"]
+__all__ = ["YNet", "YNetClassBranch", "YNetSpec", "build_ynet", "load_ynet", "timm_encoder_name"]
 
 #: Dropout before the classification branch's linear layer.
 CLASSIFIER_DROPOUT = 0.2
@@ -63,6 +63,30 @@ class YNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask_logits, class_logits = self.unet(x)
         return mask_logits, class_logits
+
+
+class YNetClassBranch(nn.Module):
+    """A Y-Net's classification branch as a classifier: ``forward(x) -> class logits``.
+
+    smp's U-Net computes ``classification_head(encoder(x)[-1])``; this runs exactly that
+    (the decoder is skipped: it does not feed the logits), with the deepest feature map
+    passed through :attr:`deepest`, an identity module that Grad-CAM can hook.
+    """
+
+    def __init__(self, ynet: nn.Module) -> None:
+        super().__init__()
+        unet = getattr(ynet, "unet", None)
+        if unet is None or getattr(unet, "classification_head", None) is None:
+            raise ConfigError(f"not a Y-Net with a classification branch: {type(ynet).__name__}")
+        self.encoder = unet.encoder
+        self.head = unet.classification_head
+        self.deepest = nn.Identity()
+        # In the Y-Net's own mode: whoever puts this wrapper "back in its former mode"
+        # (cam_maps does) must not switch the shared encoder to training (batch statistics).
+        self.train(ynet.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.deepest(self.encoder(x)[-1]))
 
 
 def _unet(spec: BackboneSpec, num_classes: int) -> nn.Module:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from workbench.backbones.finetuned import is_finetuned_id
+from workbench.backbones.ynet import YNetClassBranch
 from workbench.backbones.loading import build_model
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import resolve_weights
@@ -107,6 +108,9 @@ def explain(
     items = list(items)
     _checked(network, items, target, classes)
     model = build_model(spec, weights)
+    if weights.is_ynet:  # the class scores come from the encoder's deepest features: explain those
+        model = YNetClassBranch(model.eval())
+        layer = model.deepest if layer is None else layer
     dc = spec.data_config(meta.get("base_weights"))
     geometry = Geometry(int(meta["image_size"]), meta.get("resize", "squash"), interpolation=dc.interpolation)
     ds = TrainImageDataset(items, classes, geometry, dc.mean, dc.std)
