@@ -168,6 +168,11 @@ def write_card(path: Path, model: dict[str, Any]) -> None:
     if model.get("blocks"):
         lines.append(f"- Features: {', '.join(b['name'] for b in model['blocks'])} "
                      f"(input: {model.get('input_mode', 'whole')})")
+    if model.get("box_source"):
+        src = model["box_source"]
+        lines.append(f"- Lesion box: predicted by the bundled Y-Net {src['backbone']}@{src['weights_id']} (the "
+                     f"largest region of P(lesion) > {src['threshold']:g}; the whole image where its mask is "
+                     f"empty), as in the run; a manual box is refused, the model was selected on predicted boxes")
     if model.get("network"):
         n = model["network"]
         lines.append(f"- Network: {n['backbone']}@{n['weights_id']} ({n['image_size']} px, {n['resize']})")

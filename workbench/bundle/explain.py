@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.backbones.ynet import YNetClassBranch
 from workbench.baselines.cam import cam_maps, default_target_layer, upsample_to
 from workbench.bundle.model import Explanation
 from workbench.data.preprocess import Geometry
@@ -86,7 +87,8 @@ def explain(model, image: torch.Tensor, box=None, *, method: str = "auto", patch
     image : Tensor (1|3, H, W)
         Decoded image in [0, 1] (:func:`~workbench.data.images.as_image_tensor`).
     box : (x0, y0, x1, y1), optional
-        The lesion box (required by box-mode models; ignored by whole-image ones).
+        The lesion box (required by box-mode models, except those on a Y-Net's predicted
+        boxes, which use the box it predicts for ``image``; ignored by whole-image ones).
     method : {"auto", "occlusion", "gradient"}
         ``auto``: Grad-CAM for a CNN, occlusion sensitivity for models on features;
         ``occlusion``: occlusion for every model; ``gradient``: the decision gradient of a
@@ -110,6 +112,10 @@ def explain(model, image: torch.Tensor, box=None, *, method: str = "auto", patch
     if model.kind == "baseline":
         return _explain_baseline(model, image, occlusion=method == "occlusion", patch=patch, stride=stride,
                                  batch_size=batch_size)
+    if box is None and getattr(model.featurizer, "box_net", None) is not None:
+        # One box for the whole explanation: the Y-Net's box of the image itself, so an
+        # occluded copy is read through the same crop (not re-boxed by what it hides).
+        box = model.featurizer.predicted_boxes([image])[0]
     boxes = None if box is None else [box]
     proba = model.proba_from_features(model.featurizer.transform([image], boxes))[0]
     target = predicted_class(model, proba)
@@ -233,30 +239,6 @@ def _explain_baseline(model, image: torch.Tensor, *, occlusion: bool, patch: flo
 
     res = occlusion_map(score, image, None, patch=patch, stride=stride, batch_size=batch_size)
     return Explanation(res.heatmap, _join(method, res.describe(f"P({cls})")), proba)
-
-
-class YNetClassBranch(nn.Module):
-    """A Y-Net's classification branch as a classifier: ``forward(x) -> class logits``.
-
-    smp's U-Net computes ``classification_head(encoder(x)[-1])``; this runs exactly that
-    (the decoder is skipped: it does not feed the logits), with the deepest feature map
-    passed through :attr:`deepest`, an identity module that Grad-CAM can hook.
-    """
-
-    def __init__(self, ynet: nn.Module) -> None:
-        super().__init__()
-        unet = getattr(ynet, "unet", None)
-        if unet is None or getattr(unet, "classification_head", None) is None:
-            raise ValueError(f"not a Y-Net with a classification branch: {type(ynet).__name__}")
-        self.encoder = unet.encoder
-        self.head = unet.classification_head
-        self.deepest = nn.Identity()
-        # In the Y-Net's own mode: whoever puts this wrapper "back in its former mode"
-        # (cam_maps does) must not switch the shared encoder to training (batch statistics).
-        self.train(ynet.training)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.deepest(self.encoder(x)[-1]))
 
 
 def _module_name(root: nn.Module, layer: nn.Module) -> str:

@@ -6,7 +6,8 @@ Layout of ``MODEL_DIR``::
     model.json         kind, classes, threshold, feature blocks, members, rule, card figures
     MODEL_CARD.md      the model card (training data, protocol, CV and test figures, use)
     heads/<n>.skops    fitted heads (and a stack's meta-learner), skops format
-    weights/<backbone>/<id>/  fine-tuned networks the features (or the baseline) need
+    weights/<backbone>/<id>/  fine-tuned networks the features (or the baseline) need; for
+                       blocks on predicted boxes also the Y-Net that predicts them
 
 Heads are refitted on the whole training split with the hyper-parameters the run chose
 (one grid point, the run's inner folds and seed), which is the fit behind the run's test
@@ -132,6 +133,7 @@ def _features_model(source: RunSource, record: dict[str, Any], out: Path) -> dic
         member_records = [record]
     else:
         member_records = [source.record(m) for m in record["members"]]
+    _check_inputs(record["candidate"], [source.block_def(b, r) for r in member_records for b in r["blocks"]])
     members = [_member_spec(source, r, i, out) for i, r in enumerate(member_records)]
     blocks: dict[str, Any] = {}
     for m in members:
@@ -153,9 +155,30 @@ def _features_model(source: RunSource, record: dict[str, Any], out: Path) -> dic
     for b in blocks.values():
         if is_finetuned_id(b.weights_id):
             weights[(b.backbone, b.weights_id)] = _copy_weights(source, b.backbone, b.weights_id, out)
+    box_fields = next((b.boxes for b in blocks.values() if b.boxes is not None), None)
+    if box_fields is not None:
+        # The Y-Net that crops each new image to its predicted box travels with the bundle.
+        key = (box_fields["backbone"], box_fields["weights_id"])
+        if key not in weights:
+            weights[key] = _copy_weights(source, *key, out)
+        spec["box_source"] = {"source": "predicted", "backbone": key[0], "weights_id": key[1],
+                              "weights_digest": box_fields["weights_digest"], "threshold": box_fields["threshold"],
+                              "folder": weights[key]["folder"]}
     spec["weights"] = list(weights.values())
     spec["input_mode"] = next(iter(blocks.values())).preprocess["input"] if blocks else "whole"
     return spec
+
+
+def _check_inputs(name: str, blocks: Sequence[Any]) -> None:
+    """One model reads one kind of input: refuse blocks mixing whole images and boxes, or
+    manual and predicted boxes (or two Y-Nets' boxes), before any head is refitted."""
+    modes = {b.preprocess["input"] for b in blocks}
+    sources = {json.dumps(b.boxes, sort_keys=True) for b in blocks}
+    if len(modes) > 1 or len(sources) > 1:
+        what = (f"input modes {sorted(modes)}" if len(modes) > 1 else
+                "boxes of several sources (manual and a Y-Net's predicted ones, or two Y-Nets)")
+        raise BundleError(f"{name!r}: its blocks mix {what} ({', '.join(sorted({b.name for b in blocks}))}); a "
+                          f"bundle reads one kind of input: export a candidate whose blocks share it")
 
 
 def _baseline_model(source: RunSource, record: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -4,6 +4,9 @@
 tensors and returns the probabilities the run's test record holds for the same images
 (the bundle's exactness test). A Y-Net baseline's bundle also segments:
 ``segment(images)`` gives each image's lesion probability map, mask, box and contour.
+A bundle whose features were computed on a Y-Net's predicted boxes ships that Y-Net and
+crops every image to the box it predicts (``predicted_boxes(images)``); it takes no
+manual box, and refuses one: the model was selected on predicted boxes.
 Every file is checked against ``bundle.json`` before anything is read; heads load
 through skops' restricted loader, networks with ``weights_only`` loading, so a bundle
 can be shared without trusting its author with code.
@@ -20,6 +23,7 @@ import torch
 
 from workbench.bundle.files import BundleError, load_fitted, read_json, verify_bundle
 from workbench.bundle.segment import Segmentation
+from workbench.data.boxes import Box
 from workbench.data.images import as_image_tensor
 
 __all__ = ["BundleModel", "Explanation", "load_model"]
@@ -64,7 +68,13 @@ class BundleModel:
     threshold : float or None
         Operating threshold on P(positive) (the run report's); ``predict`` applies it.
     input_mode : str
-        ``whole`` image or lesion ``box`` (then every image needs its box).
+        ``whole`` image or lesion ``box`` (then every image needs its box, unless the
+        bundle predicts it).
+    predicts_boxes : bool
+        Features on a Y-Net's predicted boxes: the bundled Y-Net gives each image's box
+        (:meth:`predicted_boxes`); manual boxes are refused.
+    box_source : dict or None
+        That Y-Net (``backbone``, ``weights_id``, ``weights_digest``, ``threshold``, ``folder``).
     is_ynet : bool
         A Y-Net baseline (segmentation + classification): :meth:`segment` works.
     card : dict
@@ -86,6 +96,7 @@ class BundleModel:
         self.lock = threading.Lock()  # torch modules are not ours to call from two threads at once
         self.classes_ = np.array(self.classes)
         self.is_ynet = self.kind == "baseline" and (spec.get("network") or {}).get("model") == "ynet"
+        self.box_source: dict[str, Any] | None = spec.get("box_source")
         if self.kind == "baseline":
             self._load_network()
             self.featurizer = None
@@ -107,6 +118,16 @@ class BundleModel:
         self.stack = load_fitted(self._file(self.spec["stack"]), trusted) if self.kind == "stack" else None
         blocks = [BlockDef(**b) for b in self.spec["blocks"]]
         self.featurizer = Featurizer(blocks, weights_root=str(self.root / "weights"), device=self.device)
+        net = self.featurizer.box_net
+        # model.json and the blocks' own box source must name the same Y-Net (its digest
+        # was checked against the bundled weights by the featurizer).
+        said = None if self.box_source is None else (self.box_source.get("weights_id"),
+                                                     self.box_source.get("weights_digest"))
+        found = None if net is None else (net.weights.id, net.weights.digest)
+        if said != found:
+            raise BundleError(f"{self.root / 'model.json'}: box_source names "
+                              f"{'no Y-Net' if said is None else said[0]}, but the feature blocks were computed on "
+                              f"{'manual boxes' if found is None else 'the boxes of Y-Net ' + found[0]}")
 
     def _load_network(self) -> None:
         from workbench.backbones.finetuned import using_root
@@ -138,16 +159,57 @@ class BundleModel:
             images = [images]
         return [as_image_tensor(im, keep_gray=True) for im in images]
 
+    @property
+    def predicts_boxes(self) -> bool:
+        """Whether the bundle crops images to the boxes its own Y-Net predicts."""
+        return self.featurizer is not None and self.featurizer.box_net is not None
+
+    def refuse_boxes(self, boxes: Any) -> None:
+        """Raise :class:`BundleError` when ``boxes`` are given to a bundle that predicts its own."""
+        if boxes is not None and self.predicts_boxes:
+            src = self.box_source or {}
+            raise BundleError(f"{self.name!r} crops each image to the lesion box its Y-Net "
+                              f"({src.get('backbone')}@{src.get('weights_id')}) predicts, and was selected on those "
+                              f"boxes: do not give boxes (manual boxes would feed it other inputs than it was "
+                              f"tested on)")
+
     def predict_proba(self, images, boxes: Sequence | None = None) -> np.ndarray:
-        """Class probabilities ``(n, C)`` of ``images`` (paths, PIL images, arrays, tensors)."""
+        """Class probabilities ``(n, C)`` of ``images`` (paths, PIL images, arrays, tensors).
+
+        ``boxes``: one ``(x0, y0, x1, y1)`` per image for a box-input bundle; refused by a
+        bundle that predicts its boxes (:attr:`predicts_boxes`).
+        """
         return self.predict_proba_tensors(self._tensors(images), boxes)
 
     def predict_proba_tensors(self, images: Sequence[torch.Tensor], boxes: Sequence | None = None) -> np.ndarray:
         """As :meth:`predict_proba`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
+        self.refuse_boxes(boxes)
         with self.lock:
             if self.kind == "baseline":
                 return self.network_proba(images)
             return self.proba_from_features(self.featurizer.transform(images, boxes))
+
+    def predicted_boxes(self, images) -> list[Box | None]:
+        """The lesion box the bundled Y-Net predicts for each image, as the run's extraction
+        computed it (the largest region of P(lesion) > threshold, in the image's pixels);
+        None where the mask is empty, and the model then reads the whole image.
+
+        Raises
+        ------
+        BundleError
+            The bundle does not predict boxes (:attr:`predicts_boxes` is false).
+        """
+        return self.predicted_boxes_tensors(self._tensors(images))
+
+    def predicted_boxes_tensors(self, images: Sequence[torch.Tensor]) -> list[Box | None]:
+        """As :meth:`predicted_boxes`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
+        if not self.predicts_boxes:
+            raise BundleError(f"{self.name!r} predicts no lesion boxes (input: "
+                              f"{'manual boxes' if self.input_mode == 'box' else 'the whole image'})")
+        fz = self.featurizer
+        with self.lock:
+            return fz.box_net.boxes_of_images(list(images), device=fz.device,
+                                              precision=fz.blocks[0].boxes["precision"])
 
     def proba_from_features(self, feats: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities from block features (as :class:`~workbench.features.online.Featurizer` gives them)."""
@@ -267,13 +329,15 @@ class BundleModel:
     def explain(self, image, box=None, *, method: str = "auto") -> Explanation:
         """A heat map of the prediction for one image: Grad-CAM for a CNN, occlusion
         sensitivity for models on features (``method="gradient"``: an SVM head's own
-        decision gradient); see :mod:`workbench.bundle.explain`."""
+        decision gradient); see :mod:`workbench.bundle.explain`. A bundle that predicts
+        its boxes explains on its Y-Net's box (and refuses ``box``)."""
         return self.explain_tensor(self._tensors(image)[0], box, method=method)
 
     def explain_tensor(self, image: torch.Tensor, box=None, *, method: str = "auto") -> Explanation:
         """As :meth:`explain`, for a decoded ``(1|3, H, W)`` tensor."""
         from workbench.bundle.explain import explain
 
+        self.refuse_boxes(box)
         with self.lock:
             return explain(self, image, box, method=method)
 
@@ -283,7 +347,8 @@ class BundleModel:
                 "threshold": self.threshold, "input_mode": self.input_mode, "card": self.card,
                 "members": [m.name for m in self.members],
                 "features": [b.name for b in self.featurizer.blocks] if self.featurizer else [],
-                "network": self.spec.get("network"), "segments": self.is_ynet}
+                "network": self.spec.get("network"), "segments": self.is_ynet,
+                "predicts_boxes": self.predicts_boxes, "box_source": self.box_source}
 
     def __repr__(self) -> str:
         return f"BundleModel({self.name!r}, kind={self.kind!r}, classes={self.classes})"

@@ -5,10 +5,14 @@ model). Each file is read once: its bytes are hashed (the cache's row key) and d
 from memory. Bad images are listed with their reasons and left out; the good ones are
 still predicted. With a cache, rows the cache holds for the bundle's blocks (the same
 entries a run would use) are read instead of computed, and computed rows are stored.
+A bundle on a Y-Net's predicted boxes crops each image to the box its Y-Net predicts
+(written to the table as ``box_x0..box_y1``); a manifest's own box columns are not used
+(said once in the log): the model was selected on predicted boxes.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +27,10 @@ from workbench.data.images import ImageDecodeError, decode_image_bytes, read_ima
 from workbench.features.extraction import image_row_key
 
 __all__ = ["Prediction", "predict_files"]
+
+logger = logging.getLogger(__name__)
+
+BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 
 
 @dataclass
@@ -92,12 +100,18 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
     Returns
     -------
     Prediction
-        ``table``: ``id, path[, label], p_<class>..., predicted[, recommendation]``, in input order.
+        ``table``: ``id, path[, label], p_<class>..., predicted[, recommendation][, box_x0..box_y1]``
+        (the last on predicted boxes), in input order.
     """
     from workbench.features.cache import FeatureCache
 
     images, bad = _images_of(paths, manifest)
-    box_mode = model.input_mode == "box"
+    predicts = bool(getattr(model, "predicts_boxes", False))
+    box_mode = model.input_mode == "box" and not predicts
+    if predicts and any(im.box is not None for im in images):
+        logger.warning(f"{model.name}: the manifest's boxes are not used; the model crops each image to the box "
+                       f"its Y-Net predicts (it was selected on those boxes)")
+        images = [_Image(im.id, im.path, im.label) for im in images]
     if box_mode:
         no_box = [im for im in images if im.box is None]
         bad += [(str(im.path), "no lesion box (this model takes the box: give a manifest with box columns)")
@@ -112,7 +126,7 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
     bar = tqdm(total=len(images), unit="img", desc="predict", disable=not progress, dynamic_ncols=True)
     with bar:
         for start in range(0, len(images), batch_size):
-            chunk, tensors, keys = [], [], []
+            chunk, tensors, shas = [], [], []
             for im in images[start:start + batch_size]:
                 try:
                     t, sha = _read(im)
@@ -121,8 +135,15 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
                     continue
                 chunk.append(im)
                 tensors.append(t)
-                keys.append(image_row_key(sha, im.box, model.input_mode))
+                shas.append(sha)
             boxes = [im.box for im in chunk] if box_mode else None
+            if chunk and predicts:
+                with model.lock:  # the Y-Net's boxes, the whole frame where its mask is empty
+                    boxes = model.featurizer.predicted_boxes(tensors)
+                for im, b in zip(chunk, boxes):
+                    im.box = tuple(int(v) for v in b)
+            # Row keys as the extraction's: the image's bytes, plus the box read in box mode.
+            keys = [image_row_key(sha, im.box, model.input_mode) for sha, im in zip(shas, chunk)]
             if chunk:
                 with model.lock:
                     if model.featurizer is None:
@@ -134,7 +155,8 @@ def predict_files(model: BundleModel, paths: Sequence[str | Path] = (), *, manif
                 rows += _rows(model, chunk, proba)
             bar.update(len(images[start:start + batch_size]))
     columns = ["id", "path", *(["label"] if manifest is not None else []),
-               *[f"p_{c}" for c in model.classes], "predicted", *(["recommendation"] if model.positive else [])]
+               *[f"p_{c}" for c in model.classes], "predicted", *(["recommendation"] if model.positive else []),
+               *(BOX_COLUMNS if predicts else ())]
     return Prediction(pd.DataFrame(rows, columns=columns), bad, n_cached, n_computed)
 
 
@@ -148,5 +170,7 @@ def _rows(model: BundleModel, chunk: list[_Image], proba: np.ndarray) -> list[di
         row["predicted"] = str(pred)
         if model.positive:
             row["recommendation"] = model.recommendation(float(p[model.positive_index]))
+        if getattr(model, "predicts_boxes", False):  # the Y-Net's box the model read
+            row.update(dict(zip(BOX_COLUMNS, im.box)))
         out.append(row)
     return out

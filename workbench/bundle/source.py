@@ -3,7 +3,8 @@
 :class:`RunSource` re-binds a run's manifest to the run's own folds (and refuses a
 manifest that does not give the same task), finds a candidate's records, and reads the
 training rows of any block from the cache entry the run's test record names, so a
-refitted head sees exactly the numbers the run fitted it on.
+refitted head sees exactly the numbers the run fitted it on (on a Y-Net's predicted
+boxes: the rows keyed by the boxes the run's box file holds).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from workbench.evaluation.store import ResultStore
 from workbench.features.cache import CacheEntry, entry_key
 from workbench.features.extraction import row_key
 from workbench.features.online import BlockDef
-from workbench.data.manifest import Manifest
+from workbench.features.predicted_boxes import BoxNet, PredictedBoxes, predicted_boxes
+from workbench.data.manifest import Item, Manifest
 from workbench.search.select import UnknownCandidateError
 
 __all__ = ["RunSource", "RunSourceError"]
@@ -150,13 +152,37 @@ class RunSource:
 
     def training_rows(self, block: BlockDef) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``(X, y, groups)`` of the whole training split for ``block`` (the test fold's
-        training rows), read from the cache entry the run used, as the sweep read them."""
+        training rows), read from the cache entry the run used, as the sweep read them.
+
+        A block on a Y-Net's predicted boxes (``block.boxes``) keys its rows by those boxes:
+        they are read from the box file beside the cache (computed again only where it
+        lacks an image), never from the manifest's manual boxes.
+        """
         if block.name not in self._rows:
             task = self.task
             rows = task.train_rows["test"]
+            items = [task.manifest[i] for i in rows]
+            if block.boxes is not None:
+                items = self.predicted_boxes(block, items).boxed(items)
             # The entry's key is the hash of the block's fields (block_def checked it).
             entry = CacheEntry(self.cache_root, entry_key(block.entry_fields()))
-            X = entry.read([row_key(task.manifest[i], block.preprocess["input"]) for i in rows])
+            try:
+                X = entry.read([row_key(it, block.preprocess["input"]) for it in items])
+            except KeyError as e:
+                on = (f" on the boxes of Y-Net {block.boxes['backbone']}@{block.boxes['weights_id']}"
+                      if block.boxes is not None else "")
+                raise RunSourceError(f"{block.name}: the run's training rows{on} are not all in {self.cache_root} "
+                                     f"({e.args[0]}); give the run's cache: --cache DIR") from None
             groups = task.splits.groups
             self._rows[block.name] = (X, task.y[rows], None if groups is None else np.asarray(groups)[rows])
         return self._rows[block.name]
+
+    def predicted_boxes(self, block: BlockDef, items: list[Item]) -> PredictedBoxes:
+        """The boxes ``block``'s Y-Net predicts for ``items``, as the run's extraction got
+        them: the Y-Net from the run's fine-tuned store (checked against the digest the
+        block's entry names), the boxes from the run's box file at the entry's precision."""
+        if block.boxes is None:
+            raise RunSourceError(f"{block.name}: not a block on predicted boxes")
+        net = BoxNet.from_fields(block.boxes, root=self.finetuned_root)
+        return predicted_boxes(items, net, cache_root=self.cache_root, precision=block.boxes["precision"],
+                               progress=self.progress)

@@ -3,13 +3,16 @@
 ``create_app(model)`` serves any object with the model-bundle interface (duck-typed:
 ``name``, ``kind``, ``classes``, ``positive``, ``threshold``, ``input_mode``, ``card``,
 ``recommendation``, ``predict_proba_tensors``, ``explain_tensor``, ``describe``; a model
-whose ``is_ynet`` is true also ``segment_tensors``):
+whose ``is_ynet`` is true also ``segment_tensors``, one whose ``predicts_boxes`` is true
+also ``predicted_boxes_tensors``):
 
 - ``GET /``: the page (upload an image, see the probability, the class at the
   threshold, the recommendation, the explanation overlay and the model card);
 - ``POST /api/predict``: multipart ``file`` (+ ``box``, ``explain``) -> prediction JSON;
   for a Y-Net bundle it also holds the predicted lesion contour and box, and the contour
-  drawn over the image (``segmentation``; null for every other model);
+  drawn over the image (``segmentation``; null for every other model); for a model on a
+  Y-Net's predicted boxes no box is sent (one is refused) and the response holds the box
+  its Y-Net predicted (``predicted_box``; null for every other model);
 - ``GET /api/model``: ``model.describe()``; ``GET /healthz``: liveness.
 
 Uploads are decoded by :func:`workbench.data.images.decode_image_bytes`, exactly as
@@ -49,7 +52,7 @@ except ModuleNotFoundError:  # pragma: no cover
     from multipart.multipart import parse_options_header  # type: ignore[no-redef]
 
 __all__ = ["create_app", "contour_png", "overlay_png", "PredictResponse", "ModelInfo", "Health", "ErrorDetail",
-           "SegmentationOut"]
+           "PredictedBoxOut", "SegmentationOut"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,15 @@ class SegmentationOut(BaseModel):
     overlay_png: str = Field(description="base64 PNG: the contour (and box) drawn over the grey image")
 
 
+class PredictedBoxOut(BaseModel):
+    """The lesion box a model on predicted boxes read: its Y-Net's, not the user's."""
+
+    box: list[int] = Field(description="x0,y0,x1,y1 (x1, y1 exclusive) of the crop the model read: the largest "
+                                       "region of the Y-Net's P(lesion) > threshold, the whole image when none")
+    empty_mask: bool = Field(description="true when no pixel was lesion, so the model read the whole image")
+    ynet: str = Field(description="the Y-Net that predicted it (backbone@ft-id), bundled with the model")
+
+
 class PredictResponse(BaseModel):
     """One image's prediction."""
 
@@ -112,10 +124,15 @@ class PredictResponse(BaseModel):
     explanation: ExplanationOut | None = Field(description="null when explain=false")
     segmentation: SegmentationOut | None = Field(default=None, description="the predicted lesion (Y-Net models "
                                                                          "only); null for other models")
+    predicted_box: PredictedBoxOut | None = Field(default=None, description="the lesion box the model's Y-Net "
+                                                                          "predicted and the model read (models on "
+                                                                          "predicted boxes); null for other models")
 
 
 class ModelInfo(BaseModel):
-    """``model.describe()``: what the model is, its operating point and its card."""
+    """``model.describe()``: what the model is, its operating point and its card (a bundle
+    also says ``predicts_boxes``: true when it crops to the box its own Y-Net predicts,
+    and then takes no box)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -137,7 +154,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "Empty, truncated or corrupt upload; malformed multipart body"},
     413: {"model": ErrorDetail, "description": "Upload over the size limit, or an image over the pixel limit"},
     415: {"model": ErrorDetail, "description": "Not multipart/form-data, or the file is not an image"},
-    422: {"model": ErrorDetail, "description": "Missing file; missing or bad box; bad explain flag; multi-page TIFF"},
+    422: {"model": ErrorDetail, "description": "Missing file; missing or bad box, or a box sent to a model that "
+                                               "reads none or predicts its own; bad explain flag; multi-page TIFF"},
     500: {"model": ErrorDetail, "description": "The model failed on this image"},
 }
 
@@ -151,7 +169,8 @@ _PREDICT_BODY = {
             "file": {"type": "string", "format": "binary", "description": "PNG, JPEG, BMP or TIFF image"},
             "box": {"type": "string", "example": "40,30,200,180",
                     "description": "lesion box x0,y0,x1,y1 in pixels (x1, y1 exclusive); "
-                                   "required when the model's input_mode is 'box'"},
+                                   "required when the model's input_mode is 'box', unless it predicts its "
+                                   "boxes (predicts_boxes: then refused)"},
             "explain": {"type": "boolean", "default": True, "description": "compute the explanation overlay"},
         },
     }}},
@@ -436,8 +455,12 @@ class _Predictor:
         # threads at once; one prediction at a time, the event loop stays free.
         self.lock = threading.Lock()
         self.classes = [str(c) for c in model.classes]
-        # Duck-typed: only a model that says it is a Y-Net is asked for masks.
+        # Duck-typed: only a model that says it is a Y-Net is asked for masks, only one
+        # that says it predicts its boxes for them.
         self.segments = bool(getattr(model, "is_ynet", False))
+        self.predicts_boxes = bool(getattr(model, "predicts_boxes", False))
+        src = getattr(model, "box_source", None) or {}
+        self.ynet = f"{src.get('backbone')}@{src.get('weights_id')}" if src else ""
 
     def __call__(self, data: bytes, filename: str, box: tuple[int, int, int, int] | None,
                  explain: bool) -> PredictResponse:
@@ -457,8 +480,13 @@ class _Predictor:
                 _fail(422, str(e))
         if self.keep_uploads is not None:
             self._keep(data, filename)
+        pbox = None
         try:
             with self.lock:
+                if self.predicts_boxes:
+                    (found,) = self.model.predicted_boxes_tensors([image])
+                    pbox = PredictedBoxOut(box=[0, 0, w, h] if found is None else [int(v) for v in found],
+                                           empty_mask=found is None, ynet=self.ynet)
                 proba = np.asarray(self.model.predict_proba_tensors([image], None if box is None else [box]),
                                    dtype=np.float64)
                 expl = self.model.explain_tensor(image, box=box) if explain else None
@@ -468,7 +496,7 @@ class _Predictor:
         except Exception as e:
             log.exception("prediction failed on %s", filename)
             _fail(500, f"{filename}: prediction failed ({type(e).__name__}: {e})")
-        return self._response(filename, image, box, proba, expl, seg)
+        return self._response(filename, image, box, proba, expl, seg, pbox)
 
     def _keep(self, data: bytes, filename: str) -> None:
         """Save an upload (a decodable image) under its content hash, once."""
@@ -486,7 +514,8 @@ class _Predictor:
             atomic_write(path, data)
 
     def _response(self, filename: str, image: Any, box: tuple[int, int, int, int] | None,
-                  proba: np.ndarray, expl: Any, seg: Any = None) -> PredictResponse:
+                  proba: np.ndarray, expl: Any, seg: Any = None,
+                  pbox: PredictedBoxOut | None = None) -> PredictResponse:
         model, classes = self.model, self.classes
         if proba.shape != (1, len(classes)) or not np.all(np.isfinite(proba)):
             _fail(500, f"{filename}: the model returned probabilities of shape {proba.shape} "
@@ -508,7 +537,8 @@ class _Predictor:
             predicted = classes[int(np.argmax(p))]
         explanation = None
         if expl is not None:
-            png = overlay_png(image, np.asarray(expl.heatmap), box=box)
+            drawn = box if pbox is None else tuple(pbox.box)  # the box the model read
+            png = overlay_png(image, np.asarray(expl.heatmap), box=drawn)
             explanation = ExplanationOut(method=str(expl.method), overlay_png=base64.b64encode(png).decode("ascii"))
         segmentation = None
         if seg is not None:
@@ -519,7 +549,8 @@ class _Predictor:
             filename=filename, classes=classes, proba={c: float(v) for c, v in zip(classes, p)},
             positive=None if positive is None else str(positive), p_positive=p_positive,
             threshold=None if threshold is None else float(threshold), predicted=predicted,
-            recommendation=recommendation, explanation=explanation, segmentation=segmentation)
+            recommendation=recommendation, explanation=explanation, segmentation=segmentation,
+            predicted_box=pbox)
 
 
 # ---- the app -----------------------------------------------------------------------------------
@@ -556,7 +587,8 @@ def create_app(model: Any, *, max_upload_bytes: int = 20 * 2**20, max_pixels: in
         keep_uploads = Path(keep_uploads)
         keep_uploads.mkdir(parents=True, exist_ok=True)
     predictor = _Predictor(model, max_pixels=max_pixels, keep_uploads=keep_uploads)
-    box_mode = str(model.input_mode) == "box"
+    predicts_boxes = bool(getattr(model, "predicts_boxes", False))
+    box_mode = str(model.input_mode) == "box" and not predicts_boxes  # a box is asked of the user
     page = _page()
 
     app = FastAPI(title=f"workbench serve: {model.name}",
@@ -600,6 +632,9 @@ def create_app(model: Any, *, max_upload_bytes: int = 20 * 2**20, max_pixels: in
             if not box_text:
                 _fail(422, "this model reads a lesion box: send the form field 'box' as 'x0,y0,x1,y1' (pixels)")
             box = _parse_box(box_text)
+        elif box_text and predicts_boxes:
+            _fail(422, f"this model crops to the lesion box its Y-Net ({predictor.ynet}) predicts, and was selected "
+                       f"on those boxes: do not send a box")
         elif box_text:
             _fail(422, "this model reads the whole image (input_mode 'whole'): do not send a box")
         explain = _parse_explain(_one_field(form, "explain"))
