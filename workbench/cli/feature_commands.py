@@ -12,6 +12,7 @@ from workbench.backbones import list_backbones
 from workbench.cli.objects import extract_options_of
 from workbench.cli.values import split_features, split_list
 from workbench.core.provenance import unique_record_name
+from workbench.data.pixels import PixelStore
 from workbench.features.cache import FeatureCache
 from workbench.features.extraction import extract
 from workbench.features.featureset import FeatureSet
@@ -111,11 +112,20 @@ def _cache_verify(cache: FeatureCache, args: argparse.Namespace) -> int:
     n = len(cache.entries())
     print(f"verified {n} entries: {len(errors)} corrupt, {len(unreadable)} unreadable, "
           f"{len(problems) - len(errors) - len(unreadable)} warnings")
+    # The decoded pixels extraction keeps beside the features (ExtractOptions.pixel_store).
+    pixels = PixelStore(cache.root / "pixels")
+    pixel_problems = pixels.verify()
+    for pp in pixel_problems:
+        print(pp)
+    pixel_errors = [pp for pp in pixel_problems if pp.severity == "error"]
+    if pixels.root.is_dir():
+        print(f"verified {len(pixels.keys())} pixel-store images: {len(pixel_errors)} corrupt, "
+              f"{len(pixel_problems) - len(pixel_errors)} warnings")
     if unreadable:
         # Not proven damaged: gc --remove-corrupt leaves these alone.
         logger.warning("unreadable shards could not be opened or read (see the cause above); "
                        "fix that and verify again")
-    return 1 if errors or unreadable else 0
+    return 1 if errors or unreadable or pixel_errors else 0
 
 
 def _cache_gc(cache: FeatureCache, args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 from workbench.data.boxes import Box, BoxError
 from workbench.data.images import decode_image, image_size
 from workbench.data.manifest import Item
+from workbench.data.pixels import PixelStore
 from workbench.data.preprocess import Geometry
 from workbench.errors import ConfigError
 
@@ -438,6 +439,10 @@ class TrainImageDataset(Dataset):
         augmentation draw as its image (:meth:`StudyAugment.apply_joint`); items without
         a mask get zeros and ``has_mask=False`` (e.g. normal images: they train a
         classification loss only). The image tensors are the same numbers either way.
+    pixels : PixelStore or None
+        Read decoded images from this pixel store (the same tensors, decoded only for
+        images it lacks; an item's bytes must still hash to its validated digest);
+        None decodes every file every epoch.
 
     Raises
     ------
@@ -465,8 +470,10 @@ class TrainImageDataset(Dataset):
         box_margin: float = 0.1,
         resize: str = "squash",
         masks: bool = False,
+        pixels: PixelStore | None = None,
     ) -> None:
         self.items = list(items)
+        self.pixels = pixels
         self.masks = bool(masks)
         self.classes = [str(c) for c in classes]
         self.class_to_index = {c: i for i, c in enumerate(self.classes)}
@@ -560,7 +567,11 @@ class TrainImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> TrainSample:
         it = self.items[index]
-        img = decode_image(it.path)  # ImageDecodeError names the file
+        if self.pixels is not None:
+            img = self.pixels.get(it)  # grey kept as one channel: replicated as decode_image does
+            img = img.repeat(3, 1, 1) if img.shape[0] == 1 else img
+        else:
+            img = decode_image(it.path)  # ImageDecodeError names the file
         masked = None
         if self.cut_remain and it.box is not None:
             try:

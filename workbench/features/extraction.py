@@ -27,6 +27,7 @@ from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
+from workbench.data.pixels import PixelStore
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
 from workbench.features.options import ExtractOptions
@@ -67,8 +68,10 @@ class _Job:
 class _DecodeDataset(Dataset):
     """Decodes each image once and returns one resized tensor per distinct geometry."""
 
-    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float, geometries: Sequence[Geometry]):
+    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float, geometries: Sequence[Geometry],
+                 pixels: PixelStore | None = None):
         self.items = list(items)
+        self.pixels = pixels
         self.input_mode = input_mode
         self.box_margin = box_margin
         self.geometries = list(geometries)
@@ -82,8 +85,10 @@ class _DecodeDataset(Dataset):
             # The rows are keyed by the digest taken at validation: decode only bytes that
             # still hash to it, so a file rewritten meanwhile cannot store its new pixels
             # under the old key.
-            img = decode_image(item.path, keep_gray=True, expect_sha256=item.sha256)
-        except ImageDecodeError as e:
+            # The pixel store gives the same tensor, decoding only images it lacks.
+            img = (self.pixels.get(item, decode=decode_image) if self.pixels is not None
+                   else decode_image(item.path, keep_gray=True, expect_sha256=item.sha256))
+        except (ImageDecodeError, OSError) as e:  # OSError: the pixel store could not store it
             # Returned, not raised: a DataLoader worker would re-raise it as a bare
             # RuntimeError holding a traceback, losing the file and the reason.
             return e
@@ -96,7 +101,7 @@ class _DecodeDataset(Dataset):
 def _collate(batch: list):
     """Default collation, or the first decode error of the batch (raised by the pass)."""
     for b in batch:
-        if isinstance(b, ImageDecodeError):
+        if isinstance(b, (ImageDecodeError, OSError)):
             return b
     return default_collate(batch)
 
@@ -210,7 +215,9 @@ def extract(
     todo = [j for j in plan.jobs if j.needed]
     pass_seconds = 0.0
     if todo:
-        pass_seconds = _run_pass(todo, plan, options, dev, prec, progress, forwarded)
+        # Beside the feature cache, so one folder (and one `cache verify`) holds both.
+        pixels = PixelStore(cache.root / "pixels") if options.pixel_store else None
+        pass_seconds = _run_pass(todo, plan, options, dev, prec, progress, forwarded, pixels)
     return _result(plan, cache, options, dev, prec, forwarded, pass_seconds, time.perf_counter() - t0)
 
 
@@ -406,10 +413,11 @@ def _prepare_models(jobs: list[_Job], dev: torch.device) -> list[Geometry]:
     return geometries
 
 
-def _loader(items: list[Item], geometries: list[Geometry], options: ExtractOptions, dev: torch.device) -> DataLoader:
+def _loader(items: list[Item], geometries: list[Geometry], options: ExtractOptions, dev: torch.device,
+            pixels: PixelStore | None = None) -> DataLoader:
     workers = _default_workers(dev) if options.num_workers is None else options.num_workers
     return DataLoader(
-        _DecodeDataset(items, options.input, options.box_margin, geometries),
+        _DecodeDataset(items, options.input, options.box_margin, geometries, pixels),
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=workers,
@@ -436,13 +444,16 @@ def _forward(j: _Job, x: torch.Tensor, batch_keys: list[str], dev: torch.device,
 
 
 def _run_pass(jobs: list[_Job], plan: _Plan, options: ExtractOptions, dev: torch.device, prec: str,
-              progress: bool, forwarded: dict[str, int]) -> float:
-    """Run the decode-and-forward pass; return the loop's wall time (model building excluded)."""
+              progress: bool, forwarded: dict[str, int], pixels: PixelStore | None = None) -> float:
+    """Run the decode-and-forward pass; return the loop's wall time (model building excluded).
+
+    ``pixels``: the store images are read from (decoded and stored when it lacks them).
+    """
     order = _pass_rows(jobs, plan.keys)
     pass_items = [plan.items[i] for i in order]
     pass_keys = [plan.keys[i] for i in order]
     geometries = _prepare_models(jobs, dev)
-    loader = _loader(pass_items, geometries, options, dev)
+    loader = _loader(pass_items, geometries, options, dev, pixels)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
     autocast = (
         torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -452,7 +463,7 @@ def _run_pass(jobs: list[_Job], plan: _Plan, options: ExtractOptions, dev: torch
     t0 = time.perf_counter()
     with torch.inference_mode(), bar:
         for batch in loader:
-            if isinstance(batch, ImageDecodeError):
+            if isinstance(batch, (ImageDecodeError, OSError)):
                 raise batch
             idx, tensors = batch
             idx = idx.numpy()

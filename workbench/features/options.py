@@ -94,6 +94,10 @@ class ExtractOptions:
         Storage dtype in the cache: ``"float32"`` or ``"float16"``.
     skip_bad
         Skip bad rows (listed in the record) instead of failing before any work.
+    pixel_store
+        Read decoded pixels from the pixel store beside the cache (``<cache>/pixels``,
+        :class:`~workbench.data.pixels.PixelStore`), decoding only images it lacks. The
+        pixels are identical either way, so it is not part of the cache key.
     """
 
     input: str = "whole"
@@ -107,6 +111,7 @@ class ExtractOptions:
     dtype: str = "float32"
     skip_bad: bool = False
     boxes: str = "manual"
+    pixel_store: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -134,6 +139,8 @@ class ExtractOptions:
             object.__setattr__(self, "device", str(self.device))  # a torch.device names itself
         if not isinstance(self.skip_bad, bool):
             raise bad("skip_bad", "true or false")
+        if not isinstance(self.pixel_store, bool):
+            raise bad("pixel_store", "true or false")
         if parse_boxes(self.boxes) is not None and self.input != "box":
             raise ConfigError(f"extraction option boxes = {self.boxes!r} only applies with input = 'box' "
                               f"(input is {self.input!r}: whole images are not cropped)")
