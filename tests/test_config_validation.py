@@ -176,6 +176,7 @@ BAD_VALUES = [
     ("features", "boxes", '"predicted:ft-0123"', "only applies with input = 'box'"),
     ("features", "boxes", '"predicted:random"', "'random' is not a fine-tuned weights id"),
     ("features", "boxes", "1", "expected a string"),
+    ("features", "pixel_store", '"no"', "expected true or false"),
     ("sweep", "memory_budget", '"lots"', "expected a fraction of the available memory"),
     ("finetune", "epochs", '"five"', "finetune.epochs = \"five\": expected an integer"),
     ("finetune", "epochs", "0", "finetune.epochs = 0: epochs must be >= 1"),

@@ -299,3 +299,19 @@ def test_low_disk_space_decodes_without_storing(images, tmp_path, monkeypatch, c
             assert torch.equal(t, decode_image(images[k], keep_gray=True))
     assert store.keys() == [] and not (tmp_path / "px2").exists()
     assert caplog.text.count("decoding without storing") == 1
+
+
+def test_the_option_reaches_extract_options_from_the_cli_and_the_config(tmp_path):
+    """``--no-pixel-store`` and ``[features] pixel_store = false`` switch the store off."""
+    from workbench.cli.objects import extract_options_of
+    from workbench.cli.parser import build_parser
+    from workbench.experiment import ExperimentConfig
+
+    args = build_parser().parse_args(["extract", "--manifest", "m.csv", "--features", "alexnet", "--cache", "c",
+                                      "--no-pixel-store"])
+    assert extract_options_of(args).pixel_store is False
+    args = build_parser().parse_args(["extract", "--manifest", "m.csv", "--features", "alexnet", "--cache", "c"])
+    assert extract_options_of(args).pixel_store is True
+    cfg = tmp_path / "e.toml"
+    cfg.write_text('name = "e"\nmanifest = "m.csv"\n[features]\nspecs = ["alexnet"]\npixel_store = false\n')
+    assert ExperimentConfig.load(cfg).features.extract.pixel_store is False

@@ -347,7 +347,7 @@ def _build_features(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[
     if not v.get("specs") and not v.get("finetuned"):
         raise ConfigError(path, "features.specs", v.get("specs", []),
                           "[features] names no specs and no fine-tuned backbones; give at least one")
-    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size", "boxes") if k in v}
+    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size", "boxes", "pixel_store") if k in v}
     options = _constructed(path, "features", v, lambda: ExtractOptions(**ext))
     lists = {k: tuple(v[k]) for k in ("specs", "finetuned") if k in v}
     return {"features": FeaturesConfig(**lists, nested=v.get("nested", False), extract=options)}
@@ -449,6 +449,7 @@ SECTIONS: dict[str, _Section] = {
         "input": _Key("str", choices=INPUT_MODES),
         "batch_size": _Key("int", check=_at_least(1)),
         "boxes": _Key("str", check=_non_empty),  # "manual" or "predicted:[backbone@]ft-..." (ExtractOptions)
+        "pixel_store": _Key("bool"),  # keep decoded pixels in <cache>/pixels (ExtractOptions)
     }, _build_features),
     "finetune": _Section({}, _build_finetune, fields_of=FineTuneConfig),
     "sweep": _Section({

@@ -152,6 +152,9 @@ def add_extract_options(p: argparse.ArgumentParser, classes: bool = True) -> Non
                         f"{show(d['precision'])}")
     r.add_argument("--dtype", default=None, metavar="{float32,float16}",
                    help=f"storage dtype in the cache {show(d['dtype'])}")
+    r.add_argument("--no-pixel-store", dest="pixel_store", action="store_false", default=None,
+                   help="decode every image from its file instead of keeping its decoded pixels in "
+                        "CACHE/pixels (the store never changes a feature; it saves decoding next time)")
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
