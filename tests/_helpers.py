@@ -1,5 +1,12 @@
-"""Shared test helpers: tiny random backbones and a fast, CPU-only extract()."""
+"""Shared test helpers: tiny random backbones, a fast, CPU-only extract(), and a
+fine-tune killed mid-run (for the exact-resume tests)."""
 from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from workbench.features import FeatureSet, extract
 from workbench.features.options import ExtractOptions
@@ -15,3 +22,38 @@ def run(csv, features, cache, *, classes=None, progress=False, **options) -> Fea
     """extract() with small, fast, CPU-only defaults; ``options`` are :class:`ExtractOptions` fields."""
     return extract(csv, features, cache=cache, options=ExtractOptions(**{**FAST_OPTIONS, **options}),
                    classes=classes, progress=progress)
+
+
+_KILL_AT_EPOCH_2 = """
+import os, signal, sys, torch
+torch.set_num_threads(int(sys.argv[2]))
+sys.path.insert(0, {tests!r})
+from {module} import {names}, LITE, CLASSES, _train_val
+from workbench.data.manifest import Manifest
+from workbench.training.finetune import fine_tune
+m = Manifest.load({csv!r}).select_classes(CLASSES).subset({ids!r}).validate(progress=False)
+train, val = _train_val(m)
+def kill(epoch, row):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+fine_tune(LITE, train, val, CLASSES, {config}, root=sys.argv[1], progress=False, on_epoch=kill)
+"""
+
+
+def fine_tune_killed_at_epoch_2(module: str, config: str, root: Path, csv: Path, ids: list[str]) -> None:
+    """Run ``fine_tune(LITE, train, val, CLASSES, <config>)`` of test module ``module`` (which
+    defines ``LITE``, ``CLASSES``, ``_train_val`` and the names ``config`` uses) in a
+    subprocess that SIGKILLs itself after epoch 2's checkpoint, into the store ``root``."""
+    import torch
+
+    names = sorted(set(re.findall(r"[A-Z][A-Z_]+", config)))
+    script = _KILL_AT_EPOCH_2.format(tests=str(Path(__file__).parent), module=module, names=", ".join(names),
+                                     csv=str(csv), ids=list(ids), config=config)
+    proc = subprocess.run([sys.executable, "-c", script, str(root), str(torch.get_num_threads())],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def history_numbers(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A training history without its timings: what an exact resume must reproduce."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]

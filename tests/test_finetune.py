@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
+from _helpers import fine_tune_killed_at_epoch_2, history_numbers
 from workbench.backbones.adapt import adapt_for_task
 from workbench.backbones.finetuned import FineTunedNotFoundError, list_finetuned
 from workbench.backbones.loading import CheckpointMismatchError, build_model, load_backbone
@@ -95,40 +94,17 @@ def test_short_finetune_lowers_training_loss_and_gets_its_own_id(busi_slice, tmp
     assert state_dict_digest(again.model) == state_dict_digest(ft.model)
 
 
-KILL_SCRIPT = """
-import os, signal, sys, torch
-torch.set_num_threads(int(sys.argv[2]))
-sys.path.insert(0, {tests!r})
-from test_finetune import FAST, LITE, CLASSES, _train_val
-from workbench.data.manifest import Manifest
-from workbench.training.finetune import fine_tune
-m = Manifest.load({csv!r}).select_classes(CLASSES).subset({ids!r}).validate(progress=False)
-train, val = _train_val(m)
-def kill(epoch, row):
-    if epoch == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-fine_tune(LITE, train, val, CLASSES, FAST, root=sys.argv[1], progress=False, on_epoch=kill)
-"""
-
-
 def test_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path, caplog):
     train, val = _train_val(busi_slice)
     whole = fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path / "whole", progress=False)
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), csv=str(BUSI / "labels.csv"),
-                                ids=busi_slice.ids)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed"), str(torch.get_num_threads())],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    fine_tune_killed_at_epoch_2("test_finetune", "FAST", tmp_path / "killed", BUSI / "labels.csv", busi_slice.ids)
     folder = tmp_path / "killed" / LITE / whole.weights_id
     assert (folder / "checkpoint.pt").is_file() and not (folder / "weights.pth").exists()
     with caplog.at_level(logging.INFO, logger="workbench"):
         resumed = fine_tune(LITE, train, val, CLASSES, FAST, root=tmp_path / "killed", progress=False)
     logs = [r.getMessage() for r in caplog.records]
     assert any("resuming" in s and "after epoch 2" in s for s in logs), logs
-    def numbers(history):  # everything but the timings
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-    assert numbers(resumed.history) == numbers(whole.history)
+    assert history_numbers(resumed.history) == history_numbers(whole.history)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 

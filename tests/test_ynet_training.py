@@ -7,14 +7,13 @@ seconds each on 2 CPU cores).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _helpers import fine_tune_killed_at_epoch_2, history_numbers
 from workbench.core.hashing import stable_hash
 from workbench.data.preprocess import Geometry
 from workbench.errors import ConfigError
@@ -185,23 +184,6 @@ def test_a_classifier_has_no_masks(busi_slice, tmp_path):
         predict_masks(ft.model, train[:2], ft.geometry, ft.data_config)
 
 
-KILL_SCRIPT = """
-import os, signal, sys, torch
-torch.set_num_threads(int(sys.argv[2]))
-sys.path.insert(0, {tests!r})
-from test_ynet_training import YFAST, LITE, CLASSES, _train_val
-from workbench.data.manifest import Manifest
-from workbench.training.finetune import fine_tune
-m = Manifest.load({csv!r}).select_classes(CLASSES).subset({ids!r}).validate(progress=False)
-train, val = _train_val(m)
-def kill(epoch, row):
-    if epoch == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-fine_tune(LITE, train, val, CLASSES, YFAST.replace(epochs=3, image_size=64), root=sys.argv[1], progress=False,
-          on_epoch=kill)
-"""
-
-
 @pytest.mark.slow
 def test_y_net_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path):
     from workbench.training.finetune import fine_tune
@@ -209,20 +191,13 @@ def test_y_net_resume_after_kill_equals_uninterrupted_run(busi_slice, tmp_path):
     train, val = _train_val(busi_slice)
     cfg = YFAST.replace(epochs=3, image_size=64)
     whole = fine_tune(LITE, train, val, CLASSES, cfg, root=tmp_path / "whole", progress=False)
-    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), csv=str(BUSI / "labels.csv"),
-                                ids=busi_slice.ids)
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "killed"), str(torch.get_num_threads())],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    fine_tune_killed_at_epoch_2("test_ynet_training", "YFAST.replace(epochs=3, image_size=64)", tmp_path / "killed", BUSI / "labels.csv", busi_slice.ids)
     folder = tmp_path / "killed" / LITE / whole.weights_id
     assert (folder / "checkpoint.pt").is_file() and not (folder / "weights.pth").exists()
     resumed = fine_tune(LITE, train, val, CLASSES, cfg, root=tmp_path / "killed", progress=False)
     assert resumed.trained_now
 
-    def numbers(history):
-        return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
-
-    assert numbers(resumed.history) == numbers(whole.history)
+    assert history_numbers(resumed.history) == history_numbers(whole.history)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
