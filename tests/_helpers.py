@@ -57,3 +57,23 @@ def fine_tune_killed_at_epoch_2(module: str, config: str, root: Path, csv: Path,
 def history_numbers(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A training history without its timings: what an exact resume must reproduce."""
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+BUSI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "busi"
+
+
+def busi_two_class_slice(n_train: int, n_test: int, classes: tuple[str, ...] = ("benign", "malignant")):
+    """The first ``n_train`` training and ``n_test`` test images of each class of BUSI,
+    validated (skips the test when the data is absent)."""
+    import pytest
+
+    from workbench.data.manifest import Manifest
+
+    if not (BUSI_DIR / "labels.csv").is_file():
+        pytest.skip(f"BUSI data not found at {BUSI_DIR}")
+    m = Manifest.load(BUSI_DIR / "labels.csv").select_classes(list(classes))
+    keep = []
+    for split, k in (("train", n_train), ("test", n_test)):
+        for c in classes:
+            keep += [it.id for it in m if it.split == split and it.label == c][:k]
+    return m.subset(keep).validate(progress=False)

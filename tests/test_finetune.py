@@ -16,7 +16,7 @@ import pytest
 import torch
 from sklearn.base import clone
 
-from _helpers import fine_tune_killed_at_epoch_2, history_numbers
+from _helpers import busi_two_class_slice, fine_tune_killed_at_epoch_2, history_numbers
 from workbench.backbones.adapt import adapt_for_task
 from workbench.backbones.finetuned import FineTunedNotFoundError, list_finetuned
 from workbench.backbones.loading import CheckpointMismatchError, build_model, load_backbone
@@ -44,14 +44,7 @@ FAST = FineTuneConfig(epochs=3, batch_size=16, image_size=96, optimizer="adam", 
 @pytest.fixture(scope="module")
 def busi_slice() -> Manifest:
     """30 benign + 30 malignant images (20 + 20 from the training split, 10 + 10 test)."""
-    if not (BUSI / "labels.csv").is_file():
-        pytest.skip(f"BUSI data not found at {BUSI}")
-    m = Manifest.load(BUSI / "labels.csv").select_classes(CLASSES)
-    keep = []
-    for split, k in (("train", 20), ("test", 10)):
-        for c in CLASSES:
-            keep += [it.id for it in m if it.split == split and it.label == c][:k]
-    return m.subset(keep).validate(progress=False)
+    return busi_two_class_slice(20, 10)
 
 
 def _train_val(m: Manifest):

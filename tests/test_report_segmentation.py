@@ -18,6 +18,7 @@ from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 
 from _sweepdata import make_task
+from _helpers import busi_two_class_slice
 from workbench.evaluation import stats
 from workbench.evaluation.protocol import Protocol, build_task
 from workbench.evaluation.settings import fold_repeat, is_cv_fold
@@ -350,16 +351,7 @@ def test_grid_draws_both_contours_where_the_masks_are(tmp_path):
 
 @pytest.fixture(scope="module")
 def busi_slice():
-    from workbench.data.manifest import Manifest
-
-    if not (BUSI / "labels.csv").is_file():
-        pytest.skip(f"BUSI data not found at {BUSI}")
-    m = Manifest.load(BUSI / "labels.csv").select_classes(["benign", "malignant"])
-    keep = []
-    for split, k in (("train", 12), ("test", 6)):
-        for c in ("benign", "malignant"):
-            keep += [it.id for it in m if it.split == split and it.label == c][:k]
-    return m.subset(keep).validate(progress=False)
+    return busi_two_class_slice(12, 6)
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from _helpers import fine_tune_killed_at_epoch_2, history_numbers
+from _helpers import busi_two_class_slice, fine_tune_killed_at_epoch_2, history_numbers
 from workbench.core.hashing import stable_hash
 from workbench.data.preprocess import Geometry
 from workbench.errors import ConfigError
@@ -118,16 +118,7 @@ def test_mask_box_is_the_largest_region_and_none_when_empty():
 @pytest.fixture(scope="module")
 def busi_slice():
     """20 + 20 training and 10 + 10 test images of BUSI (benign, malignant; all with masks)."""
-    from workbench.data.manifest import Manifest
-
-    if not (BUSI / "labels.csv").is_file():
-        pytest.skip(f"BUSI data not found at {BUSI}")
-    m = Manifest.load(BUSI / "labels.csv").select_classes(CLASSES)
-    keep = []
-    for split, k in (("train", 20), ("test", 10)):
-        for c in CLASSES:
-            keep += [it.id for it in m if it.split == split and it.label == c][:k]
-    return m.subset(keep).validate(progress=False)
+    return busi_two_class_slice(20, 10)
 
 
 def _train_val(m):
