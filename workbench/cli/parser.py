@@ -159,7 +159,7 @@ def add_extract_options(p: argparse.ArgumentParser, classes: bool = True) -> Non
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
     """What is swept (a :class:`SweepOptions`) and how (an :class:`Execution`)."""
-    s, e = field_defaults(SweepOptions), field_defaults(Execution)
+    s = field_defaults(SweepOptions)
     p.add_argument("--heads", default=None,
                    help=f"comma-separated heads: svm-rbf, svm-linear, rf, xgb, logreg {show(s['heads'])}")
     p.add_argument("--subsets", default=None,
