@@ -33,7 +33,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from workbench.data.boxes import Box, BoxError
-from workbench.data.images import decode_image, image_size
+from workbench.data.images import decode_image
 from workbench.data.manifest import Item
 from workbench.data.pixels import PixelStore
 from workbench.data.preprocess import Geometry
@@ -49,6 +49,7 @@ __all__ = [
     "TrainBatch",
     "collate",
     "cut_and_remain",
+    "read_lesion_mask",
     "remain_box",
 ]
 
@@ -399,6 +400,23 @@ def collate(samples: Sequence[TrainSample]) -> TrainBatch:
     return batch
 
 
+def read_lesion_mask(it: Item, height: int, width: int) -> torch.Tensor:
+    """The item's mask file (``mask_path``, set) as a (1, H, W) bool tensor, foreground > 0.5.
+
+    Raises
+    ------
+    ImageDecodeError
+        The mask file cannot be decoded (naming it).
+    ConfigError
+        The mask is not ``height x width``, its image's size (naming both).
+    """
+    m = decode_image(it.mask_path, keep_gray=True)[:1]
+    if m.shape[-2:] != (height, width):
+        raise ConfigError(f"mask {it.mask_path} of item {it.id!r} is {m.shape[-1]}x{m.shape[-2]} pixels, its "
+                          f"image {width}x{height}: a mask must have its image's size")
+    return m > 0.5
+
+
 class TrainImageDataset(Dataset):
     """Images of a manifest as normalised (3, S, S) tensors for fine-tuning a CNN.
 
@@ -519,10 +537,7 @@ class TrainImageDataset(Dataset):
         for it in self.items:
             if it.box is None:
                 continue
-            if it.width is not None and it.height is not None:
-                w, h = it.width, it.height
-            else:
-                w, h = image_size(it.path)  # (width, height), header only
+            w, h = it.size()  # header only when not validated
             try:
                 remain_box(it.box, w, h, self.box_mode, margin=self.box_margin)
             except BoxError as e:
@@ -550,11 +565,7 @@ class TrainImageDataset(Dataset):
         """The item's mask as a (1, H, W) 0/1 float tensor at its image's size (zeros without one)."""
         if it.mask_path is None:
             return torch.zeros(1, height, width), False
-        m = decode_image(it.mask_path, keep_gray=True)[:1]  # ImageDecodeError names the file
-        if m.shape[-2:] != (height, width):
-            raise ConfigError(f"mask {it.mask_path} of item {it.id!r} is {m.shape[-1]}x{m.shape[-2]} pixels, its "
-                              f"image {width}x{height}: a mask must have its image's size")
-        return (m > 0.5).float(), True
+        return read_lesion_mask(it, height, width).float(), True
 
     def _finish_joint(self, img: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`_finish` of an image and, with the same geometry and draw, its mask."""

@@ -37,6 +37,7 @@ from workbench.data.images import (
     ImageDecodeError,
     _decode_array,
     _read_bytes,
+    image_size,
 )
 from workbench.errors import ConfigError, UnknownNameError, WorkbenchError
 
@@ -82,6 +83,12 @@ class Item:
     sha256: str | None = None
     width: int | None = None
     height: int | None = None
+
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the image: the validated size, else read from the file's header."""
+        if self.width is not None and self.height is not None:
+            return self.width, self.height
+        return image_size(self.path)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from workbench.features.options import ExtractOptions
 from workbench.features.predicted_boxes import BoxNet, PredictedBoxes, predicted_boxes
 from workbench.features.request import FeatureRequest, expand_requests
 from workbench.data.preprocess import Geometry, Preprocess
+from workbench.core.devices import resolve_device, resolve_precision
 from workbench.core.provenance import environment
 from workbench.errors import ConfigError
 from workbench.evaluation.settings import is_cv_fold
@@ -139,21 +140,6 @@ def image_row_key(sha256: str, box, input_mode: str) -> str:
     return sha256
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 (fp16 without bf16 support) on a GPU, fp32 on the CPU."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    return precision
-
-
 def _default_workers(device: torch.device) -> int:
     cpus = os.cpu_count() or 1
     # On the CPU the forward pass needs the cores; one decoder process hides decoding.
@@ -201,8 +187,8 @@ def extract(
     requests = _parse_requests(features)
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     cache.check()
-    dev = _resolve_device(options.device)
-    prec = _resolve_precision(options.precision, dev)
+    dev = resolve_device(options.device)
+    prec = resolve_precision(options.precision, dev)
     requests, specs = _check_requests(requests)
     if any(is_nested_id(r.weights) for r in requests):
         # A nested fine-tuned set stands for one network per outer fold: extract every

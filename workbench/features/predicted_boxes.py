@@ -46,10 +46,11 @@ from workbench.backbones.finetuned import ENV_ROOT, FineTunedNotFoundError, defa
 from workbench.backbones.loading import build_model
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
+from workbench.core.devices import resolve_device, resolve_precision
 from workbench.core.hashing import stable_hash
 from workbench.core.io import atomic_write
 from workbench.data.boxes import MASK_THRESHOLD, Box, mask_box
-from workbench.data.images import ImageDecodeError, decode_image, image_size
+from workbench.data.images import ImageDecodeError, decode_image
 from workbench.data.manifest import Item
 from workbench.data.preprocess import Geometry
 from workbench.errors import ConfigError
@@ -250,14 +251,6 @@ def _collate(batch: list):
     return default_collate(batch)
 
 
-def _frame_size(it: Item) -> tuple[int, int]:
-    """(height, width) of the item's image (validated sizes, else the file's header)."""
-    if it.width is not None and it.height is not None:
-        return it.height, it.width
-    w, h = image_size(it.path)
-    return h, w
-
-
 class _BoxFile:
     """The boxes of one Y-Net (one key) on disk: read, and merged-in under a lock."""
 
@@ -290,7 +283,7 @@ class _BoxFile:
             return out
         except ValueError as e:  # JSONDecodeError and BoxValueError are ValueErrors
             if warn:
-                    logger.warning(f"predicted boxes {self.path} are damaged ({e}); computing them again")
+                logger.warning(f"predicted boxes {self.path} are damaged ({e}); computing them again")
             return {}
 
     def add(self, boxes: dict[str, Box | None]) -> None:
@@ -325,7 +318,7 @@ class PredictedBoxes:
         b = self.boxes[item.sha256]
         if b is not None:
             return b
-        h, w = _frame_size(item)
+        w, h = item.size()
         return Box(0, 0, w, h)
 
     def boxed(self, items: Sequence[Item]) -> list[Item]:
@@ -346,12 +339,6 @@ class PredictedBoxes:
         return {"ynet": self.net.label, "weights_digest": self.net.weights.digest, "file": str(self.path),
                 "computed": self.computed, "cached": self.cached, "empty_masks": len(empty),
                 "empty_mask_ids": empty}
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def predicted_boxes(items: Sequence[Item], source: BoxSource | str | BoxNet, *,
@@ -381,9 +368,8 @@ def predicted_boxes(items: Sequence[Item], source: BoxSource | str | BoxNet, *,
         An image that cannot be decoded, or whose bytes changed since validation.
     """
     net = source if isinstance(source, BoxNet) else BoxNet.load(source)
-    dev = _device(device)
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if dev.type == "cuda" else "fp32"
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     items = list(items)
     unhashed = [it.id for it in items if it.sha256 is None]
     if unhashed:
@@ -410,7 +396,8 @@ def predicted_boxes(items: Sequence[Item], source: BoxSource | str | BoxNet, *,
                 idx, x = batch
                 for i, p in zip(idx.tolist(), net._probs(x, dev, precision)):
                     it = todo[i]
-                    new[it.sha256] = net._box(p, *_frame_size(it))
+                    w, h = it.size()
+                    new[it.sha256] = net._box(p, h, w)
                 bar.update(len(idx))
         store.add(new)
     boxes = {it.sha256: new[it.sha256] if it.sha256 in new else known[it.sha256] for it in items}

@@ -42,6 +42,7 @@ from workbench.backbones.loading import (
 )
 from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
+from workbench.core.devices import resolve_device
 from workbench.core.io import atomic_file, write_json_atomic
 from workbench.core.provenance import environment
 from workbench.data.augment import StudyAugment, TrainImageDataset, collate
@@ -157,12 +158,6 @@ def finetune_id(backbone: str, base: ResolvedWeights, train: Sequence[Item], val
     return FT_PREFIX + stable_hash(key, length=12)
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig):
     # A Y-Net's samples carry their lesion masks, moved with the image by one augmentation draw.
     return TrainImageDataset(
@@ -180,24 +175,29 @@ def _loader(ds, batch_size: int, *, shuffle: bool, device: torch.device, generat
                       num_workers=workers, pin_memory=device.type == "cuda")
 
 
-@torch.no_grad()
+def forward_batches(model: nn.Module, ds: TrainImageDataset, device: torch.device, batch_size: int, *,
+                    progress: bool = False, desc: str = "predict"):
+    """``(batch, mask logits or None, class logits)`` of ``model`` (eval mode, no gradients)
+    over ``ds`` in order; channels_last and bf16 autocast on a GPU, as in training."""
+    model = model.to(device).eval()
+    for batch in tqdm(_loader(ds, batch_size, shuffle=False, device=device), disable=not progress, desc=desc,
+                      leave=False):
+        x = batch["images"].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            mask_logits, logits = model_outputs(model, x)
+        yield batch, mask_logits, logits
+
+
 def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str], geometry: Geometry,
                   data_config: DataConfig, *, device: str | torch.device | None = None,
                   batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Softmax probabilities of ``model`` on ``items`` (no augmentation), ``(n, C)``."""
-    dev = _resolve_device(device)
     ds = TrainImageDataset(list(items), list(classes), geometry, data_config.mean, data_config.std,
                            augment=None, cut_remain=False)
-    model = model.to(dev).eval()
-    out = []
-    for batch in tqdm(_loader(ds, batch_size, shuffle=False, device=dev), disable=not progress,
-                      desc="predict", leave=False):
-        x = batch["images"].to(dev, non_blocking=True)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            _, logits = model_outputs(model, x)
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    out = [torch.softmax(logits.float(), dim=1).cpu().numpy()
+           for _, _, logits in forward_batches(model, ds, resolve_device(device), batch_size, progress=progress)]
     return np.concatenate(out) if out else np.zeros((0, len(classes)), np.float32)
 
 
@@ -377,7 +377,7 @@ def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Ite
     _check_lists(train, val, classes)
     base = resolve_weights(spec, weights)
     dc = spec.data_config(base.id)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     prec = _precision(dev)
     context = dict(context or {})
     wid = finetune_id(spec.name, base, train, val, classes, config, prec)
@@ -585,11 +585,12 @@ def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, lis
     """Add the validation metrics to ``row``; the monitor used and the epoch's score."""
     if not plan.val:
         return "loss", [-row["train_loss"]]
-    proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
-                          device=plan.device, batch_size=max(plan.config.batch_size, 32))
+    if plan.config.is_ynet:  # Dice is reported, not watched: early stopping stays on the class AUC
+        proba, row["val_dice"] = _ynet_validation(plan, setup.model)
+    else:
+        proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
+                              device=plan.device, batch_size=max(plan.config.batch_size, 32))
     row.update(_val_metrics(proba, setup.y_val, len(plan.classes)))
-    if plan.config.is_ynet:  # reported, not watched: early stopping stays on the class AUC
-        row["val_dice"] = _val_dice(plan, setup.model)
     # AUC is undefined when the validation split lacks a class: watch the loss then.
     monitor = plan.config.monitor
     if monitor == "auc" and np.isnan(row["val_auc"]):
@@ -597,26 +598,22 @@ def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, lis
     return monitor, _score(row, monitor)
 
 
-@torch.no_grad()
-def _val_dice(plan: _Plan, model: nn.Module) -> float:
-    """Mean Dice of the thresholded masks on the validation images that have a manual
-    mask, at the network's resolution (NaN when none has one)."""
+def _ynet_validation(plan: _Plan, model: nn.Module) -> tuple[np.ndarray, float]:
+    """A Y-Net's class probabilities on the validation images and the mean Dice of its
+    thresholded masks on those with a mask file, at the network's resolution (NaN when
+    none has one), from one pass over the images (their tensors are the ones
+    :func:`predict_proba` would make)."""
     from workbench.evaluation.segmentation import dice
 
-    with_mask = [it for it in plan.val if it.mask_path is not None]
-    if not with_mask:
-        return float("nan")
-    ds = _dataset(with_mask, plan.classes, plan.size, plan.config.resize, plan.data_config, train=False,
+    ds = _dataset(plan.val, plan.classes, plan.size, plan.config.resize, plan.data_config, train=False,
                   config=plan.config)
-    scores = []
-    for batch in _loader(ds, max(plan.config.batch_size, 32), shuffle=False, device=plan.device):
-        x = batch["images"].to(plan.device)
-        with torch.autocast(plan.device.type, dtype=torch.bfloat16, enabled=plan.device.type == "cuda"):
-            mask_logits, _ = model_outputs(model.eval(), x)
+    probs, scores = [], []
+    for batch, mask_logits, logits in forward_batches(model, ds, plan.device, max(plan.config.batch_size, 32)):
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         pred = (mask_logits.float() > 0).cpu().numpy()  # probability > 0.5
         truth = batch["masks"].numpy().astype(bool)
-        scores += [dice(p[0], t[0]) for p, t in zip(pred, truth)]
-    return float(np.mean(scores))
+        scores += [dice(p[0], t[0]) for p, t, has in zip(pred, truth, batch["has_mask"].tolist()) if has]
+    return np.concatenate(probs), float(np.mean(scores)) if scores else float("nan")
 
 
 def _select(plan: _Plan, setup: _Setup, prog: _Progress, epoch: int, score: list[float]) -> None:

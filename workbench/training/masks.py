@@ -16,11 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from workbench.data.augment import TrainImageDataset
+from workbench.core.devices import resolve_device
+from workbench.data.augment import TrainImageDataset, read_lesion_mask
 from workbench.data.boxes import MASK_THRESHOLD, mask_box
-from workbench.data.images import decode_image, image_size
 from workbench.data.manifest import Item
 from workbench.data.preprocess import DataConfig, Geometry
 from workbench.errors import ConfigError
@@ -30,14 +29,6 @@ __all__ = ["MASK_THRESHOLD", "iter_masks", "manual_mask", "mask_box", "predict_m
 
 # mask_box and its threshold live in data.boxes, so feature extraction (which may not
 # import training) turns masks into the same boxes.
-
-
-def _frame_size(it: Item) -> tuple[int, int]:
-    """(height, width) of the item's image (from the manifest when validated, else its header)."""
-    if it.width is not None and it.height is not None:
-        return it.height, it.width
-    w, h = image_size(it.path)
-    return h, w
 
 
 @torch.no_grad()
@@ -51,19 +42,14 @@ def iter_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data
     ConfigError
         ``model`` is not a Y-Net (it gives no mask logits).
     """
-    from workbench.training.finetune import _loader, _resolve_device, model_outputs
+    from workbench.training.finetune import forward_batches
 
     items = list(items)
-    dev = _resolve_device(device)
     # Labels do not matter here; one placeholder class keeps the dataset's checks quiet.
     ds = TrainImageDataset([_unlabelled(it) for it in items], ["?"], geometry, data_config.mean, data_config.std)
-    model = model.to(dev).eval()
     k = 0
-    for batch in tqdm(_loader(ds, batch_size, shuffle=False, device=dev), disable=not progress, desc="masks",
-                      leave=False):
-        x = batch["images"].to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            mask_logits, _ = model_outputs(model, x)
+    for _, mask_logits, _ in forward_batches(model, ds, resolve_device(device), batch_size, progress=progress,
+                                             desc="masks"):
         if mask_logits is None:
             raise ConfigError("this network predicts classes only, no lesion masks: give a Y-Net "
                               "(fine-tuned with model = 'ynet')")
@@ -71,7 +57,7 @@ def iter_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data
         for p in probs:
             it = items[k]
             k += 1
-            h, w = _frame_size(it)
+            w, h = it.size()
             yield it, geometry.to_frame(p, h, w)[0].clamp_(0, 1).numpy()
 
 
@@ -99,12 +85,8 @@ def manual_mask(it: Item) -> np.ndarray:
     """
     if it.mask_path is None:
         raise ConfigError(f"item {it.id!r} has no lesion mask (mask_path)")
-    m = decode_image(it.mask_path, keep_gray=True)[0].numpy() > 0.5
-    h, w = _frame_size(it)
-    if m.shape != (h, w):
-        raise ConfigError(f"mask {it.mask_path} of item {it.id!r} is {m.shape[1]}x{m.shape[0]} pixels, its image "
-                          f"{w}x{h}: a mask must have its image's size")
-    return m
+    w, h = it.size()
+    return read_lesion_mask(it, h, w)[0].numpy()
 
 
 def score_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data_config: DataConfig, *,
