@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from workbench.bundle.files import BundleError, load_fitted, read_json, verify_b
 from workbench.bundle.segment import Segmentation
 from workbench.data.boxes import Box
 from workbench.data.images import as_image_tensor
+
+if TYPE_CHECKING:
+    from workbench.backbones.ynet_masks import YNetMasks
 
 __all__ = ["BundleModel", "Explanation", "load_model"]
 
@@ -270,38 +273,39 @@ class BundleModel:
     def segment_tensors(self, images: Sequence[torch.Tensor], *, threshold: float | None = None,
                         batch_size: int = 32) -> list[Segmentation]:
         """As :meth:`segment`, for decoded ``(1|3, H, W)`` tensors in [0, 1]."""
-        from workbench.training.masks import MASK_THRESHOLD, mask_box
+        from workbench.backbones.ynet_masks import MASK_THRESHOLD
 
         thr = MASK_THRESHOLD if threshold is None else float(threshold)
         if not 0.0 <= thr < 1.0:
             raise BundleError(f"mask threshold must be in [0, 1), got {threshold!r}")
         with self.lock:
-            maps = self._mask_maps(images, batch_size)
-        return [Segmentation(m, thr, mask_box(m, thr)) for m in maps]
+            masks = self._ynet_masks()
+            maps = masks.maps(list(images), device=self.device, batch_size=batch_size)
+        return [Segmentation(m, thr, masks.box(m, thr)) for m in maps]
 
     def predict_masks(self, images) -> list[np.ndarray]:
         """Lesion probability maps ``(H, W)`` float32 of ``images``, each at its image's size
         (a Y-Net bundle; see :meth:`segment`)."""
         with self.lock:
-            return self._mask_maps(self._tensors(images), 32)
+            return self._ynet_masks().maps(self._tensors(images), device=self.device, batch_size=32)
 
-    def _mask_maps(self, images: Sequence[torch.Tensor], batch_size: int) -> list[np.ndarray]:
-        from workbench.training.finetune import model_outputs
+    def _ynet_masks(self) -> YNetMasks:
+        """The shared Y-Net mask pipeline (:class:`~workbench.backbones.ynet_masks.YNetMasks`)
+        over the bundled network, with its geometry and normalisation (as :meth:`network_input`),
+        at fp32 (no autocast) on :attr:`device`.
+
+        Raises
+        ------
+        BundleError
+            The bundle is not a Y-Net.
+        """
+        from workbench.backbones.ynet_masks import YNetMasks
 
         if not self.is_ynet:
             what = "a CNN classifier" if self.kind == "baseline" else f"a {self.kind} on CNN features"
             raise BundleError(f"{self.name!r} is {what}: it predicts classes only, no lesion masks; export a "
                               f"Y-Net baseline (e.g. CNN ynet-lite0) to segment")
-        out: list[np.ndarray] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                chunk = images[start:start + batch_size]
-                mask_logits, _ = model_outputs(self.network, self.network_input(chunk))
-                probs = torch.sigmoid(mask_logits.float()).cpu()
-                for im, p in zip(chunk, probs):
-                    h, w = im.shape[-2:]
-                    out.append(self.geometry.to_frame(p, int(h), int(w))[0].clamp_(0, 1).numpy())
-        return out
+        return YNetMasks(self.network, self.geometry, self.mean.flatten().tolist(), self.std.flatten().tolist())
 
     def decide(self, proba: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Class names: the positive class at or above ``threshold`` (default: the bundle's

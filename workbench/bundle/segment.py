@@ -2,10 +2,11 @@
 
 A Y-Net baseline (:mod:`workbench.backbones.ynet`) gives a lesion probability map
 besides the class probabilities. :meth:`BundleModel.segment` brings the map back onto the
-image (the inverse of the network's resize, as the run scored it) and wraps it here: the
-thresholded mask, the predicted box (:func:`workbench.training.masks.mask_box`: the
-largest connected region, so a stray speck does not stretch it) and the mask's contour
-for drawing (:func:`mask_contours`).
+image (the inverse of the network's resize, as the run scored it) through the one Y-Net
+mask pipeline (:mod:`workbench.backbones.ynet_masks`, which the run's Dice and predicted
+boxes went through too) and wraps it here: the thresholded mask, the predicted box
+(:func:`workbench.data.boxes.mask_box`: the largest connected region, so a stray speck
+does not stretch it) and the mask's contour for drawing (:func:`mask_contours`).
 
 Coordinates are the image's pixel frame, as boxes are: pixel ``(x, y)`` covers
 ``[x, x + 1) x [y, y + 1)``, so a mask filling the image has the contour of its border

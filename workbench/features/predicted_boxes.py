@@ -2,9 +2,9 @@
 
 ``--input box --boxes predicted:[backbone@]ft-...`` crops each image to the box of the
 lesion a fine-tuned Y-Net segments instead of the manifest's manual box: the bounding
-box of the largest connected region of its probability map above 0.5
-(:func:`workbench.data.boxes.mask_box`, the function the training layer's
-:mod:`~workbench.training.masks` uses), in the image's own pixels. An image whose
+box of the largest connected region of its probability map above 0.5, in the image's
+own pixels: the one Y-Net mask pipeline (:mod:`workbench.backbones.ynet_masks`) that the
+training layer's :mod:`~workbench.training.masks` and a bundle's ``segment()`` use too. An image whose
 predicted mask is empty is taken whole (its box is the full frame), and counted.
 
 Boxes are computed once per (image bytes, Y-Net) and kept beside the feature cache::
@@ -20,13 +20,12 @@ a warning and its boxes are computed again.
 
 Only the backbone and data layers are used here: the feature layer may not import the
 training layer (``.importlinter``), so the Y-Net is built from the fine-tuned store
-(:func:`~workbench.backbones.weights.resolve_weights`, :func:`build_model`) and fed
-exactly as :func:`workbench.training.masks.iter_masks` feeds it (decode, geometry,
-normalisation; ``tests/test_predicted_boxes.py`` checks both give the same boxes).
+(:func:`~workbench.backbones.weights.resolve_weights`, :func:`build_model`) and read
+through :class:`~workbench.backbones.ynet_masks.YNetMasks` (``tests/test_predicted_boxes.py``
+and ``tests/test_ynet_mask_pipeline.py`` check the boxes are the training layer's).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -46,10 +45,11 @@ from workbench.backbones.finetuned import ENV_ROOT, FineTunedNotFoundError, defa
 from workbench.backbones.loading import build_model
 from workbench.backbones.registry import get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
+from workbench.backbones.ynet_masks import YNetMasks, resized_input
 from workbench.core.devices import resolve_device, resolve_precision
 from workbench.core.hashing import stable_hash
 from workbench.core.io import atomic_write
-from workbench.data.boxes import MASK_THRESHOLD, Box, mask_box
+from workbench.data.boxes import MASK_THRESHOLD, Box
 from workbench.data.images import ImageDecodeError, decode_image
 from workbench.data.manifest import Item
 from workbench.data.preprocess import Geometry
@@ -197,37 +197,21 @@ class BoxNet:
                 "mean": list(self.mean), "std": list(self.std), "threshold": self.threshold,
                 "precision": precision, "empty": "whole", "code_version": BOX_CODE_VERSION}
 
-    def _probs(self, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
-        """``(B, S, S)`` lesion probabilities of a batch of resized ``[0, 1]`` images."""
-        x = x.to(device)
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        ctx = torch.autocast(device_type=device.type, dtype=amp) if amp else contextlib.nullcontext()
-        with torch.inference_mode(), ctx:
-            mask_logits, _ = self.model.to(device)((x - mean) / std)
-        return torch.sigmoid(mask_logits.float())[:, 0].cpu()
-
-    def _box(self, prob: torch.Tensor, height: int, width: int) -> Box | None:
-        frame = self.geometry.to_frame(prob[None], height, width)[0].clamp_(0, 1).numpy()
-        return mask_box(frame, self.threshold)
+    @property
+    def masks(self) -> YNetMasks:
+        """The shared mask pipeline over this network (builds it)."""
+        return YNetMasks(self.model, self.geometry, self.mean, self.std, self.threshold)
 
     def boxes_of_images(self, images: Sequence[torch.Tensor], *, device: str | torch.device = "cpu",
                         precision: str = "fp32", batch_size: int = 16) -> list[Box | None]:
         """Predicted boxes of decoded images (``(1|3, H, W)`` in [0, 1]), None where the
         mask is empty: for new images, e.g. at prediction time (nothing is cached)."""
-        dev = torch.device(device)
-        out: list[Box | None] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start:start + batch_size]
-            x = torch.stack([self.geometry(img).expand(3, -1, -1) for img in chunk])
-            for img, p in zip(chunk, self._probs(x, dev, precision)):
-                out.append(self._box(p, int(img.shape[-2]), int(img.shape[-1])))
-        return out
+        return self.masks.boxes(list(images), device=device, precision=precision, batch_size=batch_size)
 
 
 class _Frames(Dataset):
-    """Each image decoded (checked against its validated SHA-256) and resized for the Y-Net."""
+    """Each image decoded (checked against its validated SHA-256) and resized for the Y-Net
+    (:func:`~workbench.backbones.ynet_masks.resized_input`, in the loader's workers)."""
 
     def __init__(self, items: Sequence[Item], geometry: Geometry):
         self.items, self.geometry = list(items), geometry
@@ -241,7 +225,7 @@ class _Frames(Dataset):
             img = decode_image(it.path, keep_gray=True, expect_sha256=it.sha256)
         except ImageDecodeError as e:
             return e  # returned, not raised: a worker would lose the file and the reason
-        return i, self.geometry(img).expand(3, -1, -1)
+        return i, resized_input(img, self.geometry)
 
 
 def _collate(batch: list):
@@ -386,6 +370,7 @@ def predicted_boxes(items: Sequence[Item], source: BoxSource | str | BoxNet, *,
     logger.info(f"predicted boxes ({net.label}): {n_cached} cached, {len(todo)} to compute")
     new: dict[str, Box | None] = {}
     if todo:
+        masks = net.masks
         loader = DataLoader(_Frames(todo, net.geometry), batch_size=batch_size, shuffle=False,
                             num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
         bar = tqdm(total=len(todo), unit="img", desc="boxes", disable=not progress, dynamic_ncols=True)
@@ -394,10 +379,10 @@ def predicted_boxes(items: Sequence[Item], source: BoxSource | str | BoxNet, *,
                 if isinstance(batch, ImageDecodeError):
                     raise batch
                 idx, x = batch
-                for i, p in zip(idx.tolist(), net._probs(x, dev, precision)):
+                for i, p in zip(idx.tolist(), masks.mask_probs(x, dev, precision)):
                     it = todo[i]
                     w, h = it.size()
-                    new[it.sha256] = net._box(p, h, w)
+                    new[it.sha256] = masks.box(masks.frame(p, h, w))
                 bar.update(len(idx))
         store.add(new)
     boxes = {it.sha256: new[it.sha256] if it.sha256 in new else known[it.sha256] for it in items}

@@ -6,7 +6,9 @@ through, :meth:`~workbench.data.preprocess.Geometry.to_frame`), so Dice is compu
 against the manual mask in the image's own pixels and a predicted box is in the same
 coordinates as a manual one. :func:`mask_box` turns a map into a box: the bounding box
 of the largest connected region above the threshold (a stray speck elsewhere in the
-frame must not stretch it), or None when nothing is above it.
+frame must not stretch it), or None when nothing is above it. The steps after the
+forward pass are the one mask pipeline of :mod:`workbench.backbones.ynet_masks`, which
+the feature layer's predicted boxes and a bundle's ``segment()`` use too.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.backbones.ynet_masks import MASK_THRESHOLD, lesion_probs, mask_box, to_image_frame
 from workbench.core.devices import resolve_device
 from workbench.data.augment import TrainImageDataset, read_lesion_mask
-from workbench.data.boxes import MASK_THRESHOLD, mask_box
 from workbench.data.manifest import Item
 from workbench.data.preprocess import DataConfig, Geometry
 from workbench.errors import ConfigError
@@ -27,8 +29,8 @@ from workbench.evaluation.segmentation import mask_scores
 
 __all__ = ["MASK_THRESHOLD", "iter_masks", "manual_mask", "mask_box", "predict_masks", "score_masks"]
 
-# mask_box and its threshold live in data.boxes, so feature extraction (which may not
-# import training) turns masks into the same boxes.
+# MASK_THRESHOLD and mask_box are re-exported from the shared pipeline (they live in
+# data.boxes), so callers of this module keep their names.
 
 
 @torch.no_grad()
@@ -48,17 +50,15 @@ def iter_masks(model: nn.Module, items: Sequence[Item], geometry: Geometry, data
     # Labels do not matter here; one placeholder class keeps the dataset's checks quiet.
     ds = TrainImageDataset([_unlabelled(it) for it in items], ["?"], geometry, data_config.mean, data_config.std)
     k = 0
+    # The fine-tuning loop's forward pass (as validation ran it: channels_last and bf16 on
+    # a GPU); the steps after it are the shared pipeline's.
     for _, mask_logits, _ in forward_batches(model, ds, resolve_device(device), batch_size, progress=progress,
                                              desc="masks"):
-        if mask_logits is None:
-            raise ConfigError("this network predicts classes only, no lesion masks: give a Y-Net "
-                              "(fine-tuned with model = 'ynet')")
-        probs = torch.sigmoid(mask_logits.float()).cpu()
-        for p in probs:
+        for p in lesion_probs(mask_logits):
             it = items[k]
             k += 1
             w, h = it.size()
-            yield it, geometry.to_frame(p, h, w)[0].clamp_(0, 1).numpy()
+            yield it, to_image_frame(p, geometry, h, w)
 
 
 def _unlabelled(it: Item) -> Item:
