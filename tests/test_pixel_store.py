@@ -315,3 +315,77 @@ def test_the_option_reaches_extract_options_from_the_cli_and_the_config(tmp_path
     cfg = tmp_path / "e.toml"
     cfg.write_text('name = "e"\nmanifest = "m.csv"\n[features]\nspecs = ["alexnet"]\npixel_store = false\n')
     assert ExperimentConfig.load(cfg).features.extract.pixel_store is False
+
+
+# ---- fine-tuning from the store ---------------------------------------------------------------
+
+def _tiny_finetune_lists(ds):
+    from workbench.data.manifest import Manifest
+
+    items = list(Manifest.load(ds.csv).validate(progress=False))
+    return items[:4], items[4:], sorted({it.label for it in items})
+
+
+def _decode_counter(monkeypatch) -> list[str]:
+    """Counts every full decode, wherever it is called from (decode_image's one reader)."""
+    import workbench.data.images as images_mod
+
+    calls: list[str] = []
+    real = images_mod._decode_array
+
+    def counted(path, data):
+        calls.append(Path(path).name)
+        return real(path, data)
+
+    monkeypatch.setattr(images_mod, "_decode_array", counted)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore:the validation split holds fewer")
+def test_fine_tuning_from_the_store_keeps_the_id_and_the_weights(make_dataset, tmp_path, monkeypatch):
+    from workbench.training.config import FineTuneConfig
+    from workbench.training.finetune import fine_tune
+
+    ds = make_dataset(6)
+    train, val, classes = _tiny_finetune_lists(ds)
+    config = FineTuneConfig(epochs=1, batch_size=2, image_size=32, cut_remain=True)
+    kw = dict(weights="random", device="cpu", progress=False)
+    plain = fine_tune("timm/test_efficientnet", train, val, classes, config, root=tmp_path / "a", **kw)
+    store = PixelStore(tmp_path / "px")
+    calls = _decode_counter(monkeypatch)
+    first = fine_tune("timm/test_efficientnet", train, val, classes, config, root=tmp_path / "b", pixels=store, **kw)
+    assert sorted(calls) == sorted(f"{it.id}.png" for it in train + val)  # each image decoded once
+    calls.clear()
+    second = fine_tune("timm/test_efficientnet", train, val, classes, config, root=tmp_path / "c", pixels=store,
+                       **kw)
+    assert calls == []  # training and validation images all read from the store
+    assert plain.weights_id == first.weights_id == second.weights_id
+    for ft in (first, second):
+        a, b = plain.model.state_dict(), ft.model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert ft.history[0]["train_loss"] == plain.history[0]["train_loss"]
+
+
+def test_baseline_estimator_and_cli_take_the_store(make_dataset, tmp_path, monkeypatch):
+    from workbench.baselines.estimator import CNNClassifier
+    from workbench.cli.parser import build_parser
+    from workbench.data.manifest import Manifest
+
+    ds = make_dataset(6)
+    m = Manifest.load(ds.csv).validate(progress=False)
+    cfg = {"epochs": 1, "batch_size": 2, "image_size": 32}
+    kw = dict(weights="random", config=cfg, val_fraction=0.0, device="cpu")
+    plain = CNNClassifier("timm/test_efficientnet", m, root=str(tmp_path / "a"), **kw).fit(m.ids)
+    stored = CNNClassifier("timm/test_efficientnet", m, root=str(tmp_path / "b"), pixels=str(tmp_path / "px"),
+                           **kw).fit(m.ids)
+    assert len(PixelStore(tmp_path / "px").keys()) == 6
+    calls = _decode_counter(monkeypatch)
+    np.testing.assert_array_equal(stored.predict_proba(m.ids), plain.predict_proba(m.ids))
+    assert plain.weights_id_ == stored.weights_id_
+    assert calls == [f"{i}.png" for i in m.ids]  # only the plain estimator decoded
+
+    parser = build_parser()
+    for cmd in (["finetune", "--manifest", "m.csv", "--backbone", "alexnet"],
+                ["baselines", "--manifest", "m.csv", "--out", "o"]):
+        assert parser.parse_args(cmd).pixel_store is None
+        assert parser.parse_args(cmd + ["--pixel-store", "c/pixels"]).pixel_store == "c/pixels"

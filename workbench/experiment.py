@@ -25,6 +25,9 @@ Config (paths relative to the config file)::
                  ensemble_members = ["svm-rbf", "rf", "baseline:lite0"] (hybrid CNN + head ensembles too),
                  [sweep.grids] svm-rbf = {C = [1, 10]}
                  n_jobs = 1, memory_budget = "80%" (or "12GB": SVM units over it run over fewer blocks)
+                 backend = "dask", scheduler = "tcp://host:8786" | "local": every stage's units (fine-tunes,
+                 extraction chunks, heads, baselines, Grad-CAM) on a Dask cluster (README: "Running on a
+                 Dask cluster"); n_jobs and backend apply to every stage, not the sweep alone
     [baselines]  names = ["lite0"], tune = false, [baselines.set] epochs = 5
     [report]     alpha = 0.05, publish = "folder beside the config"
     [test]       external = {site2 = "site2.csv", heldout = {manifest = "labels.csv", ids = "heldout_ids.txt"}}
@@ -63,31 +66,33 @@ from workbench.backbones.finetuned import FineTunedNotFoundError, default_root, 
 from workbench.backbones.registry import get_backbone
 from workbench.baselines.configs import get_baseline
 from workbench.baselines.estimator import CNNClassifier
-from workbench.baselines.explain import explain
+from workbench.baselines.cam import explain_on
 from workbench.baselines.run import run_baselines
 from workbench.core.io import atomic_write
+from workbench.core.parallel import shared_cluster
 from workbench.data.manifest import Item, Manifest
 from workbench.data.modes import INPUT_MODES, RESIZE_MODES
+from workbench.data.pixels import PixelStore
 from workbench.evaluation.calibration import RECALIBRATION_METHODS
 from workbench.evaluation.metrics import PER_CLASS_METRICS, list_metrics
 from workbench.evaluation.protocol import (ExternalSetError, Protocol, build_task, check_external_name,
                                            combine_external, load_external)
 from workbench.evaluation.settings import SCORINGS
 from workbench.evaluation.store import ResultStore
-from workbench.features.extraction import extract
+from workbench.features.distributed import extract_on
 from workbench.features.featureset import FeatureSet
-from workbench.features.options import ExtractOptions
+from workbench.features.options import PREPROCESS_SITES, ExtractOptions
 from workbench.features.request import FeatureRequest
 from workbench.heads.zoo import get_head
 from workbench.report.build import ReportSettings, Selection, decision_thresholds_problem, write_report
 from workbench.report.gradcam import GRID_MAX, CamSet, cam_path
-from workbench.search.options import Execution, SweepOptions, parse_memory_budget
+from workbench.search.options import BACKENDS, Execution, SweepOptions, parse_memory_budget
 from workbench.search.sweep import sweep
 from workbench.training.config import FineTuneConfig
 from workbench.training.nested import fine_tune_nested
 
 __all__ = ["ExperimentConfig", "FeaturesConfig", "BaselinesConfig", "ConfigError", "ExternalSpec", "TestConfig",
-           "run_experiment", "build_report", "CONFIG_SCHEMA", "SECTIONS", "DUPLICATE_POLICIES"]
+           "run_experiment", "with_execution", "build_report", "CONFIG_SCHEMA", "SECTIONS", "DUPLICATE_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +352,8 @@ def _build_features(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[
     if not v.get("specs") and not v.get("finetuned"):
         raise ConfigError(path, "features.specs", v.get("specs", []),
                           "[features] names no specs and no fine-tuned backbones; give at least one")
-    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size", "boxes", "pixel_store") if k in v}
+    ext = {k: v[k] for k in ("image_size", "resize", "input", "batch_size", "boxes", "pixel_store", "preprocess_on")
+           if k in v}
     options = _constructed(path, "features", v, lambda: ExtractOptions(**ext))
     lists = {k: tuple(v[k]) for k in ("specs", "finetuned") if k in v}
     return {"features": FeaturesConfig(**lists, nested=v.get("nested", False), extract=options)}
@@ -377,7 +383,7 @@ def _build_sweep(path: Path, v: dict[str, Any], top: dict[str, Any]) -> dict[str
         raise ConfigError(path, "sweep.grids", v["grids"],
                           f"expected grids for heads among sweep.heads ({', '.join(heads)}); "
                           f"{', '.join(extra)} is not swept")
-    exe_keys = ("n_jobs", "memory_budget")  # how the sweep runs: an Execution
+    exe_keys = ("n_jobs", "memory_budget", "backend", "scheduler")  # how every stage runs: an Execution
     opts = {k: (tuple(x) if isinstance(x, list) and k != "subsets" else x) for k, x in v.items() if k not in exe_keys}
     exe = {k: v[k] for k in exe_keys if k in v}
     return {"sweep": _constructed(path, "sweep", v, lambda: SweepOptions(**opts)),
@@ -450,6 +456,7 @@ SECTIONS: dict[str, _Section] = {
         "batch_size": _Key("int", check=_at_least(1)),
         "boxes": _Key("str", check=_non_empty),  # "manual" or "predicted:[backbone@]ft-..." (ExtractOptions)
         "pixel_store": _Key("bool"),  # keep decoded pixels in <cache>/pixels (ExtractOptions)
+        "preprocess_on": _Key("str", choices=PREPROCESS_SITES),  # loader workers or the device (ExtractOptions)
     }, _build_features),
     "finetune": _Section({}, _build_finetune, fields_of=FineTuneConfig),
     "sweep": _Section({
@@ -462,6 +469,8 @@ SECTIONS: dict[str, _Section] = {
         "ensemble_members": _Key("strs", check=_names(1)),  # heads and baseline:<name>
         "n_jobs": _Key("int", check=_n_jobs),
         "memory_budget": _Key("any", check=_memory_budget),  # "12GB", "50%", 0.5 (Execution)
+        "backend": _Key("str", choices=BACKENDS),  # every stage's workers (Execution)
+        "scheduler": _Key("str", check=_non_empty),  # with backend = "dask": "tcp://host:8786" or "local"
     }, _build_sweep),
     "baselines": _Section({
         "names": _Key("strs", check=_names()),
@@ -697,16 +706,20 @@ def _top_fields(path: Path, top: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- stages
 def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bool = True,
-                   device: str | None = None) -> Path:
+                   device: str | None = None, execution: Mapping[str, Any] | None = None) -> Path:
     """Run (or resume) every stage of the experiment; return the report folder.
 
     Stages: validate inputs, fine-tune (features), extract, sweep, baselines, hybrid
     ensembles (when [sweep] names baseline members), record the inputs, Grad-CAM,
     report. Each resumes what the cache, the fine-tuned store and the run folder hold.
+    ``execution``: ``n_jobs``/``backend``/``scheduler`` over the config's (see
+    :func:`with_execution`); every stage runs on it, on Dask ``"local"`` one local
+    cluster for the whole run. Records are those of a local run.
     """
     cfg = config if isinstance(config, ExperimentConfig) else ExperimentConfig.load(config)
+    cfg = with_execution(cfg, **(execution or {}))
     # The fine-tuned store the config names, for this run only (weights ids resolve through it).
-    with using_root(cfg.finetuned):
+    with using_root(cfg.finetuned), shared_cluster(cfg.execution):
         manifest, duplicates, external = validate_inputs(cfg, progress=progress)
         finetuned = fine_tune_stage(cfg, manifest, device=device, progress=progress)
         specs = list(cfg.features.specs) + [f"{label}:{','.join(get_backbone(b).taps)}"
@@ -720,6 +733,24 @@ def run_experiment(config: str | os.PathLike | ExperimentConfig, *, progress: bo
         report = report_stage(cfg)
         export_stage(cfg, progress=progress)
         return report
+
+
+def with_execution(cfg: ExperimentConfig, *, n_jobs: int | None = None, backend: str | None = None,
+                   scheduler: str | None = None) -> ExperimentConfig:
+    """``cfg`` with the given execution settings over its [sweep] ones (``None``: the
+    config's). A backend other than ``dask`` drops the config's scheduler.
+
+    Raises
+    ------
+    ConfigError
+        A bad combination (``scheduler`` without ``backend = "dask"``, ``n_jobs = 0``), named.
+    """
+    given = {k: v for k, v in (("n_jobs", n_jobs), ("backend", backend), ("scheduler", scheduler)) if v is not None}
+    if not given:
+        return cfg
+    if "backend" in given and given["backend"] != "dask" and "scheduler" not in given:
+        given["scheduler"] = None
+    return dataclasses.replace(cfg, execution=dataclasses.replace(cfg.execution, **given))
 
 
 def validate_inputs(cfg: ExperimentConfig, *, progress: bool = True
@@ -792,6 +823,12 @@ def _read_ids(path: Path) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
+def _pixel_store(cfg: ExperimentConfig) -> PixelStore | None:
+    """The store extraction keeps beside the cache (``<cache>/pixels``), read by the
+    fine-tuning stages too, or None with ``[features] pixel_store = false``."""
+    return PixelStore(Path(cfg.cache) / "pixels") if cfg.features.extract.pixel_store else None
+
+
 def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | None = None,
                     progress: bool = True) -> dict[str, str]:
     """Fine-tune each of [features] finetuned (on the training split, or nested per fold).
@@ -799,14 +836,17 @@ def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | 
     Returns backbone -> the fine-tuned label its feature blocks go under.
     """
     labels = {}
+    pixels = _pixel_store(cfg)
     for backbone in cfg.features.finetuned:
         logger.info(f"[{cfg.name}] fine-tuning {backbone} for features")
         if cfg.features.nested:
             labels[backbone] = fine_tune_nested(backbone, manifest, cfg.finetune, protocol=cfg.protocol,
-                                                device=device, progress=progress, execution=cfg.execution).label
+                                                device=device, progress=progress, execution=cfg.execution,
+                                                pixels=pixels).label
         else:
             train_ids = [it.id for it in manifest if it.split != "test"]
-            est = CNNClassifier(backbone, manifest, config=cfg.finetune, device=device, progress=progress)
+            est = CNNClassifier(backbone, manifest, config=cfg.finetune, device=device, progress=progress,
+                                pixels=pixels)
             labels[backbone] = est.fit(train_ids).finetuned_.label
     return labels
 
@@ -817,7 +857,9 @@ def extract_stage(cfg: ExperimentConfig, manifest: Manifest, specs: list[str], *
     where it holds them."""
     logger.info(f"[{cfg.name}] features: {', '.join(specs)}")
     every = combine_external(manifest, external)[0]
-    return extract(every, specs, cache=cfg.cache, options=cfg.features.extract, progress=progress)
+    # Chunks of rows on the workers when the run is spread (extract() itself otherwise).
+    return extract_on(cfg.execution, every, specs, cache=cfg.cache, options=cfg.features.extract,
+                      progress=progress)
 
 
 def sweep_stage(cfg: ExperimentConfig, manifest: Manifest, fs: FeatureSet, *, progress: bool = True,
@@ -843,9 +885,11 @@ def baselines_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | 
     network also scored on the external sets)."""
     bl = cfg.baselines
     if bl.names:
+        pixels = _pixel_store(cfg)
         run_baselines(manifest, list(bl.names), cfg.out, protocol=cfg.protocol, overrides=dict(bl.overrides),
                       tune=bl.tune, tune_cv=bl.tune_cv, val_fraction=bl.val_fraction, device=device,
-                      progress=progress, execution=cfg.execution, external=external)
+                      progress=progress, execution=cfg.execution, external=external,
+                      pixels=None if pixels is None else pixels.root)
 
 
 def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str, str], specs: list[str],
@@ -894,7 +938,8 @@ def gradcam_stage(cfg: ExperimentConfig) -> list[Path]:
     for network in todo:
         logger.info(f"[{cfg.name}] Grad-CAM of {network}")
         try:
-            CamSet.from_result(explain(items, network, target="pred")).save(cam_path(cfg.out, network))
+            CamSet.from_result(explain_on(cfg.execution, items, network, target="pred")).save(
+                cam_path(cfg.out, network))
         except (FineTunedNotFoundError, FileNotFoundError) as e:
             # The report says the grid is missing and how to get it.
             logger.warning(f"[{cfg.name}] Grad-CAM of {network} skipped: {e}")

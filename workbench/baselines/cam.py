@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
@@ -29,9 +29,14 @@ from workbench.backbones.camlayers import (
     timm_family_layer,
     torchvision_family_layer,
 )
+from workbench.backbones.finetuned import default_root, using_root
 from workbench.backbones.registry import BackboneSpec, get_backbone
+from workbench.core.parallel import ExecutionLike, unordered
 from workbench.data.boxes import Box
 from workbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workbench.baselines.explain import CamReport
 
 __all__ = [
     "CamResult",
@@ -41,6 +46,8 @@ __all__ = [
     "upsample_to",
     "peak_in_box",
     "peak_in_box_share",
+    "explain_on",
+    "DEFAULT_CAM_CHUNK",
 ]
 
 LayerSpec = Union[str, nn.Module, None]
@@ -308,3 +315,55 @@ def peak_in_box_share(maps: Sequence[np.ndarray], boxes: Sequence[Box | None]) -
         raise ValueError(f"{len(maps)} maps but {len(boxes)} boxes")
     hits = [peak_in_box(m, b) for m, b in zip(maps, boxes) if b is not None]
     return float(np.mean(hits)) if hits else float("nan")
+
+
+# ------------------------------------------------------------------------ on workers
+#: Images per Grad-CAM task: a few batches, so loading the network is a small share.
+DEFAULT_CAM_CHUNK = 64
+
+
+def _explain_chunk(index: int, items: list, network: str, kwargs: dict[str, Any],
+                   finetuned_root: str) -> tuple[int, "CamReport"]:
+    from workbench.baselines.explain import explain  # explain builds on this module: imported when run
+
+    # The caller's store: a worker keeps the environment it started with.
+    with using_root(finetuned_root):
+        return index, explain(items, network, **kwargs)
+
+
+def explain_on(execution: ExecutionLike | None, items: Sequence, network: str, *, target: str = "pred",
+               layer: str | None = None, batch_size: int = 16, device: str | None = None,
+               chunk_size: int = DEFAULT_CAM_CHUNK) -> "CamReport":
+    """:func:`~workbench.baselines.explain.explain` with the images in chunks, one task
+    each on ``execution``'s workers, joined in the order of ``items``.
+
+    Chunks are whole batches of ``batch_size`` (``chunk_size`` rounded up), so every
+    batch holds the images it holds in a local run and the maps are the same. On Dask a
+    chunk for ``device="cuda"`` asks for a ``GPU`` worker. Without a Dask execution this is :func:`explain`.
+    """
+    from workbench.baselines.explain import CamReport, explain
+    from workbench.core.parallel import gpu_resources
+
+    kwargs = {"target": target, "layer": layer, "batch_size": batch_size, "device": device}
+    items = list(items)
+    # Only a Dask cluster gets chunks: on this machine torch's threads already use every
+    # core (local processes would load the network once more each; threads would share
+    # torch's global state).
+    if execution is None or execution.backend != "dask" or not items:
+        return explain(items, network, **kwargs)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk_size = {chunk_size!r}: expected a positive number of images")
+    step = -(-chunk_size // batch_size) * batch_size
+    root = str(default_root().resolve())
+    units = [(k, items[i:i + step], network, kwargs, root) for k, i in enumerate(range(0, len(items), step))]
+    # explain's default device is the CPU: only an explicit cuda asks for a GPU worker.
+    resources = gpu_resources(device) if device else None
+    parts = dict(unordered(execution, _explain_chunk, units, resources=resources))
+    done = [parts[k] for k in range(len(units))]
+    first = done[0]
+    return CamReport(
+        network=first.network, classes=first.classes, ids=[i for r in done for i in r.ids],
+        labels=[lab for r in done for lab in r.labels], pred=np.concatenate([r.pred for r in done]),
+        targets=np.concatenate([r.targets for r in done]), proba=np.concatenate([r.proba for r in done]),
+        boxes=[b for r in done for b in r.boxes], peak_in_box=[p for r in done for p in r.peak_in_box],
+        images=[im for r in done for im in r.images], maps=[m for r in done for m in r.maps])

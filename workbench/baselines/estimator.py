@@ -7,6 +7,7 @@ the manifest's); ``y``, when given, must agree with the manifest's labels.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from workbench.data.manifest import Item, Manifest
+from workbench.data.pixels import PixelStore
 from workbench.errors import ConfigError
 from workbench.evaluation.protocol import Protocol
 from workbench.evaluation.splits import make_folds
@@ -50,13 +52,17 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Fine-tuned store, device (``None``: GPU when there is one), progress bars.
     context : dict or None
         Stored with the fine-tuned weights (e.g. the outer fold it was trained for).
+    pixels : PixelStore, path or None
+        Pixel store the images are read from (decoded only when it lacks them); the
+        tensors are the same, so the fine-tuned ids are too. None decodes every epoch.
     """
 
     def __init__(self, backbone: str = "tf_efficientnet_lite0", manifest: Manifest | None = None, *,
                  weights: str | None = None, config: FineTuneConfig | dict | None = None,
                  grid: dict[str, Sequence[Any]] | None = None, tune_cv: int = 6,
                  val_fraction: float = 0.15, root: str | None = None, device: str | None = None,
-                 progress: bool = False, context: dict | None = None):
+                 progress: bool = False, context: dict | None = None,
+                 pixels: PixelStore | str | os.PathLike | None = None):
         self.backbone = backbone
         self.manifest = manifest
         self.weights = weights
@@ -68,6 +74,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.progress = progress
         self.context = context
+        self.pixels = pixels
 
     # -- helpers -------------------------------------------------------------------
     def _config(self) -> FineTuneConfig:
@@ -95,9 +102,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError("CNNClassifier: X holds 0 sample(s) (image ids); a minimum of 1 is required")
         return [str(i) for i in arr]
 
+    def _pixels(self) -> PixelStore | None:
+        p = self.pixels
+        return p if p is None or isinstance(p, PixelStore) else PixelStore(p)
+
     def _fine_tune(self, train, val, config, context) -> FineTuned:
         return fine_tune(self.backbone, train, val, self.classes_, config, weights=self.weights, root=self.root,
-                         device=self.device, context=context, progress=self.progress)
+                         device=self.device, context=context, progress=self.progress, pixels=self._pixels())
 
     # -- estimator contract ----------------------------------------------------------
     def fit(self, X, y=None) -> "CNNClassifier":
@@ -142,7 +153,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
             cfg = config.replace(**params, patience=0)
             ft = self._fine_tune([items[j] for j in tr], [], cfg, {**context, "tune_fold": i})
             return predict_proba(ft.model, [items[j] for j in va], classes, ft.geometry, ft.data_config,
-                                 device=self.device)
+                                 device=self.device, pixels=self._pixels())
 
         return inner_search(score_fold, self.grid, y, folds, len(classes), scoring=protocol.scoring)
 
@@ -151,7 +162,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         ft = self.finetuned_
         return predict_proba(ft.model, self._items(X), list(self.classes_), ft.geometry, ft.data_config,
-                             device=self.device, progress=self.progress)
+                             device=self.device, progress=self.progress, pixels=self._pixels())
 
     def predict(self, X) -> np.ndarray:
         """The class of highest probability (first of equals)."""

@@ -23,7 +23,7 @@ import pandas as pd
 from workbench.baselines.configs import BaselineSpec, get_baseline
 from workbench.backbones.finetuned import default_root
 from workbench.baselines.estimator import CNNClassifier
-from workbench.core.parallel import in_this_process, unordered, worker_threads, workers
+from workbench.core.parallel import gpu_resources, in_this_process, unordered, worker_threads, workers
 from workbench.core.provenance import package_versions
 from workbench.data.manifest import Manifest
 from workbench.errors import ConfigError
@@ -53,12 +53,13 @@ class _Training:
     root: str | None
     device: str | None
     progress: bool
+    pixels: str | None = None  # the pixel store's folder: the same tensors, so not in the candidate id
 
     def estimator(self, spec: BaselineSpec, manifest: Manifest) -> CNNClassifier:
         return CNNClassifier(spec.backbone, manifest, weights=spec.weights, config=spec.config,
                              grid=spec.grid if self.tune else None, tune_cv=self.tune_cv,
                              val_fraction=self.val_fraction, root=self.root, device=self.device,
-                             progress=self.progress)
+                             progress=self.progress, pixels=self.pixels)
 
 
 def _spec(b: str | BaselineSpec, overrides: dict[str, Any]) -> BaselineSpec:
@@ -192,6 +193,7 @@ def run_baselines(
     progress: bool = True,
     execution: Execution | None = None,
     external: Mapping[str, Manifest | str | os.PathLike] | None = None,
+    pixels: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Fine-tune each baseline on every outer fold and on the training split; record them.
 
@@ -226,6 +228,9 @@ def run_baselines(
         External test sets by name (manifests or their paths; ``classes`` selects in
         them too): each is scored, as fold ``ext-<name>``, by every baseline's test-split
         network, loaded from the fine-tuned store (nothing is trained for them).
+    pixels
+        Pixel-store folder the networks read their images from (decoding only those it
+        lacks); the tensors are the same, so networks and candidate ids are too.
 
     Returns
     -------
@@ -236,7 +241,9 @@ def run_baselines(
     ext = {n: _task_manifest(m, None, progress) for n, m in load_external(external, classes).items()}
     task = build_task(_task_manifest(manifest, classes, progress), protocol, ext)
     store = task.open_store(out)
-    training = _Training(tune, tune_cv, val_fraction, str(root) if root is not None else None, device, progress)
+    training = _Training(tune, tune_cv, val_fraction, str(root) if root is not None else None, device, progress,
+                         # Absolute: a worker process may start in another folder.
+                         None if pixels is None else str(Path(pixels).resolve()))
     versions = package_versions(("grad-cam",))
     cids = {s.name: _candidate_id(s, task, training) for s in specs}
     done = store.done()
@@ -260,7 +267,9 @@ def run_baselines(
         logger.info(f"{len(todo)} fine-tunes on {workers(execution)} {execution.backend} workers"
                     + ("" if threads is None else f", {threads} torch thread(s) each"))
         units = ((s, f, cids[s.name], task, quiet, versions) for s, f in todo)
-        for k, (rec, preds) in enumerate(unordered(execution, _score_fold, units), 1):
+        # On Dask a fine-tune on a GPU waits for a `--resources GPU=1` worker.
+        for k, (rec, preds) in enumerate(unordered(execution, _score_fold, units,
+                                                   resources=gpu_resources(device)), 1):
             store.append(rec, preds)
             logger.info(f"[{k}/{len(todo)}] baseline {rec['baseline']} fold {rec['fold']} done "
                         f"({rec['seconds']:.0f} s)")

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from workbench.backbones.finetuned import find_finetuned
 from workbench.backbones.registry import get_backbone
+from workbench.baselines.cam import explain_on
 from workbench.baselines.configs import list_baselines
 from workbench.baselines.estimator import CNNClassifier
-from workbench.baselines.explain import explain
 from workbench.baselines.run import run_baselines
 from workbench.cli.objects import execution_of, protocol_of
 from workbench.cli.values import parse_external, parse_settings, parse_settings_grid, split_list
 from workbench.data.manifest import Manifest
+from workbench.data.pixels import PixelStore
 from workbench.errors import ConfigError
 from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
@@ -34,6 +35,11 @@ def _manifest(args: argparse.Namespace) -> Manifest:
     m = Manifest.load(args.manifest)
     classes = split_list(args.classes)
     return m.select_classes(classes) if classes else m
+
+
+def _pixels(args: argparse.Namespace) -> PixelStore | None:
+    """``--pixel-store DIR`` as a store (None without it)."""
+    return PixelStore(args.pixel_store) if getattr(args, "pixel_store", None) else None
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -57,7 +63,7 @@ def _finetune_nested(args: argparse.Namespace, m: Manifest, config: FineTuneConf
     protocol = protocol_of(args)
     ns = fine_tune_nested(args.backbone, m, config, protocol=protocol, weights=args.weights,
                           val_fraction=args.val_fraction, device=args.device, progress=not args.quiet,
-                          execution=execution_of(args))
+                          execution=execution_of(args), pixels=_pixels(args))
     print(f"nested set: {ns.label} ({len(ns.members)} networks)")
     repeats = f"--repeats {protocol.repeats} " if protocol.repeats > 1 else ""
     print(f"features: --features {ns.label}:{taps}  (sweep with --cv {protocol.cv} {repeats}--inner-cv "
@@ -71,7 +77,7 @@ def _finetune_one(args: argparse.Namespace, m: Manifest, config: FineTuneConfig,
     print(f"fine-tuning {args.backbone} on {len(train_ids)} training images ({n_test} test images left out)")
     est = CNNClassifier(args.backbone, m, weights=args.weights, config=config, grid=grid or None,
                         tune_cv=args.tune_cv, val_fraction=args.val_fraction, device=args.device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, pixels=_pixels(args))
     est.fit(train_ids)
     ft = est.finetuned_
     if est.best_params_:
@@ -100,7 +106,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     run_baselines(args.manifest, split_list(args.baselines) or [], args.out, protocol=protocol_of(args),
                   classes=split_list(args.classes), overrides=parse_settings(args.set), tune=args.tune,
                   tune_cv=args.tune_cv, device=args.device, progress=not args.quiet,
-                  external=parse_external(args.external), execution=execution_of(args))
+                  external=parse_external(args.external), execution=execution_of(args),
+                  pixels=args.pixel_store)
     summary = summarize(ResultStore(args.out).frame(), args.metric)
     summary.to_csv(Path(args.out) / "summary.csv", index=False)
     m = args.metric
@@ -123,8 +130,9 @@ def cmd_cam(args: argparse.Namespace) -> int:
     _use_store(args)
     m = Manifest.load(args.manifest)  # all classes: the network's own are selected below
     items = _cam_items(args, m)
-    cams = CamSet.from_result(explain(items, args.network, target=args.target, layer=args.layer,
-                                      device=args.device))
+    # explain() itself unless --n-jobs > 1 or --backend dask spread the images over workers.
+    cams = CamSet.from_result(explain_on(execution_of(args), items, args.network, target=args.target,
+                                         layer=args.layer, device=args.device))
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     figure = write_cam_folder(cams, folder, grid_max=args.grid_max, ncols=args.cols)

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from workbench.backbones import list_backbones
-from workbench.cli.objects import extract_options_of
+from workbench.cli.objects import execution_of, extract_options_of
 from workbench.cli.values import split_features, split_list
 from workbench.core.provenance import unique_record_name
 from workbench.data.pixels import PixelStore
 from workbench.features.cache import FeatureCache
-from workbench.features.extraction import extract
+from workbench.features.distributed import extract_on
 from workbench.features.featureset import FeatureSet
 
 __all__ = ["cmd_backbones", "cmd_extract", "cmd_cache"]
@@ -41,8 +41,11 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Extract features into the cache; write the run record (and ``--save`` an .npz)."""
-    fs = extract(args.manifest, split_features(args.features), cache=args.cache,
-                 options=extract_options_of(args), classes=split_list(args.classes), progress=not args.quiet)
+    chunk = {} if args.chunk_size is None else {"chunk_size": args.chunk_size}
+    # extract_on is plain extract() unless the work goes to a Dask cluster (--backend dask).
+    fs = extract_on(execution_of(args), args.manifest, split_features(args.features), cache=args.cache,
+                    options=extract_options_of(args), classes=split_list(args.classes), progress=not args.quiet,
+                    **chunk)
     # Unique per run: extracts started in the same second must not overwrite each other's record.
     record = Path(args.record) if args.record else Path(args.cache) / "records" / unique_record_name("extract")
     fs.save_record(record)
@@ -63,6 +66,9 @@ def _print_extract_summary(fs: FeatureSet, cache: str, record: Path) -> None:
               f"{boxes['empty_masks']} empty masks (taken whole, listed in the record)")
     if rec["skipped"]:
         print(f"skipped {len(rec['skipped'])} bad rows (listed in the record)")
+    if rec.get("distributed"):
+        d = rec["distributed"]
+        print(f"{d['chunks']} chunk(s) of up to {d['chunk_size']} rows on {len(d['workers'])} worker(s)")
     if rec["random_weights"]:
         print(f"NOTE: random (untrained) weights for {', '.join(rec['random_weights'])}")
     print(f"cache: {Path(cache).resolve()}\nrecord: {record}")

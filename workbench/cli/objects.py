@@ -18,7 +18,7 @@ __all__ = ["protocol_of", "extract_options_of", "sweep_options_of", "execution_o
 
 _PROTOCOL = ("cv", "inner_cv", "seed", "scoring", "positive", "groups", "repeats")
 _EXTRACT = ("input", "box_margin", "resize", "image_size", "skip_bad", "batch_size", "num_workers", "device",
-            "precision", "dtype", "boxes", "pixel_store")
+            "precision", "dtype", "boxes", "pixel_store", "preprocess_on")
 _EXECUTION = ("n_jobs", "backend", "scheduler", "memory_budget")  # the last: `sweep` only
 
 

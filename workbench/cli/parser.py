@@ -155,6 +155,10 @@ def add_extract_options(p: argparse.ArgumentParser, classes: bool = True) -> Non
     r.add_argument("--no-pixel-store", dest="pixel_store", action="store_false", default=None,
                    help="decode every image from its file instead of keeping its decoded pixels in "
                         "CACHE/pixels (the store never changes a feature; it saves decoding next time)")
+    r.add_argument("--preprocess-on", default=None, metavar="{auto,loader,device}",
+                   help="where images are resized for each backbone: the loader workers, or the device the "
+                        "model runs on from one upload per batch (auto: the device when it is a GPU); not "
+                        f"part of the cache key {show(d['preprocess_on'])}")
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -183,12 +187,13 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
                         "plain refits, else the sweep stops before it starts [80%% of the available memory]")
 
 
-def add_execution_options(p: argparse._ActionsContainer, what: str = "workers") -> None:
-    """``--n-jobs --backend --scheduler``: an :class:`Execution`."""
-    e = field_defaults(Execution)
-    p.add_argument("--n-jobs", type=int, default=None, help=f"parallel {what} (joblib) {show(e['n_jobs'])}")
+def add_execution_options(p: argparse._ActionsContainer, what: str = "workers", defaults: str | None = None) -> None:
+    """``--n-jobs --backend --scheduler``: an :class:`Execution` (``defaults``: what
+    the help shows as their defaults instead of :class:`Execution`'s)."""
+    e = {k: (f"[{defaults}]" if defaults else show(v)) for k, v in field_defaults(Execution).items()}
+    p.add_argument("--n-jobs", type=int, default=None, help=f"parallel {what} (joblib) {e['n_jobs']}")
     p.add_argument("--backend", default=None, choices=BACKENDS,
-                   help=f"joblib backend; dask runs on --scheduler {show(e['backend'])}")
+                   help=f"joblib backend; dask runs on --scheduler {e['backend']}")
     p.add_argument("--scheduler", default=None,
                    help="with --backend dask: a scheduler address (tcp://host:8786) or 'local'")
 
@@ -256,6 +261,10 @@ def _add_extract(sub) -> None:
     e.add_argument("--save", default=None, help="also write the aligned features to this .npz")
     _add_quiet(e)
     add_extract_options(e)
+    add_execution_options(e, "extraction tasks with --backend dask (chunks of --chunk-size rows, into the shared "
+                             "cache; other backends extract in this process, whose threads use every core)")
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="rows per extraction task with --backend dask, rounded up to whole batches [256]")
 
 
 def _add_sweep(sub) -> None:
@@ -310,6 +319,9 @@ def _add_run_and_report(sub) -> None:
                                    "OUT/report/ (and is copied beside the config when [report] publish is set).")
     x.add_argument("config", help="experiment TOML, e.g. experiments/busi_benign_malignant.toml")
     x.add_argument("--device", default=None, help="cpu, cuda ... [the GPU when there is one]")
+    add_execution_options(x, "workers of every stage (fine-tunes, extraction chunks, sweep units, baselines, "
+                             "Grad-CAM); overrides [sweep] n_jobs/backend/scheduler",
+                          defaults="the config's [sweep] setting")
     _add_quiet(x)
     rp = sub.add_parser("report", help="rebuild a run folder's report from its records alone",
                         description="Search (rank on CV, select, test, paired statistics against the best "
@@ -350,6 +362,13 @@ def _add_finetune_common(p: argparse.ArgumentParser) -> None:
     _add_quiet(p)
 
 
+def _add_pixel_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pixel-store", default=None, metavar="DIR",
+                   help="read the images' decoded pixels from this pixel store, decoding only those it lacks "
+                        "(e.g. CACHE/pixels, which `workbench extract` fills); the same tensors, so the same "
+                        "networks and ids [none: every file decoded every epoch]")
+
+
 def _add_finetune(sub) -> None:
     f = sub.add_parser("finetune", help="fine-tune a backbone on the training split; print its weights id",
                        description="Fine-tune a registry backbone end to end with a new head for the task's "
@@ -368,6 +387,7 @@ def _add_finetune(sub) -> None:
     f.add_argument("--tune-cv", type=int, default=DEFAULT_TUNE_CV,
                    help=f"folds of that search (the study used 6) [{DEFAULT_TUNE_CV}]")
     f.add_argument("--cut-remain", action="store_true", help="shorthand for --set cut_remain=true")
+    _add_pixel_store(f)
     n = f.add_argument_group("nested (clean CV on fine-tuned features)",
                              "with --nested, give the protocol options of the sweep that will use the set")
     n.add_argument("--nested", action="store_true",
@@ -398,6 +418,7 @@ def _add_baselines(sub) -> None:
     b.add_argument("--metric", default="auc", help="metric of the printed ranking [auc]")
     b.add_argument("--finetuned", default=None, help="fine-tuned weights store")
     b.add_argument("--device", default=None, help="cpu, cuda ... [the GPU when there is one]")
+    _add_pixel_store(b)
     add_execution_options(b, "fine-tunes (one per baseline and fold)")
     _add_quiet(b)
 
@@ -421,6 +442,7 @@ def _add_cam(sub) -> None:
     c.add_argument("--cols", type=int, default=4, help="grid columns [4]")
     c.add_argument("--finetuned", default=None, help="fine-tuned weights store")
     c.add_argument("--device", default=None, help="cpu or cuda [cpu]")
+    add_execution_options(c, "Grad-CAM tasks with --backend dask (chunks of images; other backends run here)")
 
 
 def _add_backbones(sub) -> None:

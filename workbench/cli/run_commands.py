@@ -12,7 +12,9 @@ __all__ = ["cmd_run", "cmd_demo"]
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run every stage of an experiment TOML; print its report."""
-    out = run_experiment(args.config, progress=not args.quiet, device=args.device)
+    # --n-jobs/--backend/--scheduler over the config's [sweep] ones, for every stage.
+    execution = {k: getattr(args, k) for k in ("n_jobs", "backend", "scheduler") if getattr(args, k) is not None}
+    out = run_experiment(args.config, progress=not args.quiet, device=args.device, execution=execution)
     print((out / "report.md").read_text())
     print(f"report: {out}")
     return 0

@@ -3,6 +3,8 @@
 Split in two so one decode serves every backbone: the *geometry* (input region, resize
 to the backbone's size) runs in the loader workers and is shared by all backbones
 with the same size; the *normalisation* (mean/std) runs per backbone on the device.
+The geometry is plain torchvision functional ops, so it also runs on a device tensor
+(extraction's ``preprocess_on="device"``) with the same arithmetic.
 """
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 One pass decodes each image once and feeds every requested backbone; all taps of a
 backbone come from one forward pass; only rows missing from the cache are computed,
 and each finished batch is committed to the cache at once, so a killed run resumes
-where it stopped.
+where it stopped. Preprocessing (resize to each backbone's size) runs in the loader
+workers, or (``preprocess_on="device"``) on the model's device from the raw pixels the
+workers read: the same ops, so the same cache keys.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
-from workbench.data.pixels import PixelStore
+from workbench.data.pixels import PixelStore, PixelStoreError
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
 from workbench.features.options import ExtractOptions
@@ -105,6 +107,114 @@ def _collate(batch: list):
         if isinstance(b, (ImageDecodeError, OSError)):
             return b
     return default_collate(batch)
+
+
+# ---- the device path (preprocess_on="device") ----------------------------------------
+
+#: ``uint8 -> float32`` exactly as decode_image computes it (``float32(v) / float32(255)``).
+#: A table, not a division on the device: a CUDA kernel may multiply by the reciprocal,
+#: which is not the same float for every value.
+_U8_TO_UNIT = torch.from_numpy(np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0))
+
+
+class _RawDataset(Dataset):
+    """Reads each image's pixels and nothing more: the device does the rest.
+
+    Returns ``(i, (C, h, w) tensor)``, unresized: uint8 where the pixel store holds the
+    image as uint8 (a quarter of the bytes to move), else the float32 tensor
+    :func:`decode_image` gives. The box crop is a slice, taken here so only the crop is
+    copied out of the memory map and uploaded (the same pixels wherever it is taken).
+    """
+
+    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float,
+                 pixels: PixelStore | None = None):
+        self.items = list(items)
+        self.pixels = pixels
+        self.input_mode = input_mode
+        self.box_margin = box_margin
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _stored(self, item: Item) -> np.ndarray | None:
+        """The store's array of the image (uint8 or float32, memory-mapped), or None."""
+        if self.pixels is None or item.sha256 is None:
+            return None
+        try:
+            arr = self.pixels.load(item.sha256)
+        except PixelStoreError:
+            return None  # get() decodes it again, warns and replaces the entry
+        if arr is not None:
+            self.pixels.hits += 1
+        return arr
+
+    def __getitem__(self, i: int):
+        item = self.items[i]
+        try:
+            img = self._stored(item)
+            if img is None:
+                # As _DecodeDataset: only bytes that still hash to the validated digest.
+                img = (self.pixels.get(item, decode=decode_image) if self.pixels is not None
+                       else decode_image(item.path, keep_gray=True, expect_sha256=item.sha256))
+        except (ImageDecodeError, OSError) as e:
+            return e
+        if self.input_mode == "box":
+            img = crop_to_box(img, item.box, self.box_margin)  # slices a memory map or a tensor alike
+        if isinstance(img, np.ndarray):
+            return i, torch.from_numpy(np.array(img, order="C"))  # a copy: never hand out the mapping
+        return i, img.contiguous()
+
+
+@dataclass
+class _RawBatch:
+    """A batch of unresized images of different sizes, packed into one flat buffer per
+    dtype so the batch is pinned and uploaded in (at most two) copies."""
+
+    idx: torch.Tensor
+    flat: dict[torch.dtype, torch.Tensor]
+    parts: list[tuple[torch.dtype, int, tuple[int, ...]]]  # (dtype, offset, shape) per image
+
+    @classmethod
+    def of(cls, idx: list[int], images: list[torch.Tensor]) -> "_RawBatch":
+        flat: dict[torch.dtype, list[torch.Tensor]] = {}
+        parts, offsets = [], {}
+        for t in images:
+            off = offsets.get(t.dtype, 0)
+            parts.append((t.dtype, off, tuple(t.shape)))
+            offsets[t.dtype] = off + t.numel()
+            flat.setdefault(t.dtype, []).append(t.reshape(-1))
+        return cls(torch.tensor(idx), {d: torch.cat(ts) for d, ts in flat.items()}, parts)
+
+    def pin_memory(self) -> "_RawBatch":
+        """Called by the DataLoader's pinning thread (``pin_memory=True``)."""
+        return _RawBatch(self.idx, {d: t.pin_memory() for d, t in self.flat.items()}, self.parts)
+
+    def images(self, dev: torch.device) -> list[torch.Tensor]:
+        """The images on ``dev``: one copy per dtype, then views into it."""
+        flat = {d: t.to(dev, non_blocking=True) for d, t in self.flat.items()}
+        return [flat[d][off:off + int(np.prod(shape))].view(shape) for d, off, shape in self.parts]
+
+
+def _collate_raw(batch: list):
+    """A :class:`_RawBatch`, or the first decode error of the batch (raised by the pass)."""
+    for b in batch:
+        if isinstance(b, (ImageDecodeError, OSError)):
+            return b
+    return _RawBatch.of([i for i, _ in batch], [t for _, t in batch])
+
+
+def _device_preprocess(batch: _RawBatch, geometries: Sequence[Geometry], dev: torch.device) -> list[torch.Tensor]:
+    """What :class:`_DecodeDataset` and the default collation make, made on ``dev``: one
+    ``(B, 3, S, S)`` batch per geometry from one upload."""
+    lut = _U8_TO_UNIT.to(dev)
+    out: list[list[torch.Tensor]] = [[] for _ in geometries]
+    for img in batch.images(dev):
+        if img.dtype == torch.uint8:
+            img = lut[img.long()]
+        for k, g in enumerate(geometries):
+            # The same functional ops on a device tensor; grey resized once, then replicated.
+            out[k].append(g(img).expand(3, -1, -1))
+    return [torch.stack(o) for o in out]
 
 
 def _assemble_nested(fs: FeatureSet, requests: Sequence[FeatureRequest], plan: dict,
@@ -355,6 +465,8 @@ def _result(plan: _Plan, cache: FeatureCache, options: ExtractOptions, dev: torc
             "image_size": options.image_size, "batch_size": options.batch_size,
             "num_workers": options.num_workers, "device": str(dev), "precision": prec, "dtype": options.dtype,
             "cache": str(cache.root.resolve()), "code_version": FEATURE_CODE_VERSION,
+            # Not in the cache key: where the same preprocessing ran (ExtractOptions.preprocess_on).
+            "preprocess_on": options.preprocess_site(dev.type),
         },
         "computed_rows": {j.request.block_name(t) + sfx: len(j.missing[t]) for j in jobs for t in j.entries},
         "forward_images": forwarded,
@@ -400,17 +512,22 @@ def _prepare_models(jobs: list[_Job], dev: torch.device) -> list[Geometry]:
 
 
 def _loader(items: list[Item], geometries: list[Geometry], options: ExtractOptions, dev: torch.device,
-            pixels: PixelStore | None = None) -> DataLoader:
+            pixels: PixelStore | None = None, *, raw: bool = False) -> DataLoader:
+    """The pass's loader: workers decode and resize (:class:`_DecodeDataset`), or with
+    ``raw`` (the device path) only read pixels (:class:`_RawDataset`, a list collation:
+    sizes differ)."""
     workers = _default_workers(dev) if options.num_workers is None else options.num_workers
+    dataset = (_RawDataset(items, options.input, options.box_margin, pixels) if raw
+               else _DecodeDataset(items, options.input, options.box_margin, geometries, pixels))
     return DataLoader(
-        _DecodeDataset(items, options.input, options.box_margin, geometries, pixels),
+        dataset,
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=dev.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
-        collate_fn=_collate,
+        collate_fn=_collate_raw if raw else _collate,
     )
 
 
@@ -439,7 +556,8 @@ def _run_pass(jobs: list[_Job], plan: _Plan, options: ExtractOptions, dev: torch
     pass_items = [plan.items[i] for i in order]
     pass_keys = [plan.keys[i] for i in order]
     geometries = _prepare_models(jobs, dev)
-    loader = _loader(pass_items, geometries, options, dev, pixels)
+    on_device = options.preprocess_site(dev.type) == "device"
+    loader = _loader(pass_items, geometries, options, dev, pixels, raw=on_device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
     autocast = (
         torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
@@ -451,7 +569,10 @@ def _run_pass(jobs: list[_Job], plan: _Plan, options: ExtractOptions, dev: torch
         for batch in loader:
             if isinstance(batch, (ImageDecodeError, OSError)):
                 raise batch
-            idx, tensors = batch
+            if on_device:
+                idx, tensors = batch.idx, _device_preprocess(batch, geometries, dev)
+            else:
+                idx, tensors = batch
             idx = idx.numpy()
             for j in jobs:
                 sel = np.flatnonzero(needed_mask[id(j)][idx])

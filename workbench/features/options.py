@@ -9,12 +9,17 @@ from typing import Any, Mapping
 from workbench.data.modes import INPUT_MODES, RESIZE_MODES
 from workbench.errors import ConfigError
 
-__all__ = ["BoxSource", "ExtractOptions", "PRECISIONS", "DTYPES", "PREDICTED_BOX_SUFFIX", "parse_boxes"]
+__all__ = ["BoxSource", "ExtractOptions", "PRECISIONS", "DTYPES", "PREPROCESS_SITES", "PREDICTED_BOX_SUFFIX",
+           "parse_boxes"]
 
 #: ``auto``: bf16 autocast on a GPU, fp32 on the CPU. Part of every cache key.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Storage dtypes of the feature cache.
 DTYPES = ("float32", "float16")
+#: Where images are resized: ``loader`` workers (on the CPU) or the ``device`` the model
+#: runs on; ``auto``: the device when it is a GPU. Not part of the cache key (see
+#: :class:`ExtractOptions`).
+PREPROCESS_SITES = ("auto", "loader", "device")
 #: Added to the name of a block computed on predicted boxes
 #: (``tf_efficientnet_lite0:avgpool#pbox``), so records and tables tell it from the block
 #: of the same backbone and tap on manual boxes; other blocks keep their names.
@@ -98,6 +103,14 @@ class ExtractOptions:
         Read decoded pixels from the pixel store beside the cache (``<cache>/pixels``,
         :class:`~workbench.data.pixels.PixelStore`), decoding only images it lacks. The
         pixels are identical either way, so it is not part of the cache key.
+    preprocess_on
+        Where the box crop's pixels become each backbone's input (uint8 -> [0, 1], resize,
+        grey -> 3 channels): ``"loader"`` workers, or the ``"device"`` (the workers only
+        read pixels; one upload per batch feeds every backbone); ``"auto"``: the device
+        when it is a GPU, else the loader. The same operations run either way, so it is
+        not part of the cache key, as fp32 kernels of another device type are not: on
+        the CPU the two give bit-identical features, on a GPU they differ by the resize
+        kernels' rounding (benchmarks/RESULTS.md states the measured difference).
     """
 
     input: str = "whole"
@@ -112,6 +125,7 @@ class ExtractOptions:
     skip_bad: bool = False
     boxes: str = "manual"
     pixel_store: bool = True
+    preprocess_on: str = "auto"
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ConfigError:
@@ -141,6 +155,8 @@ class ExtractOptions:
             raise bad("skip_bad", "true or false")
         if not isinstance(self.pixel_store, bool):
             raise bad("pixel_store", "true or false")
+        if self.preprocess_on not in PREPROCESS_SITES:
+            raise bad("preprocess_on", ", ".join(PREPROCESS_SITES))
         if parse_boxes(self.boxes) is not None and self.input != "box":
             raise ConfigError(f"extraction option boxes = {self.boxes!r} only applies with input = 'box' "
                               f"(input is {self.input!r}: whole images are not cropped)")
@@ -149,6 +165,12 @@ class ExtractOptions:
     def box_source(self) -> BoxSource | None:
         """The Y-Net boxes come from, or None for the manifest's boxes (or whole images)."""
         return parse_boxes(self.boxes)
+
+    def preprocess_site(self, device_type: str) -> str:
+        """``"loader"`` or ``"device"``: :attr:`preprocess_on` resolved for a device type."""
+        if self.preprocess_on == "auto":
+            return "device" if device_type == "cuda" else "loader"
+        return self.preprocess_on
 
     @property
     def block_suffix(self) -> str:

@@ -47,6 +47,7 @@ from workbench.core.io import atomic_file, write_json_atomic
 from workbench.core.provenance import environment
 from workbench.data.augment import StudyAugment, TrainImageDataset, collate
 from workbench.data.manifest import Item
+from workbench.data.pixels import PixelStore
 from workbench.data.preprocess import DataConfig, Geometry
 from workbench.errors import ConfigError
 from workbench.training.config import (
@@ -158,12 +159,14 @@ def finetune_id(backbone: str, base: ResolvedWeights, train: Sequence[Item], val
     return FT_PREFIX + stable_hash(key, length=12)
 
 
-def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig):
+def _dataset(items, classes, size, resize, dc: DataConfig, *, train: bool, config: FineTuneConfig,
+             pixels: PixelStore | None = None):
     # A Y-Net's samples carry their lesion masks, moved with the image by one augmentation draw.
     return TrainImageDataset(
         items, classes, Geometry(size, resize, interpolation=dc.interpolation), dc.mean, dc.std,
         augment=StudyAugment() if (train and config.augment) else None,
         cut_remain=bool(train and config.cut_remain), box_mode=config.box_mode, masks=config.is_ynet,
+        pixels=pixels,
     )
 
 
@@ -192,10 +195,11 @@ def forward_batches(model: nn.Module, ds: TrainImageDataset, device: torch.devic
 
 def predict_proba(model: nn.Module, items: Sequence[Item], classes: Sequence[str], geometry: Geometry,
                   data_config: DataConfig, *, device: str | torch.device | None = None,
-                  batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Softmax probabilities of ``model`` on ``items`` (no augmentation), ``(n, C)``."""
+                  batch_size: int = 64, progress: bool = False, pixels: PixelStore | None = None) -> np.ndarray:
+    """Softmax probabilities of ``model`` on ``items`` (no augmentation), ``(n, C)``;
+    images read from ``pixels`` when given (the same tensors)."""
     ds = TrainImageDataset(list(items), list(classes), geometry, data_config.mean, data_config.std,
-                           augment=None, cut_remain=False)
+                           augment=None, cut_remain=False, pixels=pixels)
     out = [torch.softmax(logits.float(), dim=1).cpu().numpy()
            for _, _, logits in forward_batches(model, ds, resolve_device(device), batch_size, progress=progress)]
     return np.concatenate(out) if out else np.zeros((0, len(classes)), np.float32)
@@ -336,6 +340,8 @@ class _Plan:
     context: dict[str, Any]
     weights_id: str
     folder: Path
+    # Where decoded images are read from: the same tensors, so no part of the id.
+    pixels: PixelStore | None = None
 
     @property
     def label(self) -> str:
@@ -472,7 +478,8 @@ def _set_up(plan: _Plan) -> _Setup:
     class_w = _class_weights(y_train, classes, config.class_weight)
     weight = None if class_w is None else torch.tensor(class_w, dtype=torch.float32, device=dev)
     criterion = _criterion(config, weight)
-    train_ds = _dataset(plan.train, classes, plan.size, config.resize, plan.data_config, train=True, config=config)
+    train_ds = _dataset(plan.train, classes, plan.size, config.resize, plan.data_config, train=True, config=config,
+                        pixels=plan.pixels)
     if config.cut_remain and train_ds.missing_box_ids:
         logger.info(f"Cut&Remain: {len(train_ds.missing_box_ids)} of {len(plan.train)} training images have no "
                     f"box; kept unmasked")
@@ -589,7 +596,7 @@ def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, lis
         proba, row["val_dice"] = _ynet_validation(plan, setup.model)
     else:
         proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
-                              device=plan.device, batch_size=max(plan.config.batch_size, 32))
+                              device=plan.device, batch_size=max(plan.config.batch_size, 32), pixels=plan.pixels)
     row.update(_val_metrics(proba, setup.y_val, len(plan.classes)))
     # AUC is undefined when the validation split lacks a class: watch the loss then.
     monitor = plan.config.monitor
@@ -606,7 +613,7 @@ def _ynet_validation(plan: _Plan, model: nn.Module) -> tuple[np.ndarray, float]:
     from workbench.evaluation.segmentation import dice
 
     ds = _dataset(plan.val, plan.classes, plan.size, plan.config.resize, plan.data_config, train=False,
-                  config=plan.config)
+                  config=plan.config, pixels=plan.pixels)
     probs, scores = [], []
     for batch, mask_logits, logits in forward_batches(model, ds, plan.device, max(plan.config.batch_size, 32)):
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
@@ -717,6 +724,7 @@ def fine_tune(
     context: dict[str, Any] | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    pixels: PixelStore | None = None,
 ) -> FineTuned:
     """Fine-tune ``backbone`` on ``train``, early-stopping on ``val``; resume or reuse.
 
@@ -745,6 +753,10 @@ def fine_tune(
         Show a bar per epoch. Status lines go to the ``workbench.training.finetune`` logger.
     on_epoch
         Called after each epoch's checkpoint is on disk, with ``(epoch, history row)``.
+    pixels
+        Read the training and validation images from this pixel store (decoding only
+        those it lacks) instead of decoding every file every epoch. The tensors are the
+        same, so the id and the weights are too.
 
     Returns
     -------
@@ -753,6 +765,7 @@ def fine_tune(
     """
     plan = _plan(backbone, train, val, classes, config or FineTuneConfig(), weights=weights, root=root,
                  device=device, context=context)
+    plan.pixels = pixels
     done = _load_finished(plan)
     if done is not None:
         return done

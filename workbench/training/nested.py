@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.backbones.finetuned import NESTED_PREFIX, default_root, finetuned_dir
 from workbench.core.io import write_json_atomic
-from workbench.core.parallel import in_this_process, unordered, worker_threads, workers
+from workbench.core.parallel import gpu_resources, in_this_process, unordered, worker_threads, workers
 from workbench.data.manifest import Item, Manifest
+from workbench.data.pixels import PixelStore
 from workbench.evaluation.protocol import Protocol, RunTask, build_task, sha
 from workbench.evaluation.settings import TEST_FOLD, is_cv_fold
 from workbench.errors import ConfigError
@@ -62,11 +63,11 @@ def networks_per_set(task: RunTask, folds: list[str]) -> str:
 
 def _member_unit(fold: str, backbone: str, train: list[Item], val: list[Item], classes: list[str],
                  config: FineTuneConfig, weights: str | None, root: str | os.PathLike | None,
-                 device: str | None) -> tuple[str, str]:
+                 device: str | None, pixels: PixelStore | None = None) -> tuple[str, str]:
     """One member trained in a worker; only its fold and id come back (the network is in
     the store, and the parent loads it from there rather than receiving it pickled)."""
     ft = fine_tune(backbone, train, val, classes, config, weights=weights, root=root, device=device,
-                   progress=False)
+                   progress=False, pixels=pixels)
     return fold, ft.weights_id
 
 
@@ -89,6 +90,7 @@ def fine_tune_nested(
     device: str | None = None,
     progress: bool = True,
     execution: Execution | None = None,
+    pixels: PixelStore | None = None,
 ) -> NestedSet:
     """Fine-tune ``backbone`` once per outer fold of the sweep's ``protocol``.
 
@@ -98,7 +100,8 @@ def fine_tune_nested(
     fine-tuned weights (reused when they exist); ``val_fraction`` of each fold's
     training images is held out for early stopping. ``execution`` spreads the members
     over joblib workers (torch limited to ``cores // n_jobs`` threads each); ``None``
-    or one job trains them one after the other in this process.
+    or one job trains them one after the other in this process. ``pixels``: the pixel
+    store the members read their images from (the same tensors: ids unchanged).
     """
     config = config or FineTuneConfig()
     if config.is_ynet:  # a nested set exists to give clean feature blocks, and a Y-Net is not one
@@ -119,15 +122,19 @@ def fine_tune_nested(
             logger.info(f"nested fine-tuning {backbone}: fold {fold} ({len(train)} training, "
                         f"{len(val)} validation images)")
             members[fold] = fine_tune(backbone, train, val, task.class_names, config, weights=weights, root=root,
-                                      device=device, progress=progress)
+                                      device=device, progress=progress, pixels=pixels)
     else:
         threads = worker_threads(execution)
         # Resolved here: a reused worker process keeps the environment and folder it started in.
         root = (default_root() if root is None else Path(root)).resolve()
         logger.info(f"nested fine-tuning {backbone}: {len(folds)} members on {workers(execution)} "
                     f"{execution.backend} workers" + ("" if threads is None else f", {threads} torch thread(s) each"))
-        units = ((f, backbone, *lists[f], task.class_names, config, weights, root, device) for f in folds)
-        for k, (fold, wid) in enumerate(unordered(execution, _member_unit, units), 1):
+        if pixels is not None:  # as the store: a worker may start in another folder
+            pixels = PixelStore(pixels.root.resolve())
+        units = ((f, backbone, *lists[f], task.class_names, config, weights, root, device, pixels) for f in folds)
+        # On Dask a member that trains on a GPU waits for a `--resources GPU=1` worker.
+        for k, (fold, wid) in enumerate(unordered(execution, _member_unit, units,
+                                                  resources=gpu_resources(device)), 1):
             logger.info(f"[{k}/{len(folds)}] nested fine-tuning {backbone}: fold {fold} done ({wid})")
         # Every member is finished in the store now: these calls load them, in fold order.
         for fold in folds:
