@@ -311,12 +311,14 @@ def _tables(records: pd.DataFrame, result, metric: str, classes: list[str]) -> l
         tables.append(T.per_class_table(records, shown, classes))
     if result.external:  # external test sets: beside the internal test split, same thresholds
         tables.append(T.external_table(result))
+    if result.stability is not None:  # repeated CV: each repeat's ranking alone
+        tables.append(T.stability_table(result.stability))
     tables.append(T.comparison_table(result.comparison))
     return tables
 
 
 #: Tables shown in ``report.md`` under the comparison (all of them are under ``tables/``).
-_REPORT_MD_TABLES = ("external", "calibration", "net_benefit", "segmentation")
+_REPORT_MD_TABLES = ("external", "stability", "calibration", "net_benefit", "segmentation")
 
 #: How many of the best candidates by CV the CD diagram ranks (with every baseline).
 CD_CANDIDATES = 10
@@ -430,6 +432,8 @@ def write_report(run: str | Path) -> Path:
     run = Path(run)
     store = ResultStore(run)
     result, records, s, left_out = _reported_search(run, store)
+    if result.stability is not None:  # repeated CV only: a one-repeat report is unchanged
+        result.notes.append(result.stability.note())
     if left_out:
         result.notes.append(f"{left_out} candidates in this folder's records are outside the config's features, "
                             f"heads and baselines (an earlier config's); they are not shown")

@@ -10,6 +10,7 @@ from the search's comparison frame, and the renderers turn it into text:
 - :func:`ensemble_table`: the vote (and stacking) ensembles of every subset;
 - :func:`comparison_table`: the selected models and the baselines on the test split.
 - :func:`external_table`: the same models on the test split and on each external test set.
+- :func:`stability_table`: each CV repeat's ranking alone (repeated CV only).
 
 CV cells are ``mean ± sd`` over the outer CV folds; test cells are shown beside them
 but never decide an order or a mark of "best". Cells below the best baseline (by CV)
@@ -52,6 +53,7 @@ __all__ = [
     "concatenation_table",
     "ensemble_table",
     "external_table",
+    "stability_table",
     "study_tables",
     "tex_escape",
     "to_csv",
@@ -107,7 +109,7 @@ class Cell:
     """
 
     text: str
-    value: float | None = None
+    value: float | int | None = None
     below_baseline: bool = False
     best: bool = False
     degenerate: bool = False
@@ -877,6 +879,56 @@ def _external_notes(df: pd.DataFrame, external: dict[str, pd.DataFrame], binary:
     return notes
 
 
+def stability_table(stability: Any, *, key: str = "stability") -> Table:
+    """Each CV repeat's ranking alone: its first, and where the selected candidate and the best
+    baseline land in it.
+
+    Parameters
+    ----------
+    stability
+        A :class:`~workbench.search.stability.RankingStability` (``SearchResult.stability``).
+    key
+        File stem and LaTeX label.
+
+    Notes
+    -----
+    One row per repeat: the candidate that repeat alone ranks first among those the
+    selection may take, its CV mean over the repeat's folds, the ranks (1 = best, among
+    every candidate and baseline the repeat ranks) of the selected candidate and of the
+    best baseline, and how many candidates the repeat ranks. The notes give the
+    Spearman and Kendall correlation of every pair of repeats' per-candidate means.
+    """
+    label = metric_label(stability.metric)
+    columns = ["Repeat", "First in the repeat alone", f"Its CV {label}", "Rank of the selected",
+               "Rank of the best baseline", "Candidates"]
+    count = lambda v: Cell(DASH, float("nan")) if v is None else Cell(str(v), int(v))  # noqa: E731
+    rows = [[Cell(str(s.repeat)), Cell(s.first or DASH), Cell(fmt(s.first_mean), _num(s.first_mean)),
+             count(s.selected_rank), count(s.baseline_rank), count(s.n_candidates)] for s in stability.repeats]
+    folds = sorted({s.folds for s in stability.repeats})
+    notes = [f"Each repeat ranks the candidates on its own {'/'.join(str(f) for f in folds)} CV folds (repeat 0: "
+             f"folds 0, 1, ...; repeat 1: folds r1-0, r1-1, ...; and so on) by the mean {label}, in the same "
+             "order rule as the main ranking (ties by label); the selection ranks on the mean over every repeat's "
+             "folds.",
+             f"Selected: {stability.selected or 'none'}; best baseline: {stability.baseline or 'none'}. Rank 1 is "
+             "the best, among every candidate and baseline the repeat ranks; the first is the best among the "
+             "candidates the selection may take."]
+    pairs = stability.pairs
+    if len(pairs):
+        # Words, not Greek letters: the LaTeX notes are plain text for any engine.
+        notes.append(f"Agreement of the repeats' per-candidate CV {label} (Spearman, Kendall tau-b; over the "
+                     "candidates ranked in both): " + "; ".join(
+                         f"repeats {int(p.repeat_a)} and {int(p.repeat_b)}: Spearman {fmt(p.spearman)}, Kendall "
+                         f"{fmt(p.kendall)} (n {int(p.n)})" for p in pairs.itertuples())
+                     + (f"; mean Spearman {fmt(stability.mean_spearman)}, mean Kendall {fmt(stability.mean_kendall)}."
+                        if len(pairs) > 1 else "."))
+    for s in stability.repeats:
+        if s.excluded:
+            shown = ", ".join(s.excluded[:10]) + (f" and {len(s.excluded) - 10} more" if len(s.excluded) > 10 else "")
+            notes.append(f"Repeat {s.repeat}: {len(s.excluded)} candidate(s) lack a record of one of its folds and "
+                         f"are left out of its ranking: {shown}.")
+    return Table("Stability of the ranking across CV repeats", columns, rows, notes, key)
+
+
 def study_tables(records: pd.DataFrame, comparison: pd.DataFrame | None = None, metric: str = "auc",
                  *, test: bool = True, degenerate: dict[str, str] | None = None) -> list[Table]:
     """Every table of a run: one per backbone, concatenations, ensembles, the comparison.
@@ -1042,6 +1094,8 @@ def to_latex(table: Table) -> str:
 
 def _csv_value(c: Cell, numeric: bool) -> str:
     if c.value is not None:
+        if isinstance(c.value, (int, np.integer)) and not isinstance(c.value, bool):
+            return str(int(c.value))  # counts and ranks stay whole numbers
         return "" if _nan(c.value) else repr(float(c.value))
     return "" if numeric else c.text
 

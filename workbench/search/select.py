@@ -37,6 +37,7 @@ from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
 from workbench.errors import UnknownNameError, WorkbenchError
 from workbench.evaluation.settings import is_cv_fold
+from workbench.search.stability import RankingStability, ranking_stability
 
 __all__ = ["NoRecordsError", "REQUESTED_ROLE", "SearchResult", "UnknownCandidateError", "search", "run_search", "rank_candidates"]
 
@@ -79,6 +80,8 @@ class SearchResult:
     grouping: dict[str, Any] | None = None  # groups of CV and test; "clustered": bootstrap statistics
     #: Per external test set (by name): the reported models, frozen, on it (search/external.py).
     external: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: Each CV repeat's ranking alone and the repeats' agreement (stability.py); None with one repeat.
+    stability: RankingStability | None = None
 
 
 def rank_candidates(records: pd.DataFrame, metric: str = "auc", alpha: float = 0.05
@@ -339,6 +342,9 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     if near:
         notes.append(near[1])
     best_baseline = _best_baseline(base_rank, notes)
+    # Repeated CV: the ranking of each repeat alone (None with one repeat; reads CV folds only).
+    stability = ranking_stability(ctx.records, metric, selected[0] if selected else None, best_baseline,
+                                  eligible=list(pool["candidate"]))
     ctx.group_of = run_groups(ctx.store, groups)
     test_ids = next((d["_ids"] for d in ctx.decided.values() if "_ids" in d), None)
     grouping = _grouping(ctx.group_of, ctx.store, test_ids)
@@ -360,7 +366,7 @@ def search(run: str | ResultStore, metric: str = "auc", *, top_k: int = 3, alpha
     _degenerate_note(ctx.reason, rows, notes)
     return SearchResult(metric, ranking, base_rank, selected, best_baseline, _comparison_frame(ctx, rows), notes,
                         degenerate={c: v for c, v in ctx.reason.items() if v}, near_ties=near[0] if near else [],
-                        grouping=grouping, external=external)
+                        grouping=grouping, external=external, stability=stability)
 
 
 def _context(run: str | ResultStore, metric: str, alpha: float, records: pd.DataFrame | None) -> _Context:
