@@ -398,3 +398,15 @@ def test_section_end_to_end_on_tiny_y_nets(busi_slice, tmp_path, monkeypatch):
                                                      tables_dir=None, figures_dir=tmp_path / "c")
     assert figures == [] and tables
     assert any(rec["weights_id"] in n and "skipped" in n for n in notes)
+
+
+def test_epochs_note_says_which_epoch_each_network_kept():
+    """Early stopping watches the class AUC: the note lists each network's kept epoch (test
+    last), and says nothing when the records carry no epochs."""
+    recs = [{"fold": "1", "best_epoch": 5, "epochs_run": 5}, {"fold": "test", "best_epoch": 1, "epochs_run": 4},
+            {"fold": "0", "best_epoch": 2, "epochs_run": 5}]
+    note = RS._epochs_note("ynet-lite0", recs)
+    assert note.startswith("ynet-lite0: epoch kept of epochs run, per network (fold 0 2 of 5, fold 1 5 of 5, "
+                           "test 1 of 4).")
+    assert "validation class AUC" in note
+    assert RS._epochs_note("ynet-lite0", [{"fold": "0"}, {"fold": "test", "best_epoch": None}]) is None

@@ -214,6 +214,20 @@ def _seg_weight(recs: Sequence[dict[str, Any]]) -> float:
     return 1.0 if w is None else float(w)
 
 
+def _epochs_note(name: str, recs: Sequence[dict[str, Any]]) -> str | None:
+    """Which epoch each network kept, said because early stopping watches the class AUC
+    alone: a network kept at an early epoch may hold a decoder that has not learnt yet."""
+    kept = [(r["fold"], r.get("best_epoch"), r.get("epochs_run")) for r in recs]
+    kept = [(f, b, e) for f, b, e in kept if isinstance(b, int) and isinstance(e, int)]
+    if not kept:
+        return None
+    order = sorted(kept, key=lambda k: (k[0] == TEST_FOLD, str(k[0])))
+    shown = ", ".join(f"{'test' if f == TEST_FOLD else 'fold ' + str(f)} {b} of {e}" for f, b, e in order)
+    return (f"{name}: epoch kept of epochs run, per network ({shown}). Early stopping watches the validation class "
+            f"AUC, not the masks: a network kept at an early epoch may hold a decoder that has not learnt yet, "
+            f"and its Dice shows it.")
+
+
 def _test_predictions(store: ResultStore, candidate: str) -> dict[str, np.ndarray] | None:
     test = [r for r in store.current_records() if r["candidate"] == candidate and r["fold"] == TEST_FOLD]
     return store.predictions(test[-1]) if test else None
@@ -401,7 +415,7 @@ def _manifest(manifest: "str | Path | Manifest | None") -> "Manifest | None":
 def _figure(recs: Sequence[dict[str, Any]], test: pd.DataFrame, manifest: "Manifest", finetuned_root: Any,
             path: Path) -> list[Path]:
     """The grid of one Y-Net's test images, its masks predicted again by its test network
-    (on the CPU: the same bytes wherever the report is built). Raises a
+    (on the CPU, one thread: the same bytes whoever rebuilds the report). Raises a
     :class:`WorkbenchError` when the network or an image cannot be had."""
     from workbench.data.images import decode_image
     from workbench.training.finetune import load_finetuned
@@ -411,7 +425,16 @@ def _figure(recs: Sequence[dict[str, Any]], test: pd.DataFrame, manifest: "Manif
     picks = pick_tiles(test[test["lesion"]])  # an outline's quality: lesion images only
     items = list(manifest.subset([p[3] for p in picks]))
     ft = load_finetuned(rec["backbone"], rec["weights_id"], finetuned_root)
-    probs = predict_masks(ft.model, items, ft.geometry, ft.data_config, device="cpu")
+    import torch
+
+    # CPU sums depend on the thread count (a contour moved by a pixel between a run on 2
+    # threads and a rebuild on 1): one thread, so a rebuild redraws the same figure.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probs = predict_masks(ft.model, items, ft.geometry, ft.data_config, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
     tiles = []
     for (row, col, label, image_id, d), it, prob in zip(picks, items, probs):
         image = decode_image(it.path).mean(dim=0).numpy()
@@ -480,6 +503,7 @@ def segmentation_section(store: ResultStore, records: pd.DataFrame | None, resul
     names = {c: _baseline_name(ynets[c]) for c in ranked}
     table_notes = [f"{names[c]} was trained without its segmentation loss (the ablation): its masks come from an "
                    f"untrained decoder, a floor rather than a result." for c in ranked if _seg_weight(ynets[c]) == 0]
+    table_notes += [n for c in ranked if _seg_weight(ynets[c]) > 0 for n in [_epochs_note(names[c], ynets[c])] if n]
     by_name = {v: k for k, v in names.items()}
     table_notes += [ablation_note(store, result, by_name[f], by_name[a], alpha=alpha)
                     for f, a in _pairs(list(by_name))]
