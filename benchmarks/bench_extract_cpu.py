@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import torch
 
 from workbench.backbones import load_backbone
 from workbench.data import Manifest, decode_image
+from workbench.data.pixels import PixelStore
 from workbench.features import ExtractOptions, Preprocess, extract
 
 HERE = Path(__file__).resolve().parent
@@ -48,10 +50,15 @@ def bare_rate(spec: str, items, batch: int) -> float:
         return len(x) / (time.perf_counter() - t0)
 
 
-def pipeline_rate(spec: str, manifest: Manifest, batch: int) -> float:
-    """extract() images/s over its decode+forward pass, into a fresh cache."""
+def pipeline_rate(spec: str, manifest: Manifest, batch: int, pixels: Path | None = None) -> float:
+    """extract() images/s over its decode+forward pass, into a fresh cache; with
+    ``pixels``, reading a pixel store filled beforehand (no decoding), else decoding
+    every image (the store off)."""
     with tempfile.TemporaryDirectory() as tmp:
-        fs = extract(manifest, [spec], cache=tmp, options=ExtractOptions(batch_size=batch), progress=False)
+        if pixels is not None:
+            os.symlink(pixels, Path(tmp) / "pixels")  # the cache's store is <cache>/pixels
+        opts = ExtractOptions(batch_size=batch, pixel_store=pixels is not None)
+        fs = extract(manifest, [spec], cache=tmp, options=opts, progress=False)
         assert sum(fs.record["forward_images"].values()) == len(manifest)
         return len(manifest) / fs.record["pass_seconds"]
 
@@ -91,19 +98,28 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the best counts")
     ap.add_argument("--backbones", nargs="*", default=BACKBONES)
     ap.add_argument("--skip-warm-cold", action="store_true")
+    ap.add_argument("--warm-pixels", action="store_true",
+                    help="the pipeline reads a pixel store filled beforehand (issue 17: decode once, ever), "
+                         "instead of decoding every image")
     ap.add_argument("--write", action="store_true", help="append results to benchmarks/RESULTS.md")
     args = ap.parse_args()
 
     csv = args.busi / "labels.csv"
     full = Manifest.load(csv)
     sub = full.subset(full.ids[: args.n]).validate()
+    pixels = None
+    if args.warm_pixels:  # fill a store once: every pipeline run below then reads pixels, decodes nothing
+        pixels = Path(tempfile.mkdtemp()) / "pixels"
+        store = PixelStore(pixels)
+        for it in sub:
+            store.get(it, decode=decode_image)
     lines = ["| backbone | bare forward img/s | pipeline img/s | ratio (goal >= 0.9) |", "| --- | ---: | ---: | ---: |"]
     for spec in args.backbones:
         # This machine's speed drifts (shared host): alternate the two and keep each one's best.
         bare = pipe = 0.0
         for _ in range(args.repeats):
             bare = max(bare, bare_rate(spec, list(sub), args.batch))
-            pipe = max(pipe, pipeline_rate(spec, sub, args.batch))
+            pipe = max(pipe, pipeline_rate(spec, sub, args.batch, pixels))
         lines.append(f"| {spec} | {bare:.2f} | {pipe:.2f} | {pipe / bare:.2f} |")
         print(lines[-1], flush=True)
     if not args.skip_warm_cold:
@@ -118,7 +134,11 @@ def main() -> None:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
         block = [f"\n## CPU extraction ({time.strftime('%Y-%m-%d')}, commit {rev})", "",
                  f"Machine: {machine()}.", "",
-                 f"Command: `python benchmarks/bench_extract_cpu.py --n {args.n} --batch {args.batch} --repeats {args.repeats} --write`", "",
+                 f"Command: `python benchmarks/bench_extract_cpu.py --n {args.n} --batch {args.batch} --repeats {args.repeats}"
+                 f"{' --warm-pixels' if args.warm_pixels else ''}{' --skip-warm-cold' if args.skip_warm_cold else ''} "
+                 f"--write`", "",
+                 "Pipeline input: " + ("a pixel store filled beforehand (no decoding)." if args.warm_pixels
+                                       else "every image decoded from its file (pixel store off)."), "",
                  f"Efficiency: {args.n} BUSI images per backbone, batch {args.batch}, fp32, default loader "
                  "workers; the pipeline's time covers its whole decode-and-forward pass (first batch and "
                  "worker start included), the bare model's excludes a warm-up batch. Best of "
