@@ -108,6 +108,23 @@ def test_dask_extraction_equals_local_bit_for_bit(cluster, make_dataset, tmp_pat
     assert np.array_equal(again[fs.names[0]], local[fs.names[0]])
 
 
+def test_a_duplicate_image_does_not_shift_the_chunks_batches(cluster, make_dataset, tmp_path):
+    """A local pass computes a byte-identical copy once, at its first row, so its later
+    batches start one row earlier; chunks of distinct images keep those batches (a
+    network's output may vary in the last bits with what else is in its batch)."""
+    ds = make_dataset(13)
+    ds.add_duplicate("img000", "img000_copy")
+    ds.rows.insert(1, ds.rows.pop())  # the copy second: every later row of a local pass moves up one
+    ds.write_csv()
+    local = run(ds.csv, [TINY], tmp_path / "local")
+    fs = extract_on(_dask(cluster), ds.csv, [TINY], cache=tmp_path / "dask", options=ExtractOptions(**FAST_OPTIONS),
+                    progress=False, chunk_size=4)
+    assert fs.record["distributed"]["chunks"] == 4  # 13 distinct images in chunks of 4
+    for name in fs.names:
+        assert np.array_equal(fs[name], local[name])
+    assert np.array_equal(fs[fs.names[0]][fs.ids.index("img000_copy")], fs[fs.names[0]][fs.ids.index("img000")])
+
+
 def test_extract_on_without_a_cluster_is_extract(make_dataset, tmp_path):
     ds = make_dataset(4)
     options = ExtractOptions(**FAST_OPTIONS)

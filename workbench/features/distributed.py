@@ -62,6 +62,20 @@ def _extract_chunk(manifest: Manifest, features: Sequence[str | FeatureRequest],
             "n_images": rec["n_images"], "worker": where}
 
 
+def _distinct_rows(manifest: Manifest, options: ExtractOptions) -> list[str]:
+    """Ids of the rows a local pass computes, in its order: the first of each distinct
+    image (content hash; with manual boxes, hash and box, as the rows' cache keys)."""
+    manual_box = options.input == "box" and options.box_source is None
+    seen: set = set()
+    ids = []
+    for it in manifest:
+        key = (it.sha256, tuple(it.box) if manual_box and it.box is not None else None)
+        if key not in seen:
+            seen.add(key)
+            ids.append(it.id)
+    return ids
+
+
 def extract_on(
     execution: ExecutionLike | None,
     manifest: Manifest | str | os.PathLike,
@@ -108,9 +122,11 @@ def extract_on(
     cache.check()
     # Validated once, here: every task then finds the images' hashes in the cache's memo.
     validated = _validated(manifest, cache, options, classes, progress)
-    ids = list(validated.ids)
-    # Whole batches per chunk: a batch's rows then are a local run's, and so are their
+    ids = _distinct_rows(validated, options)
+    # Whole batches of distinct images per chunk: a batch's rows then are a local run's
+    # (which computes a byte-identical copy once, at its first row), and so are their
     # features bit for bit (a network's output may vary with what else is in its batch).
+    # The assembly below reads every row, copies included.
     chunk_size = -(-chunk_size // options.batch_size) * options.batch_size
     chunks = [validated.subset(ids[i:i + chunk_size]) for i in range(0, len(ids), chunk_size)]
     root = str(cache.root.resolve())
