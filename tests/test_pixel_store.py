@@ -72,6 +72,10 @@ def test_hit_and_miss_are_bit_identical_to_decode_image(images, tmp_path, kind, 
     # Exactness rests on the stored numbers themselves, not on a shared code path.
     expect = ref.numpy() if dtype == "float32" else np.rint(ref.numpy() * 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(stored), expect)
+    # raw=True: a hit is the stored array itself, unconverted (the device path converts it).
+    raw = store.get(sha, path, decode=_counting(calls), raw=True)
+    assert isinstance(raw, np.memmap) and str(raw.dtype) == dtype and calls == [path.name]
+    np.testing.assert_array_equal(np.asarray(raw), expect)
 
 
 def test_layout_key_and_item_form(images, tmp_path):
@@ -151,7 +155,8 @@ def test_verify_names_damage_and_a_read_redecodes_it(images, tmp_path, how, capl
 
     calls: list[str] = []
     with caplog.at_level(logging.WARNING, logger="workbench.data.pixels"):
-        t = store.get(good["rgb"], images["rgb"], decode=_counting(calls))
+        # raw or not, a damaged entry is decoded again (a tensor), never handed out
+        t = store.get(good["rgb"], images["rgb"], decode=_counting(calls), raw=True)
     assert calls == ["rgb.jpg"] and store.repaired == 1
     assert key in caplog.text and "decoding" in caplog.text
     assert torch.equal(t, decode_image(images["rgb"], keep_gray=True))

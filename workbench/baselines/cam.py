@@ -31,7 +31,7 @@ from workbench.backbones.camlayers import (
 )
 from workbench.backbones.finetuned import default_root, using_root
 from workbench.backbones.registry import BackboneSpec, get_backbone
-from workbench.core.parallel import ExecutionLike, unordered
+from workbench.core.parallel import ExecutionLike, gpu_resources, unordered, whole_batches
 from workbench.data.boxes import Box
 from workbench.errors import ConfigError
 
@@ -342,7 +342,6 @@ def explain_on(execution: ExecutionLike | None, items: Sequence, network: str, *
     chunk for ``device="cuda"`` asks for a ``GPU`` worker. Without a Dask execution this is :func:`explain`.
     """
     from workbench.baselines.explain import CamReport, explain
-    from workbench.core.parallel import gpu_resources
 
     kwargs = {"target": target, "layer": layer, "batch_size": batch_size, "device": device}
     items = list(items)
@@ -351,9 +350,7 @@ def explain_on(execution: ExecutionLike | None, items: Sequence, network: str, *
     # torch's global state).
     if execution is None or execution.backend != "dask" or not items:
         return explain(items, network, **kwargs)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ConfigError(f"chunk_size = {chunk_size!r}: expected a positive number of images")
-    step = -(-chunk_size // batch_size) * batch_size
+    step = whole_batches(chunk_size, batch_size, "images")
     root = str(default_root().resolve())
     units = [(k, items[i:i + step], network, kwargs, root) for k, i in enumerate(range(0, len(items), step))]
     # explain's default device is the CPU: only an explicit cuda asks for a GPU worker.

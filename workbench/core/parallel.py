@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 import joblib
 
 __all__ = ["ExecutionLike", "GPU", "call_in_worker", "gpu_resources", "in_this_process", "parallel_backend",
-           "shared_cluster", "threads_per_worker", "unordered", "worker_threads", "workers"]
+           "shared_cluster", "threads_per_worker", "unordered", "whole_batches", "worker_threads", "workers"]
 
 T = TypeVar("T")
 
@@ -132,6 +132,23 @@ def in_this_process(execution: ExecutionLike | None) -> bool:
     """Whether units run one after the other in this process: no execution setting, or a
     single local worker (a Dask cluster always gets the work, whatever its size)."""
     return execution is None or (workers(execution) == 1 and execution.backend != "dask")
+
+
+def whole_batches(chunk_size: int, batch_size: int, what: str = "rows") -> int:
+    """``chunk_size`` rounded up to whole batches of ``batch_size``: a chunk of work then
+    holds the batches a local run holds, so a network's outputs are the same bit for bit
+    (they may vary in the last bits with what else is in a batch).
+
+    Raises
+    ------
+    ConfigError
+        ``chunk_size`` is not a positive integer (named, with ``what`` it counts).
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        from workbench.errors import ConfigError  # the bottom layer's errors, imported when needed
+
+        raise ConfigError(f"chunk_size = {chunk_size!r}: expected a positive number of {what}")
+    return -(-chunk_size // batch_size) * batch_size
 
 
 def gpu_resources(device: str | None) -> dict[str, float] | None:

@@ -170,13 +170,16 @@ class PixelStore:
         return arr
 
     def get(self, item_or_sha: Any, path: str | os.PathLike | None = None, *,
-            decode: Callable[..., torch.Tensor] = decode_image) -> torch.Tensor:
+            decode: Callable[..., torch.Tensor] = decode_image, raw: bool = False) -> torch.Tensor | np.ndarray:
         """The decoded image as :func:`decode_image` gives it with ``keep_gray=True``.
 
         ``item_or_sha``: a manifest item (its ``sha256`` and ``path``) or a hex SHA-256
         with ``path``. Read from the store when there; otherwise the file is decoded
         (its bytes must still hash to the digest) and stored. ``decode``: the decoder
         for a miss, called as ``decode_image`` is (the caller's own reference to it).
+        ``raw``: a hit is returned as the stored, memory-mapped array itself (uint8 for
+        8-bit images, a quarter of the bytes to move; ``uint8 / 255`` is the tensor),
+        not converted; a miss is still the decoded tensor.
 
         Raises
         ------
@@ -201,7 +204,7 @@ class PixelStore:
             arr = None
         if arr is not None:
             self.hits += 1
-            return _to_tensor(arr)
+            return arr if raw else _to_tensor(arr)
         self.misses += 1
         t = decode(p, keep_gray=True, expect_sha256=sha)
         if not self._room_for(t):

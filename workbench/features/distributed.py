@@ -15,7 +15,7 @@ import os
 from typing import Any, Sequence
 
 from workbench.backbones.finetuned import default_root, using_root
-from workbench.core.parallel import ExecutionLike, gpu_resources, unordered
+from workbench.core.parallel import ExecutionLike, gpu_resources, unordered, whole_batches
 from workbench.data.manifest import Manifest
 from workbench.errors import WorkbenchError
 from workbench.features.cache import FeatureCache
@@ -107,27 +107,22 @@ def extract_on(
     ConfigError
         ``chunk_size`` below 1.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        from workbench.errors import ConfigError
-
-        raise ConfigError(f"chunk_size = {chunk_size!r}: expected a positive number of rows")
+    options = options if options is not None else ExtractOptions()
+    chunk_size = whole_batches(chunk_size, options.batch_size)  # a bad value fails before any work
     # Only a Dask cluster gets chunks. On this machine torch's threads already use every
     # core, so local worker processes would only load every network once more each (and
     # threads would build seeded random networks concurrently from torch's one global
     # generator: other weights under the same cache key).
     if execution is None or execution.backend != "dask":
         return extract(manifest, features, cache=cache, options=options, classes=classes, progress=progress)
-    options = options if options is not None else ExtractOptions()
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
     cache.check()
     # Validated once, here: every task then finds the images' hashes in the cache's memo.
     validated = _validated(manifest, cache, options, classes, progress)
-    ids = _distinct_rows(validated, options)
     # Whole batches of distinct images per chunk: a batch's rows then are a local run's
-    # (which computes a byte-identical copy once, at its first row), and so are their
-    # features bit for bit (a network's output may vary with what else is in its batch).
-    # The assembly below reads every row, copies included.
-    chunk_size = -(-chunk_size // options.batch_size) * options.batch_size
+    # (which computes a byte-identical copy once, at its first row). The assembly below
+    # reads every row, copies included.
+    ids = _distinct_rows(validated, options)
     chunks = [validated.subset(ids[i:i + chunk_size]) for i in range(0, len(ids), chunk_size)]
     root = str(cache.root.resolve())
     logger.info(f"extraction: {len(ids)} images in {len(chunks)} chunk(s) of up to {chunk_size} on Dask workers")

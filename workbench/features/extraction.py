@@ -29,7 +29,7 @@ from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.backbones.weights import ResolvedWeights, resolve_weights
 from workbench.data.images import ImageDecodeError, crop_to_box, decode_image
 from workbench.data.manifest import Item, Manifest
-from workbench.data.pixels import PixelStore, PixelStoreError
+from workbench.data.pixels import PixelStore
 from workbench.features.cache import FeatureCache
 from workbench.features.featureset import BlockInfo, FeatureSet
 from workbench.features.options import ExtractOptions
@@ -69,34 +69,46 @@ class _Job:
 
 
 class _DecodeDataset(Dataset):
-    """Decodes each image once and returns one resized tensor per distinct geometry."""
+    """Decodes each image once and returns one resized tensor per distinct geometry.
 
-    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float, geometries: Sequence[Geometry],
-                 pixels: PixelStore | None = None):
+    With ``geometries=None`` (the device path, ``preprocess_on="device"``) it only reads
+    the pixels and returns ``(i, (C, h, w) tensor)`` unresized: uint8 where the pixel
+    store holds the image as uint8, else the float32 tensor :func:`decode_image` gives.
+    The box crop is a slice either way, taken here so only the crop is copied out of the
+    memory map and uploaded (the same pixels wherever it is taken).
+    """
+
+    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float,
+                 geometries: Sequence[Geometry] | None, pixels: PixelStore | None = None):
         self.items = list(items)
         self.pixels = pixels
         self.input_mode = input_mode
         self.box_margin = box_margin
-        self.geometries = list(geometries)
+        self.geometries = None if geometries is None else list(geometries)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         item = self.items[i]
+        raw = self.geometries is None
         try:
             # The rows are keyed by the digest taken at validation: decode only bytes that
             # still hash to it, so a file rewritten meanwhile cannot store its new pixels
             # under the old key.
             # The pixel store gives the same tensor, decoding only images it lacks.
-            img = (self.pixels.get(item, decode=decode_image) if self.pixels is not None
+            img = (self.pixels.get(item, decode=decode_image, raw=raw) if self.pixels is not None
                    else decode_image(item.path, keep_gray=True, expect_sha256=item.sha256))
         except (ImageDecodeError, OSError) as e:  # OSError: the pixel store could not store it
             # Returned, not raised: a DataLoader worker would re-raise it as a bare
             # RuntimeError holding a traceback, losing the file and the reason.
             return e
         if self.input_mode == "box":
-            img = crop_to_box(img, item.box, self.box_margin)
+            img = crop_to_box(img, item.box, self.box_margin)  # slices a memory map or a tensor alike
+        if raw:
+            if isinstance(img, np.ndarray):
+                return i, torch.from_numpy(np.array(img, order="C"))  # a copy: never hand out the mapping
+            return i, img.contiguous()
         # Resizing one grey channel, then replicating, gives the same tensor for a third of the work.
         return i, [g(img).expand(3, -1, -1) for g in self.geometries]
 
@@ -115,54 +127,6 @@ def _collate(batch: list):
 #: A table, not a division on the device: a CUDA kernel may multiply by the reciprocal,
 #: which is not the same float for every value.
 _U8_TO_UNIT = torch.from_numpy(np.arange(256, dtype=np.uint8).astype(np.float32) / np.float32(255.0))
-
-
-class _RawDataset(Dataset):
-    """Reads each image's pixels and nothing more: the device does the rest.
-
-    Returns ``(i, (C, h, w) tensor)``, unresized: uint8 where the pixel store holds the
-    image as uint8 (a quarter of the bytes to move), else the float32 tensor
-    :func:`decode_image` gives. The box crop is a slice, taken here so only the crop is
-    copied out of the memory map and uploaded (the same pixels wherever it is taken).
-    """
-
-    def __init__(self, items: Sequence[Item], input_mode: str, box_margin: float,
-                 pixels: PixelStore | None = None):
-        self.items = list(items)
-        self.pixels = pixels
-        self.input_mode = input_mode
-        self.box_margin = box_margin
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _stored(self, item: Item) -> np.ndarray | None:
-        """The store's array of the image (uint8 or float32, memory-mapped), or None."""
-        if self.pixels is None or item.sha256 is None:
-            return None
-        try:
-            arr = self.pixels.load(item.sha256)
-        except PixelStoreError:
-            return None  # get() decodes it again, warns and replaces the entry
-        if arr is not None:
-            self.pixels.hits += 1
-        return arr
-
-    def __getitem__(self, i: int):
-        item = self.items[i]
-        try:
-            img = self._stored(item)
-            if img is None:
-                # As _DecodeDataset: only bytes that still hash to the validated digest.
-                img = (self.pixels.get(item, decode=decode_image) if self.pixels is not None
-                       else decode_image(item.path, keep_gray=True, expect_sha256=item.sha256))
-        except (ImageDecodeError, OSError) as e:
-            return e
-        if self.input_mode == "box":
-            img = crop_to_box(img, item.box, self.box_margin)  # slices a memory map or a tensor alike
-        if isinstance(img, np.ndarray):
-            return i, torch.from_numpy(np.array(img, order="C"))  # a copy: never hand out the mapping
-        return i, img.contiguous()
 
 
 @dataclass
@@ -513,14 +477,11 @@ def _prepare_models(jobs: list[_Job], dev: torch.device) -> list[Geometry]:
 
 def _loader(items: list[Item], geometries: list[Geometry], options: ExtractOptions, dev: torch.device,
             pixels: PixelStore | None = None, *, raw: bool = False) -> DataLoader:
-    """The pass's loader: workers decode and resize (:class:`_DecodeDataset`), or with
-    ``raw`` (the device path) only read pixels (:class:`_RawDataset`, a list collation:
-    sizes differ)."""
+    """The pass's loader (:class:`_DecodeDataset`): workers decode and resize, or with
+    ``raw`` (the device path) only read pixels (a list collation: sizes differ)."""
     workers = _default_workers(dev) if options.num_workers is None else options.num_workers
-    dataset = (_RawDataset(items, options.input, options.box_margin, pixels) if raw
-               else _DecodeDataset(items, options.input, options.box_margin, geometries, pixels))
     return DataLoader(
-        dataset,
+        _DecodeDataset(items, options.input, options.box_margin, None if raw else geometries, pixels),
         batch_size=options.batch_size,
         shuffle=False,
         num_workers=workers,

@@ -376,7 +376,8 @@ def _check_lists(train: list[Item], val: list[Item], classes: list[str]) -> None
 
 def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Item], classes: Sequence[str],
           config: FineTuneConfig, *, weights: str | None, root: str | os.PathLike | None,
-          device: str | torch.device | None, context: dict[str, Any] | None) -> _Plan:
+          device: str | torch.device | None, context: dict[str, Any] | None,
+          pixels: PixelStore | None = None) -> _Plan:
     """Check the inputs and fix the weights id and folder; nothing is built yet."""
     spec = get_backbone(backbone) if isinstance(backbone, str) else backbone
     classes, train, val = list(classes), list(train), list(val)
@@ -390,7 +391,7 @@ def _plan(backbone: str | BackboneSpec, train: Sequence[Item], val: Sequence[Ite
     if context:  # folds and the like: same images but a different role must not collide
         wid = FT_PREFIX + hashlib.sha256(f"{wid}|".encode() + canonical_json(context)).hexdigest()[:12]
     return _Plan(spec, base, config, classes, train, val, dc, config.image_size or dc.input_size, dev, prec,
-                 context, wid, finetuned_dir(spec.name, wid, root))
+                 context, wid, finetuned_dir(spec.name, wid, root), pixels)
 
 
 def _load_model(plan: _Plan, path: Path) -> nn.Module:
@@ -764,8 +765,7 @@ def fine_tune(
         With the best epoch's weights loaded.
     """
     plan = _plan(backbone, train, val, classes, config or FineTuneConfig(), weights=weights, root=root,
-                 device=device, context=context)
-    plan.pixels = pixels
+                 device=device, context=context, pixels=pixels)
     done = _load_finished(plan)
     if done is not None:
         return done
