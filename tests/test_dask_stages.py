@@ -36,6 +36,30 @@ def cluster():
         yield c
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The local reference on one torch thread, as the workers run: Dask's nanny starts them
+    with OMP_NUM_THREADS=1 (`distributed.nanny.pre-spawn-environ`), and a network's float
+    reductions differ in the last bits between thread counts. Bit-identity holds at equal counts."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_workers_run_one_torch_thread(cluster):
+    """What `one_torch_thread` assumes of the workers; if Dask changes it, the fixture must too."""
+    assert set(unordered(_dask(cluster), _torch_threads, [(i,) for i in range(4)])) == {1}
+
+
+def _torch_threads(_: int) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _dask(cluster) -> Execution:
     return Execution(backend="dask", scheduler=cluster.scheduler_address)
 
