@@ -50,6 +50,8 @@ def test_a_classifier_config_hashes_as_before_y_nets_existed():
     ({"model": "ynet", "seg_weight": True}, "numbers >= 0"),
     ({"model": "ynet", "cls_weight": 0.0}, "classification branch untrained"),
     ({"model": "ynet", "freeze": "features"}, "trained whole"),
+    ({"monitor": "auc+dice"}, "watches a Y-Net's validation Dice"),
+    ({"monitor": "dice"}, "monitor must be one of"),
 ])
 def test_bad_y_net_settings_are_refused_by_name(kw, match):
     with pytest.raises(ConfigError, match=match):
@@ -173,6 +175,36 @@ def test_a_classifier_has_no_masks(busi_slice, tmp_path):
     assert not ft.is_ynet
     with pytest.raises(ConfigError, match="classes only"):
         predict_masks(ft.model, train[:2], ft.geometry, ft.data_config)
+
+
+def test_the_auc_plus_dice_monitor_and_its_fallbacks():
+    """What early stopping maximises per monitor, and what a validation row that cannot
+    support the monitor falls back to (the same every epoch: the validation split is fixed)."""
+    from workbench.training.finetune import _monitor_for, _score
+
+    row = {"val_auc": 0.8, "val_dice": 0.5, "val_loss": 0.4}
+    assert _score(row, "auc+dice") == [1.3, -0.4]
+    assert _score(row, "auc") == [0.8, -0.4] and _score(row, "loss") == [-0.4]
+    both = YFAST.replace(monitor="auc+dice")
+    assert both.to_dict() != YFAST.to_dict()  # a different network, so a different id
+    assert _monitor_for(both, row) == "auc+dice"
+    assert _monitor_for(both.replace(seg_weight=0.0), row) == "auc"  # the ablation trains no decoder
+    assert _monitor_for(both, {**row, "val_dice": float("nan")}) == "auc"  # no validation mask
+    assert _monitor_for(both, {**row, "val_auc": float("nan")}) == "loss"  # one class in validation
+    assert _monitor_for(YFAST, row) == "auc"
+
+
+@pytest.mark.slow
+def test_the_auc_plus_dice_monitor_keeps_the_epoch_best_on_both(busi_slice, tmp_path):
+    from workbench.training.finetune import fine_tune
+
+    train, val = _train_val(busi_slice)
+    cfg = YFAST.replace(epochs=3, image_size=64, monitor="auc+dice")
+    ft = fine_tune(LITE, train, val, CLASSES, cfg, root=tmp_path, progress=False)
+    sums = [r["val_auc"] + r["val_dice"] for r in ft.history]
+    assert all(np.isfinite(sums)) and ft.best_epoch == 1 + int(np.argmax(sums)), ft.history
+    meta = json.loads((tmp_path / LITE / ft.weights_id / "meta.json").read_text())
+    assert meta["monitor"] == "auc+dice" and meta["best_epoch"] == ft.best_epoch
 
 
 @pytest.mark.slow

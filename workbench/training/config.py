@@ -16,7 +16,10 @@ __all__ = ["FineTuneConfig", "OPTIMIZERS", "SCHEDULES", "MONITORS", "CLASS_WEIGH
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "none")
-MONITORS = ("auc", "loss")
+#: What early stopping watches on the validation split: the class AUC (ties to the lower
+#: loss), the loss, or for a Y-Net the class AUC plus the mean Dice of its masks, so a
+#: network whose AUC peaked before its decoder learnt anything is not the one kept.
+MONITORS = ("auc", "loss", "auc+dice")
 CLASS_WEIGHTS = ("balanced", "none")
 #: The named freeze modes of :func:`workbench.backbones.adapt.freeze_early` (which
 #: imports torch, so the names are repeated here; a test keeps the two equal).
@@ -101,6 +104,8 @@ class FineTuneConfig:
             (self.model != "ynet" or self.cls_weight > 0,
              "cls_weight = 0 leaves the Y-Net's classification branch untrained: its class scores are the records'"),
             (self.model != "ynet" or self.freeze == "none", "a Y-Net is trained whole: freeze must be 'none'"),
+            (self.monitor != "auc+dice" or self.model == "ynet",
+             "monitor 'auc+dice' watches a Y-Net's validation Dice: give model = 'ynet' with it"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -255,8 +255,27 @@ def _warn_small_validation(val_counts: dict[str, int]) -> None:
 
 def _score(row: dict[str, Any], monitor: str) -> list[float]:
     """What early stopping maximises: ``[auc, -loss]`` (ties in AUC go to the lower
-    loss) or ``[-loss]``. A list, so the checkpoint stores it as plain numbers."""
-    return [row["val_auc"], -row["val_loss"]] if monitor == "auc" else [-row["val_loss"]]
+    loss), ``[auc + dice, -loss]`` or ``[-loss]``. A list, so the checkpoint stores it as
+    plain numbers."""
+    if monitor == "auc":
+        return [row["val_auc"], -row["val_loss"]]
+    if monitor == "auc+dice":
+        return [row["val_auc"] + row["val_dice"], -row["val_loss"]]
+    return [-row["val_loss"]]
+
+
+def _monitor_for(config: FineTuneConfig, row: dict[str, Any]) -> str:
+    """The monitor an epoch's validation row can support. The validation split is the
+    same every epoch, so the fallback is too, and scores stay comparable across epochs."""
+    monitor = config.monitor
+    # No segmentation trained (the ablation) or no validation image with a mask file:
+    # there is no Dice to watch, only the class AUC.
+    if monitor == "auc+dice" and (config.seg_weight == 0 or not np.isfinite(row["val_dice"])):
+        monitor = "auc"
+    # AUC is undefined when the validation split lacks a class: watch the loss then.
+    if monitor in ("auc", "auc+dice") and np.isnan(row["val_auc"]):
+        monitor = "loss"
+    return monitor
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -593,16 +612,13 @@ def _validate(plan: _Plan, setup: _Setup, row: dict[str, Any]) -> tuple[str, lis
     """Add the validation metrics to ``row``; the monitor used and the epoch's score."""
     if not plan.val:
         return "loss", [-row["train_loss"]]
-    if plan.config.is_ynet:  # Dice is reported, not watched: early stopping stays on the class AUC
+    if plan.config.is_ynet:  # Dice is watched only with monitor = "auc+dice"
         proba, row["val_dice"] = _ynet_validation(plan, setup.model)
     else:
         proba = predict_proba(setup.model, plan.val, plan.classes, plan.geometry, plan.data_config,
                               device=plan.device, batch_size=max(plan.config.batch_size, 32), pixels=plan.pixels)
     row.update(_val_metrics(proba, setup.y_val, len(plan.classes)))
-    # AUC is undefined when the validation split lacks a class: watch the loss then.
-    monitor = plan.config.monitor
-    if monitor == "auc" and np.isnan(row["val_auc"]):
-        monitor = "loss"
+    monitor = _monitor_for(plan.config, row)
     return monitor, _score(row, monitor)
 
 
