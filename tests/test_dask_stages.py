@@ -422,6 +422,37 @@ def test_nested_fine_tuning_on_dask_trains_the_local_networks(cluster, make_data
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_a_runs_single_fine_tune_trains_on_the_cluster(cluster, make_dataset, tmp_path, monkeypatch):
+    """`[features] nested = false` trains one network: on Dask, a cluster task (a GPU
+    worker's when it trains on a GPU), the same network a local run trains."""
+    import torch
+
+    from workbench.backbones.finetuned import using_root
+    from workbench.experiment import ExperimentConfig, fine_tune_stage, validate_inputs
+
+    ds = make_dataset(12)
+    dask = f'backend = "dask"\nscheduler = "{cluster.scheduler_address}"'
+    labels = {}
+    for kind, execution in (("local", ""), ("dask", dask)):
+        text = RUN_CONFIG.format(csv=ds.csv, execution=execution).replace(
+            "image_size = 32", 'image_size = 32\nfinetuned = ["tf_efficientnet_lite0"]\nnested = false').replace(
+            'finetuned = "finetuned"', f'finetuned = "{kind}"').replace('"tiny-dask"', '"lite0"')
+        (tmp_path / f"{kind}.toml").write_text(text + "\n[finetune]\nepochs = 1\nbatch_size = 8\nimage_size = 32\n")
+        monkeypatch.chdir(tmp_path)
+        cfg = ExperimentConfig.load(tmp_path / f"{kind}.toml")
+        before = _tasks_done(cluster)
+        with using_root(cfg.finetuned):
+            manifest = validate_inputs(cfg, progress=False)[0]
+            labels[kind] = fine_tune_stage(cfg, manifest, device="cpu", progress=False)["tf_efficientnet_lite0"]
+        assert _tasks_done(cluster) == before + (kind == "dask")  # the one network, on a worker
+    assert labels["dask"] == labels["local"]
+    wid = labels["local"].split("@")[-1]
+    a, b = (torch.load(tmp_path / k / "tf_efficientnet_lite0" / wid / "weights.pth", weights_only=True)
+            for k in ("local", "dask"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_extract_on_local_backends_is_one_extract(make_dataset, tmp_path):
     """Only Dask gets chunks: locally torch's threads use every core already, and threads
     would build the seeded random network concurrently from torch's one generator."""

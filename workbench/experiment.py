@@ -69,7 +69,7 @@ from workbench.baselines.estimator import CNNClassifier
 from workbench.baselines.cam import explain_on
 from workbench.baselines.run import run_baselines
 from workbench.core.io import atomic_write
-from workbench.core.parallel import shared_cluster
+from workbench.core.parallel import gpu_resources, shared_cluster, unordered
 from workbench.data.manifest import Item, Manifest
 from workbench.data.modes import INPUT_MODES, RESIZE_MODES
 from workbench.data.pixels import PixelStore
@@ -847,8 +847,26 @@ def fine_tune_stage(cfg: ExperimentConfig, manifest: Manifest, *, device: str | 
             train_ids = [it.id for it in manifest if it.split != "test"]
             est = CNNClassifier(backbone, manifest, config=cfg.finetune, device=device, progress=progress,
                                 pixels=pixels)
-            labels[backbone] = est.fit(train_ids).finetuned_.label
+            if cfg.execution.backend == "dask":
+                _fit_on_cluster(cfg.execution, est, train_ids, device)
+            labels[backbone] = est.fit(train_ids).finetuned_.label  # from the store when the cluster trained it
     return labels
+
+
+def _fit_on_cluster(execution: Execution, est: CNNClassifier, ids: list[str], device: str | None) -> None:
+    """Train ``est``'s one network as a cluster task, on a ``GPU=1`` worker when it trains
+    on a GPU (as nested members and baselines do), into the shared fine-tuned store."""
+    # Paths resolved here: a worker may have started in another folder.
+    pixels = est.pixels.root.resolve() if isinstance(est.pixels, PixelStore) else est.pixels
+    worker = CNNClassifier(**{**est.get_params(), "progress": False, "pixels": pixels,
+                              "root": str(Path(est.root or default_root()).resolve())})
+    for wid in unordered(execution, _fit_unit, [(worker, ids)], resources=gpu_resources(device)):
+        logger.info(f"fine-tuned {est.backbone} on the cluster: {wid}")
+
+
+def _fit_unit(est: CNNClassifier, ids: list[str]) -> str:
+    """A worker's fit: only the id comes back; the network is in the shared store."""
+    return est.fit(ids).finetuned_.weights_id
 
 
 def extract_stage(cfg: ExperimentConfig, manifest: Manifest, specs: list[str], *,
