@@ -420,3 +420,61 @@ def test_section_refuses_unknown_recalibration(run_store, tmp_path):
     with pytest.raises(CalibrationError, match="recalibrate = 'beta'"):
         RC.calibration_section(run_store, run_store.frame(), None, recalibrate="beta", tables_dir=tmp_path,
                                figures_dir=tmp_path)
+
+
+# ---- grouped images: cluster-robust intervals ------------------------------------------------
+
+
+def _grouped(n_groups: int = 50, per: int = 3, seed: int = 2):
+    """Probabilities and outcomes whose errors share a patient effect within each group."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n_groups), per)
+    effect = np.repeat(rng.normal(0, 1.5, n_groups), per)
+    p = expit(rng.normal(0, 1.5, groups.size))
+    y = (rng.random(groups.size) < expit(logit(p) + effect)).astype(int)
+    return y, p, groups
+
+
+def test_grouped_intervals_are_statsmodels_cluster_robust_ones():
+    import statsmodels.api as sm
+
+    y, p, groups = _grouped()
+    s = calibration_summary(y, p, alpha=0.1, groups=[f"patient{g}" for g in groups])
+    lp = logit(p)
+    cluster = {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+    glm = sm.GLM(y, np.ones((y.size, 1)), family=sm.families.Binomial(), offset=lp).fit(**cluster)
+    assert s["intercept"] == pytest.approx(glm.params[0], abs=1e-7)
+    np.testing.assert_allclose([s["intercept_low"], s["intercept_high"]], glm.conf_int(0.1)[0], atol=1e-6)
+    full = sm.GLM(y, sm.add_constant(lp), family=sm.families.Binomial()).fit(**cluster)
+    np.testing.assert_allclose([s["slope_low"], s["slope_high"]], full.conf_int(0.1)[1], atol=1e-8)
+    # The shared patient effect makes the independent-case intervals too narrow here.
+    plain = calibration_summary(y, p, alpha=0.1)
+    assert plain["intercept"] == s["intercept"] and plain["slope"] == s["slope"]
+    assert s["intercept_high"] - s["intercept_low"] > 1.2 * (plain["intercept_high"] - plain["intercept_low"])
+
+
+def test_groups_of_one_image_keep_the_model_based_intervals():
+    y, p, _ = _grouped()
+    plain = calibration_summary(y, p)
+    assert calibration_summary(y, p, groups=[str(i) for i in range(y.size)]) == plain
+    assert calibration_summary(y, p, groups=[""] * y.size) == plain  # no group: each its own
+    with pytest.raises(CalibrationError, match="groups: 3 values for 150 predictions"):
+        calibration_summary(y, p, groups=["a", "a", "b"])
+
+
+def test_the_table_clusters_the_columns_whose_groups_hold_several_images(run_store, run_result):
+    models = [RC._model(run_store, [r for r in run_store.current_records() if r["candidate"] == "calibrated"],
+                        "calibrated", "selected", "head", 1)]
+    test_ids = models[0].test_ids
+    assert test_ids is not None and len(test_ids) == len(models[0].test[0])
+    assert set(models[0].oof_ids) == set(models[0].oof)
+    plain = RC.calibration_table(models)
+    paired = {i: f"g{k // 2}" for k, i in enumerate(test_ids)}  # test images two by two
+    grouped = RC.calibration_table(models, groups=paired)
+    col = grouped.columns.index("Test intercept")
+    assert grouped.rows[0][col].text != plain.rows[0][col].text  # the interval moved
+    assert grouped.rows[0][col].text.split(" (")[0] == plain.rows[0][col].text.split(" (")[0]  # not the estimate
+    oof = grouped.columns.index("OOF intercept")
+    assert grouped.rows[0][oof].text == plain.rows[0][oof].text  # OOF images are not grouped here
+    assert any("test: cluster-robust (sandwich) over the groups" in n for n in grouped.notes)
+    assert not any("cluster-robust" in n for n in plain.notes)

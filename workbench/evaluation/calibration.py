@@ -29,6 +29,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import brier_score_loss
 
 from workbench.errors import WorkbenchError
+from workbench.evaluation.stats import cluster_codes, clustered
 
 __all__ = ["CalibrationError", "EPS", "RECALIBRATION_METHODS", "Recalibrator", "ReliabilityCurve",
            "brier_score", "calibration_intercept_slope", "calibration_summary", "checked_binary",
@@ -81,8 +82,10 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(p, EPS, 1 - EPS))
 
 
-def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None):
-    """Binomial GLM fit (logit link); None when the outcome is perfectly separated."""
+def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None, groups: np.ndarray | None = None):
+    """Binomial GLM fit (logit link); None when the outcome is perfectly separated. With
+    ``groups`` (a code per row) its covariance is cluster-robust over them (statsmodels'
+    sandwich, with its small-sample correction)."""
     import statsmodels.api as sm  # light import of the package; statsmodels loads on first use
     from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
 
@@ -90,7 +93,10 @@ def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None):
         # statsmodels >= 0.14 warns and returns a huge slope; an unbounded estimate is no estimate.
         warnings.simplefilter("error", PerfectSeparationWarning)
         try:
-            return sm.GLM(y, X, family=sm.families.Binomial(), offset=offset).fit()
+            model = sm.GLM(y, X, family=sm.families.Binomial(), offset=offset)
+            if groups is None:
+                return model.fit()
+            return model.fit(cov_type="cluster", cov_kwds={"groups": groups})
         except (PerfectSeparationWarning, PerfectSeparationError):
             return None
 
@@ -113,9 +119,10 @@ def _overlap(y: np.ndarray, x: np.ndarray) -> bool:
     return bool(x1.min() < x0.max() and x1.max() > x0.min())
 
 
-def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None
+def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None, groups: np.ndarray | None = None
                       ) -> tuple[float, tuple[float, float]]:
-    """Maximum-likelihood ``a`` of ``logit P(y=1) = a + offset`` and its Wald interval.
+    """Maximum-likelihood ``a`` of ``logit P(y=1) = a + offset`` and its Wald interval
+    (cluster-robust over ``groups``, a code per row, when given).
 
     The score ``sum(y - sigmoid(a + offset))`` falls monotonically from ``n_pos`` to
     ``-n_neg``, so its root is found by bracketing (:func:`scipy.optimize.brentq`), which
@@ -130,20 +137,31 @@ def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None
     if not alpha:
         return a, (float("nan"), float("nan"))
     mu = expit(a + offset)
-    se = 1.0 / np.sqrt(float(np.sum(mu * (1.0 - mu))))  # inverse Fisher information
+    info = float(np.sum(mu * (1.0 - mu)))  # Fisher information
+    if groups is None:
+        se = 1.0 / np.sqrt(info)
+    else:
+        # Sandwich: the score summed within each group, squared, between two inverse
+        # informations, with statsmodels' small-sample factor G/(G-1) * (N-1)/(N-K), which
+        # is G/(G-1) for this one-parameter model (its GLM gives the same where it
+        # converges; a test compares them).
+        g = int(groups.max()) + 1
+        meat = float(np.sum(np.bincount(groups, weights=y - mu, minlength=g) ** 2))
+        se = np.sqrt(meat * g / (g - 1)) / info if g > 1 else float("nan")
     z = float(norm.ppf(1 - alpha / 2))
     return a, (a - z * se, a + z * se)
 
 
-def _intercept_slope(y: np.ndarray, p: np.ndarray, alpha: float | None
+def _intercept_slope(y: np.ndarray, p: np.ndarray, alpha: float | None, groups: np.ndarray | None = None
                      ) -> tuple[float, float, tuple[float, float], tuple[float, float]]:
-    """Intercept, slope and their Wald intervals at level ``1 - alpha`` (NaN where undefined)."""
+    """Intercept, slope and their Wald intervals at level ``1 - alpha`` (NaN where
+    undefined), cluster-robust over ``groups`` (codes) when given."""
     nan2 = (float("nan"), float("nan"))
     lp = _logit(p)
-    intercept, i_ci = _offset_intercept(y, lp, alpha)
+    intercept, i_ci = _offset_intercept(y, lp, alpha, groups)
     slope, s_ci = float("nan"), nan2
     if _overlap(y, lp):  # else p separates the classes (or is constant): no finite slope
-        fit = _glm(y, np.column_stack([np.ones(y.size), lp]))
+        fit = _glm(y, np.column_stack([np.ones(y.size), lp]), groups=groups if alpha else None)
         if fit is not None:
             slope = float(fit.params[1])
             s_ci = tuple(float(v) for v in fit.conf_int(alpha)[1]) if alpha else nan2
@@ -219,8 +237,14 @@ def reliability_curve(y: Any, p: Any, n_bins: int = 10) -> ReliabilityCurve:
     return ReliabilityCurve(predicted, observed, count[count > 0])
 
 
-def calibration_summary(y: Any, p: Any, *, alpha: float = 0.05, n_bins: int = 10) -> dict[str, float]:
+def calibration_summary(y: Any, p: Any, *, alpha: float = 0.05, n_bins: int = 10,
+                        groups: Any = None) -> dict[str, float]:
     """Every calibration figure of ``p`` in one dict.
+
+    ``groups`` (one per image, ``None``/"" = a group of its own, e.g. the patient): where
+    a group holds several images, the intercept and slope intervals are cluster-robust
+    (sandwich) over the groups, since images of one patient are not independent cases;
+    otherwise, and without ``groups``, they are the model-based Wald intervals.
 
     Returns
     -------
@@ -232,7 +256,13 @@ def calibration_summary(y: Any, p: Any, *, alpha: float = 0.05, n_bins: int = 10
     y_arr, p_arr = checked_binary(y, p, both_classes=True, what="calibration summary")
     if not 0 < alpha < 1:
         raise CalibrationError(f"alpha = {alpha!r}: expected a number between 0 and 1 (exclusive)")
-    intercept, slope, i_ci, s_ci = _intercept_slope(y_arr, p_arr, alpha)
+    codes = None
+    if groups is not None:
+        if len(groups) != y_arr.size:
+            raise CalibrationError(f"groups: {len(groups)} values for {y_arr.size} predictions")
+        if clustered(groups):
+            codes = cluster_codes(groups)
+    intercept, slope, i_ci, s_ci = _intercept_slope(y_arr, p_arr, alpha, codes)
     return {"n": int(y_arr.size), "prevalence": float(y_arr.mean()), "mean_p": float(p_arr.mean()),
             "brier": brier_score(y_arr, p_arr), "intercept": intercept, "intercept_low": i_ci[0],
             "intercept_high": i_ci[1], "slope": slope, "slope_low": s_ci[0], "slope_high": s_ci[1],

@@ -76,6 +76,7 @@ __all__ = [
     "cluster_bootstrap_auc",
     "cluster_bootstrap_proportions",
     "cluster_bootstrap_test",
+    "cluster_codes",
     "cluster_weights",
     "clustered",
     "compare_to_baseline",
@@ -646,7 +647,7 @@ def clustered(groups: Sequence[Any] | np.ndarray | None) -> bool:
     return len(set(g)) < len(g)
 
 
-def _cluster_codes(groups: Sequence[Any] | np.ndarray) -> np.ndarray:
+def cluster_codes(groups: Sequence[Any] | np.ndarray) -> np.ndarray:
     """Group index per image, numbered in order of first appearance.
 
     Images without a group (``None`` or "") are groups of one. Numbering by appearance
@@ -667,7 +668,7 @@ def cluster_weights(groups: Sequence[Any] | np.ndarray, n_boot: int = N_BOOT, se
     numpy.ndarray of shape (n_boot, n_images)
         Integer multiplicities; each row draws as many groups as there are.
     """
-    codes = _cluster_codes(groups)
+    codes = cluster_codes(groups)
     g = int(codes.max()) + 1 if len(codes) else 0
     if g == 0:
         raise ValueError("groups is empty")

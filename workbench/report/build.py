@@ -334,10 +334,6 @@ def _evidence(store: ResultStore, records: pd.DataFrame, result, s: dict[str, An
     shown = list(dict.fromkeys(list(result.ranking["candidate"].head(CD_CANDIDATES))
                                + list(result.baselines["candidate"])))
     cd_figs, cd_notes = cv_cd_section(records, s["metric"], shown, tmp / "figures", alpha=s["alpha"])
-    if tables and result.grouping and result.grouping.get("clustered"):
-        notes.append("calibration: its Wald intervals treat the test images as independent; the test split's "
-                     "groups hold several images each, so those intervals are too narrow (the comparison's "
-                     "intervals are cluster bootstraps)")
     # Y-Net baselines: Dice/IoU table from the records; the contour grid re-runs the test
     # network on the few images it shows (the one place the report loads a network).
     inputs = _inputs(store.root)

@@ -17,9 +17,9 @@ same records give byte-identical tables and figures.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,7 +30,9 @@ from workbench.evaluation.calibration import (RECALIBRATION_METHODS, Calibration
 from workbench.evaluation.decision import checked_thresholds, net_benefit, net_benefit_treat_all, \
     net_benefit_treat_none
 from workbench.evaluation.settings import TEST_FOLD, fold_repeat, fold_sort_key, is_cv_fold
+from workbench.evaluation.stats import clustered
 from workbench.evaluation.store import ResultStore
+from workbench.search.select import run_groups
 from workbench.report.figures import _new_figure, _rc, curve_styles, save_figure, unit_square
 from workbench.report.tables import DASH, OPTIMISTIC_ROLE, Cell, Table, _num, fmt, fmt_signed, write_table
 
@@ -69,6 +71,10 @@ class ModelPredictions:
     kind: str
     oof: dict[str, tuple[np.ndarray, np.ndarray]]  # CV fold -> (y 0/1, p of the positive class)
     test: tuple[np.ndarray, np.ndarray] | None
+    # The image ids behind each fold's and the test split's predictions (same order), so
+    # intervals can cluster over groups (patients); empty / None where unknown.
+    oof_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    test_ids: np.ndarray | None = None
 
     @property
     def baseline(self) -> bool:
@@ -79,6 +85,12 @@ class ModelPredictions:
             return None
         folds = sorted(self.oof, key=fold_sort_key)
         return (np.concatenate([self.oof[f][0] for f in folds]), np.concatenate([self.oof[f][1] for f in folds]))
+
+    def pooled_oof_ids(self) -> np.ndarray | None:
+        """The ids of :meth:`pooled_oof`'s rows (None when any fold's are unknown)."""
+        if not self.oof or set(self.oof_ids) != set(self.oof):
+            return None
+        return np.concatenate([self.oof_ids[f] for f in sorted(self.oof, key=fold_sort_key)])
 
 
 # ---- reading -----------------------------------------------------------------------------
@@ -103,7 +115,7 @@ def _model(store: ResultStore, recs: list[dict[str, Any]], cand: str, role: str,
            pos: int) -> ModelPredictions:
     """The predictions of ``cand`` from its records (the last record of a fold wins)."""
     by_fold = {str(r["fold"]): r for r in recs}
-    oof, test = {}, None
+    oof, test, oof_ids, test_ids = {}, None, {}, None
     for fold, rec in sorted(by_fold.items(), key=lambda kv: fold_sort_key(kv[0])):
         if not (is_cv_fold(fold) or fold == TEST_FOLD):
             continue  # external test sets are not part of this section
@@ -114,11 +126,14 @@ def _model(store: ResultStore, recs: list[dict[str, Any]], cand: str, role: str,
                                    f"have no column {pos} for the positive class")
         # Clipped: a softmax or a vote can land a rounding error outside [0, 1] (1 + 2e-16).
         yp = ((np.asarray(pr["y_true"]) == pos).astype(int), np.clip(proba[:, pos], 0.0, 1.0))
+        ids = np.asarray(pr["ids"]).astype(str) if "ids" in pr else None
         if fold == TEST_FOLD:
-            test = yp
+            test, test_ids = yp, ids
         else:
             oof[fold] = yp
-    return ModelPredictions(cand, cand, role, kind or str(recs[0].get("kind", "")), oof, test)
+            if ids is not None:
+                oof_ids[fold] = ids
+    return ModelPredictions(cand, cand, role, kind or str(recs[0].get("kind", "")), oof, test, oof_ids, test_ids)
 
 
 def _recalibrated(m: ModelPredictions, method: str) -> ModelPredictions:
@@ -140,16 +155,18 @@ def _recalibrated(m: ModelPredictions, method: str) -> ModelPredictions:
             break
         oof[fold] = (y, r.transform(p))
     return ModelPredictions(f"{m.candidate} ({METHOD_LABEL[method]})", m.candidate,
-                            f"{m.role}, recalibrated ({METHOD_LABEL[method]})", m.kind, oof, test)
+                            f"{m.role}, recalibrated ({METHOD_LABEL[method]})", m.kind, oof, test,
+                            {f: i for f, i in m.oof_ids.items() if f in oof}, m.test_ids)
 
 
-def _summary(yp: tuple[np.ndarray, np.ndarray] | None, alpha: float) -> dict[str, float] | None:
+def _summary(yp: tuple[np.ndarray, np.ndarray] | None, alpha: float,
+             groups: Sequence[str] | None = None) -> dict[str, float] | None:
     if yp is None:
         return None
     y, p = yp
     if np.unique(y).size < 2:  # one class only: no intercept, slope or AUC; Brier and ECE still hold
         return {"n": int(y.size), "brier": brier_score(y, p), "ece": expected_calibration_error(y, p, N_BINS)}
-    s = calibration_summary(y, p, alpha=alpha, n_bins=N_BINS)
+    s = calibration_summary(y, p, alpha=alpha, n_bins=N_BINS, groups=groups)
     s["auc"] = float(roc_auc_score(y, p))
     return s
 
@@ -171,24 +188,40 @@ def _repeats(models: Sequence[ModelPredictions]) -> int:
     return max((fold_repeat(f) + 1 for m in models for f in m.oof), default=1)
 
 
+def _groups_of(ids: np.ndarray | None, groups: Mapping[str, str] | None) -> list[str] | None:
+    """The group of each id (``""``: its own), or None without ids or groups."""
+    if ids is None or not groups:
+        return None
+    return [groups.get(str(i), "") for i in ids]
+
+
 def calibration_table(models: Sequence[ModelPredictions], *, alpha: float = 0.05, key: str = "calibration",
-                      notes: Sequence[str] = ()) -> Table:
-    """Brier score, intercept, slope and ECE of each model, out-of-fold and on test (and test AUC)."""
+                      notes: Sequence[str] = (), groups: Mapping[str, str] | None = None) -> Table:
+    """Brier score, intercept, slope and ECE of each model, out-of-fold and on test (and test AUC).
+
+    ``groups`` (image id -> group, e.g. the patient): where a group holds several of a
+    column's images, that column's intercept and slope intervals are cluster-robust over
+    the groups (images of one patient are not independent cases).
+    """
     pct = f"{100 * (1 - alpha):.0f} %"
     repeats = _repeats(models)
+    robust: set[str] = set()  # the parts ("OOF", "test") whose intervals clustered
     columns = ["Model", "Role", "OOF Brier", "OOF intercept", "OOF slope", "OOF ECE",
                "Test AUC", "Test Brier", "Test intercept", "Test slope", "Test ECE"]
     rows = []
     for m in models:
         cells = [Cell(m.label), Cell(m.role)]
         for part in ("oof", "test"):
-            s = _summary(m.pooled_oof() if part == "oof" else m.test, alpha) or {}
+            g = _groups_of(m.pooled_oof_ids() if part == "oof" else m.test_ids, groups)
+            s = _summary(m.pooled_oof() if part == "oof" else m.test, alpha, g) or {}
             if part == "test":
                 cells.append(Cell(fmt(s.get("auc")), _num(s.get("auc"))))
             cells.append(Cell(fmt(s.get("brier")), _num(s.get("brier"))))
             # With repeats every training image is pooled once per repeat: no independent
             # cases, so no Wald interval (the estimate stands alone).
             interval = part == "test" or repeats == 1
+            if interval and clustered(g):
+                robust.add("OOF" if part == "oof" else "test")
             for what in ("intercept", "slope"):
                 low, high = (s.get(f"{what}_low"), s.get(f"{what}_high")) if interval else (None, None)
                 cells.append(Cell(fmt_signed_interval(s.get(what), low, high), _num(s.get(what))))
@@ -203,6 +236,8 @@ def calibration_table(models: Sequence[ModelPredictions], *, alpha: float = 0.05
         "Slope: of logit(p) in a logistic regression of the outcome on it (1 is ideal; below 1, predictions too "
         f"extreme; – where p separates the classes). In parentheses: {pct} Wald intervals"
         + (" (test only: the repeats' pooled predictions are not independent cases)" if repeats > 1 else "")
+        + (f"; {' and '.join(p for p in ('OOF', 'test') if p in robust)}: cluster-robust (sandwich) over the "
+           "groups, since a group's images are not independent cases" if robust else "")
         + f". ECE: |mean p − observed rate| over {N_BINS} equal-width bins, weighted by the bin's share of "
           "predictions.",
         *notes,
@@ -466,7 +501,7 @@ def calibration_section(store: ResultStore, records: pd.DataFrame, result: "Sear
     if any(m.baseline for m in models):
         table_notes.append(BASELINE_NOTE)
         notes.append(BASELINE_NOTE)
-    tables = [calibration_table(models, alpha=alpha, notes=table_notes),
+    tables = [calibration_table(models, alpha=alpha, notes=table_notes, groups=run_groups(store)),
               net_benefit_table(models, thresholds, notes=[n for n in table_notes if n != BASELINE_NOTE])]
     if tables_dir is not None:
         for t in tables:
