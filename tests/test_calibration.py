@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -478,3 +479,18 @@ def test_the_table_clusters_the_columns_whose_groups_hold_several_images(run_sto
     assert grouped.rows[0][oof].text == plain.rows[0][oof].text  # OOF images are not grouped here
     assert any("test: cluster-robust (sandwich) over the groups" in n for n in grouped.notes)
     assert not any("cluster-robust" in n for n in plain.notes)
+
+
+def test_grouped_intervals_of_extreme_probabilities_are_finite_and_quiet():
+    """Classes that only just overlap (a slope near 13, fitted probabilities within 1e-16
+    of 0 or 1) with groups: statsmodels' cluster GLM divides by zero there (its observed
+    information goes through the link's second derivative); the sandwich by hand does not."""
+    lp = np.linspace(-3, 3, 60)
+    y = (lp > 0).astype(int)
+    y[29], y[30] = 1, 0  # one pair overlaps at the boundary: a finite, steep slope
+    groups = [f"g{k // 3}" for k in range(60)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = calibration_summary(y, expit(lp), groups=groups)
+    assert all(np.isfinite(s[k]) for k in ("intercept_low", "intercept_high", "slope_low", "slope_high"))
+    assert s["intercept_low"] < s["intercept"] < s["intercept_high"] and s["slope_low"] < s["slope"] < s["slope_high"]

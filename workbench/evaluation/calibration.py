@@ -82,10 +82,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return logit(np.clip(p, EPS, 1 - EPS))
 
 
-def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None, groups: np.ndarray | None = None):
-    """Binomial GLM fit (logit link); None when the outcome is perfectly separated. With
-    ``groups`` (a code per row) its covariance is cluster-robust over them (statsmodels'
-    sandwich, with its small-sample correction)."""
+def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None):
+    """Binomial GLM fit (logit link); None when the outcome is perfectly separated."""
     import statsmodels.api as sm  # light import of the package; statsmodels loads on first use
     from statsmodels.tools.sm_exceptions import PerfectSeparationError, PerfectSeparationWarning
 
@@ -93,12 +91,28 @@ def _glm(y: np.ndarray, X: np.ndarray, offset: np.ndarray | None = None, groups:
         # statsmodels >= 0.14 warns and returns a huge slope; an unbounded estimate is no estimate.
         warnings.simplefilter("error", PerfectSeparationWarning)
         try:
-            model = sm.GLM(y, X, family=sm.families.Binomial(), offset=offset)
-            if groups is None:
-                return model.fit()
-            return model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+            return sm.GLM(y, X, family=sm.families.Binomial(), offset=offset).fit()
         except (PerfectSeparationWarning, PerfectSeparationError):
             return None
+
+
+def _cluster_cov(X: np.ndarray, y: np.ndarray, mu: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Cluster-robust (sandwich) covariance of a logistic regression's coefficients at its
+    fit ``mu``: ``B^-1 M B^-1`` with ``B = X' diag(mu (1 - mu)) X`` and ``M`` the outer
+    products of the scores ``X' (y - mu)`` summed within each group, times statsmodels'
+    small-sample factor ``G/(G-1) * (N-1)/(N-K)`` (its GLM with ``cov_type="cluster"``
+    gives the same where it converges; a test compares them). By hand because that GLM
+    takes the observed information through the link's second derivative, which divides
+    by zero for probabilities of exactly 0 or 1; for the logit link the expected
+    information used here is the same matrix. NaN with fewer than two groups."""
+    n, k = X.shape
+    g = int(groups.max()) + 1
+    if g < 2:
+        return np.full((k, k), np.nan)
+    bread = np.linalg.inv(X.T @ (X * (mu * (1.0 - mu))[:, None]))
+    scores = np.zeros((g, k))
+    np.add.at(scores, groups, X * (y - mu)[:, None])
+    return bread @ (scores.T @ scores) @ bread * (g / (g - 1) * (n - 1) / (n - k))
 
 
 # ---- scores ------------------------------------------------------------------------------
@@ -137,17 +151,10 @@ def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None, gr
     if not alpha:
         return a, (float("nan"), float("nan"))
     mu = expit(a + offset)
-    info = float(np.sum(mu * (1.0 - mu)))  # Fisher information
     if groups is None:
-        se = 1.0 / np.sqrt(info)
+        se = 1.0 / np.sqrt(float(np.sum(mu * (1.0 - mu))))  # inverse Fisher information
     else:
-        # Sandwich: the score summed within each group, squared, between two inverse
-        # informations, with statsmodels' small-sample factor G/(G-1) * (N-1)/(N-K), which
-        # is G/(G-1) for this one-parameter model (its GLM gives the same where it
-        # converges; a test compares them).
-        g = int(groups.max()) + 1
-        meat = float(np.sum(np.bincount(groups, weights=y - mu, minlength=g) ** 2))
-        se = np.sqrt(meat * g / (g - 1)) / info if g > 1 else float("nan")
+        se = float(np.sqrt(_cluster_cov(np.ones((y.size, 1)), y, mu, groups)[0, 0]))
     z = float(norm.ppf(1 - alpha / 2))
     return a, (a - z * se, a + z * se)
 
@@ -161,10 +168,18 @@ def _intercept_slope(y: np.ndarray, p: np.ndarray, alpha: float | None, groups: 
     intercept, i_ci = _offset_intercept(y, lp, alpha, groups)
     slope, s_ci = float("nan"), nan2
     if _overlap(y, lp):  # else p separates the classes (or is constant): no finite slope
-        fit = _glm(y, np.column_stack([np.ones(y.size), lp]), groups=groups if alpha else None)
+        X = np.column_stack([np.ones(y.size), lp])
+        fit = _glm(y, X)
         if fit is not None:
             slope = float(fit.params[1])
-            s_ci = tuple(float(v) for v in fit.conf_int(alpha)[1]) if alpha else nan2
+            if alpha and groups is not None:
+                from scipy.stats import norm
+
+                se = float(np.sqrt(_cluster_cov(X, y, expit(X @ fit.params), groups)[1, 1]))
+                z = float(norm.ppf(1 - alpha / 2))
+                s_ci = (slope - z * se, slope + z * se)
+            elif alpha:
+                s_ci = tuple(float(v) for v in fit.conf_int(alpha)[1])
     return intercept, slope, i_ci, s_ci  # type: ignore[return-value]
 
 
