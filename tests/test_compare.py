@@ -17,9 +17,10 @@ BINARY = ("benign", "malignant")
 
 
 def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", "2"), spread=0.01, seed=0,
-             blocks: dict[str, tuple[list[str], list[str]]] | None = None):
+             blocks: dict[str, tuple[list[str], list[str]]] | None = None, optimistic: bool = False):
     """A run folder whose candidates score ``cv_means[c]`` (+ small noise) on each CV fold, and 0.5 on test;
-    ``blocks`` gives candidates their (block names, codes)."""
+    ``blocks`` gives candidates their (block names, codes); ``optimistic`` marks the
+    candidates' (not the baselines') CV records optimistic, as a sweep on a Y-Net's boxes does."""
     store = ResultStore(path)
     store.open({"format": 1, "task": str(path.name), "classes": list(classes), "positive": classes[-1], "cv": 3})
     rng = np.random.default_rng(seed)
@@ -32,6 +33,8 @@ def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", 
                       "n_train": 80, "n_eval": 20, "metrics": {"auc": float(v), "accuracy": float(v) - 0.1}}
             bs, cs = (blocks or {}).get(c, ([], []))
             record.update(blocks=bs, codes=cs)
+            if optimistic and f != "test" and not c.startswith("CNN"):
+                record["optimistic"] = True
             store.append(record, {"ids": np.array(["a", "b"]), "y_true": np.array([0, 1]),
                                   "proba": np.array([[0.6, 0.4], [0.3, 0.7]])})
     return path
@@ -177,7 +180,7 @@ def test_across_inputs_matches_predicted_box_candidates_with_their_plain_twins(t
     box = make_run(tmp_path / "box", {"[L0] svm": 0.86, "[L1] svm": 0.84, "[L0+L1] svm": 0.90,
                                       "CNN lite0": 0.83}, blocks=plain, seed=1)
     pred = make_run(tmp_path / "pbox", {"[Lp0] svm": 0.84, "[Lp1] svm": 0.83, "[Lp0+Lp1] svm": 0.88,
-                                        "CNN lite0": 0.83}, blocks=pbox, seed=2)
+                                        "CNN lite0": 0.83}, blocks=pbox, seed=2, optimistic=True)
     # Without it only the CNN, which has no blocks, is in every run.
     assert list(compare_runs([whole, box, pred]).frame.candidate) == ["CNN lite0"]
     res = compare_runs([whole, box, pred], across_inputs=True)
@@ -186,6 +189,14 @@ def test_across_inputs_matches_predicted_box_candidates_with_their_plain_twins(t
     assert frame.loc["[L0+L1] svm", "pbox:cv_auc"] == pytest.approx(0.88)
     assert frame.loc["[L0+L1] svm", "box:cv_auc"] == pytest.approx(0.90)
     assert frame.loc["[L0] svm", "whole:cv_auc"] == pytest.approx(0.80)
+    # The Y-Net saw the predicted-box run's CV folds: its heads' CV figures carry the mark.
+    assert list(frame["pbox:optimistic_cv"]) == [c != "CNN lite0" for c in frame.index]
+    assert "whole:optimistic_cv" not in frame.columns and "box:optimistic_cv" not in frame.columns
+    from workbench.report.compare import comparison_across_runs_table
+    from workbench.report.tables import to_markdown
+
+    text = to_markdown(comparison_across_runs_table(res))
+    assert text.count(" †") == 3 and "†: an optimistic CV estimate" in text and "in pbox" in text
     # Plain runs are not relabelled, and a run mixing both kinds of one candidate is refused.
     mixed = make_run(tmp_path / "mixed", {"[L0] svm": 0.8, "[Lp0] svm": 0.8}, blocks={**plain, **pbox})
     with pytest.raises(RunsDifferError, match="fall together"):

@@ -160,6 +160,32 @@ def test_candidates_with_optimistic_cv_are_not_selected(run, tmp_path):
     assert bool(after.ranking.loc[after.ranking.candidate == before.selected[0], "optimistic_cv"].iloc[0])
     assert any("optimistic CV" in n for n in after.notes)
     assert search(marked, "auc", top_k=2, allow_optimistic=True).selected == before.selected
+    assert "optimistic_cv" not in before.comparison.columns  # a clean run's comparison keeps its columns
+
+
+def test_a_run_whose_every_cv_estimate_is_optimistic_says_so(run, tmp_path):
+    """E.g. every block on boxes of a Y-Net trained on the training split: the selection
+    stands (nothing clean to prefer), its CV figures are marked and a note says why."""
+    from workbench.report.tables import comparison_table, to_markdown
+
+    before = search(run, "auc", top_k=2)
+    marked = tmp_path / "all-marked"
+    shutil.copytree(run, marked)
+    lines = []
+    for r in ResultStore(marked).records():
+        if r.get("kind") != "baseline" and r["fold"] != "test":
+            r["optimistic"] = True
+        lines.append(json.dumps(r))
+    (marked / "records.jsonl").write_text("\n".join(lines) + "\n")
+    after = search(marked, "auc", top_k=2)
+    assert after.selected == before.selected
+    assert any(n.startswith("every candidate's CV estimate is optimistic") for n in after.notes)
+    flags = dict(zip(after.comparison["candidate"] + "|" + after.comparison["role"], after.comparison["optimistic_cv"]))
+    assert all(v == (not k.endswith("|baseline")) for k, v in flags.items()), flags
+    text = to_markdown(comparison_table(after.comparison))
+    assert text.count(" †") == int(after.comparison["optimistic_cv"].sum())
+    assert "†: an optimistic CV estimate" in text
+    assert "†" not in to_markdown(comparison_table(before.comparison))
 
 
 def test_without_groups_the_statistics_are_unchanged(run):

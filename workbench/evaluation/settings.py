@@ -12,7 +12,7 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["EXTERNAL_PREFIX", "Protocol", "SCORINGS", "TEST_FOLD", "cv_fold_name", "external_fold_name",
+__all__ = ["EXTERNAL_PREFIX", "OPTIMISTIC_CV_MARK", "OPTIMISTIC_CV_WHY", "Protocol", "SCORINGS", "TEST_FOLD", "cv_fold_name", "external_fold_name",
            "fold_repeat", "fold_sort_key", "is_cv_fold", "is_external_fold"]
 
 #: What nested CV may tune hyper-parameters for (first: the default).
@@ -30,6 +30,12 @@ SCORINGS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy")
 TEST_FOLD = "test"
 #: Prefix of the fold names of external test sets.
 EXTERNAL_PREFIX = "ext-"
+
+#: Why a record's CV estimate is marked optimistic (its ``optimistic`` field), and the
+#: mark tables put beside such a CV figure.
+OPTIMISTIC_CV_WHY = ("features from a network that trained on the CV folds' images: fine-tuned features without "
+                     "nested = true, or boxes predicted by a Y-Net trained on the training split")
+OPTIMISTIC_CV_MARK = "†"
 
 
 def cv_fold_name(repeat: int, fold: int) -> str:

@@ -38,7 +38,7 @@ from workbench.core.io import atomic_write
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.evaluation import stats
 from workbench.evaluation.metrics import UnknownMetricError, higher_is_better, metric_label
-from workbench.evaluation.settings import is_cv_fold
+from workbench.evaluation.settings import OPTIMISTIC_CV_MARK, OPTIMISTIC_CV_WHY, is_cv_fold
 from workbench.evaluation.store import ResultStore
 from workbench.report.cd import cd_diagram_figure, friedman_note
 from workbench.report.tables import Cell, Table, _mark, _num, fmt_mean_sd, write_table
@@ -237,10 +237,17 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
         frame[f"{label}:{col}"] = scores.loc[label].to_numpy()
         frame[f"{label}:{col}_sd"] = [float(s.loc[c, f"{col}_sd"]) for c in order]
         frame[f"{label}:rank"] = ranks.loc[label].to_numpy()
+        flags = [bool(s.loc[c, "optimistic_cv"]) for c in order]
+        if any(flags):  # only where a run's CV figures are optimistic (see OPTIMISTIC_CV_WHY)
+            frame[f"{label}:optimistic_cv"] = flags
         long_rows += [{"candidate": c, "kind": frame.at[i, "kind"], "run": label, col: scores.at[label, c],
                        f"{col}_sd": frame.at[i, f"{label}:{col}_sd"], "rank": ranks.at[label, c]}
                       for i, c in enumerate(order)]
     frame["mean_rank"] = ranks.mean(axis=0).to_numpy()
+    marked = [label for label in labels if f"{label}:optimistic_cv" in frame.columns]
+    if marked:
+        notes.append(f"{OPTIMISTIC_CV_MARK}: an optimistic CV estimate ({OPTIMISTIC_CV_WHY}), in "
+                     f"{', '.join(marked)}: ranks against the other runs favour {'it' if len(marked) == 1 else 'them'}.")
     friedman = None
     if len(labels) < 2:
         notes.append("One run: no ranking across runs and no critical-difference diagram (give two runs or more).")
@@ -295,7 +302,8 @@ def comparison_across_runs_table(result: CompareResult, *, key: str | None = Non
     for _, r in result.frame.iterrows():
         row = [Cell(str(r["candidate"]) + (" (baseline)" if r["kind"] == "baseline" else ""))]
         for run in result.runs:
-            row.append(Cell(fmt_mean_sd(r[f"{run}:{col}"], r[f"{run}:{col}_sd"]), _num(r[f"{run}:{col}"])))
+            mark = f" {OPTIMISTIC_CV_MARK}" if isinstance(v := r.get(f"{run}:optimistic_cv"), (bool, np.bool_)) and v else ""
+            row.append(Cell(fmt_mean_sd(r[f"{run}:{col}"], r[f"{run}:{col}_sd"]) + mark, _num(r[f"{run}:{col}"])))
             row.append(Cell(f"{r[f'{run}:rank']:.1f}", float(r[f"{run}:rank"])))
         row.append(Cell(f"{r['mean_rank']:.2f}", float(r["mean_rank"])))
         rows.append(row)

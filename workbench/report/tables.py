@@ -43,7 +43,7 @@ import pandas as pd
 from workbench.evaluation.metrics import PER_CLASS_METRICS as _PER_CLASS, PROPORTION_METRICS
 from workbench.evaluation.metrics import higher_is_better, metric_label
 from workbench.core.io import atomic_write
-from workbench.evaluation.settings import fold_repeat, is_cv_fold
+from workbench.evaluation.settings import OPTIMISTIC_CV_MARK, OPTIMISTIC_CV_WHY, fold_repeat, is_cv_fold
 
 __all__ = [
     "Cell",
@@ -668,7 +668,9 @@ def _comparison_columns(df: pd.DataFrame, reason: list[str]) -> list[tuple[str, 
     ]
     if "cv_auc" in df.columns:
         specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd_interval(r["cv_auc"], get(r, "cv_auc_sd"),
-                                                                  get(r, "cv_auc_low"), get(r, "cv_auc_high")),
+                                                                  get(r, "cv_auc_low"), get(r, "cv_auc_high"))
+                                               + (f" {OPTIMISTIC_CV_MARK}" if isinstance(v := get(r, "optimistic_cv"), (bool, np.bool_)) and v
+                                                  else ""),
                                                _num(r["cv_auc"])), True))
     for m in [m for m in COMPARISON_METRICS if m in df.columns]:
         specs.append((metric_label(m, capital=True),
@@ -697,6 +699,9 @@ def _comparison_notes(df: pd.DataFrame, rows: list[list[Cell]], reason: list[str
     """What the comparison's columns, marks and rows mean, for the rows it has."""
     quantile = "threshold_quantile" in df.columns and df["threshold_quantile"].notna().any()
     notes = []
+    if "optimistic_cv" in df.columns and df["optimistic_cv"].eq(True).any():
+        notes.append(f"{OPTIMISTIC_CV_MARK}: an optimistic CV estimate ({OPTIMISTIC_CV_WHY}); its test figures are "
+                     "clean.")
     if "cv_auc" in df.columns:
         shown = "cv_auc_low" in df.columns and df["cv_auc_low"].notna().any()
         notes.append("CV AUC: mean ± sd over the outer CV folds of the training split"

@@ -36,7 +36,7 @@ from workbench.evaluation.metrics import PROPORTION_METRICS, UnknownMetricError,
 from workbench.evaluation.store import ResultStore
 from workbench.evaluation.summary import summarize
 from workbench.errors import UnknownNameError, WorkbenchError
-from workbench.evaluation.settings import is_cv_fold
+from workbench.evaluation.settings import OPTIMISTIC_CV_WHY, is_cv_fold
 from workbench.search.stability import RankingStability, ranking_stability
 
 __all__ = ["NoRecordsError", "REQUESTED_ROLE", "SearchResult", "UnknownCandidateError", "search", "run_search", "rank_candidates"]
@@ -411,9 +411,13 @@ def _eligible(ctx: _Context, ranking: pd.DataFrame, allow_optimistic: bool, note
     pool = ranking
     if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
         pool = ranking[~ranking["optimistic_cv"]]
-        notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates (features of "
-                     f"networks fine-tuned on the CV folds) were not eligible for selection; fine-tune with "
-                     f"nested = true to make them eligible")
+        notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates ({OPTIMISTIC_CV_WHY}) "
+                     f"were not eligible for selection; fine-tune with nested = true to make them eligible")
+    elif len(ranking) and ranking["optimistic_cv"].all():
+        # Nothing clean to select from: the selection stands, and says what its CV figures are.
+        notes.append(f"every candidate's CV estimate is optimistic ({OPTIMISTIC_CV_WHY}): the ranking and the "
+                     f"selection compare optimistic estimates with each other, and the CV figures overstate what "
+                     f"the models do on images no network saw; the test split's figures are clean")
     cv_bad = pool["candidate"].map(lambda c: bool(ctx.decided[c]["_cv_reason"]))
     if cv_bad.any() and (~cv_bad).any():
         notes.append(f"{int(cv_bad.sum())} candidates degenerate on the CV folds (one class for nearly all "
@@ -449,7 +453,8 @@ def _report_row(ctx: _Context, candidate: str, role: str) -> dict[str, Any]:
             f"cv_{metric}": ctx.cv.loc[candidate, f"cv_{metric}"],
             **{f"cv_{metric}_{e}": ctx.cv.loc[candidate, f"cv_{metric}_{e}"] for e in ("low", "high")},
             **({"threshold_quantile": d.get("threshold_quantile", np.nan)} if pos is not None else {}),
-            "degenerate": ctx.reason[candidate], "interval_method": "cluster bootstrap" if g is not None
+            "degenerate": ctx.reason[candidate], "optimistic_cv": bool(ctx.cv.loc[candidate, "optimistic_cv"]),
+            "interval_method": "cluster bootstrap" if g is not None
             else ("Wilson / DeLong" if pos is not None else "Wilson"),
             **{k: d[k] for k in ("_y", "_p", "_pred", "_ids") if k in d}, "_groups": g}
 
@@ -538,6 +543,8 @@ def _comparison_frame(ctx: _Context, rows: list[dict[str, Any]]) -> pd.DataFrame
         comparison = comparison.drop(columns=["interval_method"], errors="ignore")
     if ctx.pos is None or not (comparison["kind"] == "baseline").any():
         comparison = comparison.drop(columns=["threshold_quantile"], errors="ignore")
+    if not comparison["optimistic_cv"].any():  # only where some row's CV figure is optimistic
+        comparison = comparison.drop(columns=["optimistic_cv"])
     return comparison
 
 
