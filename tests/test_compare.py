@@ -17,10 +17,12 @@ BINARY = ("benign", "malignant")
 
 
 def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", "2"), spread=0.01, seed=0,
-             blocks: dict[str, tuple[list[str], list[str]]] | None = None, optimistic: bool = False):
+             blocks: dict[str, tuple[list[str], list[str]]] | None = None, optimistic: bool = False,
+             test: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None):
     """A run folder whose candidates score ``cv_means[c]`` (+ small noise) on each CV fold, and 0.5 on test;
     ``blocks`` gives candidates their (block names, codes); ``optimistic`` marks the
-    candidates' (not the baselines') CV records optimistic, as a sweep on a Y-Net's boxes does."""
+    candidates' (not the baselines') CV records optimistic, as a sweep on a Y-Net's boxes does;
+    ``test`` gives a candidate's test predictions as (ids, y 0/1, p of the positive class)."""
     store = ResultStore(path)
     store.open({"format": 1, "task": str(path.name), "classes": list(classes), "positive": classes[-1], "cv": 3})
     rng = np.random.default_rng(seed)
@@ -35,7 +37,13 @@ def make_run(path, cv_means: dict[str, float], classes=BINARY, folds=("0", "1", 
             record.update(blocks=bs, codes=cs)
             if optimistic and f != "test" and not c.startswith("CNN"):
                 record["optimistic"] = True
-            store.append(record, {"ids": np.array(["a", "b"]), "y_true": np.array([0, 1]),
+            if f == "test" and test and c in test:
+                ids, y, p = test[c]
+                store.append(record, {"ids": np.asarray(ids), "y_true": np.asarray(y),
+                                      "proba": np.column_stack([1 - np.asarray(p), p])})
+                continue
+            # Each run its own images (as different datasets have), unless ``test`` says otherwise.
+            store.append(record, {"ids": np.array([f"{path.name}-a", f"{path.name}-b"]), "y_true": np.array([0, 1]),
                                   "proba": np.array([[0.6, 0.4], [0.3, 0.7]])})
     return path
 
@@ -202,3 +210,42 @@ def test_across_inputs_matches_predicted_box_candidates_with_their_plain_twins(t
     with pytest.raises(RunsDifferError, match="fall together"):
         compare_runs([whole, mixed], across_inputs=True)
     assert main(["compare", str(whole), str(pred), "--across-inputs"]) == 0
+
+
+def test_runs_sharing_their_test_split_get_a_paired_test_table(tmp_path):
+    """One task on two inputs: each shared candidate's test AUC per run, DeLong against
+    the first run on the same images (Holm over the table), in the order the runs came."""
+    from sklearn.metrics import roc_auc_score
+
+    from workbench.evaluation import stats
+    from workbench.report.compare import comparison_test_table
+    from workbench.report.tables import to_markdown
+
+    rng = np.random.default_rng(0)
+    ids = np.array([f"img{i:02d}" for i in range(40)])
+    y = np.array([0, 1] * 20)
+    preds = {run: {c: np.clip(y * shift + rng.normal(0.4, 0.25, 40), 0, 1) for c in ("[A] svm", "[B] svm")}
+             for run, shift in (("whole", 0.2), ("box", 0.35))}
+    order = rng.permutation(40)  # a run's prediction file may list the images in another order
+    runs = [make_run(tmp_path / run, {"[A] svm": 0.8, "[B] svm": 0.7},
+                     test={c: (ids[order], y[order], p[order]) if run == "box" else (ids, y, p)
+                           for c, p in preds[run].items()}) for run in ("whole", "box")]
+    res = compare_runs(runs)
+    t = res.test.set_index("candidate")
+    for c in ("[A] svm", "[B] svm"):
+        for run in ("whole", "box"):
+            assert t.loc[c, f"{run}:test_auc"] == pytest.approx(roc_auc_score(y, preds[run][c]))
+        assert t.loc[c, "box:p"] == pytest.approx(stats.delong_test(y, preds["box"][c], preds["whole"][c]).p_value)
+    np.testing.assert_allclose(t["box:p_holm"], stats.holm(t["box:p"].to_numpy()))
+    assert "whole:p" not in t.columns  # the first run is the reference
+    text = to_markdown(comparison_test_table(res))
+    assert "box vs whole: p (Holm)" in text and "DeLong" in text
+    written = write_comparison(res, tmp_path / "out")
+    assert tmp_path / "out" / "compare-test-auc.csv" in written
+    # Different test images: no paired table, and a note says why.
+    other = make_run(tmp_path / "other", {"[A] svm": 0.8, "[B] svm": 0.7},
+                     test={c: (np.char.add(ids, "x"), y, p) for c, p in preds["box"].items()})
+    res = compare_runs([runs[0], other])
+    assert res.test is None and any("different images" in n for n in res.notes)
+    with pytest.raises(ValueError, match="no test-split comparison"):
+        comparison_test_table(res)

@@ -33,18 +33,20 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 from workbench.core.io import atomic_write
 from workbench.errors import ConfigError, WorkbenchError
 from workbench.evaluation import stats
 from workbench.evaluation.metrics import UnknownMetricError, higher_is_better, metric_label
-from workbench.evaluation.settings import OPTIMISTIC_CV_MARK, OPTIMISTIC_CV_WHY, is_cv_fold
+from workbench.evaluation.settings import OPTIMISTIC_CV_MARK, OPTIMISTIC_CV_WHY, TEST_FOLD, is_cv_fold
 from workbench.evaluation.store import ResultStore
 from workbench.report.cd import cd_diagram_figure, friedman_note
-from workbench.report.tables import Cell, Table, _mark, _num, fmt_mean_sd, write_table
-from workbench.search.select import NoRecordsError, rank_candidates
+from workbench.report.tables import Cell, Table, _mark, _num, fmt, fmt_mean_sd, fmt_p, write_table
+from workbench.search.select import NoRecordsError, rank_candidates, run_groups
 
-__all__ = ["CompareResult", "RunsDifferError", "compare_runs", "comparison_across_runs_table", "write_comparison"]
+__all__ = ["CompareResult", "RunsDifferError", "compare_runs", "comparison_across_runs_table", "comparison_test_table",
+           "write_comparison"]
 
 
 class RunsDifferError(WorkbenchError, ValueError):
@@ -76,6 +78,12 @@ class CompareResult:
         Friedman's test across the runs, when there are 2 runs or more and 3 candidates or more.
     notes
         What the reader must know: candidates left out, differing classes, why no test.
+    test
+        When every run is binary and holds the same test images (one task's runs on
+        different inputs or protocols): per compared candidate, ``<run>:test_auc`` and,
+        for each run after the first, ``<run>:p`` (paired test against the first run on
+        the same images: DeLong, or a cluster bootstrap where groups hold several test
+        images) and ``<run>:p_holm`` (Holm over the table); None otherwise (see notes).
     """
 
     metric: str
@@ -88,6 +96,7 @@ class CompareResult:
     friedman: stats.FriedmanResult | None = None
     notes: list[str] = field(default_factory=list)
     info: dict[str, dict[str, Any]] = field(default_factory=dict)  # per run: classes, positive, folds
+    test: pd.DataFrame | None = None
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -136,6 +145,7 @@ def _run_summary(path: Path, metric: str, across_inputs: bool = False) -> tuple[
     ranking, baselines = rank_candidates(records, metric)
     both = pd.concat([ranking, baselines], ignore_index=True)
     both = both[np.isfinite(both[f"cv_{metric}"].astype(float))]
+    both["recorded_as"] = both["candidate"]  # the run's own label, for its test records
     if across_inputs:
         relabel = _input_blind_labels(records)
         both["candidate"] = both["candidate"].map(lambda c: relabel.get(c, c))
@@ -256,7 +266,90 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
                      f"the critical-difference diagram need at least 3.")
     else:
         friedman = stats.friedman_test(scores.to_numpy(), alpha=alpha, higher_is_better=higher_is_better(metric))
-    return CompareResult(metric, labels, paths, frame, pd.DataFrame(long_rows), scores, alpha, friedman, notes, info)
+    test = _test_split_comparison(labels, paths, info, {label: summaries[label]["recorded_as"] for label in labels},
+                                  frame, notes) if len(labels) > 1 else None
+    return CompareResult(metric, labels, paths, frame, pd.DataFrame(long_rows), scores, alpha, friedman, notes, info,
+                         test)
+
+
+def _test_predictions(store: ResultStore, candidate: str, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(ids, y 0/1, p of the positive class)`` of ``candidate``'s test record, by id; None without one."""
+    rec = next((r for r in reversed(store.current_records())
+                if r["candidate"] == candidate and r["fold"] == TEST_FOLD), None)
+    if rec is None:
+        return None
+    pr = store.predictions(rec)
+    ids = np.asarray(pr["ids"]).astype(str)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], (np.asarray(pr["y_true"])[order] == pos).astype(int), np.asarray(pr["proba"])[order, pos]
+
+
+def _test_split_comparison(labels: list[str], paths: list[Path], info: dict[str, dict[str, Any]],
+                           recorded_as: dict[str, pd.Series], frame: pd.DataFrame, notes: list[str]
+                           ) -> pd.DataFrame | None:
+    """Test AUC of each compared candidate in each run, paired against the first run on
+    the same test images (see :class:`CompareResult`); None, with a note, where the runs'
+    test splits cannot be paired."""
+    if any(len(info[label]["classes"]) != 2 or info[label]["positive"] is None for label in labels):
+        return None  # the CV comparison's own notes cover several classes
+    stores = {label: ResultStore(path) for label, path in zip(labels, paths)}
+    pos = {label: info[label]["classes"].index(info[label]["positive"]) for label in labels}
+    rows, first, ref_groups = [], labels[0], None
+    for cand, kind in zip(frame["candidate"], frame["kind"]):
+        got = {label: _test_predictions(stores[label], str(recorded_as[label][cand]), pos[label]) for label in labels}
+        if any(v is None for v in got.values()):
+            continue
+        ids, y, _ = got[first]
+        if any(not (np.array_equal(v[0], ids) and np.array_equal(v[1], y)) for v in got.values()):
+            notes.append("The runs' test splits hold different images (or labels): no paired test-split table.")
+            return None
+        if ref_groups is None:
+            group_of = run_groups(stores[first]) or {}
+            g = [group_of.get(i, "") for i in ids]
+            ref_groups = np.array(g, dtype=object) if stats.clustered(g) else False
+        row: dict[str, Any] = {"candidate": cand, "kind": kind}
+        for label in labels:
+            row[f"{label}:test_auc"] = float(roc_auc_score(y, got[label][2])) if len(set(y)) == 2 else float("nan")
+        for label in labels[1:]:
+            p1, p2 = got[label][2], got[first][2]
+            row[f"{label}:p"] = (stats.cluster_bootstrap_test(y, ref_groups, p1=p1, p2=p2).p_value
+                                 if ref_groups is not False else stats.delong_test(y, p1, p2).p_value)
+        rows.append(row)
+    if not rows:
+        notes.append("No compared candidate has a test record in every run: no test-split table.")
+        return None
+    test = pd.DataFrame(rows)
+    adjusted = stats.holm(test[[f"{label}:p" for label in labels[1:]]].to_numpy().ravel())
+    for k, label in enumerate(labels[1:]):
+        test[f"{label}:p_holm"] = adjusted.reshape(len(test), len(labels) - 1)[:, k]
+    test.attrs["clustered"] = ref_groups is not False
+    return test
+
+
+def comparison_test_table(result: CompareResult, *, key: str = "compare-test-auc") -> Table:
+    """The test-split comparison (:attr:`CompareResult.test`) as a table: per run the test
+    AUC, and for each run after the first its paired p against the first (Holm)."""
+    if result.test is None:
+        raise ValueError("no test-split comparison in this result (see its notes)")
+    first = result.runs[0]
+    columns = ["Model", *[f"{run}: test AUC" for run in result.runs],
+               *[f"{run} vs {first}: p (Holm)" for run in result.runs[1:]]]
+    rows = []
+    for _, r in result.test.iterrows():
+        row = [Cell(str(r["candidate"]) + (" (baseline)" if r["kind"] == "baseline" else ""))]
+        row += [Cell(fmt(r[f"{run}:test_auc"]), _num(r[f"{run}:test_auc"])) for run in result.runs]
+        row += [Cell(f"{fmt_p(r[f'{run}:p'])} ({fmt_p(r[f'{run}:p_holm'])})", _num(r[f"{run}:p"]))
+                for run in result.runs[1:]]
+        rows.append(row)
+    for j in range(1, 1 + len(result.runs)):
+        _mark(rows, j, ref=None, higher=True)
+    how = ("a percentile cluster bootstrap of the AUC difference over the first run's groups, which hold several "
+           "test images" if result.test.attrs.get("clustered") else "DeLong's test of two correlated AUCs")
+    notes = [f"Test AUC of each candidate the runs share, on the test split they share (the same images and "
+             f"labels); p: paired against {first} on those images, by {how}; Holm: adjusted over every p of the "
+             f"table. Bold: the best test AUC of its column. Selection never reads these figures: they compare "
+             f"inputs or protocols, not candidates within a run."]
+    return Table(f"Candidates across runs: test AUC, paired against {first}", columns, rows, notes, key)
 
 
 def _ranks(scores: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -326,8 +419,9 @@ def comparison_across_runs_table(result: CompareResult, *, key: str | None = Non
 
 def write_comparison(result: CompareResult, out: str | os.PathLike) -> list[Path]:
     """Write the table (``compare-<metric>.md``, ``.tex``, ``.csv``), the long frame
-    (``compare-<metric>-long.csv``) and, when the test was made, the CD diagram across
-    runs (``cd-runs-<metric>.png``, ``.pdf``) into ``out``.
+    (``compare-<metric>-long.csv``), the test-split table when the runs share their test
+    images (``compare-test-auc.md``, ``.tex``, ``.csv``) and, when the test was made, the
+    CD diagram across runs (``cd-runs-<metric>.png``, ``.pdf``) into ``out``.
 
     Returns
     -------
@@ -341,6 +435,9 @@ def write_comparison(result: CompareResult, out: str | os.PathLike) -> list[Path
     p = folder / f"{table.key}-long.csv"
     atomic_write(p, result.long.to_csv(index=False, float_format="%.10g", lineterminator="\n").encode("utf-8"))
     paths.append(p)
+    if result.test is not None:
+        test_table = comparison_test_table(result)
+        paths += write_table(test_table, folder)
     if result.friedman is not None:
         figs, _ = cd_diagram_figure(result.scores, folder / f"cd-runs-{result.metric.replace('_', '-')}",
                                     alpha=result.alpha, higher_is_better=higher_is_better(result.metric),
