@@ -465,6 +465,42 @@ def test_extract_on_local_backends_is_one_extract(make_dataset, tmp_path):
         assert np.array_equal(fs[TINY], local[TINY])
 
 
+def _cuda_visible(_: int) -> tuple[str, str]:
+    from distributed import get_worker
+
+    return get_worker().name, os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+@pytest.mark.slow
+def test_a_local_cluster_on_a_gpu_machine_gives_each_gpu_one_worker(monkeypatch):
+    """`--scheduler local` on a machine with GPUs (two here, as the parent's visible
+    devices 5 and 7): one worker per GPU offers the resource and sees only its device;
+    the others see none, so GPU units never pile onto one GPU."""
+    from workbench.core import parallel
+
+    monkeypatch.setattr(parallel, "_gpu_devices", lambda: ["5", "7"])
+    execution = Execution(n_jobs=3, backend="dask", scheduler="local")
+    with parallel.shared_cluster(execution):
+        on_gpu = set(unordered(execution, _cuda_visible, [(i,) for i in range(6)], resources={GPU: 1}))
+        anywhere = set(unordered(execution, _cuda_visible, [(i,) for i in range(12)]))
+    assert on_gpu == {("gpu-5", "5"), ("gpu-7", "7")}
+    assert ("cpu-2", "") in anywhere and anywhere <= on_gpu | {("cpu-2", "")}
+
+
+def test_the_visible_gpus_follow_the_parents_cuda_visible_devices(monkeypatch):
+    from workbench.core import parallel
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 1")
+    assert parallel._gpu_devices() == ["3", "1"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert parallel._gpu_devices() == ["0", "1"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parallel._gpu_devices() == []
+
+
 @pytest.mark.slow
 def test_one_local_cluster_serves_every_stage_of_a_run():
     from workbench.core import parallel

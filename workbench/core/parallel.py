@@ -76,13 +76,43 @@ def call_in_worker(threads: int | None, fn: Callable[..., T], *args: Any, **kwar
 _SHARED: list[str] = []
 
 
+def _gpu_devices() -> list[str]:
+    """The CUDA devices this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (none
+    without torch or CUDA)."""
+    try:
+        import torch  # only asked when a local Dask cluster starts
+    except ImportError:
+        return []
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[:n] if visible else [str(i) for i in range(n)]
+
+
 def _local_cluster(execution: ExecutionLike) -> Any:
-    """A local cluster of ``n_jobs`` (every core: ``-1``) single-threaded worker processes."""
+    """A local cluster of ``n_jobs`` (every core: ``-1``) single-threaded worker processes.
+
+    On a machine with GPUs, the first worker per GPU offers :data:`GPU` and sees only its
+    own device (``CUDA_VISIBLE_DEVICES``), so GPU units run one at a time per GPU, as on
+    a cluster started by hand; the other workers see no GPU and take the CPU units.
+    """
     from distributed import LocalCluster  # optional: only a Dask run needs it
 
     n_jobs = execution.n_jobs
-    return LocalCluster(n_workers=max(n_jobs if n_jobs > 0 else os.cpu_count() or 1, 1), threads_per_worker=1,
-                        processes=True, dashboard_address=":0")
+    n = max(n_jobs if n_jobs > 0 else os.cpu_count() or 1, 1)
+    devices = _gpu_devices()[:n]
+    if not devices:
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0")
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    spec = {}
+    for i in range(n):
+        gpu = i < len(devices)
+        options = {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": devices[i] if gpu else ""}}
+        if gpu:
+            options["resources"] = {GPU: 1}
+        spec[f"gpu-{devices[i]}" if gpu else f"cpu-{i}"] = {"cls": Nanny, "options": options}
+    logger.info(f"local Dask cluster: {len(devices)} GPU worker(s) ({', '.join(devices)}), {n - len(devices)} CPU")
+    return SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}})
 
 
 @contextmanager
