@@ -204,7 +204,7 @@ def test_across_inputs_matches_predicted_box_candidates_with_their_plain_twins(t
     from workbench.report.tables import to_markdown
 
     text = to_markdown(comparison_across_runs_table(res))
-    assert text.count(" †") == 3 and "†: an optimistic CV estimate" in text and "in pbox" in text
+    assert text.count(" §") == 3 and "§: an optimistic CV estimate" in text and "in pbox" in text
     # Plain runs are not relabelled, and a run mixing both kinds of one candidate is refused.
     mixed = make_run(tmp_path / "mixed", {"[L0] svm": 0.8, "[Lp0] svm": 0.8}, blocks={**plain, **pbox})
     with pytest.raises(RunsDifferError, match="fall together"):

@@ -183,9 +183,15 @@ def test_a_run_whose_every_cv_estimate_is_optimistic_says_so(run, tmp_path):
     flags = dict(zip(after.comparison["candidate"] + "|" + after.comparison["role"], after.comparison["optimistic_cv"]))
     assert all(v == (not k.endswith("|baseline")) for k, v in flags.items()), flags
     text = to_markdown(comparison_table(after.comparison))
-    assert text.count(" †") == int(after.comparison["optimistic_cv"].sum())
-    assert "†: an optimistic CV estimate" in text
-    assert "†" not in to_markdown(comparison_table(before.comparison))
+    assert text.count(" §") == int(after.comparison["optimistic_cv"].sum())
+    assert "§: an optimistic CV estimate" in text
+    assert "§" not in to_markdown(comparison_table(before.comparison))
+    # Its own mark: † and ‡ already mean "below the baseline" and "degenerate".
+    from workbench.evaluation.settings import OPTIMISTIC_CV_MARK
+    from workbench.report.tables import DAGGER, DDAGGER, to_latex
+
+    assert OPTIMISTIC_CV_MARK not in (DAGGER, DDAGGER)
+    assert "\\S{}" in to_latex(comparison_table(after.comparison))
 
 
 def test_without_groups_the_statistics_are_unchanged(run):

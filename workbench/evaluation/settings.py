@@ -32,10 +32,11 @@ TEST_FOLD = "test"
 EXTERNAL_PREFIX = "ext-"
 
 #: Why a record's CV estimate is marked optimistic (its ``optimistic`` field), and the
-#: mark tables put beside such a CV figure.
+#: mark tables put beside such a CV figure (not † or ‡: those mark values below the
+#: baseline and degenerate models).
 OPTIMISTIC_CV_WHY = ("features from a network that trained on the CV folds' images: fine-tuned features without "
                      "nested = true, or boxes predicted by a Y-Net trained on the training split")
-OPTIMISTIC_CV_MARK = "†"
+OPTIMISTIC_CV_MARK = "§"
 
 
 def cv_fold_name(repeat: int, fold: int) -> str:
