@@ -410,3 +410,8 @@ def test_epochs_note_says_which_epoch_each_network_kept():
                            "test 1 of 4).")
     assert "validation class AUC" in note
     assert RS._epochs_note("ynet-lite0", [{"fold": "0"}, {"fold": "test", "best_epoch": None}]) is None
+    # Networks that watched AUC + Dice: the note says so, not that the masks went unwatched.
+    both = [{**r, "config": {"monitor": "auc+dice"}} for r in recs]
+    note = RS._epochs_note("ynet-lite0", both)
+    assert 'monitor = "auc+dice"' in note and "not the masks" not in note
+    assert "not the masks" in RS._epochs_note("ynet-lite0", [{**r, "config": {"monitor": "auc"}} for r in recs])

@@ -215,17 +215,22 @@ def _seg_weight(recs: Sequence[dict[str, Any]]) -> float:
 
 
 def _epochs_note(name: str, recs: Sequence[dict[str, Any]]) -> str | None:
-    """Which epoch each network kept, said because early stopping watches the class AUC
-    alone: a network kept at an early epoch may hold a decoder that has not learnt yet."""
+    """Which epoch each network kept, and what its early stopping watched (the records'
+    ``config.monitor``): on the class AUC alone, a network kept at an early epoch may hold
+    a decoder that has not learnt yet."""
     kept = [(r["fold"], r.get("best_epoch"), r.get("epochs_run")) for r in recs]
     kept = [(f, b, e) for f, b, e in kept if isinstance(b, int) and isinstance(e, int)]
     if not kept:
         return None
     order = sorted(kept, key=lambda k: (k[0] == TEST_FOLD, str(k[0])))
     shown = ", ".join(f"{'test' if f == TEST_FOLD else 'fold ' + str(f)} {b} of {e}" for f, b, e in order)
-    return (f"{name}: epoch kept of epochs run, per network ({shown}). Early stopping watches the validation class "
-            f"AUC, not the masks: a network kept at an early epoch may hold a decoder that has not learnt yet, "
-            f"and its Dice shows it.")
+    if {(r.get("config") or {}).get("monitor", "auc") for r in recs} == {"auc+dice"}:
+        watched = ("Early stopping watched the validation class AUC plus the validation Dice (monitor = "
+                   "\"auc+dice\").")
+    else:
+        watched = ("Early stopping watches the validation class AUC, not the masks: a network kept at an early "
+                   "epoch may hold a decoder that has not learnt yet, and its Dice shows it.")
+    return f"{name}: epoch kept of epochs run, per network ({shown}). {watched}"
 
 
 def _test_predictions(store: ResultStore, candidate: str) -> dict[str, np.ndarray] | None:
