@@ -242,6 +242,14 @@ def test_runs_sharing_their_test_split_get_a_paired_test_table(tmp_path):
     assert "box vs whole: p (Holm)" in text and "DeLong" in text
     written = write_comparison(res, tmp_path / "out")
     assert tmp_path / "out" / "compare-test-auc.csv" in written
+    # Several test images per patient (the first run's groups): a cluster bootstrap instead.
+    groups = [f"patient{k // 2}" for k in range(40)]
+    pd.DataFrame({"id": ids, "group": groups}).to_csv(runs[0] / "splits.csv", index=False)
+    grouped = compare_runs(runs).test.set_index("candidate")
+    assert grouped.attrs["clustered"] and "cluster bootstrap" in to_markdown(comparison_test_table(compare_runs(runs)))
+    for c in ("[A] svm", "[B] svm"):
+        assert grouped.loc[c, "box:p"] == pytest.approx(
+            stats.cluster_bootstrap_test(y, groups, p1=preds["box"][c], p2=preds["whole"][c]).p_value)
     # Different test images: no paired table, and a note says why.
     other = make_run(tmp_path / "other", {"[A] svm": 0.8, "[B] svm": 0.7},
                      test={c: (np.char.add(ids, "x"), y, p) for c, p in preds["box"].items()})

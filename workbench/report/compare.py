@@ -272,12 +272,13 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
                          test)
 
 
-def _test_predictions(store: ResultStore, candidate: str, pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(ids, y 0/1, p of the positive class)`` of ``candidate``'s test record, by id; None without one."""
-    rec = next((r for r in reversed(store.current_records())
-                if r["candidate"] == candidate and r["fold"] == TEST_FOLD), None)
-    if rec is None:
-        return None
+def _test_records(store: ResultStore) -> dict[str, dict[str, Any]]:
+    """Each candidate's test record (the last one wins), from one read of the records."""
+    return {r["candidate"]: r for r in store.current_records() if r["fold"] == TEST_FOLD}
+
+
+def _test_predictions(store: ResultStore, rec: dict[str, Any], pos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, y 0/1, p of the positive class)`` of a test record's predictions, by id."""
     pr = store.predictions(rec)
     ids = np.asarray(pr["ids"]).astype(str)
     order = np.argsort(ids, kind="stable")
@@ -293,36 +294,41 @@ def _test_split_comparison(labels: list[str], paths: list[Path], info: dict[str,
     if any(len(info[label]["classes"]) != 2 or info[label]["positive"] is None for label in labels):
         return None  # the CV comparison's own notes cover several classes
     stores = {label: ResultStore(path) for label, path in zip(labels, paths)}
+    tests = {label: _test_records(stores[label]) for label in labels}
     pos = {label: info[label]["classes"].index(info[label]["positive"]) for label in labels}
-    rows, first, ref_groups = [], labels[0], None
-    for cand, kind in zip(frame["candidate"], frame["kind"]):
-        got = {label: _test_predictions(stores[label], str(recorded_as[label][cand]), pos[label]) for label in labels}
-        if any(v is None for v in got.values()):
-            continue
-        ids, y, _ = got[first]
-        if any(not (np.array_equal(v[0], ids) and np.array_equal(v[1], y)) for v in got.values()):
-            notes.append("The runs' test splits hold different images (or labels): no paired test-split table.")
-            return None
-        if ref_groups is None:
-            group_of = run_groups(stores[first]) or {}
-            g = [group_of.get(i, "") for i in ids]
-            ref_groups = np.array(g, dtype=object) if stats.clustered(g) else False
-        row: dict[str, Any] = {"candidate": cand, "kind": kind}
-        for label in labels:
-            row[f"{label}:test_auc"] = float(roc_auc_score(y, got[label][2])) if len(set(y)) == 2 else float("nan")
-        for label in labels[1:]:
-            p1, p2 = got[label][2], got[first][2]
-            row[f"{label}:p"] = (stats.cluster_bootstrap_test(y, ref_groups, p1=p1, p2=p2).p_value
-                                 if ref_groups is not False else stats.delong_test(y, p1, p2).p_value)
-        rows.append(row)
-    if not rows:
+    got = {}  # candidate -> run -> (ids, y, p): the candidates with a test record in every run
+    for cand in frame["candidate"]:
+        recs = {label: tests[label].get(str(recorded_as[label][cand])) for label in labels}
+        if all(r is not None for r in recs.values()):
+            got[cand] = {label: _test_predictions(stores[label], r, pos[label]) for label, r in recs.items()}
+    if not got:
         notes.append("No compared candidate has a test record in every run: no test-split table.")
         return None
+    first = labels[0]
+    ids, y, _ = next(iter(got.values()))[first]
+    if any(not (np.array_equal(v[0], ids) and np.array_equal(v[1], y)) for runs in got.values() for v in runs.values()):
+        notes.append("The runs' test splits hold different images (or labels): no paired test-split table.")
+        return None
+    group_of = run_groups(stores[first]) or {}
+    groups = [group_of.get(i, "") for i in ids]
+    clustered = stats.clustered(groups)
+    rows = []
+    for cand, kind in zip(frame["candidate"], frame["kind"]):
+        if cand not in got:
+            continue
+        row: dict[str, Any] = {"candidate": cand, "kind": kind}
+        for label in labels:
+            row[f"{label}:test_auc"] = float(roc_auc_score(y, got[cand][label][2])) if len(set(y)) == 2 else float("nan")
+        for label in labels[1:]:
+            p1, p2 = got[cand][label][2], got[cand][first][2]
+            row[f"{label}:p"] = (stats.cluster_bootstrap_test(y, groups, p1=p1, p2=p2).p_value if clustered
+                                 else stats.delong_test(y, p1, p2).p_value)
+        rows.append(row)
     test = pd.DataFrame(rows)
     adjusted = stats.holm(test[[f"{label}:p" for label in labels[1:]]].to_numpy().ravel())
     for k, label in enumerate(labels[1:]):
         test[f"{label}:p_holm"] = adjusted.reshape(len(test), len(labels) - 1)[:, k]
-    test.attrs["clustered"] = ref_groups is not False
+    test.attrs["clustered"] = clustered
     return test
 
 
