@@ -12,8 +12,8 @@ from typing import Any
 
 from workbench.errors import ConfigError
 
-__all__ = ["EXTERNAL_PREFIX", "OPTIMISTIC_CV_MARK", "OPTIMISTIC_CV_WHY", "Protocol", "SCORINGS", "TEST_FOLD", "cv_fold_name", "external_fold_name",
-           "fold_repeat", "fold_sort_key", "is_cv_fold", "is_external_fold"]
+__all__ = ["EXTERNAL_PREFIX", "OPTIMISTIC_CV_MARK", "OPTIMISTIC_CV_WHY", "Protocol", "SCORINGS", "TEST_FOLD",
+           "cv_fold_name", "external_fold_name", "fold_repeat", "fold_sort_key", "is_cv_fold", "is_external_fold"]
 
 #: What nested CV may tune hyper-parameters for (first: the default).
 SCORINGS: tuple[str, ...] = ("auc", "balanced_accuracy", "accuracy")

@@ -42,7 +42,7 @@ from workbench.evaluation.metrics import UnknownMetricError, higher_is_better, m
 from workbench.evaluation.settings import OPTIMISTIC_CV_MARK, OPTIMISTIC_CV_WHY, TEST_FOLD, is_cv_fold
 from workbench.evaluation.store import ResultStore
 from workbench.report.cd import cd_diagram_figure, friedman_note
-from workbench.report.tables import Cell, Table, _mark, _num, fmt, fmt_mean_sd, fmt_p, write_table
+from workbench.report.tables import Cell, Table, _mark, _num, fmt, fmt_mean_sd, fmt_p, optimistic_mark, write_table
 from workbench.search.select import NoRecordsError, rank_candidates, run_groups
 
 __all__ = ["CompareResult", "RunsDifferError", "compare_runs", "comparison_across_runs_table", "comparison_test_table",
@@ -256,8 +256,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], metric: str = "auc", top: in
     frame["mean_rank"] = ranks.mean(axis=0).to_numpy()
     marked = [label for label in labels if f"{label}:optimistic_cv" in frame.columns]
     if marked:
+        favour = "it" if len(marked) == 1 else "them"
         notes.append(f"{OPTIMISTIC_CV_MARK}: an optimistic CV estimate ({OPTIMISTIC_CV_WHY}), in "
-                     f"{', '.join(marked)}: ranks against the other runs favour {'it' if len(marked) == 1 else 'them'}.")
+                     f"{', '.join(marked)}: ranks against the other runs favour {favour}.")
     friedman = None
     if len(labels) < 2:
         notes.append("One run: no ranking across runs and no critical-difference diagram (give two runs or more).")
@@ -318,7 +319,8 @@ def _test_split_comparison(labels: list[str], paths: list[Path], info: dict[str,
             continue
         row: dict[str, Any] = {"candidate": cand, "kind": kind}
         for label in labels:
-            row[f"{label}:test_auc"] = float(roc_auc_score(y, got[cand][label][2])) if len(set(y)) == 2 else float("nan")
+            row[f"{label}:test_auc"] = (float(roc_auc_score(y, got[cand][label][2])) if len(set(y)) == 2
+                                        else float("nan"))
         for label in labels[1:]:
             p1, p2 = got[cand][label][2], got[cand][first][2]
             row[f"{label}:p"] = (stats.cluster_bootstrap_test(y, groups, p1=p1, p2=p2).p_value if clustered
@@ -401,8 +403,8 @@ def comparison_across_runs_table(result: CompareResult, *, key: str | None = Non
     for _, r in result.frame.iterrows():
         row = [Cell(str(r["candidate"]) + (" (baseline)" if r["kind"] == "baseline" else ""))]
         for run in result.runs:
-            mark = f" {OPTIMISTIC_CV_MARK}" if isinstance(v := r.get(f"{run}:optimistic_cv"), (bool, np.bool_)) and v else ""
-            row.append(Cell(fmt_mean_sd(r[f"{run}:{col}"], r[f"{run}:{col}_sd"]) + mark, _num(r[f"{run}:{col}"])))
+            text = fmt_mean_sd(r[f"{run}:{col}"], r[f"{run}:{col}_sd"]) + optimistic_mark(r.get(f"{run}:optimistic_cv"))
+            row.append(Cell(text, _num(r[f"{run}:{col}"])))
             row.append(Cell(f"{r[f'{run}:rank']:.1f}", float(r[f"{run}:rank"])))
         row.append(Cell(f"{r['mean_rank']:.2f}", float(r["mean_rank"])))
         rows.append(row)

@@ -53,6 +53,7 @@ __all__ = [
     "concatenation_table",
     "ensemble_table",
     "external_table",
+    "optimistic_mark",
     "stability_table",
     "study_tables",
     "tex_escape",
@@ -639,6 +640,12 @@ def comparison_table(comparison: pd.DataFrame, *, key: str = "comparison") -> Ta
                  rules=(optimistic[0],) if optimistic else ())
 
 
+def optimistic_mark(flag: Any) -> str:
+    """``" §"`` after a CV figure whose ``optimistic_cv`` flag is true; ``""`` otherwise,
+    and for a missing flag (NaN, which is truthy, where a frame lacks the column)."""
+    return f" {OPTIMISTIC_CV_MARK}" if isinstance(flag, (bool, np.bool_)) and flag else ""
+
+
 def _comparison_order(comparison: pd.DataFrame) -> pd.DataFrame:
     """The frame checked and in table order: role, then CV AUC (the column shown), then
     label, so the input's row order does not matter."""
@@ -669,9 +676,7 @@ def _comparison_columns(df: pd.DataFrame, reason: list[str]) -> list[tuple[str, 
     if "cv_auc" in df.columns:
         specs.append(("CV AUC", lambda r: Cell(fmt_mean_sd_interval(r["cv_auc"], get(r, "cv_auc_sd"),
                                                                   get(r, "cv_auc_low"), get(r, "cv_auc_high"))
-                                               + (f" {OPTIMISTIC_CV_MARK}" if isinstance(v := get(r, "optimistic_cv"), (bool, np.bool_)) and v
-                                                  else ""),
-                                               _num(r["cv_auc"])), True))
+                                               + optimistic_mark(get(r, "optimistic_cv")), _num(r["cv_auc"])), True))
     for m in [m for m in COMPARISON_METRICS if m in df.columns]:
         specs.append((metric_label(m, capital=True),
                       lambda r, m=m: Cell(fmt_interval(r[m], get(r, f"{m}_low"), get(r, f"{m}_high")), _num(r[m])),

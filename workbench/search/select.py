@@ -411,8 +411,9 @@ def _eligible(ctx: _Context, ranking: pd.DataFrame, allow_optimistic: bool, note
     pool = ranking
     if not allow_optimistic and ranking["optimistic_cv"].any() and (~ranking["optimistic_cv"]).any():
         pool = ranking[~ranking["optimistic_cv"]]
-        notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates ({OPTIMISTIC_CV_WHY}) "
-                     f"were not eligible for selection; fine-tune with nested = true to make them eligible")
+        notes.append(f"{int(ranking['optimistic_cv'].sum())} candidates with optimistic CV estimates "
+                     f"({OPTIMISTIC_CV_WHY}) were not eligible for selection; fine-tune with nested = true to make "
+                     f"them eligible")
     elif len(ranking) and ranking["optimistic_cv"].all():
         # Nothing clean to select from: the selection stands, and says what its CV figures are.
         notes.append(f"every candidate's CV estimate is optimistic ({OPTIMISTIC_CV_WHY}): the ranking and the "
