@@ -145,7 +145,6 @@ def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None, gr
     probabilities are exactly 0 or 1 (an isotonic map's), whose clipped logits are ±13.8.
     """
     from scipy.optimize import brentq
-    from scipy.stats import norm
 
     a = float(brentq(lambda a: float(np.sum(y - expit(a + offset))), -60.0, 60.0, xtol=1e-12))
     if not alpha:
@@ -155,8 +154,15 @@ def _offset_intercept(y: np.ndarray, offset: np.ndarray, alpha: float | None, gr
         se = 1.0 / np.sqrt(float(np.sum(mu * (1.0 - mu))))  # inverse Fisher information
     else:
         se = float(np.sqrt(_cluster_cov(np.ones((y.size, 1)), y, mu, groups)[0, 0]))
+    return a, _wald(a, se, alpha)
+
+
+def _wald(estimate: float, se: float, alpha: float) -> tuple[float, float]:
+    """The normal (Wald) interval ``estimate -/+ z * se`` at level ``1 - alpha``."""
+    from scipy.stats import norm
+
     z = float(norm.ppf(1 - alpha / 2))
-    return a, (a - z * se, a + z * se)
+    return estimate - z * se, estimate + z * se
 
 
 def _intercept_slope(y: np.ndarray, p: np.ndarray, alpha: float | None, groups: np.ndarray | None = None
@@ -173,11 +179,7 @@ def _intercept_slope(y: np.ndarray, p: np.ndarray, alpha: float | None, groups: 
         if fit is not None:
             slope = float(fit.params[1])
             if alpha and groups is not None:
-                from scipy.stats import norm
-
-                se = float(np.sqrt(_cluster_cov(X, y, expit(X @ fit.params), groups)[1, 1]))
-                z = float(norm.ppf(1 - alpha / 2))
-                s_ci = (slope - z * se, slope + z * se)
+                s_ci = _wald(slope, float(np.sqrt(_cluster_cov(X, y, expit(X @ fit.params), groups)[1, 1])), alpha)
             elif alpha:
                 s_ci = tuple(float(v) for v in fit.conf_int(alpha)[1])
     return intercept, slope, i_ci, s_ci  # type: ignore[return-value]
