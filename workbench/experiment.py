@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import errors
-from workbench.backbones.finetuned import FineTunedNotFoundError, default_root, using_root
+from workbench.backbones.finetuned import FineTunedNotFoundError, resolved_root, using_root
 from workbench.backbones.registry import get_backbone
 from workbench.baselines.configs import get_baseline
 from workbench.baselines.estimator import CNNClassifier
@@ -859,7 +859,7 @@ def _fit_on_cluster(execution: Execution, est: CNNClassifier, ids: list[str], de
     # Paths resolved here: a worker may have started in another folder.
     pixels = est.pixels.root.resolve() if isinstance(est.pixels, PixelStore) else est.pixels
     worker = CNNClassifier(**{**est.get_params(), "progress": False, "pixels": pixels,
-                              "root": str(Path(est.root or default_root()).resolve())})
+                              "root": str(resolved_root(est.root))})
     for wid in unordered(execution, _fit_unit, [(worker, ids)], resources=gpu_resources(device)):
         logger.info(f"fine-tuned {est.backbone} on the cluster: {wid}")
 
@@ -916,7 +916,7 @@ def record_inputs(cfg: ExperimentConfig, manifest: Manifest, finetuned: dict[str
     """``finetuned.json`` and ``inputs.json``: what the run ran on, for the report."""
     atomic_write(cfg.out / "finetuned.json", (json.dumps(finetuned, indent=1, sort_keys=True) + "\n").encode())
     inputs = {"manifest": cfg.raw["manifest"], "manifest_file": str(cfg.manifest),
-              "finetuned_root": str(default_root().resolve()), "cache_root": str(Path(cfg.cache).resolve()),
+              "finetuned_root": str(resolved_root()), "cache_root": str(Path(cfg.cache).resolve()),
               "manifest_digest": manifest.digest(),
               "classes": manifest.classes, "n_images": len(manifest), "features": specs, "duplicates": duplicates,
               # What this config runs: the report shows these candidates only, so

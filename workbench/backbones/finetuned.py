@@ -31,6 +31,7 @@ __all__ = [
     "is_nested_id",
     "FineTunedNotFoundError",
     "default_root",
+    "resolved_root",
     "using_root",
     "is_finetuned_id",
     "finetuned_dir",
@@ -56,6 +57,13 @@ class FineTunedCorruptError(WorkbenchError, ValueError):
 def default_root() -> Path:
     """``$WORKBENCH_FINETUNED``, else ``./finetuned`` (beside ``./features_cache``)."""
     return Path(os.environ.get(ENV_ROOT) or "finetuned")
+
+
+def resolved_root(root: str | os.PathLike | None = None) -> Path:
+    """The fine-tuned store's absolute path (``root``, else :func:`default_root`): what a
+    worker process is given, since it may start in another folder or keep the
+    environment of an earlier unit."""
+    return (default_root() if root is None else Path(root)).resolve()
 
 
 @contextmanager

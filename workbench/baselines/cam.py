@@ -29,7 +29,7 @@ from workbench.backbones.camlayers import (
     timm_family_layer,
     torchvision_family_layer,
 )
-from workbench.backbones.finetuned import default_root, using_root
+from workbench.backbones.finetuned import resolved_root, using_root
 from workbench.backbones.registry import BackboneSpec, get_backbone
 from workbench.core.parallel import ExecutionLike, gpu_resources, unordered, whole_batches
 from workbench.data.boxes import Box
@@ -351,7 +351,7 @@ def explain_on(execution: ExecutionLike | None, items: Sequence, network: str, *
     if execution is None or execution.backend != "dask" or not items:
         return explain(items, network, **kwargs)
     step = whole_batches(chunk_size, batch_size, "images")
-    root = str(default_root().resolve())
+    root = str(resolved_root())
     units = [(k, items[i:i + step], network, kwargs, root) for k, i in enumerate(range(0, len(items), step))]
     # explain's default device is the CPU: only an explicit cuda asks for a GPU worker.
     resources = gpu_resources(device) if device else None

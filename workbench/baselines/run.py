@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.baselines.configs import BaselineSpec, get_baseline
-from workbench.backbones.finetuned import default_root
+from workbench.backbones.finetuned import resolved_root
 from workbench.baselines.estimator import CNNClassifier
 from workbench.core.parallel import gpu_resources, in_this_process, unordered, worker_threads, workers
 from workbench.core.provenance import package_versions
@@ -262,7 +262,7 @@ def run_baselines(
         # Bars of concurrent workers would interleave; the parent logs each finished unit.
         # The store resolved here: a reused worker process keeps the environment and folder it started in.
         quiet = dataclasses.replace(training, progress=False,
-                                    root=str((default_root() if root is None else Path(root)).resolve()))
+                                    root=str(resolved_root(root)))
         threads = worker_threads(execution)
         logger.info(f"{len(todo)} fine-tunes on {workers(execution)} {execution.backend} workers"
                     + ("" if threads is None else f", {threads} torch thread(s) each"))

@@ -14,7 +14,7 @@ import multiprocessing
 import os
 from typing import Any, Sequence
 
-from workbench.backbones.finetuned import default_root, using_root
+from workbench.backbones.finetuned import resolved_root, using_root
 from workbench.core.parallel import ExecutionLike, gpu_resources, unordered, whole_batches
 from workbench.data.manifest import Manifest
 from workbench.errors import WorkbenchError
@@ -126,7 +126,7 @@ def extract_on(
     chunks = [validated.subset(ids[i:i + chunk_size]) for i in range(0, len(ids), chunk_size)]
     root = str(cache.root.resolve())
     logger.info(f"extraction: {len(ids)} images in {len(chunks)} chunk(s) of up to {chunk_size} on Dask workers")
-    finetuned = str(default_root().resolve())
+    finetuned = str(resolved_root())
     units = ((chunk, list(features), root, options, classes, finetuned) for chunk in chunks)
     done = list(unordered(execution, _extract_chunk, units, resources=gpu_resources(options.device)))
     precisions = sorted({d["precision"] for d in done})

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 
-from workbench.backbones.finetuned import NESTED_PREFIX, default_root, finetuned_dir
+from workbench.backbones.finetuned import NESTED_PREFIX, finetuned_dir, resolved_root
 from workbench.core.io import write_json_atomic
 from workbench.core.parallel import gpu_resources, in_this_process, unordered, worker_threads, workers
 from workbench.data.manifest import Item, Manifest
@@ -126,7 +125,7 @@ def fine_tune_nested(
     else:
         threads = worker_threads(execution)
         # Resolved here: a reused worker process keeps the environment and folder it started in.
-        root = (default_root() if root is None else Path(root)).resolve()
+        root = resolved_root(root)
         logger.info(f"nested fine-tuning {backbone}: {len(folds)} members on {workers(execution)} "
                     f"{execution.backend} workers" + ("" if threads is None else f", {threads} torch thread(s) each"))
         if pixels is not None:  # as the store: a worker may start in another folder
