@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
